@@ -1,0 +1,239 @@
+//! Starling's sensor: C kernel programs (CO-RE, compiled by build.rs with
+//! clang and embedded here), loaded and attached with aya, read from a BPF
+//! ring buffer and decoded into proto events.
+//!
+//! The kernel side never waits for userspace: when the ring buffer is full
+//! the program drops the record and counts it in the `losses` map, which
+//! [`Sensor::ring_buffer_losses`] reads so the node can report every loss.
+
+pub mod raw;
+
+use std::io;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
+use tokio::io::unix::AsyncFd;
+
+pub use raw::{decode, ExecRecord, RawError, RawRecord};
+
+/// The exec probe object, built from c/exec.bpf.c.
+static EXEC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exec.bpf.o"));
+
+const LOSS_SLOT_RINGBUF_FULL: u32 = 0;
+
+/// Why the sensor could not start. Each variant says which step failed so
+/// the node can report exactly why it runs sensor-degraded.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
+    BadRingBufferSize(u32),
+    #[error("loading the BPF object failed (kernel BTF at /sys/kernel/btf/vmlinux and CAP_BPF/root are needed): {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error("ring buffer poll registration failed: {0}")]
+    Poll(#[source] io::Error),
+}
+
+/// Sensor settings taken from the node's config.
+#[derive(Debug, Clone)]
+pub struct SensorConfig {
+    /// Ring-buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The loaded and attached kernel programs and the ring buffer they feed.
+/// Dropping it detaches the programs.
+pub struct Sensor {
+    ring: AsyncFd<RingBuf<MapData>>,
+    losses: PerCpuArray<MapData, u64>,
+    // Keeps the programs loaded and attached.
+    _bpf: Ebpf,
+}
+
+impl Sensor {
+    /// Loads and attaches every program. Needs root (or CAP_BPF and
+    /// CAP_PERFMON) and kernel BTF.
+    pub fn load(config: &SensorConfig) -> Result<Self, SensorError> {
+        let size = config.ring_buffer_bytes;
+        if !size.is_power_of_two() || size < 4096 {
+            return Err(SensorError::BadRingBufferSize(size));
+        }
+        raise_memlock_limit();
+        let mut bpf = EbpfLoader::new()
+            .set_max_entries("events", size)
+            .load(EXEC_OBJECT)
+            .map_err(|e| SensorError::Load(Box::new(e)))?;
+
+        let program = "starling_exec";
+        let prog_err = |e| SensorError::Program {
+            program,
+            source: Box::new(e),
+        };
+        let tp: &mut TracePoint = bpf
+            .program_mut(program)
+            .ok_or(SensorError::Map {
+                map: "starling_exec",
+                detail: "program missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(prog_err)?;
+        tp.load().map_err(prog_err)?;
+        tp.attach("sched", "sched_process_exec").map_err(prog_err)?;
+
+        let ring_map = bpf.take_map("events").ok_or(SensorError::Map {
+            map: "events",
+            detail: "missing from the object".into(),
+        })?;
+        let ring = RingBuf::try_from(ring_map).map_err(|e| SensorError::Map {
+            map: "events",
+            detail: e.to_string(),
+        })?;
+        let loss_map = bpf.take_map("losses").ok_or(SensorError::Map {
+            map: "losses",
+            detail: "missing from the object".into(),
+        })?;
+        let losses = PerCpuArray::try_from(loss_map).map_err(|e| SensorError::Map {
+            map: "losses",
+            detail: e.to_string(),
+        })?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd that owns the RingBuf exists.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(SensorError::Poll)?;
+        Ok(Self {
+            ring,
+            losses,
+            _bpf: bpf,
+        })
+    }
+
+    /// Waits until records are available, then appends up to `max` of them
+    /// (decoded, or the decoding error) to `out`.
+    pub async fn read(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Result<RawRecord, RawError>>,
+    ) -> io::Result<()> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let ring = guard.get_inner_mut();
+            let start = out.len();
+            while out.len() - start < max {
+                match ring.next() {
+                    Some(item) => out.push(decode(&item)),
+                    None => break,
+                }
+            }
+            if out.len() - start < max {
+                // Drained: wait for the next wakeup.
+                guard.clear_ready();
+            }
+            if out.len() > start {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Total records the kernel dropped because the ring buffer was full,
+    /// summed over CPUs, since the sensor was loaded.
+    pub fn ring_buffer_losses(&self) -> Result<u64, SensorError> {
+        let values = self
+            .losses
+            .get(&LOSS_SLOT_RINGBUF_FULL, 0)
+            .map_err(|e| SensorError::Map {
+                map: "losses",
+                detail: e.to_string(),
+            })?;
+        Ok(values.iter().sum())
+    }
+}
+
+fn raise_memlock_limit() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use
+    // memory cgroups and ignore it. Failure here is not fatal: the load
+    // reports the real error if memory is short.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+    }
+}
+
+/// Converts kernel boot-time timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    boot_unix_ns: u64,
+}
+
+impl BootClock {
+    /// Reads the current offset between CLOCK_REALTIME and CLOCK_BOOTTIME.
+    pub fn now() -> Self {
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        Self {
+            boot_unix_ns: real.saturating_sub(boot),
+        }
+    }
+
+    /// Unix time in nanoseconds of a `bpf_ktime_get_boot_ns()` timestamp.
+    pub fn to_unix_ns(&self, ktime_ns: u64) -> u64 {
+        self.boot_unix_ns.saturating_add(ktime_ns)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Builds the proto event for an exec record. The header's host id,
+/// sequence number and exe paths are filled in later by the node.
+pub fn exec_event(r: ExecRecord, clock: &BootClock) -> Event {
+    Event {
+        header: Some(EventHeader {
+            host_id: String::new(),
+            seq: 0,
+            ktime_ns: r.ktime_ns,
+            time_unix_ns: clock.to_unix_ns(r.ktime_ns),
+            pid: r.tgid,
+            tid: r.tid,
+            ppid: r.ppid,
+            uid: r.uid,
+            gid: r.gid,
+            comm: r.comm,
+            exe: String::new(),
+            cgroup_id: r.cgroup_id,
+        }),
+        body: Some(Body::ProcessExec(ProcessExec {
+            filename: r.filename,
+            argv: r.argv,
+            argv_truncated: r.argv_truncated,
+            parent_exe: String::new(),
+        })),
+    }
+}

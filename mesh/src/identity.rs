@@ -1,0 +1,438 @@
+//! Fleet enrolment: who may talk to whom.
+//!
+//! The operator's fleet CA (made by `starlingctl ca init`) signs one
+//! certificate per host. A certificate names its holder and role in a URI
+//! subject-alternative name, `starling://<role>/<name>`, so that a sink can
+//! tell a node from another sink without trusting anything the peer says
+//! after the handshake. Both sides of every data-plane connection present a
+//! certificate (mutual TLS, TLS 1.3 only); a peer whose chain does not lead
+//! to the fleet CA never gets past the handshake.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::crypto::ring as ring_provider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+/// ALPN protocol id of the Starling data plane, version 1.
+pub const DATA_PLANE_ALPN: &[u8] = b"starling-data/1";
+
+/// Errors while making, loading or checking fleet credentials.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM {what} found")]
+    MissingPem { path: PathBuf, what: &'static str },
+    #[error("{path}: invalid PEM: {detail}")]
+    BadPem { path: PathBuf, detail: String },
+    #[error("invalid name {0:?}: use letters, digits, '-', '_' and '.', at most 253 characters")]
+    BadName(String),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("peer certificate is not a Starling identity: {0}")]
+    NotStarlingIdentity(String),
+}
+
+/// What a certificate's holder is allowed to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A host running `starling-node`.
+    Node,
+    /// A host running `starling-sink`.
+    Sink,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Sink => "sink",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "node" => Some(Role::Node),
+            "sink" => Some(Role::Sink),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?} (expected node or sink)"))
+    }
+}
+
+/// The enrolled identity of a peer, read from its verified certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.role, self.name)
+    }
+}
+
+fn identity_uri(role: Role, name: &str) -> String {
+    format!("starling://{}/{}", role.as_str(), name)
+}
+
+fn check_name(name: &str) -> Result<(), IdentityError> {
+    starling_proto::batch::check_host_id(name).map_err(|_| IdentityError::BadName(name.into()))
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct PemPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl PemPair {
+    /// Writes `<dir>/<stem>.pem` and `<dir>/<stem>.key` (the key with mode 0600).
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf), IdentityError> {
+        fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        write_file(&cert, self.cert_pem.as_bytes(), 0o644)?;
+        write_file(&key, self.key_pem.as_bytes(), 0o600)?;
+        Ok((cert, key))
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| IdentityError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)
+}
+
+/// The fleet CA: signs the certificate of every enrolled host.
+pub struct FleetCa {
+    params: CertificateParams,
+    key: KeyPair,
+    cert_pem: String,
+}
+
+impl FleetCa {
+    /// Makes a new CA valid for `days` days.
+    pub fn generate(fleet_name: &str, days: u32) -> Result<Self, IdentityError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("Starling fleet CA {fleet_name}"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, days);
+        let key = KeyPair::generate()?;
+        let cert = params.clone().self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            params,
+            key,
+        })
+    }
+
+    /// Loads a CA written by [`FleetCa::pem`].
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
+        let cert_pem = read_to_string(cert_path)?;
+        let key_pem = read_to_string(key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::BadPem {
+            path: key_path.into(),
+            detail: e.to_string(),
+        })?;
+        let params =
+            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| IdentityError::BadPem {
+                path: cert_path.into(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// The CA certificate and key, PEM-encoded.
+    pub fn pem(&self) -> PemPair {
+        PemPair {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key.serialize_pem(),
+        }
+    }
+
+    /// Issues a certificate for `name` in `role`, valid for `days` days.
+    /// `dns` and `ips` are extra names a sink is reached by (nodes verify
+    /// the sink's name against them).
+    pub fn issue(
+        &self,
+        role: Role,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: u32,
+    ) -> Result<PemPair, IdentityError> {
+        check_name(name)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, role.as_str());
+        params.distinguished_name = dn;
+        let mut sans = vec![
+            SanType::URI(identity_uri(role, name).try_into()?),
+            SanType::DnsName(name.try_into()?),
+        ];
+        for d in dns {
+            sans.push(SanType::DnsName(d.as_str().try_into()?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, days);
+        let key = KeyPair::generate()?;
+        let issuer = self.params.clone().self_signed(&self.key)?;
+        let cert = params.signed_by(&key, &issuer, &self.key)?;
+        Ok(PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    // Back-date a little so hosts with slightly slow clocks accept it.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+fn read_to_string(path: &Path) -> Result<String, IdentityError> {
+    fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// The files a daemon needs for mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The fleet CA certificate (trust anchor).
+    pub ca_cert: PathBuf,
+    /// This host's certificate.
+    pub cert: PathBuf,
+    /// This host's private key.
+    pub key: PathBuf,
+}
+
+struct Loaded {
+    roots: RootCertStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| IdentityError::BadPem {
+            path: path.into(),
+            detail: e.to_string(),
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::BadPem {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::MissingPem {
+            path: path.into(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, IdentityError> {
+    for p in [&files.ca_cert, &files.cert, &files.key] {
+        if !p.exists() {
+            return Err(IdentityError::Io {
+                path: p.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not found (issue credentials with `starlingctl cert issue`)",
+                ),
+            });
+        }
+    }
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(&files.ca_cert)? {
+        roots.add(ca)?;
+    }
+    let chain = load_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| IdentityError::BadPem {
+        path: files.key.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(Loaded { roots, chain, key })
+}
+
+/// QUIC server configuration that admits only peers holding a certificate
+/// from the fleet CA.
+pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, IdentityError> {
+    let l = load(files)?;
+    let provider = Arc::new(ring_provider::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(l.roots), provider.clone())
+        .build()
+        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(l.chain, l.key)?;
+    tls.alpn_protocols = vec![DATA_PLANE_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// QUIC client configuration that presents this host's certificate and
+/// trusts only servers certified by the fleet CA.
+pub fn quic_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, IdentityError> {
+    let l = load(files)?;
+    let provider = Arc::new(ring_provider::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(l.roots)
+        .with_client_auth_cert(l.chain, l.key)?;
+    tls.alpn_protocols = vec![DATA_PLANE_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Reads the Starling identity (`starling://role/name`) from a certificate
+/// that the TLS handshake already verified.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity, IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| IdentityError::NotStarlingIdentity(e.to_string()))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::NotStarlingIdentity(e.to_string()))?
+        .ok_or_else(|| IdentityError::NotStarlingIdentity("no subjectAltName".into()))?;
+    for name in &san.value.general_names {
+        if let GeneralName::URI(uri) = name {
+            if let Some(rest) = uri.strip_prefix("starling://") {
+                if let Some((role, name)) = rest.split_once('/') {
+                    let role = Role::parse(role).ok_or_else(|| {
+                        IdentityError::NotStarlingIdentity(format!("unknown role {role:?}"))
+                    })?;
+                    check_name(name)?;
+                    return Ok(PeerIdentity {
+                        role,
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    Err(IdentityError::NotStarlingIdentity(
+        "no starling:// URI in subjectAltName".into(),
+    ))
+}
+
+/// The verified identity of the peer of a QUIC connection.
+pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, IdentityError> {
+    let any = conn.peer_identity().ok_or(IdentityError::NoPeerCertificate)?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| IdentityError::NoPeerCertificate)?;
+    let leaf = certs.first().ok_or(IdentityError::NoPeerCertificate)?;
+    identity_of(leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificate_carries_role_and_name() {
+        let ca = FleetCa::generate("test", 30).unwrap();
+        let pair = ca.issue(Role::Node, "web-01", &[], &[], 30).unwrap();
+        let der = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap();
+        let id = identity_of(&der).unwrap();
+        assert_eq!(id, PeerIdentity { role: Role::Node, name: "web-01".into() });
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let ca = FleetCa::generate("test", 30).unwrap();
+        assert!(matches!(
+            ca.issue(Role::Node, "a/b", &[], &[], 30),
+            Err(IdentityError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn ca_round_trips_through_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("test", 30).unwrap();
+        let (c, k) = ca.pem().write(dir.path(), "ca").unwrap();
+        let again = FleetCa::load(&c, &k).unwrap();
+        let pair = again.issue(Role::Sink, "sink-1", &[], &[], 1).unwrap();
+        let der = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap();
+        assert_eq!(identity_of(&der).unwrap().role, Role::Sink);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&k).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,32 @@
+//! The Starling wire: protobuf types shared by every crate, the size limits
+//! that every decoder of network input enforces, and the canonical bytes
+//! that operator signatures cover.
+//!
+//! Everything that arrives from the network goes through the checked
+//! decoders here ([`batch::decode_batch`], [`batch::decode_ack`]); nothing
+//! calls `prost::Message::decode` on untrusted bytes directly.
+
+pub mod batch;
+pub mod json;
+pub mod limits;
+pub mod task;
+
+/// Generated types of package `starling.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/starling.v1.rs"));
+}
+
+/// Name of the schema, sent as a Kafka header so consumers can route without
+/// decoding.
+pub const SCHEMA_NAME: &str = "starling.v1.Event";
+
+/// Short, stable name of an event's kind (Kafka header `starling-kind`).
+pub fn event_kind(event: &v1::Event) -> &'static str {
+    use v1::event::Body;
+    match &event.body {
+        Some(Body::ProcessExec(_)) => "process_exec",
+        Some(Body::EventLoss(_)) => "event_loss",
+        None => "unknown",
+    }
+}
