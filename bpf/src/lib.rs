@@ -15,6 +15,7 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 pub use raw::{decode, ExecRecord, RawError, RawRecord};
 
@@ -115,7 +116,8 @@ impl Sensor {
         })?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
         // for as long as the AsyncFd that owns the RingBuf exists.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(SensorError::Poll)?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| SensorError::Poll(e.into()))?;
         Ok(Self {
             ring,
             losses,

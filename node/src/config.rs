@@ -1,0 +1,324 @@
+//! `starling-node` configuration (one TOML file; docs/configuration.md
+//! documents every field). Unknown fields are errors, every field has a safe
+//! default, and validation names the field it rejects.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use starling_mesh::identity::TlsFiles;
+
+use crate::spool::DropPolicy;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This host's identity; must equal the name in its certificate.
+    /// Default: the kernel hostname.
+    pub host_id: Option<String>,
+    /// Where the spool lives.
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub sensor: SensorSection,
+    pub spool: SpoolSection,
+    pub uplink: UplinkSection,
+    pub metrics: MetricsSection,
+}
+
+/// Certificate files issued by `starlingctl cert issue --role node`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Kernel sensor settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorSection {
+    /// Load the BPF programs. When false (or when loading fails) the node
+    /// still runs and ships what is spooled, and reports itself degraded.
+    pub enabled: bool,
+    /// BPF ring-buffer size in bytes; a power of two, at least 4096.
+    pub ring_buffer_bytes: u32,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Logical bytes of events the spool may hold before the drop policy
+    /// applies.
+    pub quota_bytes: u64,
+    /// `drop-oldest` or `drop-newest`.
+    pub drop_policy: DropPolicy,
+    /// fsync every write. Without it a process crash loses nothing, but a
+    /// power loss may lose the last moments of events.
+    pub sync_writes: bool,
+}
+
+/// Where and how the node ships its events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    /// Sinks to deliver to, tried in order; the next is used when one fails.
+    pub sinks: Vec<SinkAddress>,
+    /// Most events per batch.
+    pub max_batch_events: usize,
+    /// Most encoded event bytes per batch (before compression).
+    pub max_batch_bytes: usize,
+    /// Batches sent and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// Seconds to wait for an ack before the batch is sent again.
+    pub ack_timeout_secs: u64,
+}
+
+/// One sink endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkAddress {
+    /// host:port of the sink's QUIC listener.
+    pub address: String,
+    /// Name the sink's certificate must carry (its `--name` or a `--dns`).
+    pub server_name: String,
+}
+
+/// Prometheus exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// host:port for the /metrics endpoint; empty disables it.
+    pub listen: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            host_id: None,
+            data_dir: "/var/lib/starling/node".into(),
+            tls: TlsConfig::default(),
+            sensor: SensorSection::default(),
+            spool: SpoolSection::default(),
+            uplink: UplinkSection::default(),
+            metrics: MetricsSection::default(),
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_cert: "/etc/starling/pki/ca.pem".into(),
+            cert: "/etc/starling/pki/node.pem".into(),
+            key: "/etc/starling/pki/node.key".into(),
+        }
+    }
+}
+
+impl Default for SensorSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ring_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            quota_bytes: 1 << 30,
+            drop_policy: DropPolicy::DropOldest,
+            sync_writes: false,
+        }
+    }
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            max_batch_events: 2048,
+            max_batch_bytes: 1 << 20,
+            max_in_flight: 4,
+            ack_timeout_secs: 30,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The paths as the identity module wants them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(h) = &self.host_id {
+            starling_proto::batch::check_host_id(h).map_err(|e| invalid("host_id", e.to_string()))?;
+        }
+        let rb = self.sensor.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(invalid(
+                "sensor.ring_buffer_bytes",
+                format!("{rb} is not a power of two of at least 4096"),
+            ));
+        }
+        if self.spool.quota_bytes < 1 << 20 {
+            return Err(invalid("spool.quota_bytes", "must be at least 1048576 (1 MiB)"));
+        }
+        if self.uplink.sinks.is_empty() {
+            return Err(invalid("uplink.sinks", "at least one sink is needed"));
+        }
+        for s in &self.uplink.sinks {
+            if !s.address.contains(':') {
+                return Err(invalid(
+                    "uplink.sinks.address",
+                    format!("{:?} is not host:port", s.address),
+                ));
+            }
+            if s.server_name.is_empty() {
+                return Err(invalid("uplink.sinks.server_name", "must not be empty"));
+            }
+        }
+        let max_events = starling_proto::limits::MAX_BATCH_EVENTS;
+        if self.uplink.max_batch_events == 0 || self.uplink.max_batch_events > max_events {
+            return Err(invalid(
+                "uplink.max_batch_events",
+                format!("must be between 1 and {max_events}"),
+            ));
+        }
+        // Leave room for framing and incompressible data under the receiver's limit.
+        let max_bytes = starling_proto::limits::MAX_BATCH_BYTES / 2;
+        if self.uplink.max_batch_bytes < 4096 || self.uplink.max_batch_bytes > max_bytes {
+            return Err(invalid(
+                "uplink.max_batch_bytes",
+                format!("must be between 4096 and {max_bytes}"),
+            ));
+        }
+        if self.uplink.max_in_flight == 0 || self.uplink.max_in_flight > 64 {
+            return Err(invalid("uplink.max_in_flight", "must be between 1 and 64"));
+        }
+        if self.uplink.ack_timeout_secs == 0 {
+            return Err(invalid("uplink.ack_timeout_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The host id: configured, or the kernel hostname.
+    pub fn resolve_host_id(&self) -> Result<String, ConfigError> {
+        if let Some(h) = &self.host_id {
+            return Ok(h.clone());
+        }
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|source| ConfigError::Read {
+                path: "/proc/sys/kernel/hostname".into(),
+                source,
+            })?
+            .trim()
+            .to_owned();
+        starling_proto::batch::check_host_id(&name).map_err(|e| {
+            invalid(
+                "host_id",
+                format!("not set, and the hostname is not usable: {e}"),
+            )
+        })?;
+        Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[uplink.sinks]]
+address = "127.0.0.1:7400"
+server_name = "sink-1"
+"#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.spool.drop_policy, DropPolicy::DropOldest);
+        assert!(c.sensor.enabled);
+        assert_eq!(c.uplink.sinks.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = NodeConfig::parse(&format!("{MINIMAL}\n[sensor]\nring_buffer_bytes = 5000\n"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("sensor.ring_buffer_bytes"), "{e}");
+        let e = NodeConfig::parse("").unwrap_err();
+        assert!(e.to_string().starts_with("uplink.sinks"), "{e}");
+        let e = NodeConfig::parse(&format!("{MINIMAL}\n[spool]\ndrop_policy = \"sometimes\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("drop_policy"), "{e}");
+        let e = NodeConfig::parse(&format!("{MINIMAL}\nunknown_knob = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown_knob"), "{e}");
+    }
+}

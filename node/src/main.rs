@@ -1,0 +1,191 @@
+//! `starling-node` binary: wires config, spool, sensor and uplink together
+//! and shuts them down cleanly on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use starling_mesh::identity::{identity_of, quic_client_config, Role};
+use starling_node::config::NodeConfig;
+use starling_node::metrics_names as m;
+use starling_node::spool::Spool;
+use starling_node::uplink::Uplink;
+use tokio::sync::watch;
+
+/// Starling host daemon: eBPF sensor -> durable spool -> QUIC uplink to a sink.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML; see docs/configuration.md).
+    #[arg(short, long, default_value = "/etc/starling/node.toml", env = "STARLING_NODE_CONFIG")]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = NodeConfig::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let host_id = config.resolve_host_id()?;
+    check_certificate_names(&config, &host_id)?;
+    let client = quic_client_config(&config.tls.files()).context("loading TLS credentials")?;
+
+    if !config.metrics.listen.is_empty() {
+        let addr: std::net::SocketAddr = config
+            .metrics
+            .listen
+            .parse()
+            .with_context(|| format!("metrics.listen {:?}", config.metrics.listen))?;
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .context("starting the metrics endpoint")?;
+    }
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let spool_path = config.data_dir.join("spool");
+    let spool = Arc::new(
+        Spool::open(
+            &spool_path,
+            &host_id,
+            config.spool.quota_bytes,
+            config.spool.drop_policy,
+            config.spool.sync_writes,
+        )
+        .with_context(|| format!("opening the spool at {}", spool_path.display()))?,
+    );
+    let st = spool.stats();
+    metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
+    metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
+    tracing::info!(
+        %host_id,
+        spooled = st.events,
+        next_seq = st.next_seq,
+        "spool open"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (spooled_tx, spooled_rx) = watch::channel(st.next_seq);
+
+    let sensor_task = if config.sensor.enabled {
+        let sensor_config = starling_bpf::SensorConfig {
+            ring_buffer_bytes: config.sensor.ring_buffer_bytes,
+        };
+        match starling_bpf::Sensor::load(&sensor_config) {
+            Ok(sensor) => {
+                tracing::info!("sensor loaded: process exec");
+                metrics::gauge!(m::SENSOR_UP).set(1.0);
+                let spool = spool.clone();
+                let shutdown = shutdown_rx.clone();
+                Some(tokio::spawn(starling_node::sensor::run(
+                    sensor, spool, spooled_tx, shutdown,
+                )))
+            }
+            Err(e) => {
+                metrics::gauge!(m::SENSOR_UP).set(0.0);
+                tracing::error!(
+                    error = %e,
+                    "sensor-degraded: the kernel sensor could not load; the node keeps shipping its spool"
+                );
+                None
+            }
+        }
+    } else {
+        metrics::gauge!(m::SENSOR_UP).set(0.0);
+        tracing::warn!("sensor disabled by config (sensor.enabled = false)");
+        None
+    };
+
+    let uplink = Uplink {
+        host_id: host_id.clone(),
+        config: config.uplink.clone(),
+        spool: spool.clone(),
+        client,
+    };
+    let mut uplink_task = tokio::spawn(uplink.run(spooled_rx, shutdown_rx.clone()));
+
+    let mut sensor_task = sensor_task;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        r = &mut uplink_task => {
+            r.context("uplink task panicked")?.context("uplink failed")?;
+        }
+        r = async {
+            match sensor_task.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            }
+        } => {
+            // The sensor failing is not fatal to shipping what is spooled,
+            // but it is a degraded node: say so loudly.
+            metrics::gauge!(m::SENSOR_UP).set(0.0);
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "sensor stopped; node is sensor-degraded"),
+                Err(e) => tracing::error!(error = %e, "sensor task panicked; node is sensor-degraded"),
+            }
+            sensor_task = None;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_secs(5);
+    if let Some(t) = sensor_task {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
+    if !uplink_task.is_finished() {
+        let _ = tokio::time::timeout(grace, uplink_task).await;
+    }
+    let st = spool.stats();
+    tracing::info!(spooled = st.events, next_seq = st.next_seq, "stopped; unacknowledged events stay spooled");
+    Ok(())
+}
+
+/// The node's certificate must name it: the sink files events under the
+/// certificate's name and refuses batches that claim another host.
+fn check_certificate_names(config: &NodeConfig, host_id: &str) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_file(&config.tls.cert)
+        .with_context(|| format!("reading tls.cert {}", config.tls.cert.display()))?;
+    let id = identity_of(&cert).with_context(|| format!("tls.cert {}", config.tls.cert.display()))?;
+    if id.role != Role::Node || id.name != host_id {
+        anyhow::bail!(
+            "tls.cert {} is for {id}, but this host is node/{host_id} (set host_id or issue a certificate with `starlingctl cert issue --role node --name {host_id}`)",
+            config.tls.cert.display()
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

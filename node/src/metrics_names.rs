@@ -1,0 +1,20 @@
+//! Names of the node's Prometheus metrics (docs/metrics.md lists them).
+
+/// Records taken from the kernel ring buffer.
+pub const EVENTS_OBSERVED: &str = "starling_node_events_observed_total";
+/// Events written to the spool (each got a sequence number).
+pub const EVENTS_SPOOLED: &str = "starling_node_events_spooled_total";
+/// Events removed from the spool after the sink persisted them.
+pub const EVENTS_ACKED: &str = "starling_node_events_acked_total";
+/// Events lost, by `reason` (ring_buffer_full, spool_quota, decode_error).
+pub const EVENTS_DROPPED: &str = "starling_node_events_dropped_total";
+/// Events currently spooled.
+pub const SPOOL_EVENTS: &str = "starling_node_spool_events";
+/// Logical bytes currently spooled.
+pub const SPOOL_BYTES: &str = "starling_node_spool_bytes";
+/// Batches by `result` (persisted, retry, rejected, failed).
+pub const BATCHES: &str = "starling_node_batches_total";
+/// 1 while connected to a sink.
+pub const UPLINK_CONNECTED: &str = "starling_node_uplink_connected";
+/// 1 when the kernel sensor runs, 0 when the node is sensor-degraded.
+pub const SENSOR_UP: &str = "starling_node_sensor_up";

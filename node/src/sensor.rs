@@ -1,0 +1,98 @@
+//! Sensor -> spool: reads kernel records, enriches them, writes them to the
+//! spool and turns every loss into a counted, spooled loss event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_bpf::{BootClock, RawRecord, Sensor};
+use starling_proto::v1::event_loss::Reason;
+use tokio::sync::watch;
+
+use crate::enrich::ProcessCache;
+use crate::metrics_names as m;
+use crate::spool::{loss_event, AppendOutcome, Spool};
+
+/// Most records taken from the ring buffer per spool write.
+const READ_CHUNK: usize = 1024;
+
+/// Records what an append did in the metrics.
+pub fn record_append(outcome: &AppendOutcome) {
+    metrics::counter!(m::EVENTS_SPOOLED).increment(outcome.spooled);
+    if outcome.evicted > 0 || outcome.refused > 0 {
+        metrics::counter!(m::EVENTS_DROPPED, "reason" => "spool_quota")
+            .increment(outcome.evicted + outcome.refused);
+        tracing::warn!(
+            evicted = outcome.evicted,
+            refused = outcome.refused,
+            "spool quota reached; events dropped by the drop policy"
+        );
+    }
+}
+
+/// Runs until `shutdown` turns true. `spooled` is bumped after every write
+/// so the uplink knows there is more to send.
+pub async fn run(
+    mut sensor: Sensor,
+    spool: Arc<Spool>,
+    spooled: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let clock = BootClock::now();
+    let mut cache = ProcessCache::seeded_from_proc();
+    tracing::info!(processes = cache.len(), "process cache seeded from /proc");
+    let mut records = Vec::with_capacity(READ_CHUNK);
+    let mut reported_ring_losses = 0u64;
+    let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        records.clear();
+        tokio::select! {
+            r = sensor.read(READ_CHUNK, &mut records) => r?,
+            _ = loss_tick.tick() => {
+                let lost = sensor.ring_buffer_losses()?;
+                if lost > reported_ring_losses {
+                    let delta = lost - reported_ring_losses;
+                    reported_ring_losses = lost;
+                    metrics::counter!(m::EVENTS_DROPPED, "reason" => "ring_buffer_full").increment(delta);
+                    tracing::warn!(lost = delta, "kernel ring buffer full; records dropped");
+                    let out = append(&spool, vec![loss_event(Reason::RingBufferFull, delta, 0, 0)])?;
+                    record_append(&out);
+                    spooled.send_replace(spool.stats().next_seq);
+                }
+                continue;
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+        let mut events = Vec::with_capacity(records.len());
+        let mut decode_errors = 0u64;
+        for r in records.drain(..) {
+            match r {
+                Ok(RawRecord::Exec(x)) => {
+                    let mut e = starling_bpf::exec_event(x, &clock);
+                    cache.enrich(&mut e);
+                    events.push(e);
+                }
+                Err(err) => {
+                    decode_errors += 1;
+                    tracing::warn!(%err, "undecodable kernel record");
+                }
+            }
+        }
+        metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors);
+        if decode_errors > 0 {
+            metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error").increment(decode_errors);
+            events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
+        }
+        let out = append(&spool, events)?;
+        record_append(&out);
+        spooled.send_replace(spool.stats().next_seq);
+    }
+}
+
+fn append(
+    spool: &Spool,
+    events: Vec<starling_proto::v1::Event>,
+) -> anyhow::Result<AppendOutcome> {
+    // RocksDB writes block (an fsync with sync_writes); keep them off the
+    // async workers' fast path.
+    Ok(tokio::task::block_in_place(|| spool.append(events))?)
+}

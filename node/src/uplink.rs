@@ -1,0 +1,282 @@
+//! Async driver of the uplink: connects to a sink over QUIC with mutual TLS,
+//! sends spooled batches (one bidirectional stream per batch), and applies
+//! acks to the spool through [`UplinkState`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_mesh::identity::{peer_identity, Role};
+use starling_proto::batch::{decode_ack, EventListBuilder};
+use starling_proto::limits::MAX_ACK_BYTES;
+use starling_proto::v1::batch_ack::Status;
+use starling_proto::v1::BatchAck;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::{SinkAddress, UplinkSection};
+use crate::metrics_names as m;
+use crate::spool::Spool;
+use crate::uplink_state::{AckAction, NextRead, SeqRange, UplinkState};
+
+/// Pause before re-sending a batch the sink rejected.
+const REJECT_PAUSE: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a single batch got no ack.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadToEndError),
+    #[error("bad ack: {0}")]
+    Decode(#[from] starling_proto::batch::DecodeError),
+    #[error("no ack within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Everything the uplink needs.
+pub struct Uplink {
+    pub host_id: String,
+    pub config: UplinkSection,
+    pub spool: Arc<Spool>,
+    pub client: quinn::ClientConfig,
+}
+
+impl Uplink {
+    /// Ships spooled events until `shutdown` turns true.
+    pub async fn run(
+        self,
+        mut spooled: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let bind: SocketAddr = "[::]:0".parse()?;
+        let mut endpoint = match quinn::Endpoint::client(bind) {
+            Ok(e) => e,
+            Err(_) => quinn::Endpoint::client("0.0.0.0:0".parse()?)?,
+        };
+        let mut client = self.client.clone();
+        client.transport_config(Arc::new(transport()));
+        endpoint.set_default_client_config(client);
+
+        let mut backoff = Duration::from_millis(200);
+        let mut sink_index = 0;
+        let mut warned_since = None::<Instant>;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let sink = &self.config.sinks[sink_index % self.config.sinks.len()];
+            sink_index += 1;
+            match connect(&endpoint, sink).await {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(200);
+                    warned_since = None;
+                    tracing::info!(sink = %sink.address, "connected to sink");
+                    metrics::gauge!(m::UPLINK_CONNECTED).set(1.0);
+                    let done = self.serve(&conn, &mut spooled, &mut shutdown).await;
+                    metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
+                    conn.close(0u32.into(), b"bye");
+                    match done {
+                        Ok(Stop::Shutdown) => break,
+                        Ok(Stop::ConnectionLost(reason)) => {
+                            tracing::warn!(sink = %sink.address, %reason, "sink connection lost; spooling and reconnecting");
+                            sink_index -= 1; // try the same sink first
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => {
+                    let stats = self.spool.stats();
+                    if warned_since.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!(
+                            sink = %sink.address,
+                            error = %e,
+                            spooled = stats.events,
+                            "no sink reachable; events stay spooled"
+                        );
+                        warned_since = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        endpoint.close(0u32.into(), b"shutdown");
+        endpoint.wait_idle().await;
+        Ok(())
+    }
+
+    async fn serve(
+        &self,
+        conn: &quinn::Connection,
+        spooled: &mut watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Stop> {
+        let cfg = &self.config;
+        let mut state = UplinkState::new(cfg.max_in_flight);
+        state.on_connected(self.spool.stats().first_seq);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Result<BatchAck, SendError>)>(
+            cfg.max_in_flight * 2,
+        );
+        let ack_timeout = Duration::from_secs(cfg.ack_timeout_secs);
+        let mut paused_until: Option<Instant> = None;
+        loop {
+            // Fill the window.
+            while paused_until.is_none_or(|t| Instant::now() >= t) {
+                paused_until = None;
+                let Some(read) = state.next_read() else { break };
+                let (from, until) = match read {
+                    NextRead::Range(r) => (r.first, r.last),
+                    NextRead::From(s) => (s, u64::MAX),
+                };
+                let spool = self.spool.clone();
+                let (max_events, max_bytes) = (cfg.max_batch_events, cfg.max_batch_bytes);
+                let entries = tokio::task::block_in_place(|| {
+                    spool.read_from(from, max_events, max_bytes)
+                })?;
+                let mut builder = EventListBuilder::default();
+                let (mut first, mut last) = (0, 0);
+                for (seq, bytes) in entries.iter().filter(|(s, _)| *s <= until) {
+                    if first == 0 {
+                        first = *seq;
+                    }
+                    last = *seq;
+                    builder.push_encoded(bytes);
+                }
+                if builder.is_empty() {
+                    match read {
+                        NextRead::Range(_) => {
+                            state.on_resend_empty();
+                            continue;
+                        }
+                        NextRead::From(_) => break,
+                    }
+                }
+                let range = SeqRange { first, last };
+                let id = state.on_sent(read, range);
+                let bytes = builder.finish(&self.host_id, id);
+                let conn = conn.clone();
+                let tx = ack_tx.clone();
+                tokio::spawn(async move {
+                    let result = match tokio::time::timeout(ack_timeout, send_batch(&conn, &bytes)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(SendError::Timeout(ack_timeout)),
+                    };
+                    let _ = tx.send((id, result)).await;
+                });
+            }
+
+            let pause = async {
+                match paused_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((id, result)) = ack_rx.recv() => match result {
+                    Ok(ack) if ack.batch_id == id => {
+                        let status = Status::try_from(ack.status).unwrap_or(Status::Unspecified);
+                        match state.on_ack(id, status, &ack.detail) {
+                            AckAction::Delete(r) => {
+                                let spool = self.spool.clone();
+                                let n = tokio::task::block_in_place(|| spool.ack(r.first, r.last))?;
+                                metrics::counter!(m::EVENTS_ACKED).increment(n);
+                                metrics::counter!(m::BATCHES, "result" => "persisted").increment(1);
+                                let st = self.spool.stats();
+                                metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
+                                metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
+                            }
+                            AckAction::Resend(r) => {
+                                metrics::counter!(m::BATCHES, "result" => "retry").increment(1);
+                                tracing::debug!(first = r.first, last = r.last, detail = %ack.detail, "sink asked to retry");
+                                paused_until = Some(Instant::now() + Duration::from_millis(500));
+                            }
+                            AckAction::Rejected(r, detail) => {
+                                metrics::counter!(m::BATCHES, "result" => "rejected").increment(1);
+                                tracing::error!(first = r.first, last = r.last, %detail, "sink rejected a batch; it stays spooled");
+                                paused_until = Some(Instant::now() + REJECT_PAUSE);
+                            }
+                            AckAction::Ignore => {}
+                        }
+                    }
+                    Ok(ack) => {
+                        tracing::warn!(expected = id, got = ack.batch_id, "ack for the wrong batch");
+                        state.on_batch_failed(id);
+                    }
+                    Err(e) => {
+                        metrics::counter!(m::BATCHES, "result" => "failed").increment(1);
+                        if let Some(reason) = conn.close_reason() {
+                            state.on_connection_lost();
+                            return Ok(Stop::ConnectionLost(reason.to_string()));
+                        }
+                        tracing::warn!(batch = id, error = %e, "batch got no ack; will resend");
+                        state.on_batch_failed(id);
+                    }
+                },
+                r = spooled.changed() => {
+                    if r.is_err() {
+                        // The sensor is gone; keep draining what is spooled.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = pause => {}
+                reason = conn.closed() => {
+                    state.on_connection_lost();
+                    return Ok(Stop::ConnectionLost(reason.to_string()));
+                }
+                _ = shutdown.changed() => return Ok(Stop::Shutdown),
+            }
+        }
+    }
+}
+
+enum Stop {
+    Shutdown,
+    ConnectionLost(String),
+}
+
+/// Keep-alives make a dead sink visible within seconds rather than at the
+/// default 30-second idle timeout.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = Duration::from_secs(8).try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+async fn connect(endpoint: &quinn::Endpoint, sink: &SinkAddress) -> anyhow::Result<quinn::Connection> {
+    let addr = tokio::net::lookup_host(&sink.address)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", sink.address))?;
+    let connecting = endpoint.connect(addr, &sink.server_name)?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("handshake timed out after {CONNECT_TIMEOUT:?}"))??;
+    let id = peer_identity(&conn)?;
+    if id.role != Role::Sink {
+        conn.close(1u32.into(), b"not a sink");
+        anyhow::bail!("{} presented identity {id}, not a sink", sink.address);
+    }
+    Ok(conn)
+}
+
+async fn send_batch(conn: &quinn::Connection, bytes: &[u8]) -> Result<BatchAck, SendError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    send.finish()?;
+    let buf = recv.read_to_end(MAX_ACK_BYTES).await?;
+    Ok(decode_ack(&buf)?)
+}
