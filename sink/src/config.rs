@@ -1,0 +1,300 @@
+//! `starling-sink` configuration (docs/configuration.md documents every
+//! field). Without a `[kafka]` section the sink writes to its embedded local
+//! store, which `starlingctl events tail` reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use starling_mesh::identity::TlsFiles;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole sink configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// host:port of the QUIC listener (UDP).
+    pub listen: String,
+    /// Directory of the local store (used when `[kafka]` is absent).
+    pub data_dir: PathBuf,
+    pub tls: TlsSection,
+    /// Deliver to Kafka. Absent: write to the embedded local store.
+    pub kafka: Option<KafkaSection>,
+    pub local_store: LocalStoreSection,
+    pub limits: LimitsSection,
+    pub metrics: MetricsSection,
+}
+
+/// Certificate files issued by `starlingctl cert issue --role sink`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Kafka producer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, comma-separated host:port.
+    pub brokers: String,
+    /// Topic that receives one message per event.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Create the topic at start if it does not exist.
+    #[serde(default = "yes")]
+    pub create_topic: bool,
+    /// Partitions of a topic the sink creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of a topic the sink creates.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// How long the producer keeps trying one message before the batch is
+    /// answered RETRY (the node then sends it again).
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout_ms: u32,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*, ...).
+    /// `enable.idempotence` and `acks` cannot be weakened here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Embedded local store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalStoreSection {
+    /// Most events kept; the oldest are deleted beyond this.
+    pub max_events: u64,
+}
+
+/// Resource limits of the ingress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Most concurrent client connections.
+    pub max_connections: usize,
+    /// Most concurrent batches (streams) per connection.
+    pub max_streams_per_connection: u32,
+}
+
+/// Prometheus exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// host:port for the /metrics endpoint; empty disables it.
+    pub listen: String,
+}
+
+fn default_topic() -> String {
+    "starling.events".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_delivery_timeout() -> u32 {
+    30_000
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7400".into(),
+            data_dir: "/var/lib/starling/sink".into(),
+            tls: TlsSection::default(),
+            kafka: None,
+            local_store: LocalStoreSection::default(),
+            limits: LimitsSection::default(),
+            metrics: MetricsSection::default(),
+        }
+    }
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            ca_cert: "/etc/starling/pki/ca.pem".into(),
+            cert: "/etc/starling/pki/sink.pem".into(),
+            key: "/etc/starling/pki/sink.key".into(),
+        }
+    }
+}
+
+impl Default for LocalStoreSection {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000_000,
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_streams_per_connection: 64,
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9465".into(),
+        }
+    }
+}
+
+impl TlsSection {
+    /// The paths as the identity module wants them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// librdkafka properties that would break the durability contract.
+const PROTECTED: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "bootstrap.servers",
+];
+
+impl SinkConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("listen", format!("{:?} is not ip:port", self.listen)));
+        }
+        if let Some(k) = &self.kafka {
+            if k.brokers.trim().is_empty() {
+                return Err(invalid("kafka.brokers", "must not be empty"));
+            }
+            if k.topic.is_empty() || k.topic.len() > 249 {
+                return Err(invalid("kafka.topic", "must be 1 to 249 characters"));
+            }
+            if k.partitions < 1 {
+                return Err(invalid("kafka.partitions", "must be at least 1"));
+            }
+            if k.replication_factor < 1 {
+                return Err(invalid("kafka.replication_factor", "must be at least 1"));
+            }
+            if k.delivery_timeout_ms < 1000 {
+                return Err(invalid("kafka.delivery_timeout_ms", "must be at least 1000"));
+            }
+            for key in k.properties.keys() {
+                if PROTECTED.contains(&key.as_str()) {
+                    return Err(invalid(
+                        "kafka.properties",
+                        format!("{key} is set by the sink (idempotent, acks=all) and cannot be overridden"),
+                    ));
+                }
+            }
+        }
+        if self.local_store.max_events < 1000 {
+            return Err(invalid("local_store.max_events", "must be at least 1000"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if !(1..=1024).contains(&self.limits.max_streams_per_connection) {
+            return Err(invalid(
+                "limits.max_streams_per_connection",
+                "must be between 1 and 1024",
+            ));
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid("metrics.listen", format!("{:?} is not ip:port", self.metrics.listen)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_uses_the_local_store() {
+        let c = SinkConfig::parse("").unwrap();
+        assert!(c.kafka.is_none());
+        assert_eq!(c.listen, "0.0.0.0:7400");
+    }
+
+    #[test]
+    fn kafka_defaults_and_protected_properties() {
+        let c = SinkConfig::parse("[kafka]\nbrokers = \"k:9092\"\n").unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.topic, "starling.events");
+        let e = SinkConfig::parse("[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\nacks = \"1\"\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("kafka.properties"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = SinkConfig::parse("listen = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().starts_with("listen"), "{e}");
+        let e = SinkConfig::parse("[limits]\nmax_streams_per_connection = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("limits.max_streams_per_connection"), "{e}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The embedded local store: where the sink persists events when no Kafka
+//! is configured (the demo default), and what `starlingctl events tail`
+//! reads.
+//!
+//! Events are kept in arrival order under `a` + arrival number (big-endian
+//! u64); the next arrival number is committed in the same write. Every
+//! write is fsynced before the sink acks, so an ack means the events are on
+//! disk. Beyond `max_events` the oldest are deleted.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use starling_proto::v1::Event;
+
+const PREFIX: u8 = b'a';
+const NEXT_KEY: &[u8] = b"m:next";
+
+/// Local store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("local store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("creating a scratch directory for the reader: {0}")]
+    Scratch(#[source] std::io::Error),
+    #[error("local store at {0} does not exist (has the sink run with this data_dir?)")]
+    Missing(String),
+}
+
+fn key(n: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX;
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn arrival_of(k: &[u8]) -> Option<u64> {
+    (k.len() == 9 && k[0] == PREFIX).then(|| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k[1..]);
+        u64::from_be_bytes(b)
+    })
+}
+
+/// The writer side, owned by the sink.
+pub struct LocalStore {
+    db: DB,
+    max_events: u64,
+    /// (next arrival number, oldest arrival number kept)
+    range: Mutex<(u64, u64)>,
+}
+
+impl LocalStore {
+    /// Opens or creates the store.
+    pub fn open(path: &Path, max_events: u64) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_keep_log_file_num(4);
+        let db = DB::open(&opts, path)?;
+        let next = match db.get(NEXT_KEY)? {
+            Some(v) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            _ => 1,
+        };
+        let oldest = db
+            .iterator(IteratorMode::From(&[PREFIX], Direction::Forward))
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| arrival_of(&k))
+            .unwrap_or(next);
+        Ok(Self {
+            db,
+            max_events,
+            range: Mutex::new((next, oldest)),
+        })
+    }
+
+    /// Writes events durably (fsync) and applies retention.
+    pub fn persist(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut next, mut oldest) = *range;
+        let mut batch = WriteBatch::default();
+        for e in events {
+            batch.put(key(next), e.encode_to_vec());
+            next += 1;
+        }
+        batch.put(NEXT_KEY, next.to_be_bytes());
+        if next - oldest > self.max_events {
+            let new_oldest = next - self.max_events;
+            batch.delete_range(key(oldest), key(new_oldest));
+            oldest = new_oldest;
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        *range = (next, oldest);
+        Ok(())
+    }
+}
+
+/// A read-only view of a store that a running sink may be writing
+/// (a RocksDB secondary instance that catches up on demand).
+pub struct LocalStoreReader {
+    db: DB,
+    _scratch: tempfile::TempDir,
+}
+
+impl LocalStoreReader {
+    /// Opens the store at `path` for reading.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let scratch = tempfile::tempdir().map_err(StoreError::Scratch)?;
+        let mut opts = Options::default();
+        opts.set_max_open_files(-1);
+        let db = DB::open_as_secondary(&opts, path, scratch.path())?;
+        Ok(Self {
+            db,
+            _scratch: scratch,
+        })
+    }
+
+    /// Brings the view up to date with the writer.
+    pub fn refresh(&self) -> Result<(), StoreError> {
+        Ok(self.db.try_catch_up_with_primary()?)
+    }
+
+    /// The last `n` events, oldest first, with their arrival numbers.
+    /// Entries that do not decode are skipped and counted in the result.
+    pub fn tail(&self, n: usize) -> Result<(Vec<(u64, Event)>, usize), StoreError> {
+        let end = key(u64::MAX);
+        let mut out = Vec::with_capacity(n);
+        let mut bad = 0;
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&end, Direction::Reverse))
+        {
+            let (k, v) = item?;
+            let Some(a) = arrival_of(&k) else { break };
+            match Event::decode(v.as_ref()) {
+                Ok(e) => out.push((a, e)),
+                Err(_) => bad += 1,
+            }
+            if out.len() >= n {
+                break;
+            }
+        }
+        out.reverse();
+        Ok((out, bad))
+    }
+
+    /// Up to `max` events that arrived after arrival number `after`.
+    pub fn after(&self, after: u64, max: usize) -> Result<(Vec<(u64, Event)>, usize), StoreError> {
+        let mut out = Vec::new();
+        let mut bad = 0;
+        for item in self.db.iterator(IteratorMode::From(
+            &key(after.saturating_add(1)),
+            Direction::Forward,
+        )) {
+            let (k, v) = item?;
+            let Some(a) = arrival_of(&k) else { break };
+            match Event::decode(v.as_ref()) {
+                Ok(e) => out.push((a, e)),
+                Err(_) => bad += 1,
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok((out, bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_proto::v1::EventHeader;
+
+    fn ev(seq: u64) -> Event {
+        Event {
+            header: Some(EventHeader {
+                host_id: "h".into(),
+                seq,
+                ..Default::default()
+            }),
+            body: None,
+        }
+    }
+
+    #[test]
+    fn reader_sees_writes_and_retention_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), 1000).unwrap();
+        store.persist(&(1..=10).map(ev).collect::<Vec<_>>()).unwrap();
+        let reader = LocalStoreReader::open(dir.path()).unwrap();
+        let (tail, bad) = reader.tail(3).unwrap();
+        assert_eq!(bad, 0);
+        let seqs: Vec<u64> = tail.iter().map(|(_, e)| e.header.as_ref().unwrap().seq).collect();
+        assert_eq!(seqs, [8, 9, 10]);
+
+        store.persist(&(11..=1005).map(ev).collect::<Vec<_>>()).unwrap();
+        reader.refresh().unwrap();
+        let (after, _) = reader.after(tail[2].0, 10_000).unwrap();
+        assert_eq!(after.len(), 995);
+        let (all, _) = reader.after(0, 10_000).unwrap();
+        assert_eq!(all.len(), 1000, "retention keeps max_events");
+        assert_eq!(all[0].1.header.as_ref().unwrap().seq, 6);
+    }
+
+    #[test]
+    fn arrival_numbers_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = LocalStore::open(dir.path(), 1000).unwrap();
+            s.persist(&[ev(1), ev(2)]).unwrap();
+        }
+        let s = LocalStore::open(dir.path(), 1000).unwrap();
+        s.persist(&[ev(3)]).unwrap();
+        drop(s);
+        let r = LocalStoreReader::open(dir.path()).unwrap();
+        let (all, _) = r.after(0, 10).unwrap();
+        let arrivals: Vec<u64> = all.iter().map(|(a, _)| *a).collect();
+        assert_eq!(arrivals, [1, 2, 3]);
+    }
+
+    #[test]
+    fn missing_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = LocalStoreReader::open(&dir.path().join("nope")).err().unwrap();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+}
