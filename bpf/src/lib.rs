@@ -77,6 +77,7 @@ impl Sensor {
             return Err(SensorError::BadRingBufferSize(size));
         }
         raise_memlock_limit();
+        ensure_tracefs();
         let mut bpf = EbpfLoader::new()
             .set_max_entries("events", size)
             .load(EXEC_OBJECT)
@@ -178,6 +179,32 @@ fn raise_memlock_limit() {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+    }
+}
+
+/// Tracepoint attachment looks up event ids in tracefs. Minimal hosts and
+/// VMs often boot without it mounted; as root, mount it where the kernel
+/// documents it. Failure is left for the attach step to report.
+fn ensure_tracefs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")) {
+        return;
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    } else {
+        tracing::debug!("could not mount tracefs: {}", io::Error::last_os_error());
     }
 }
 

@@ -1,0 +1,226 @@
+//! `starlingctl`: the operator's tool.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use starling_admin::{event_row, table_header};
+use starling_mesh::identity::{FleetCa, Role};
+use starling_sink::local_store::LocalStoreReader;
+
+/// Starling operator tool: fleet credentials and views of the mesh.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The fleet certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Host certificates signed by the fleet CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Events stored by a sink's embedded local store.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a new fleet CA (ca.pem, ca.key) in the PKI directory.
+    Init {
+        /// PKI directory.
+        #[arg(long, env = "STARLING_PKI", default_value = "/etc/starling/pki")]
+        pki: PathBuf,
+        /// Name of the fleet, recorded in the CA's subject.
+        #[arg(long, default_value = "default")]
+        fleet: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA (every issued certificate stops working).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue a certificate for a node or a sink.
+    Issue {
+        /// PKI directory holding ca.pem and ca.key.
+        #[arg(long, env = "STARLING_PKI", default_value = "/etc/starling/pki")]
+        pki: PathBuf,
+        /// Role of the holder.
+        #[arg(long)]
+        role: Role,
+        /// Host name (a node's host_id; a sink's server_name).
+        #[arg(long)]
+        name: String,
+        /// Extra DNS names (sinks: names nodes use to reach it).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses to include (sinks).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Output directory (default: the PKI directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// File name stem (default: the name); writes STEM.pem and STEM.key.
+        #[arg(long)]
+        stem: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Show the most recent events, oldest first; --follow keeps printing.
+    Tail {
+        /// The sink's local store (<sink data_dir>/store).
+        #[arg(long, env = "STARLING_STORE", default_value = "/var/lib/starling/sink/store")]
+        store: PathBuf,
+        /// How many recent events to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new events as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events of this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only events of this kind (process_exec, event_loss).
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ca {
+            command:
+                CaCommand::Init {
+                    pki,
+                    fleet,
+                    days,
+                    force,
+                },
+        } => {
+            let cert = pki.join("ca.pem");
+            if cert.exists() && !force {
+                bail!(
+                    "{} exists; a new CA would invalidate every issued certificate (use --force to replace it)",
+                    cert.display()
+                );
+            }
+            let ca = FleetCa::generate(&fleet, days)?;
+            let (c, k) = ca.pem().write(&pki, "ca")?;
+            println!("fleet CA created\n  certificate: {}\n  private key: {} (keep it offline)", c.display(), k.display());
+            Ok(())
+        }
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    pki,
+                    role,
+                    name,
+                    dns,
+                    ip,
+                    days,
+                    out,
+                    stem,
+                },
+        } => {
+            let ca = FleetCa::load(&pki.join("ca.pem"), &pki.join("ca.key"))
+                .with_context(|| format!("loading the fleet CA from {} (run `starlingctl ca init` first)", pki.display()))?;
+            let pair = ca.issue(role, &name, &dns, &ip, days)?;
+            let stem = stem.unwrap_or_else(|| name.clone());
+            let (c, k) = pair.write(out.as_deref().unwrap_or(&pki), &stem)?;
+            println!("issued {role}/{name}\n  certificate: {}\n  private key: {}", c.display(), k.display());
+            Ok(())
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    store,
+                    lines,
+                    follow,
+                    host,
+                    kind,
+                    json,
+                },
+        } => tail(&store, lines, follow, host.as_deref(), kind.as_deref(), json),
+    }
+}
+
+fn tail(
+    store: &std::path::Path,
+    lines: usize,
+    follow: bool,
+    host: Option<&str>,
+    kind: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let reader = LocalStoreReader::open(store)?;
+    let wanted = |e: &starling_proto::v1::Event| {
+        host.is_none_or(|h| e.header.as_ref().is_some_and(|x| x.host_id == h))
+            && kind.is_none_or(|k| starling_proto::event_kind(e) == k)
+    };
+    let print = |e: &starling_proto::v1::Event| {
+        if json {
+            println!("{}", starling_proto::json::event_to_json(e));
+        } else {
+            println!("{}", event_row(e));
+        }
+    };
+    // Filtering happens after reading, so read generously when filtering.
+    let scan = if host.is_some() || kind.is_some() { lines.saturating_mul(50).max(10_000) } else { lines };
+    let (recent, bad) = reader.tail(scan)?;
+    let shown: Vec<_> = recent.iter().filter(|(_, e)| wanted(e)).collect();
+    let skip = shown.len().saturating_sub(lines);
+    if !json {
+        println!("{}", table_header());
+    }
+    for (_, e) in &shown[skip..] {
+        print(e);
+    }
+    if bad > 0 {
+        eprintln!("warning: {bad} stored entries could not be decoded and were skipped");
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut last = recent.last().map(|(a, _)| *a).unwrap_or(0);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        reader.refresh()?;
+        loop {
+            let (batch, bad) = reader.after(last, 1000)?;
+            if bad > 0 {
+                eprintln!("warning: {bad} stored entries could not be decoded and were skipped");
+            }
+            let Some((a, _)) = batch.last() else { break };
+            last = *a;
+            for (_, e) in batch.iter().filter(|(_, e)| wanted(e)) {
+                print(e);
+            }
+        }
+    }
+}
