@@ -212,13 +212,18 @@ fn tail(
         std::thread::sleep(Duration::from_millis(250));
         reader.refresh()?;
         loop {
-            let (batch, bad) = reader.after(last, 1000)?;
-            if bad > 0 {
-                eprintln!("warning: {bad} stored entries could not be decoded and were skipped");
+            let page = reader.after(last, 1000)?;
+            if page.undecodable > 0 {
+                eprintln!(
+                    "warning: {} stored entries could not be decoded and were skipped",
+                    page.undecodable
+                );
             }
-            let Some((a, _)) = batch.last() else { break };
-            last = *a;
-            for (_, e) in batch.iter().filter(|(_, e)| wanted(e)) {
+            if page.last_arrival == last {
+                break;
+            }
+            last = page.last_arrival;
+            for (_, e) in page.events.iter().filter(|(_, e)| wanted(e)) {
                 print(e);
             }
         }

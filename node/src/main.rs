@@ -25,6 +25,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into()),
@@ -74,6 +75,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let st = spool.stats();
     metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
     metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
+    metrics::gauge!(m::SPOOL_NEXT_SEQ).set(st.next_seq as f64);
     tracing::info!(
         %host_id,
         spooled = st.events,

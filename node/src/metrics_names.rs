@@ -12,6 +12,8 @@ pub const EVENTS_DROPPED: &str = "starling_node_events_dropped_total";
 pub const SPOOL_EVENTS: &str = "starling_node_spool_events";
 /// Logical bytes currently spooled.
 pub const SPOOL_BYTES: &str = "starling_node_spool_bytes";
+/// Next sequence number the spool will assign (all below it were produced).
+pub const SPOOL_NEXT_SEQ: &str = "starling_node_spool_next_seq";
 /// Batches by `result` (persisted, retry, rejected, failed).
 pub const BATCHES: &str = "starling_node_batches_total";
 /// 1 while connected to a sink.

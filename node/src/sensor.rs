@@ -16,7 +16,11 @@ use crate::spool::{loss_event, AppendOutcome, Spool};
 const READ_CHUNK: usize = 1024;
 
 /// Records what an append did in the metrics.
-pub fn record_append(outcome: &AppendOutcome) {
+pub fn record_append(spool: &Spool, outcome: &AppendOutcome) {
+    let st = spool.stats();
+    metrics::gauge!(m::SPOOL_NEXT_SEQ).set(st.next_seq as f64);
+    metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
+    metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
     metrics::counter!(m::EVENTS_SPOOLED).increment(outcome.spooled);
     if outcome.evicted > 0 || outcome.refused > 0 {
         metrics::counter!(m::EVENTS_DROPPED, "reason" => "spool_quota")
@@ -55,7 +59,7 @@ pub async fn run(
                     metrics::counter!(m::EVENTS_DROPPED, "reason" => "ring_buffer_full").increment(delta);
                     tracing::warn!(lost = delta, "kernel ring buffer full; records dropped");
                     let out = append(&spool, vec![loss_event(Reason::RingBufferFull, delta, 0, 0)])?;
-                    record_append(&out);
+                    record_append(&spool, &out);
                     spooled.send_replace(spool.stats().next_seq);
                 }
                 continue;
@@ -83,7 +87,7 @@ pub async fn run(
             events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
         }
         let out = append(&spool, events)?;
-        record_append(&out);
+        record_append(&spool, &out);
         spooled.send_replace(spool.stats().next_seq);
     }
 }

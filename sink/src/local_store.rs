@@ -154,26 +154,42 @@ impl LocalStoreReader {
         Ok((out, bad))
     }
 
-    /// Up to `max` events that arrived after arrival number `after`.
-    pub fn after(&self, after: u64, max: usize) -> Result<(Vec<(u64, Event)>, usize), StoreError> {
+    /// Up to `max` entries that arrived after arrival number `after`: the
+    /// events, how many entries did not decode, and the last arrival number
+    /// scanned (pass it as `after` next time).
+    pub fn after(&self, after: u64, max: usize) -> Result<AfterPage, StoreError> {
         let mut out = Vec::new();
         let mut bad = 0;
+        let mut last = after;
         for item in self.db.iterator(IteratorMode::From(
             &key(after.saturating_add(1)),
             Direction::Forward,
         )) {
             let (k, v) = item?;
             let Some(a) = arrival_of(&k) else { break };
+            last = a;
             match Event::decode(v.as_ref()) {
                 Ok(e) => out.push((a, e)),
                 Err(_) => bad += 1,
             }
-            if out.len() >= max {
+            if out.len() + bad >= max {
                 break;
             }
         }
-        Ok((out, bad))
+        Ok(AfterPage {
+            events: out,
+            undecodable: bad,
+            last_arrival: last,
+        })
     }
+}
+
+/// One page of [`LocalStoreReader::after`].
+#[derive(Debug, Default)]
+pub struct AfterPage {
+    pub events: Vec<(u64, Event)>,
+    pub undecodable: usize,
+    pub last_arrival: u64,
 }
 
 #[cfg(test)]
@@ -205,9 +221,9 @@ mod tests {
 
         store.persist(&(11..=1005).map(ev).collect::<Vec<_>>()).unwrap();
         reader.refresh().unwrap();
-        let (after, _) = reader.after(tail[2].0, 10_000).unwrap();
+        let after = reader.after(tail[2].0, 10_000).unwrap().events;
         assert_eq!(after.len(), 995);
-        let (all, _) = reader.after(0, 10_000).unwrap();
+        let all = reader.after(0, 10_000).unwrap().events;
         assert_eq!(all.len(), 1000, "retention keeps max_events");
         assert_eq!(all[0].1.header.as_ref().unwrap().seq, 6);
     }
@@ -223,7 +239,7 @@ mod tests {
         s.persist(&[ev(3)]).unwrap();
         drop(s);
         let r = LocalStoreReader::open(dir.path()).unwrap();
-        let (all, _) = r.after(0, 10).unwrap();
+        let all = r.after(0, 10).unwrap().events;
         let arrivals: Vec<u64> = all.iter().map(|(a, _)| *a).collect();
         assert_eq!(arrivals, [1, 2, 3]);
     }

@@ -1,0 +1,97 @@
+//! Reads the Starling topic back with a real Kafka client (librdkafka), as a
+//! downstream consumer would.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use starling_proto::v1::Event;
+
+/// One message of the topic, decoded.
+#[derive(Debug, Clone)]
+pub struct ConsumedEvent {
+    pub key: String,
+    pub headers: BTreeMap<String, String>,
+    pub event: Event,
+}
+
+/// A consumer assigned to every partition of a topic from the beginning.
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    /// Everything read so far.
+    pub records: Vec<ConsumedEvent>,
+    /// Messages whose payload did not decode as an Event.
+    pub undecodable: usize,
+}
+
+impl KafkaReader {
+    /// Waits up to 30 s for the topic to exist, then assigns its partitions.
+    pub fn new(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "starling-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating the Kafka consumer")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let partitions = loop {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+            if let Ok(md) = md {
+                if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                    if !t.partitions().is_empty() {
+                        break t.partitions().len();
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("topic {topic} did not appear on {bootstrap}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            records: Vec::new(),
+            undecodable: 0,
+        })
+    }
+
+    /// Reads for up to `timeout`, stopping early once `done` holds.
+    pub fn poll_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[ConsumedEvent]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.records) {
+                return true;
+            }
+            while let Some(r) = self.consumer.poll(Duration::from_millis(100)) {
+                let Ok(m) = r else { continue };
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        let v = hd.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                        headers.insert(hd.key.to_owned(), v);
+                    }
+                }
+                match Event::decode(m.payload().unwrap_or_default()) {
+                    Ok(event) => self.records.push(ConsumedEvent { key, headers, event }),
+                    Err(_) => self.undecodable += 1,
+                }
+            }
+        }
+        done(&self.records)
+    }
+}

@@ -1,0 +1,348 @@
+//! Real `starling-sink` and `starling-node` processes with generated
+//! configs, started from the workspace's build output.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use starling_mesh::identity::{FleetCa, Role};
+
+use crate::{free_port, wait_for};
+
+/// Directory of the workspace binaries: STARLING_BIN_DIR, or the target
+/// directory the running test binary was built into.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("STARLING_BIN_DIR") {
+        return Ok(d.into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test binary has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if !p.is_file() {
+        bail!("{} not found: build it first (cargo build --workspace --bins)", p.display());
+    }
+    Ok(p)
+}
+
+/// A fleet CA and the credentials it issued, in a temporary directory.
+pub struct Fleet {
+    dir: tempfile::TempDir,
+    ca: FleetCa,
+}
+
+impl Fleet {
+    /// Creates a CA in a new temporary directory.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("starling-fleet").tempdir()?;
+        let ca = FleetCa::generate("test", 30)?;
+        ca.pem().write(&dir.path().join("pki"), "ca")?;
+        Ok(Self { dir, ca })
+    }
+
+    /// Root of the fleet's temporary directory (data dirs go below it).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("pki/ca.pem")
+    }
+
+    /// Issues and writes a certificate; returns (cert, key) paths.
+    pub fn issue(&self, role: Role, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let pair = self.ca.issue(
+            role,
+            name,
+            &["localhost".into()],
+            &["127.0.0.1".parse()?],
+            30,
+        )?;
+        Ok(pair.write(&self.dir.path().join("pki"), name)?)
+    }
+}
+
+/// A child process that is killed when dropped.
+struct Managed {
+    binary: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Managed {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", std::env::var("STARLING_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut c) = self.child.take() else { bail!("not running") };
+        // SAFETY: sending a signal to our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        match wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten()) {
+            Some(s) => Ok(s),
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not stop within 20 s of SIGTERM", self.binary.display())
+            }
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Reads one metric from a Prometheus endpoint. `series` is the text before
+/// the value, e.g. `starling_sink_batches_total{status="PERSISTED"}`.
+pub fn scrape(port: u16, series: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+}
+
+/// A `starling-sink` process.
+pub struct SinkProcess {
+    proc: Managed,
+    /// Name in its certificate (what nodes use as server_name).
+    pub name: String,
+    /// UDP port of its QUIC listener.
+    pub port: u16,
+    /// TCP port of its metrics endpoint.
+    pub metrics_port: u16,
+    /// Its data directory (the local store is `store` below it).
+    pub data_dir: PathBuf,
+}
+
+impl SinkProcess {
+    /// Starts a sink writing to `kafka` (bootstrap servers, topic) or, when
+    /// None, to its local store; waits until it is ready.
+    pub fn start(fleet: &Fleet, name: &str, kafka: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let mut sink = Self::create(fleet, name, kafka)?;
+        sink.restart()?;
+        Ok(sink)
+    }
+
+    /// Prepares credentials, config and ports without starting the process
+    /// (nodes can be pointed at a sink that is not up yet).
+    pub fn create(fleet: &Fleet, name: &str, kafka: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let (cert, key) = fleet.issue(Role::Sink, name)?;
+        let port = free_port();
+        let metrics_port = free_port();
+        let dir = fleet.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            data = dir.join("data"),
+            ca = fleet.ca_cert(),
+        );
+        if let Some((brokers, topic)) = kafka {
+            config.push_str(&format!(
+                "[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\npartitions = 3\ndelivery_timeout_ms = 10000\n"
+            ));
+        }
+        let config_path = dir.join("sink.toml");
+        std::fs::write(&config_path, config)?;
+        Ok(Self {
+            proc: Managed {
+                binary: binary("starling-sink")?,
+                config: config_path,
+                log: dir.join("sink.log"),
+                child: None,
+            },
+            name: name.into(),
+            port,
+            metrics_port,
+            data_dir: dir.join("data"),
+        })
+    }
+
+    /// Starts the process again with the same config and waits until ready.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let before = self.proc.log().matches("sink ready").count();
+        self.proc.spawn()?;
+        let ready = wait_for(Duration::from_secs(30), || {
+            (self.proc.log().matches("sink ready").count() > before).then_some(())
+        });
+        if ready.is_none() {
+            bail!("sink {} did not become ready:\n{}", self.name, self.proc.log());
+        }
+        Ok(())
+    }
+
+    /// host:port for node configs.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The local store directory.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Stops with SIGTERM and waits.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.proc.terminate()
+    }
+
+    /// One metric of this sink.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        scrape(self.metrics_port, series)
+    }
+
+    /// Everything the process logged.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+}
+
+/// A `starling-node` process.
+pub struct NodeProcess {
+    proc: Managed,
+    /// Its host id (and certificate name).
+    pub host_id: String,
+    /// TCP port of its metrics endpoint.
+    pub metrics_port: u16,
+    sensor: bool,
+}
+
+impl NodeProcess {
+    /// Starts a node shipping to `sinks` ((address, server name) pairs).
+    /// With `sensor`, waits until the kernel sensor is up.
+    pub fn start(
+        fleet: &Fleet,
+        host_id: &str,
+        sinks: &[(String, String)],
+        sensor: bool,
+    ) -> anyhow::Result<Self> {
+        let (cert, key) = fleet.issue(Role::Node, host_id)?;
+        let metrics_port = free_port();
+        let dir = fleet.path().join(host_id);
+        std::fs::create_dir_all(&dir)?;
+        let mut config = format!(
+            "host_id = {host_id:?}\ndata_dir = {data:?}\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[sensor]\nenabled = {sensor}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            data = dir.join("data"),
+            ca = fleet.ca_cert(),
+        );
+        for (address, name) in sinks {
+            config.push_str(&format!(
+                "[[uplink.sinks]]\naddress = {address:?}\nserver_name = {name:?}\n"
+            ));
+        }
+        let config_path = dir.join("node.toml");
+        std::fs::write(&config_path, config)?;
+        let mut node = Self {
+            proc: Managed {
+                binary: binary("starling-node")?,
+                config: config_path,
+                log: dir.join("node.log"),
+                child: None,
+            },
+            host_id: host_id.into(),
+            metrics_port,
+            sensor,
+        };
+        node.restart()?;
+        Ok(node)
+    }
+
+    /// Starts the process again and waits until its metrics answer (and,
+    /// with the sensor enabled, until the sensor is up).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.spawn()?;
+        let want_sensor = self.sensor;
+        let ready = wait_for(Duration::from_secs(30), || {
+            let up = scrape(self.metrics_port, "starling_node_sensor_up")?;
+            (!want_sensor || up == 1.0).then_some(())
+        });
+        if ready.is_none() {
+            bail!("node {} did not become ready:\n{}", self.host_id, self.proc.log());
+        }
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Stops with SIGTERM and waits.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.proc.terminate()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.proc.alive()
+    }
+
+    /// One metric of this node.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        scrape(self.metrics_port, series)
+    }
+
+    /// Highest sequence number assigned so far.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.metric("starling_node_spool_next_seq").map(|n| n as u64 - 1)
+    }
+
+    /// Everything the process logged.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+}

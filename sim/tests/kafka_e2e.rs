@@ -1,0 +1,73 @@
+//! End to end against a real Kafka-protocol broker: real exec events from
+//! the kernel sensor, through the node's spool and the sink, read back with
+//! a Kafka client. Needs root (BPF) and tansu (scripts/setup installs it).
+
+use std::process::Command;
+use std::time::Duration;
+
+use starling_proto::v1::event::Body;
+use starling_sim::kafka::KafkaReader;
+use starling_sim::{is_root, Broker, Fleet, NodeProcess, SinkProcess};
+
+const TOPIC: &str = "starling.events";
+
+#[test]
+fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
+    assert!(is_root(), "this test loads BPF programs and must run as root");
+    let broker = Broker::start()?;
+    let fleet = Fleet::new()?;
+    let sink = SinkProcess::start(&fleet, "sink-1", Some((&broker.bootstrap(), TOPIC)))?;
+    let node = NodeProcess::start(&fleet, "e2e-host", &[(sink.address(), sink.name.clone())], true)?;
+
+    let marker = format!("starling-e2e-{}-{}", std::process::id(), rand_suffix());
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        let arg = format!("arg with spaces {i}");
+        let mut child = Command::new("/bin/true").args([&marker, &arg]).spawn()?;
+        expected.push((child.id(), arg));
+        child.wait()?;
+    }
+
+    let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
+    let found = reader.poll_until(Duration::from_secs(60), |recs| {
+        recs.iter()
+            .filter(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1) == Some(&marker)))
+            .count()
+            >= expected.len()
+    });
+    assert!(found, "exec events did not reach Kafka\nnode log:\n{}\nsink log:\n{}", node.log(), sink.log());
+
+    let me = std::process::id();
+    let my_exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    for (pid, arg) in &expected {
+        let rec = reader
+            .records
+            .iter()
+            .find(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1) == Some(&marker) && x.argv.get(2) == Some(arg)))
+            .unwrap_or_else(|| panic!("no event for {arg:?}"));
+        let h = rec.event.header.as_ref().expect("header");
+        let Some(Body::ProcessExec(x)) = &rec.event.body else { unreachable!() };
+        assert_eq!(x.argv, ["/bin/true", marker.as_str(), arg.as_str()]);
+        assert_eq!(x.filename, "/bin/true");
+        assert_eq!(h.pid, *pid, "pid of the exec'd process");
+        assert_eq!(h.ppid, me, "parent is this test process");
+        assert_eq!(x.parent_exe, my_exe, "parent exe is this test binary");
+        assert_eq!(h.comm, "true");
+        assert_eq!(h.uid, 0);
+        assert_eq!(h.host_id, "e2e-host");
+        assert!(h.seq > 0 && h.time_unix_ns > 0 && h.ktime_ns > 0 && h.cgroup_id > 0);
+        assert_eq!(rec.key, "e2e-host", "message key is the host id");
+        assert_eq!(rec.headers.get("starling-kind").map(String::as_str), Some("process_exec"));
+        assert_eq!(rec.headers.get("starling-schema").map(String::as_str), Some("starling.v1.Event"));
+        assert_eq!(rec.headers.get("starling-seq"), Some(&h.seq.to_string()));
+    }
+    assert_eq!(reader.undecodable, 0);
+    Ok(())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
