@@ -57,15 +57,23 @@ impl RawClient {
 
     /// Sends `bytes` on a new stream and reads the sink's ack.
     pub async fn send(&self, bytes: &[u8]) -> anyhow::Result<BatchAck> {
-        let (mut send, mut recv) = self.conn.open_bi().await?;
-        // The sink may stop reading early (oversized batch) and still answer.
-        if send.write_all(bytes).await.is_ok() {
-            let _ = send.finish();
-        }
-        let ack = recv.read_to_end(64 * 1024).await?;
-        Ok(decode_ack(&ack)?)
+        send_on(&self.conn, bytes).await
     }
+}
 
+/// Sends `bytes` on a new stream of `conn` and reads the sink's ack. A free
+/// function so tests can run many at once on clones of one connection.
+pub async fn send_on(conn: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<BatchAck> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    // The sink may stop reading early (oversized batch) and still answer.
+    if send.write_all(bytes).await.is_ok() {
+        let _ = send.finish();
+    }
+    let ack = recv.read_to_end(64 * 1024).await?;
+    Ok(decode_ack(&ack)?)
+}
+
+impl RawClient {
     /// Waits for the connection to be usable for at least one stream; an
     /// error here means the server refused the connection.
     pub async fn probe(&self) -> anyhow::Result<()> {

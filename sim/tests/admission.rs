@@ -1,0 +1,169 @@
+//! Only enrolled nodes get in, and hostile batches get an error without
+//! disturbing anything else in flight.
+
+use std::time::Duration;
+
+use prost::Message;
+use starling_mesh::identity::{Role, TlsFiles};
+use starling_proto::batch::EventListBuilder;
+use starling_proto::v1::batch_ack::Status;
+use starling_proto::v1::{event::Body, Batch, Compression, Event, EventHeader, ProcessExec};
+use starling_sim::client::{send_on, Credentials, RawClient};
+use starling_sim::{wait_for, Fleet, SinkProcess};
+use starling_sink::local_store::LocalStoreReader;
+
+fn files(fleet: &Fleet, cert: (std::path::PathBuf, std::path::PathBuf)) -> TlsFiles {
+    TlsFiles {
+        ca_cert: fleet.ca_cert(),
+        cert: cert.0,
+        key: cert.1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_admits_only_enrolled_nodes() -> anyhow::Result<()> {
+    let fleet = Fleet::new()?;
+    let sink = SinkProcess::start(&fleet, "sink-1", None)?;
+    let addr = sink.address();
+
+    // No client certificate at all.
+    let anonymous = async {
+        let c = RawClient::connect(&addr, "sink-1", Credentials::None { ca_cert: fleet.ca_cert() }).await?;
+        c.probe().await
+    }
+    .await;
+    assert!(anonymous.is_err(), "a client without a certificate was served");
+
+    // A certificate from another CA, naming a real-looking node.
+    let other = Fleet::new()?;
+    let intruder = other.issue(Role::Node, "web-01")?;
+    let foreign = async {
+        let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, intruder))).await?;
+        c.probe().await
+    }
+    .await;
+    assert!(foreign.is_err(), "a certificate from a foreign CA was accepted");
+
+    // An enrolled sink is not allowed to send batches as a node.
+    let sink_cert = fleet.issue(Role::Sink, "sink-2")?;
+    let wrong_role = async {
+        let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, sink_cert))).await?;
+        c.probe().await
+    }
+    .await;
+    assert!(wrong_role.is_err(), "a sink certificate was accepted as a node");
+
+    // An enrolled node is served (its empty batch is answered REJECTED).
+    let node = fleet.issue(Role::Node, "web-01")?;
+    let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, node))).await?;
+    let ack = c.send(b"").await?;
+    assert_eq!(ack.status(), Status::Rejected);
+    c.close().await;
+
+    let refused = |reason: &str| {
+        sink.metric(&format!("starling_sink_connections_refused_total{{reason=\"{reason}\"}}"))
+            .unwrap_or(0.0)
+    };
+    assert!(refused("handshake") >= 2.0, "handshake refusals are counted");
+    assert!(refused("role") >= 1.0, "role refusals are counted");
+    Ok(())
+}
+
+fn exec_event(host: &str, seq: u64) -> Event {
+    Event {
+        header: Some(EventHeader {
+            host_id: host.into(),
+            seq,
+            pid: 1000 + seq as u32,
+            ..Default::default()
+        }),
+        body: Some(Body::ProcessExec(ProcessExec {
+            filename: "/bin/true".into(),
+            argv: vec!["true".into(), format!("valid-{seq}")],
+            ..Default::default()
+        })),
+    }
+}
+
+fn batch(host: &str, id: u64, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut b = EventListBuilder::default();
+    for s in seqs {
+        b.push_encoded(&exec_event(host, s).encode_to_vec());
+    }
+    b.finish(host, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() -> anyhow::Result<()> {
+    let fleet = Fleet::new()?;
+    let sink = SinkProcess::start(&fleet, "sink-1", None)?;
+    let node = fleet.issue(Role::Node, "fuzz-host")?;
+    let client = RawClient::connect(&sink.address(), "sink-1", Credentials::Certificate(files(&fleet, node))).await?;
+
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let oversized = vec![0x42u8; 5 * 1024 * 1024];
+    let bomb = Batch {
+        host_id: "fuzz-host".into(),
+        batch_id: 99,
+        compression: Compression::Lz4 as i32,
+        uncompressed_len: u32::MAX,
+        event_count: 1,
+        payload: vec![0xff; 64],
+    }
+    .encode_to_vec();
+    let other_host = batch("someone-else", 98, 1..=3);
+    let bad_seq = batch("fuzz-host", 97, 0..=0);
+
+    // Valid batches are interleaved with the hostile ones, all in flight at once.
+    let valid: Vec<Vec<u8>> = (0..8).map(|i| batch("fuzz-host", i + 1, (i * 10 + 1)..=(i * 10 + 10))).collect();
+    let hostile = [garbage, oversized, bomb, other_host, bad_seq];
+    let (valid_acks, hostile_acks) = tokio::join!(
+        futures_join(&client, &valid),
+        futures_join(&client, &hostile),
+    );
+    for (i, ack) in valid_acks.into_iter().enumerate() {
+        let ack = ack?;
+        assert_eq!(ack.status(), Status::Persisted, "valid batch {i}: {}", ack.detail);
+        assert_eq!(ack.batch_id, i as u64 + 1);
+    }
+    for (i, ack) in hostile_acks.into_iter().enumerate() {
+        let ack = ack?;
+        assert_eq!(ack.status(), Status::Rejected, "hostile batch {i} was not rejected");
+        assert!(!ack.detail.is_empty(), "a rejection says why");
+    }
+
+    // Exactly the valid events were stored, and the sink is still serving.
+    let reader = LocalStoreReader::open(&sink.store_path())?;
+    let stored = wait_for(Duration::from_secs(10), || {
+        reader.refresh().ok()?;
+        let page = reader.after(0, 10_000).ok()?;
+        (page.events.len() >= 80).then_some(page)
+    })
+    .expect("valid events stored");
+    let mut seqs: Vec<u64> = stored.events.iter().map(|(_, e)| e.header.as_ref().map_or(0, |h| h.seq)).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
+    assert!(stored.events.iter().all(|(_, e)| e.header.as_ref().is_some_and(|h| h.host_id == "fuzz-host")));
+    let again = client.send(&batch("fuzz-host", 50, 81..=81)).await?;
+    assert_eq!(again.status(), Status::Persisted);
+    client.close().await;
+    Ok(())
+}
+
+/// Sends every batch on its own task, so all are in flight together, and
+/// returns the acks in input order.
+async fn futures_join(client: &RawClient, batches: &[Vec<u8>]) -> Vec<anyhow::Result<starling_proto::v1::BatchAck>> {
+    let tasks: Vec<_> = batches
+        .iter()
+        .map(|b| {
+            let conn = client.conn.clone();
+            let b = b.clone();
+            tokio::spawn(async move { send_on(&conn, &b).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(anyhow::anyhow!("task failed: {e}"))));
+    }
+    out
+}
