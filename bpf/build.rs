@@ -29,7 +29,14 @@ fn main() {
         let input = src.join(format!("{prog}.bpf.c"));
         let output = out.join(format!("{prog}.bpf.o"));
         let status = Command::new(env::var("CLANG").unwrap_or_else(|_| "clang".into()))
-            .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall"])
+            .args([
+                "-g",
+                "-O2",
+                "-target",
+                "bpf",
+                "-D__TARGET_ARCH_x86",
+                "-Wall",
+            ])
             .arg("-I")
             .arg(&out)
             .arg("-I")
@@ -50,7 +57,9 @@ fn generate_vmlinux(dest: &Path) {
         .args(["btf", "dump", "file", btf, "format", "c"])
         .output()
         .unwrap_or_else(|e| {
-            panic!("running bpftool (install it with scripts/setup, or set STARLING_VMLINUX_H): {e}")
+            panic!(
+                "running bpftool (install it with scripts/setup, or set STARLING_VMLINUX_H): {e}"
+            )
         });
     assert!(
         output.status.success(),

@@ -92,7 +92,11 @@ enum EventsCommand {
     /// Show the most recent events, oldest first; --follow keeps printing.
     Tail {
         /// The sink's local store (<sink data_dir>/store).
-        #[arg(long, env = "STARLING_STORE", default_value = "/var/lib/starling/sink/store")]
+        #[arg(
+            long,
+            env = "STARLING_STORE",
+            default_value = "/var/lib/starling/sink/store"
+        )]
         store: PathBuf,
         /// How many recent events to show first.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -132,7 +136,11 @@ fn main() -> anyhow::Result<()> {
             }
             let ca = FleetCa::generate(&fleet, days)?;
             let (c, k) = ca.pem().write(&pki, "ca")?;
-            println!("fleet CA created\n  certificate: {}\n  private key: {} (keep it offline)", c.display(), k.display());
+            println!(
+                "fleet CA created\n  certificate: {}\n  private key: {} (keep it offline)",
+                c.display(),
+                k.display()
+            );
             Ok(())
         }
         Command::Cert {
@@ -148,12 +156,21 @@ fn main() -> anyhow::Result<()> {
                     stem,
                 },
         } => {
-            let ca = FleetCa::load(&pki.join("ca.pem"), &pki.join("ca.key"))
-                .with_context(|| format!("loading the fleet CA from {} (run `starlingctl ca init` first)", pki.display()))?;
+            let ca =
+                FleetCa::load(&pki.join("ca.pem"), &pki.join("ca.key")).with_context(|| {
+                    format!(
+                        "loading the fleet CA from {} (run `starlingctl ca init` first)",
+                        pki.display()
+                    )
+                })?;
             let pair = ca.issue(role, &name, &dns, &ip, days)?;
             let stem = stem.unwrap_or_else(|| name.clone());
             let (c, k) = pair.write(out.as_deref().unwrap_or(&pki), &stem)?;
-            println!("issued {role}/{name}\n  certificate: {}\n  private key: {}", c.display(), k.display());
+            println!(
+                "issued {role}/{name}\n  certificate: {}\n  private key: {}",
+                c.display(),
+                k.display()
+            );
             Ok(())
         }
         Command::Events {
@@ -166,7 +183,14 @@ fn main() -> anyhow::Result<()> {
                     kind,
                     json,
                 },
-        } => tail(&store, lines, follow, host.as_deref(), kind.as_deref(), json),
+        } => tail(
+            &store,
+            lines,
+            follow,
+            host.as_deref(),
+            kind.as_deref(),
+            json,
+        ),
     }
 }
 
@@ -191,7 +215,11 @@ fn tail(
         }
     };
     // Filtering happens after reading, so read generously when filtering.
-    let scan = if host.is_some() || kind.is_some() { lines.saturating_mul(50).max(10_000) } else { lines };
+    let scan = if host.is_some() || kind.is_some() {
+        lines.saturating_mul(50).max(10_000)
+    } else {
+        lines
+    };
     let (recent, bad) = reader.tail(scan)?;
     let shown: Vec<_> = recent.iter().filter(|(_, e)| wanted(e)).collect();
     let skip = shown.len().saturating_sub(lines);

@@ -178,7 +178,10 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit reads a valid, initialised struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if rc != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
@@ -187,7 +190,10 @@ fn raise_memlock_limit() {
 /// documents it. Failure is left for the attach step to report.
 fn ensure_tracefs() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    {
         return;
     }
     let target = c"/sys/kernel/tracing";

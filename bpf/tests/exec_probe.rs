@@ -11,7 +11,8 @@ async fn find_exec(sensor: &mut Sensor, marker: &str) -> Option<ExecRecord> {
     let mut records = Vec::new();
     while tokio::time::Instant::now() < deadline {
         records.clear();
-        let read = tokio::time::timeout(Duration::from_millis(500), sensor.read(1024, &mut records)).await;
+        let read =
+            tokio::time::timeout(Duration::from_millis(500), sensor.read(1024, &mut records)).await;
         if read.is_err() {
             continue;
         }
@@ -39,7 +40,10 @@ fn own_cgroup_id() -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_record_has_argv_pid_parent_and_cgroup() {
-    assert!(is_root(), "this test loads BPF programs and must run as root");
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
     let mut sensor = Sensor::load(&SensorConfig::default()).expect("sensor loads");
     let marker = format!("probe-marker-{}", std::process::id());
     let mut child = Command::new("/bin/echo")
@@ -50,7 +54,9 @@ async fn exec_record_has_argv_pid_parent_and_cgroup() {
     let pid = child.id();
     child.wait().expect("echo ran");
 
-    let x = find_exec(&mut sensor, &marker).await.expect("exec record for the marker");
+    let x = find_exec(&mut sensor, &marker)
+        .await
+        .expect("exec record for the marker");
     assert_eq!(x.tgid, pid);
     assert_eq!(x.tid, pid, "single-threaded exec: tid == tgid");
     assert_eq!(x.ppid, std::process::id());
@@ -66,7 +72,10 @@ async fn exec_record_has_argv_pid_parent_and_cgroup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_argv_is_cut_at_the_limit_and_flagged() {
-    assert!(is_root(), "this test loads BPF programs and must run as root");
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
     let mut sensor = Sensor::load(&SensorConfig::default()).expect("sensor loads");
     let marker = format!("long-argv-{}", std::process::id());
     let long = "x".repeat(10_000);
@@ -77,7 +86,10 @@ async fn long_argv_is_cut_at_the_limit_and_flagged() {
     let x = find_exec(&mut sensor, &marker).await.expect("exec record");
     assert!(x.argv_truncated);
     let captured: usize = x.argv.iter().map(|a| a.len() + 1).sum();
-    assert!(captured <= starling_bpf::raw::ARGV_MAX + 1, "captured {captured} bytes");
+    assert!(
+        captured <= starling_bpf::raw::ARGV_MAX + 1,
+        "captured {captured} bytes"
+    );
     assert!(x.argv[2].len() > 1000 && x.argv[2].len() < 10_000);
 }
 

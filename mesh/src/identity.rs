@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::crypto::ring as ring_provider;
 use rustls::server::WebPkiClientVerifier;
@@ -166,7 +166,10 @@ impl FleetCa {
     pub fn generate(fleet_name: &str, days: u32) -> Result<Self, IdentityError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("Starling fleet CA {fleet_name}"));
+        dn.push(
+            DnType::CommonName,
+            format!("Starling fleet CA {fleet_name}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -392,7 +395,9 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity, IdentityEr
 
 /// The verified identity of the peer of a QUIC connection.
 pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, IdentityError> {
-    let any = conn.peer_identity().ok_or(IdentityError::NoPeerCertificate)?;
+    let any = conn
+        .peer_identity()
+        .ok_or(IdentityError::NoPeerCertificate)?;
     let certs = any
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| IdentityError::NoPeerCertificate)?;
@@ -410,7 +415,13 @@ mod tests {
         let pair = ca.issue(Role::Node, "web-01", &[], &[], 30).unwrap();
         let der = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap();
         let id = identity_of(&der).unwrap();
-        assert_eq!(id, PeerIdentity { role: Role::Node, name: "web-01".into() });
+        assert_eq!(
+            id,
+            PeerIdentity {
+                role: Role::Node,
+                name: "web-01".into()
+            }
+        );
     }
 
     #[test]

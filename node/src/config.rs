@@ -218,7 +218,8 @@ impl NodeConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(h) = &self.host_id {
-            starling_proto::batch::check_host_id(h).map_err(|e| invalid("host_id", e.to_string()))?;
+            starling_proto::batch::check_host_id(h)
+                .map_err(|e| invalid("host_id", e.to_string()))?;
         }
         let rb = self.sensor.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
@@ -228,7 +229,10 @@ impl NodeConfig {
             ));
         }
         if self.spool.quota_bytes < 1 << 20 {
-            return Err(invalid("spool.quota_bytes", "must be at least 1048576 (1 MiB)"));
+            return Err(invalid(
+                "spool.quota_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
         }
         if self.uplink.sinks.is_empty() {
             return Err(invalid("uplink.sinks", "at least one sink is needed"));
@@ -315,8 +319,10 @@ server_name = "sink-1"
         assert!(e.to_string().starts_with("sensor.ring_buffer_bytes"), "{e}");
         let e = NodeConfig::parse("").unwrap_err();
         assert!(e.to_string().starts_with("uplink.sinks"), "{e}");
-        let e = NodeConfig::parse(&format!("{MINIMAL}\n[spool]\ndrop_policy = \"sometimes\"\n"))
-            .unwrap_err();
+        let e = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[spool]\ndrop_policy = \"sometimes\"\n"
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("drop_policy"), "{e}");
         let e = NodeConfig::parse(&format!("{MINIMAL}\nunknown_knob = 1\n")).unwrap_err();
         assert!(e.to_string().contains("unknown_knob"), "{e}");

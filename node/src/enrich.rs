@@ -72,7 +72,9 @@ impl ProcessCache {
 
     /// Fills `exe` and, for execs, `parent_exe`, and remembers the new image.
     pub fn enrich(&mut self, event: &mut Event) {
-        let Some(h) = event.header.as_mut() else { return };
+        let Some(h) = event.header.as_mut() else {
+            return;
+        };
         if let Some(Body::ProcessExec(x)) = event.body.as_mut() {
             // The parent's image is what it was before this exec (the
             // parent may be the same tgid only for a thread that exec'd,
@@ -103,7 +105,7 @@ mod tests {
         assert!(!cache.is_empty());
         let mut e = Event {
             header: Some(EventHeader {
-                pid: 999_999_1,
+                pid: 9_999_991,
                 ppid: me,
                 ..Default::default()
             }),
@@ -113,10 +115,12 @@ mod tests {
             })),
         };
         cache.enrich(&mut e);
-        let Some(Body::ProcessExec(x)) = &e.body else { unreachable!() };
+        let Some(Body::ProcessExec(x)) = &e.body else {
+            unreachable!()
+        };
         let own_exe = std::env::current_exe().unwrap();
         assert_eq!(x.parent_exe, own_exe.to_string_lossy());
         assert_eq!(e.header.as_ref().unwrap().exe, "/usr/bin/env");
-        assert_eq!(cache.lookup(999_999_1), "/usr/bin/env");
+        assert_eq!(cache.lookup(9_999_991), "/usr/bin/env");
     }
 }

@@ -19,7 +19,12 @@ use tokio::sync::watch;
 #[command(version)]
 struct Args {
     /// Configuration file (TOML; see docs/configuration.md).
-    #[arg(short, long, default_value = "/etc/starling/node.toml", env = "STARLING_NODE_CONFIG")]
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/starling/node.toml",
+        env = "STARLING_NODE_CONFIG"
+    )]
     config: PathBuf,
 }
 
@@ -27,8 +32,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -157,7 +161,11 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(grace, uplink_task).await;
     }
     let st = spool.stats();
-    tracing::info!(spooled = st.events, next_seq = st.next_seq, "stopped; unacknowledged events stay spooled");
+    tracing::info!(
+        spooled = st.events,
+        next_seq = st.next_seq,
+        "stopped; unacknowledged events stay spooled"
+    );
     Ok(())
 }
 
@@ -167,7 +175,8 @@ fn check_certificate_names(config: &NodeConfig, host_id: &str) -> anyhow::Result
     use rustls_pki_types::pem::PemObject;
     let cert = rustls_pki_types::CertificateDer::from_pem_file(&config.tls.cert)
         .with_context(|| format!("reading tls.cert {}", config.tls.cert.display()))?;
-    let id = identity_of(&cert).with_context(|| format!("tls.cert {}", config.tls.cert.display()))?;
+    let id =
+        identity_of(&cert).with_context(|| format!("tls.cert {}", config.tls.cert.display()))?;
     if id.role != Role::Node || id.name != host_id {
         anyhow::bail!(
             "tls.cert {} is for {id}, but this host is node/{host_id} (set host_id or issue a certificate with `starlingctl cert issue --role node --name {host_id}`)",

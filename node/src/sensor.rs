@@ -83,7 +83,8 @@ pub async fn run(
         }
         metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors);
         if decode_errors > 0 {
-            metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error").increment(decode_errors);
+            metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error")
+                .increment(decode_errors);
             events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
         }
         let out = append(&spool, events)?;
@@ -92,10 +93,7 @@ pub async fn run(
     }
 }
 
-fn append(
-    spool: &Spool,
-    events: Vec<starling_proto::v1::Event>,
-) -> anyhow::Result<AppendOutcome> {
+fn append(spool: &Spool, events: Vec<starling_proto::v1::Event>) -> anyhow::Result<AppendOutcome> {
     // RocksDB writes block (an fsync with sync_writes); keep them off the
     // async workers' fast path.
     Ok(tokio::task::block_in_place(|| spool.append(events))?)

@@ -399,12 +399,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path(), 1 << 30, DropPolicy::DropOldest);
-            s.append((0..10).map(|i| exec(&i.to_string())).collect()).unwrap();
+            s.append((0..10).map(|i| exec(&i.to_string())).collect())
+                .unwrap();
             assert_eq!(s.ack(1, 10).unwrap(), 10);
             assert_eq!(s.stats().events, 0);
         }
         let s = open(dir.path(), 1 << 30, DropPolicy::DropOldest);
-        assert_eq!(s.stats().next_seq, 11, "numbers are not reused after a full ack");
+        assert_eq!(
+            s.stats().next_seq,
+            11,
+            "numbers are not reused after a full ack"
+        );
         s.append(vec![exec("x")]).unwrap();
         let read = s.read_from(0, 100, 1 << 20).unwrap();
         assert_eq!(read.len(), 1);
@@ -419,13 +424,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = open(dir.path(), 1 << 30, DropPolicy::DropOldest);
-            s.append((0..5).map(|i| exec(&i.to_string())).collect()).unwrap();
+            s.append((0..5).map(|i| exec(&i.to_string())).collect())
+                .unwrap();
             s.ack(1, 2).unwrap();
         }
         let s = open(dir.path(), 1 << 30, DropPolicy::DropOldest);
         let st = s.stats();
         assert_eq!((st.events, st.first_seq, st.next_seq), (3, 3, 6));
-        let seqs: Vec<u64> = s.read_from(0, 100, 1 << 20).unwrap().iter().map(|x| x.0).collect();
+        let seqs: Vec<u64> = s
+            .read_from(0, 100, 1 << 20)
+            .unwrap()
+            .iter()
+            .map(|x| x.0)
+            .collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert!(st.bytes > 0);
     }
@@ -475,7 +486,8 @@ mod tests {
     fn ack_of_a_middle_range_keeps_first_seq() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), 1 << 30, DropPolicy::DropOldest);
-        s.append((0..9).map(|i| exec(&i.to_string())).collect()).unwrap();
+        s.append((0..9).map(|i| exec(&i.to_string())).collect())
+            .unwrap();
         assert_eq!(s.ack(4, 6).unwrap(), 3);
         assert_eq!(s.stats().first_seq, 1);
         assert_eq!(s.ack(1, 3).unwrap(), 3);

@@ -125,9 +125,8 @@ impl Uplink {
         let cfg = &self.config;
         let mut state = UplinkState::new(cfg.max_in_flight);
         state.on_connected(self.spool.stats().first_seq);
-        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Result<BatchAck, SendError>)>(
-            cfg.max_in_flight * 2,
-        );
+        let (ack_tx, mut ack_rx) =
+            mpsc::channel::<(u64, Result<BatchAck, SendError>)>(cfg.max_in_flight * 2);
         let ack_timeout = Duration::from_secs(cfg.ack_timeout_secs);
         let mut paused_until: Option<Instant> = None;
         loop {
@@ -141,9 +140,8 @@ impl Uplink {
                 };
                 let spool = self.spool.clone();
                 let (max_events, max_bytes) = (cfg.max_batch_events, cfg.max_batch_bytes);
-                let entries = tokio::task::block_in_place(|| {
-                    spool.read_from(from, max_events, max_bytes)
-                })?;
+                let entries =
+                    tokio::task::block_in_place(|| spool.read_from(from, max_events, max_bytes))?;
                 let mut builder = EventListBuilder::default();
                 let (mut first, mut last) = (0, 0);
                 for (seq, bytes) in entries.iter().filter(|(s, _)| *s <= until) {
@@ -168,10 +166,11 @@ impl Uplink {
                 let conn = conn.clone();
                 let tx = ack_tx.clone();
                 tokio::spawn(async move {
-                    let result = match tokio::time::timeout(ack_timeout, send_batch(&conn, &bytes)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(SendError::Timeout(ack_timeout)),
-                    };
+                    let result =
+                        match tokio::time::timeout(ack_timeout, send_batch(&conn, &bytes)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(SendError::Timeout(ack_timeout)),
+                        };
                     let _ = tx.send((id, result)).await;
                 });
             }
@@ -256,7 +255,10 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
-async fn connect(endpoint: &quinn::Endpoint, sink: &SinkAddress) -> anyhow::Result<quinn::Connection> {
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    sink: &SinkAddress,
+) -> anyhow::Result<quinn::Connection> {
     let addr = tokio::net::lookup_host(&sink.address)
         .await?
         .next()

@@ -163,7 +163,10 @@ mod tests {
         let mut u = UplinkState::new(1);
         u.on_connected(1);
         let id = u.on_sent(NextRead::From(1), r(1, 5));
-        assert_eq!(u.on_ack(id, Status::Persisted, ""), AckAction::Delete(r(1, 5)));
+        assert_eq!(
+            u.on_ack(id, Status::Persisted, ""),
+            AckAction::Delete(r(1, 5))
+        );
         assert_eq!(u.next_read(), Some(NextRead::From(6)));
         assert_eq!(u.on_ack(id, Status::Persisted, ""), AckAction::Ignore);
     }
@@ -174,7 +177,10 @@ mod tests {
         u.on_connected(1);
         let a = u.on_sent(NextRead::From(1), r(1, 5));
         u.on_sent(NextRead::From(6), r(6, 9));
-        assert_eq!(u.on_ack(a, Status::Retry, "kafka down"), AckAction::Resend(r(1, 5)));
+        assert_eq!(
+            u.on_ack(a, Status::Retry, "kafka down"),
+            AckAction::Resend(r(1, 5))
+        );
         let next = u.next_read().unwrap();
         assert_eq!(next, NextRead::Range(r(1, 5)));
         u.on_sent(next, r(1, 5));

@@ -135,7 +135,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<CheckedBatch, DecodeError> {
         });
     }
     for (index, event) in list.events.iter().enumerate() {
-        check_event(event, &batch.host_id).map_err(|reason| DecodeError::BadEvent { index, reason })?;
+        check_event(event, &batch.host_id)
+            .map_err(|reason| DecodeError::BadEvent { index, reason })?;
     }
     Ok(CheckedBatch {
         host_id: batch.host_id,
@@ -233,19 +234,28 @@ mod tests {
     fn event_of_another_host_is_rejected() {
         let events = vec![event("h1", 1), event("h2", 2)];
         let err = decode_batch(&encode(&events, "h1")).unwrap_err();
-        assert!(matches!(err, DecodeError::BadEvent { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::BadEvent { index: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn zero_sequence_is_rejected() {
         let err = decode_batch(&encode(&[event("h1", 0)], "h1")).unwrap_err();
-        assert!(matches!(err, DecodeError::BadEvent { index: 0, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::BadEvent { index: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn oversized_input_is_rejected_before_decoding() {
         let big = vec![0u8; MAX_BATCH_BYTES + 1];
-        assert!(matches!(decode_batch(&big), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_batch(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -41,7 +41,11 @@ fn anonymous_config(ca_cert: &std::path::Path) -> anyhow::Result<quinn::ClientCo
 
 impl RawClient {
     /// Connects and completes the handshake (or returns its error).
-    pub async fn connect(address: &str, server_name: &str, creds: Credentials) -> anyhow::Result<Self> {
+    pub async fn connect(
+        address: &str,
+        server_name: &str,
+        creds: Credentials,
+    ) -> anyhow::Result<Self> {
         let config = match creds {
             Credentials::Certificate(files) => quic_client_config(&files)?,
             Credentials::None { ca_cert } => anonymous_config(&ca_cert)?,

@@ -78,16 +78,26 @@ impl KafkaReader {
             }
             while let Some(r) = self.consumer.poll(Duration::from_millis(100)) {
                 let Ok(m) = r else { continue };
-                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                let key = m
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        let v = hd.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+                        let v = hd
+                            .value
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default();
                         headers.insert(hd.key.to_owned(), v);
                     }
                 }
                 match Event::decode(m.payload().unwrap_or_default()) {
-                    Ok(event) => self.records.push(ConsumedEvent { key, headers, event }),
+                    Ok(event) => self.records.push(ConsumedEvent {
+                        key,
+                        headers,
+                        event,
+                    }),
                     Err(_) => self.undecodable += 1,
                 }
             }

@@ -29,7 +29,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let p = bin_dir()?.join(name);
     if !p.is_file() {
-        bail!("{} not found: build it first (cargo build --workspace --bins)", p.display());
+        bail!(
+            "{} not found: build it first (cargo build --workspace --bins)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -43,7 +46,9 @@ pub struct Fleet {
 impl Fleet {
     /// Creates a CA in a new temporary directory.
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("starling-fleet").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("starling-fleet")
+            .tempdir()?;
         let ca = FleetCa::generate("test", 30)?;
         ca.pem().write(&dir.path().join("pki"), "ca")?;
         Ok(Self { dir, ca })
@@ -89,7 +94,10 @@ impl Managed {
         let child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", std::env::var("STARLING_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("STARLING_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -107,7 +115,9 @@ impl Managed {
     }
 
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut c) = self.child.take() else { bail!("not running") };
+        let Some(mut c) = self.child.take() else {
+            bail!("not running")
+        };
         // SAFETY: sending a signal to our own child's pid.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         match wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten()) {
@@ -115,13 +125,18 @@ impl Managed {
             None => {
                 let _ = c.kill();
                 let _ = c.wait();
-                bail!("{} did not stop within 20 s of SIGTERM", self.binary.display())
+                bail!(
+                    "{} did not stop within 20 s of SIGTERM",
+                    self.binary.display()
+                )
             }
         }
     }
 
     fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn log(&self) -> String {
@@ -140,15 +155,14 @@ impl Drop for Managed {
 pub fn scrape(port: u16, series: &str) -> Option<f64> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// A `starling-sink` process.
@@ -215,7 +229,11 @@ impl SinkProcess {
             (self.proc.log().matches("sink ready").count() > before).then_some(())
         });
         if ready.is_none() {
-            bail!("sink {} did not become ready:\n{}", self.name, self.proc.log());
+            bail!(
+                "sink {} did not become ready:\n{}",
+                self.name,
+                self.proc.log()
+            );
         }
         Ok(())
     }
@@ -311,7 +329,11 @@ impl NodeProcess {
             (!want_sensor || up == 1.0).then_some(())
         });
         if ready.is_none() {
-            bail!("node {} did not become ready:\n{}", self.host_id, self.proc.log());
+            bail!(
+                "node {} did not become ready:\n{}",
+                self.host_id,
+                self.proc.log()
+            );
         }
         Ok(())
     }
@@ -338,7 +360,8 @@ impl NodeProcess {
 
     /// Highest sequence number assigned so far.
     pub fn last_seq(&self) -> Option<u64> {
-        self.metric("starling_node_spool_next_seq").map(|n| n as u64 - 1)
+        self.metric("starling_node_spool_next_seq")
+            .map(|n| n as u64 - 1)
     }
 
     /// Everything the process logged.

@@ -28,43 +28,79 @@ async fn sink_admits_only_enrolled_nodes() -> anyhow::Result<()> {
 
     // No client certificate at all.
     let anonymous = async {
-        let c = RawClient::connect(&addr, "sink-1", Credentials::None { ca_cert: fleet.ca_cert() }).await?;
+        let c = RawClient::connect(
+            &addr,
+            "sink-1",
+            Credentials::None {
+                ca_cert: fleet.ca_cert(),
+            },
+        )
+        .await?;
         c.probe().await
     }
     .await;
-    assert!(anonymous.is_err(), "a client without a certificate was served");
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate was served"
+    );
 
     // A certificate from another CA, naming a real-looking node.
     let other = Fleet::new()?;
     let intruder = other.issue(Role::Node, "web-01")?;
     let foreign = async {
-        let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, intruder))).await?;
+        let c = RawClient::connect(
+            &addr,
+            "sink-1",
+            Credentials::Certificate(files(&fleet, intruder)),
+        )
+        .await?;
         c.probe().await
     }
     .await;
-    assert!(foreign.is_err(), "a certificate from a foreign CA was accepted");
+    assert!(
+        foreign.is_err(),
+        "a certificate from a foreign CA was accepted"
+    );
 
     // An enrolled sink is not allowed to send batches as a node.
     let sink_cert = fleet.issue(Role::Sink, "sink-2")?;
     let wrong_role = async {
-        let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, sink_cert))).await?;
+        let c = RawClient::connect(
+            &addr,
+            "sink-1",
+            Credentials::Certificate(files(&fleet, sink_cert)),
+        )
+        .await?;
         c.probe().await
     }
     .await;
-    assert!(wrong_role.is_err(), "a sink certificate was accepted as a node");
+    assert!(
+        wrong_role.is_err(),
+        "a sink certificate was accepted as a node"
+    );
 
     // An enrolled node is served (its empty batch is answered REJECTED).
     let node = fleet.issue(Role::Node, "web-01")?;
-    let c = RawClient::connect(&addr, "sink-1", Credentials::Certificate(files(&fleet, node))).await?;
+    let c = RawClient::connect(
+        &addr,
+        "sink-1",
+        Credentials::Certificate(files(&fleet, node)),
+    )
+    .await?;
     let ack = c.send(b"").await?;
     assert_eq!(ack.status(), Status::Rejected);
     c.close().await;
 
     let refused = |reason: &str| {
-        sink.metric(&format!("starling_sink_connections_refused_total{{reason=\"{reason}\"}}"))
-            .unwrap_or(0.0)
+        sink.metric(&format!(
+            "starling_sink_connections_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
     };
-    assert!(refused("handshake") >= 2.0, "handshake refusals are counted");
+    assert!(
+        refused("handshake") >= 2.0,
+        "handshake refusals are counted"
+    );
     assert!(refused("role") >= 1.0, "role refusals are counted");
     Ok(())
 }
@@ -94,11 +130,17 @@ fn batch(host: &str, id: u64, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() -> anyhow::Result<()> {
+async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() -> anyhow::Result<()>
+{
     let fleet = Fleet::new()?;
     let sink = SinkProcess::start(&fleet, "sink-1", None)?;
     let node = fleet.issue(Role::Node, "fuzz-host")?;
-    let client = RawClient::connect(&sink.address(), "sink-1", Credentials::Certificate(files(&fleet, node))).await?;
+    let client = RawClient::connect(
+        &sink.address(),
+        "sink-1",
+        Credentials::Certificate(files(&fleet, node)),
+    )
+    .await?;
 
     let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let oversized = vec![0x42u8; 5 * 1024 * 1024];
@@ -115,7 +157,9 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
     let bad_seq = batch("fuzz-host", 97, 0..=0);
 
     // Valid batches are interleaved with the hostile ones, all in flight at once.
-    let valid: Vec<Vec<u8>> = (0..8).map(|i| batch("fuzz-host", i + 1, (i * 10 + 1)..=(i * 10 + 10))).collect();
+    let valid: Vec<Vec<u8>> = (0..8)
+        .map(|i| batch("fuzz-host", i + 1, (i * 10 + 1)..=(i * 10 + 10)))
+        .collect();
     let hostile = [garbage, oversized, bomb, other_host, bad_seq];
     let (valid_acks, hostile_acks) = tokio::join!(
         futures_join(&client, &valid),
@@ -123,12 +167,21 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
     );
     for (i, ack) in valid_acks.into_iter().enumerate() {
         let ack = ack?;
-        assert_eq!(ack.status(), Status::Persisted, "valid batch {i}: {}", ack.detail);
+        assert_eq!(
+            ack.status(),
+            Status::Persisted,
+            "valid batch {i}: {}",
+            ack.detail
+        );
         assert_eq!(ack.batch_id, i as u64 + 1);
     }
     for (i, ack) in hostile_acks.into_iter().enumerate() {
         let ack = ack?;
-        assert_eq!(ack.status(), Status::Rejected, "hostile batch {i} was not rejected");
+        assert_eq!(
+            ack.status(),
+            Status::Rejected,
+            "hostile batch {i} was not rejected"
+        );
         assert!(!ack.detail.is_empty(), "a rejection says why");
     }
 
@@ -140,10 +193,17 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
         (page.events.len() >= 80).then_some(page)
     })
     .expect("valid events stored");
-    let mut seqs: Vec<u64> = stored.events.iter().map(|(_, e)| e.header.as_ref().map_or(0, |h| h.seq)).collect();
+    let mut seqs: Vec<u64> = stored
+        .events
+        .iter()
+        .map(|(_, e)| e.header.as_ref().map_or(0, |h| h.seq))
+        .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
-    assert!(stored.events.iter().all(|(_, e)| e.header.as_ref().is_some_and(|h| h.host_id == "fuzz-host")));
+    assert!(stored
+        .events
+        .iter()
+        .all(|(_, e)| e.header.as_ref().is_some_and(|h| h.host_id == "fuzz-host")));
     let again = client.send(&batch("fuzz-host", 50, 81..=81)).await?;
     assert_eq!(again.status(), Status::Persisted);
     client.close().await;
@@ -152,7 +212,10 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
 
 /// Sends every batch on its own task, so all are in flight together, and
 /// returns the acks in input order.
-async fn futures_join(client: &RawClient, batches: &[Vec<u8>]) -> Vec<anyhow::Result<starling_proto::v1::BatchAck>> {
+async fn futures_join(
+    client: &RawClient,
+    batches: &[Vec<u8>],
+) -> Vec<anyhow::Result<starling_proto::v1::BatchAck>> {
     let tasks: Vec<_> = batches
         .iter()
         .map(|b| {
@@ -163,7 +226,10 @@ async fn futures_join(client: &RawClient, batches: &[Vec<u8>]) -> Vec<anyhow::Re
         .collect();
     let mut out = Vec::new();
     for t in tasks {
-        out.push(t.await.unwrap_or_else(|e| Err(anyhow::anyhow!("task failed: {e}"))));
+        out.push(
+            t.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("task failed: {e}"))),
+        );
     }
     out
 }

@@ -59,11 +59,19 @@ fn missing(seqs: &BTreeSet<u64>, last: u64) -> Vec<u64> {
 
 #[test]
 fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()> {
-    assert!(is_root(), "this test loads BPF programs and must run as root");
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
     let broker = Broker::start()?;
     let fleet = Fleet::new()?;
     let mut sink = SinkProcess::start(&fleet, "sink-1", Some((&broker.bootstrap(), TOPIC)))?;
-    let node = NodeProcess::start(&fleet, "crash-sink-host", &[(sink.address(), sink.name.clone())], true)?;
+    let node = NodeProcess::start(
+        &fleet,
+        "crash-sink-host",
+        &[(sink.address(), sink.name.clone())],
+        true,
+    )?;
 
     let load = ExecLoad::start("sink-crash-load");
     std::thread::sleep(Duration::from_secs(2));
@@ -97,7 +105,11 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
         "the node never lost its sink connection, so the crash was not exercised\n{}",
         node.log()
     );
-    let host_records = reader.records.iter().filter(|r| r.key == node.host_id).count();
+    let host_records = reader
+        .records
+        .iter()
+        .filter(|r| r.key == node.host_id)
+        .count();
     eprintln!(
         "{last} sequence numbers delivered; {} duplicates around the crash",
         host_records - seqs.len()
@@ -107,7 +119,9 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
 
 fn exec_marked(marker: &str, n: usize) -> anyhow::Result<()> {
     for i in 0..n {
-        Command::new("/bin/true").args([marker, &i.to_string()]).status()?;
+        Command::new("/bin/true")
+            .args([marker, &i.to_string()])
+            .status()?;
     }
     Ok(())
 }
@@ -119,27 +133,38 @@ fn wait_spooled(node: &NodeProcess, before: f64, n: usize) {
         let now = node.metric("starling_node_events_observed_total")?;
         (now >= before + n as f64).then_some(())
     });
-    assert!(seen.is_some(), "node did not observe the execs\n{}", node.log());
+    assert!(
+        seen.is_some(),
+        "node did not observe the execs\n{}",
+        node.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
 }
 
 #[test]
 fn node_killed_keeps_its_spool_and_never_reuses_a_sequence_number() -> anyhow::Result<()> {
-    assert!(is_root(), "this test loads BPF programs and must run as root");
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
     let fleet = Fleet::new()?;
     // The sink exists (credentials, port) but is down: everything spools.
     let mut sink = SinkProcess::create(&fleet, "sink-1", None)?;
     let sinks = [(sink.address(), sink.name.clone())];
     let mut node = NodeProcess::start(&fleet, "crash-node-host", &sinks, true)?;
 
-    let before = node.metric("starling_node_events_observed_total").unwrap_or(0.0);
+    let before = node
+        .metric("starling_node_events_observed_total")
+        .unwrap_or(0.0);
     exec_marked("first-life", 5)?;
     wait_spooled(&node, before, 5);
     let last_first_life = node.last_seq().expect("node metrics");
     node.kill9();
 
     node.restart()?;
-    let before = node.metric("starling_node_events_observed_total").unwrap_or(0.0);
+    let before = node
+        .metric("starling_node_events_observed_total")
+        .unwrap_or(0.0);
     exec_marked("second-life", 5)?;
     wait_spooled(&node, before, 5);
     node.kill9();
@@ -192,7 +217,10 @@ fn node_killed_keeps_its_spool_and_never_reuses_a_sequence_number() -> anyhow::R
     // No reuse: every copy of a sequence number is the same event.
     for (seq, copies) in &by_seq {
         let bytes = copies[0].encode_to_vec();
-        assert!(copies.iter().all(|c| c.encode_to_vec() == bytes), "sequence number {seq} was used for different events");
+        assert!(
+            copies.iter().all(|c| c.encode_to_vec() == bytes),
+            "sequence number {seq} was used for different events"
+        );
     }
     Ok(())
 }

@@ -13,11 +13,19 @@ const TOPIC: &str = "starling.events";
 
 #[test]
 fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
-    assert!(is_root(), "this test loads BPF programs and must run as root");
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
     let broker = Broker::start()?;
     let fleet = Fleet::new()?;
     let sink = SinkProcess::start(&fleet, "sink-1", Some((&broker.bootstrap(), TOPIC)))?;
-    let node = NodeProcess::start(&fleet, "e2e-host", &[(sink.address(), sink.name.clone())], true)?;
+    let node = NodeProcess::start(
+        &fleet,
+        "e2e-host",
+        &[(sink.address(), sink.name.clone())],
+        true,
+    )?;
 
     let marker = format!("starling-e2e-{}-{}", std::process::id(), rand_suffix());
     let mut expected = Vec::new();
@@ -35,7 +43,12 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
             .count()
             >= expected.len()
     });
-    assert!(found, "exec events did not reach Kafka\nnode log:\n{}\nsink log:\n{}", node.log(), sink.log());
+    assert!(
+        found,
+        "exec events did not reach Kafka\nnode log:\n{}\nsink log:\n{}",
+        node.log(),
+        sink.log()
+    );
 
     let me = std::process::id();
     let my_exe = std::env::current_exe()?.to_string_lossy().into_owned();
@@ -46,7 +59,9 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
             .find(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1) == Some(&marker) && x.argv.get(2) == Some(arg)))
             .unwrap_or_else(|| panic!("no event for {arg:?}"));
         let h = rec.event.header.as_ref().expect("header");
-        let Some(Body::ProcessExec(x)) = &rec.event.body else { unreachable!() };
+        let Some(Body::ProcessExec(x)) = &rec.event.body else {
+            unreachable!()
+        };
         assert_eq!(x.argv, ["/bin/true", marker.as_str(), arg.as_str()]);
         assert_eq!(x.filename, "/bin/true");
         assert_eq!(h.pid, *pid, "pid of the exec'd process");
@@ -57,8 +72,14 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
         assert_eq!(h.host_id, "e2e-host");
         assert!(h.seq > 0 && h.time_unix_ns > 0 && h.ktime_ns > 0 && h.cgroup_id > 0);
         assert_eq!(rec.key, "e2e-host", "message key is the host id");
-        assert_eq!(rec.headers.get("starling-kind").map(String::as_str), Some("process_exec"));
-        assert_eq!(rec.headers.get("starling-schema").map(String::as_str), Some("starling.v1.Event"));
+        assert_eq!(
+            rec.headers.get("starling-kind").map(String::as_str),
+            Some("process_exec")
+        );
+        assert_eq!(
+            rec.headers.get("starling-schema").map(String::as_str),
+            Some("starling.v1.Event")
+        );
         assert_eq!(rec.headers.get("starling-seq"), Some(&h.seq.to_string()));
     }
     assert_eq!(reader.undecodable, 0);

@@ -27,9 +27,7 @@ impl Backend {
     pub async fn persist(&self, events: &[Event]) -> Result<(), PersistError> {
         match self {
             Backend::Kafka(k) => Ok(k.persist(events).await?),
-            Backend::Local(s) => {
-                Ok(tokio::task::block_in_place(|| s.persist(events))?)
-            }
+            Backend::Local(s) => Ok(tokio::task::block_in_place(|| s.persist(events))?),
         }
     }
 

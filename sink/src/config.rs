@@ -221,7 +221,10 @@ impl SinkConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("listen", format!("{:?} is not ip:port", self.listen)));
+            return Err(invalid(
+                "listen",
+                format!("{:?} is not ip:port", self.listen),
+            ));
         }
         if let Some(k) = &self.kafka {
             if k.brokers.trim().is_empty() {
@@ -237,7 +240,10 @@ impl SinkConfig {
                 return Err(invalid("kafka.replication_factor", "must be at least 1"));
             }
             if k.delivery_timeout_ms < 1000 {
-                return Err(invalid("kafka.delivery_timeout_ms", "must be at least 1000"));
+                return Err(invalid(
+                    "kafka.delivery_timeout_ms",
+                    "must be at least 1000",
+                ));
             }
             for key in k.properties.keys() {
                 if PROTECTED.contains(&key.as_str()) {
@@ -263,7 +269,10 @@ impl SinkConfig {
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(invalid("metrics.listen", format!("{:?} is not ip:port", self.metrics.listen)));
+            return Err(invalid(
+                "metrics.listen",
+                format!("{:?} is not ip:port", self.metrics.listen),
+            ));
         }
         Ok(())
     }
@@ -285,8 +294,9 @@ mod tests {
         let c = SinkConfig::parse("[kafka]\nbrokers = \"k:9092\"\n").unwrap();
         let k = c.kafka.unwrap();
         assert_eq!(k.topic, "starling.events");
-        let e = SinkConfig::parse("[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\nacks = \"1\"\n")
-            .unwrap_err();
+        let e =
+            SinkConfig::parse("[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\nacks = \"1\"\n")
+                .unwrap_err();
         assert!(e.to_string().starts_with("kafka.properties"), "{e}");
     }
 
@@ -295,6 +305,10 @@ mod tests {
         let e = SinkConfig::parse("listen = \"nowhere\"").unwrap_err();
         assert!(e.to_string().starts_with("listen"), "{e}");
         let e = SinkConfig::parse("[limits]\nmax_streams_per_connection = 0\n").unwrap_err();
-        assert!(e.to_string().starts_with("limits.max_streams_per_connection"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("limits.max_streams_per_connection"),
+            "{e}"
+        );
     }
 }

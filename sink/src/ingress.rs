@@ -132,7 +132,12 @@ impl Ingress {
         metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
     }
 
-    async fn stream(&self, peer: &PeerIdentity, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn stream(
+        &self,
+        peer: &PeerIdentity,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
         let ack = match recv.read_to_end(MAX_BATCH_BYTES).await {
             Ok(bytes) => self.handle_batch(peer, &bytes).await,
             Err(quinn::ReadToEndError::TooLong) => {
@@ -167,7 +172,10 @@ impl Ingress {
         if batch.host_id != peer.name {
             return reject(
                 batch.batch_id,
-                format!("batch for host {:?} on a connection of {peer}", batch.host_id),
+                format!(
+                    "batch for host {:?} on a connection of {peer}",
+                    batch.host_id
+                ),
             );
         }
         match self.backend.persist(&batch.events).await {

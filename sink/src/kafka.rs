@@ -54,7 +54,8 @@ impl ProducerContext for DeliveryRouter {
                 // SAFETY: msg.ptr() is the live rd_kafka_message_t of this
                 // delivery report for the duration of the callback.
                 let status = unsafe { rdkafka::bindings::rd_kafka_message_status(msg.ptr()) };
-                if status == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED {
+                if status == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED
+                {
                     Ok(())
                 } else {
                     Err(format!("message status {status:?}, not PERSISTED"))
@@ -191,9 +192,8 @@ async fn ensure_topic(cfg: &KafkaSection) -> Result<(), KafkaError> {
                 tracing::debug!(topic = %name, "topic exists")
             }
             Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::warn!(topic = %name, ?code, "topic creation failed")
-                })
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::warn!(topic = %name, ?code, "topic creation failed"))
             }
         }
     }

@@ -212,14 +212,21 @@ mod tests {
     fn reader_sees_writes_and_retention_applies() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), 1000).unwrap();
-        store.persist(&(1..=10).map(ev).collect::<Vec<_>>()).unwrap();
+        store
+            .persist(&(1..=10).map(ev).collect::<Vec<_>>())
+            .unwrap();
         let reader = LocalStoreReader::open(dir.path()).unwrap();
         let (tail, bad) = reader.tail(3).unwrap();
         assert_eq!(bad, 0);
-        let seqs: Vec<u64> = tail.iter().map(|(_, e)| e.header.as_ref().unwrap().seq).collect();
+        let seqs: Vec<u64> = tail
+            .iter()
+            .map(|(_, e)| e.header.as_ref().unwrap().seq)
+            .collect();
         assert_eq!(seqs, [8, 9, 10]);
 
-        store.persist(&(11..=1005).map(ev).collect::<Vec<_>>()).unwrap();
+        store
+            .persist(&(11..=1005).map(ev).collect::<Vec<_>>())
+            .unwrap();
         reader.refresh().unwrap();
         let after = reader.after(tail[2].0, 10_000).unwrap().events;
         assert_eq!(after.len(), 995);
@@ -247,7 +254,9 @@ mod tests {
     #[test]
     fn missing_store_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = LocalStoreReader::open(&dir.path().join("nope")).err().unwrap();
+        let e = LocalStoreReader::open(&dir.path().join("nope"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

@@ -19,7 +19,12 @@ use tokio::sync::watch;
 #[command(version)]
 struct Args {
     /// Configuration file (TOML; see docs/configuration.md).
-    #[arg(short, long, default_value = "/etc/starling/sink.toml", env = "STARLING_SINK_CONFIG")]
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/starling/sink.toml",
+        env = "STARLING_SINK_CONFIG"
+    )]
     config: PathBuf,
 }
 
@@ -27,8 +32,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -43,7 +47,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: SinkConfig) -> anyhow::Result<()> {
     let mut server = quic_server_config(&config.tls.files()).context("loading TLS credentials")?;
-    server.transport_config(Arc::new(transport(config.limits.max_streams_per_connection)));
+    server.transport_config(Arc::new(transport(
+        config.limits.max_streams_per_connection,
+    )));
 
     if !config.metrics.listen.is_empty() {
         let addr: std::net::SocketAddr = config.metrics.listen.parse()?;
@@ -54,7 +60,11 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
     }
 
     let backend = match &config.kafka {
-        Some(k) => Backend::Kafka(KafkaWriter::new(k).await.context("creating the Kafka producer")?),
+        Some(k) => Backend::Kafka(
+            KafkaWriter::new(k)
+                .await
+                .context("creating the Kafka producer")?,
+        ),
         None => {
             let path = config.data_dir.join("store");
             std::fs::create_dir_all(&config.data_dir)
