@@ -113,3 +113,38 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_buffer_drops_in_the_kernel_and_counts_every_loss() {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    // One page holds only a handful of exec records; nothing reads it.
+    let mut sensor = Sensor::load(&SensorConfig {
+        ring_buffer_bytes: 4096,
+    })
+    .expect("sensor loads");
+    let execs = 50;
+    for i in 0..execs {
+        Command::new("/bin/true")
+            .arg(format!("fill-{i}"))
+            .status()
+            .expect("spawn true");
+    }
+    let lost = sensor.ring_buffer_losses().expect("loss map");
+    // One read drains what the page holds (other tests' execs may add a
+    // few, which only makes both sides larger).
+    let mut records = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sensor.read(1024, &mut records)).await;
+    let delivered = records.len() as u64;
+    assert!(lost > 0, "nothing was counted as lost");
+    assert!(
+        delivered < execs,
+        "the page cannot have held {delivered} records"
+    );
+    assert!(
+        lost + delivered >= execs,
+        "every exec is either delivered or counted: {delivered} delivered + {lost} lost < {execs}"
+    );
+}

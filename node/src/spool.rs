@@ -219,14 +219,9 @@ impl Spool {
         if out.evicted > 0 || out.refused > 0 {
             // The loss record itself may exceed the quota by its few bytes:
             // a loss must never go unreported.
-            let (reason, count) = if out.evicted > 0 {
-                (Reason::SpoolQuota, out.evicted)
-            } else {
-                (Reason::SpoolQuota, out.refused)
-            };
             encoded.push(loss_event(
-                reason,
-                count,
+                Reason::SpoolQuota,
+                out.evicted + out.refused,
                 out.evicted_first_seq,
                 out.evicted_last_seq,
             ));

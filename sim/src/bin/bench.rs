@@ -81,15 +81,25 @@ fn main() -> anyhow::Result<()> {
 
     let starling = spool_to_kafka(&broker, args.events)?;
     println!("single-host throughput, {} events of {avg} bytes, {} partitions, tansu (memory storage) on loopback", args.events, PARTITIONS);
-    println!("  raw librdkafka producer (idempotent, acks=all, lz4)  {:>10.0} events/s", raw);
-    println!("  starling spool -> QUIC -> sink -> Kafka (PERSISTED)   {:>10.0} events/s", starling);
-    println!("  ratio                                                   {:>9.0}%", 100.0 * starling / raw);
+    println!(
+        "  raw librdkafka producer (idempotent, acks=all, lz4)  {:>10.0} events/s",
+        raw
+    );
+    println!(
+        "  starling spool -> QUIC -> sink -> Kafka (PERSISTED)   {:>10.0} events/s",
+        starling
+    );
+    println!(
+        "  ratio                                                   {:>9.0}%",
+        100.0 * starling / raw
+    );
     Ok(())
 }
 
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     admin.create_topics([&t], &AdminOptions::new()).await?;
     Ok(())
@@ -116,7 +126,9 @@ fn raw_producer(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) -> anyhow::R
             }
         }
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the raw producer")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the raw producer")?;
     Ok(payloads.len() as f64 / start.elapsed().as_secs_f64())
 }
 
