@@ -10,7 +10,7 @@ use crate::limits::{
     MAX_ACK_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_UNCOMPRESSED_BYTES,
     MAX_EVENT_BYTES, MAX_HOST_ID_LEN,
 };
-use crate::v1::{Batch, BatchAck, Compression, Event, EventList};
+use crate::v1::{Batch, BatchAck, Compression, Event};
 
 /// Why a batch or ack from the network was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,11 +37,31 @@ pub enum DecodeError {
 
 /// A batch that passed every check: all events belong to `host_id`, carry a
 /// header and a non-zero sequence number, and fit the size limits.
+///
+/// It keeps each event's bytes exactly as the node encoded them, so a sink
+/// forwards what the node spooled without re-encoding it (fields added by a
+/// newer node survive an older sink).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedBatch {
     pub host_id: String,
     pub batch_id: u64,
     pub events: Vec<Event>,
+    plain: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl CheckedBatch {
+    /// The encoded bytes of event `i`, as the node sent them.
+    pub fn encoded(&self, i: usize) -> Option<&[u8]> {
+        self.spans.get(i).map(|&(a, b)| &self.plain[a..b])
+    }
+
+    /// Every event with its encoded bytes.
+    pub fn iter_encoded(&self) -> impl Iterator<Item = (&Event, &[u8])> {
+        self.events
+            .iter()
+            .zip(self.spans.iter().map(|&(a, b)| &self.plain[a..b]))
+    }
 }
 
 /// Frames encoded `Event`s into an encoded `EventList` (field 1, repeated).
@@ -126,23 +146,60 @@ pub fn decode_batch(bytes: &[u8]) -> Result<CheckedBatch, DecodeError> {
             actual: plain.len(),
         });
     }
-    let list =
-        EventList::decode(plain.as_slice()).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    if list.events.len() != batch.event_count as usize {
-        return Err(DecodeError::CountMismatch {
-            declared: batch.event_count as usize,
-            actual: list.events.len(),
-        });
-    }
-    for (index, event) in list.events.iter().enumerate() {
-        check_event(event, &batch.host_id)
+    let declared_count = batch.event_count as usize;
+    let spans = split_event_list(&plain, declared_count)?;
+    let mut events = Vec::with_capacity(spans.len());
+    for (index, &(a, b)) in spans.iter().enumerate() {
+        let event = Event::decode(&plain[a..b]).map_err(|e| DecodeError::BadEvent {
+            index,
+            reason: e.to_string(),
+        })?;
+        check_event(&event, &batch.host_id, b - a)
             .map_err(|reason| DecodeError::BadEvent { index, reason })?;
+        events.push(event);
     }
     Ok(CheckedBatch {
         host_id: batch.host_id,
         batch_id: batch.batch_id,
-        events: list.events,
+        events,
+        plain,
+        spans,
     })
+}
+
+/// Splits an encoded `EventList` into the byte ranges of its events. Only
+/// field 1 (length-delimited) is allowed; anything else is malformed.
+fn split_event_list(plain: &[u8], declared: usize) -> Result<Vec<(usize, usize)>, DecodeError> {
+    let mut spans = Vec::with_capacity(declared.min(MAX_BATCH_EVENTS));
+    let mut rest = plain;
+    while !rest.is_empty() {
+        let tag = prost::encoding::decode_varint(&mut rest)
+            .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+        if tag != 0x0a {
+            return Err(DecodeError::Protobuf(format!(
+                "unexpected field tag {tag} in EventList"
+            )));
+        }
+        let len = prost::encoding::decode_varint(&mut rest)
+            .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or_else(|| DecodeError::Protobuf("event length beyond the list".into()))?;
+        let start = plain.len() - rest.len();
+        spans.push((start, start + len));
+        if spans.len() > declared {
+            break;
+        }
+        rest = &rest[len..];
+    }
+    if spans.len() != declared {
+        return Err(DecodeError::CountMismatch {
+            declared,
+            actual: spans.len(),
+        });
+    }
+    Ok(spans)
 }
 
 /// Decodes an ack received from the network.
@@ -171,7 +228,7 @@ pub fn check_host_id(host_id: &str) -> Result<(), DecodeError> {
     }
 }
 
-fn check_event(event: &Event, host_id: &str) -> Result<(), String> {
+fn check_event(event: &Event, host_id: &str, len: usize) -> Result<(), String> {
     let header = event.header.as_ref().ok_or("missing header")?;
     if header.host_id != host_id {
         return Err(format!(
@@ -185,7 +242,6 @@ fn check_event(event: &Event, host_id: &str) -> Result<(), String> {
     if event.body.is_none() {
         return Err("missing body".into());
     }
-    let len = event.encoded_len();
     if len > MAX_EVENT_BYTES {
         return Err(format!("{len} bytes, limit {MAX_EVENT_BYTES}"));
     }
@@ -228,6 +284,35 @@ mod tests {
         assert_eq!(checked.batch_id, 7);
         assert_eq!(checked.host_id, "h1");
         assert_eq!(checked.events, events);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(checked.encoded(i), Some(e.encode_to_vec().as_slice()));
+        }
+    }
+
+    #[test]
+    fn unknown_event_fields_are_forwarded_untouched() {
+        // An event from a newer node: a field this version does not know.
+        let mut bytes = event("h1", 1).encode_to_vec();
+        bytes.extend_from_slice(&[0xb8, 0x3e, 0x07]); // field 999, varint 7
+        let mut b = EventListBuilder::default();
+        b.push_encoded(&bytes);
+        let checked = decode_batch(&b.finish("h1", 1)).expect("valid batch");
+        assert_eq!(checked.encoded(0), Some(bytes.as_slice()));
+    }
+
+    #[test]
+    fn foreign_fields_in_the_list_are_rejected() {
+        let mut b = EventListBuilder::default();
+        b.push_encoded(&event("h1", 1).encode_to_vec());
+        let mut batch = Batch::decode(b.finish("h1", 1).as_slice()).unwrap();
+        let mut plain =
+            lz4_flex::block::decompress(&batch.payload, batch.uncompressed_len as usize).unwrap();
+        plain.extend_from_slice(&[0x10, 0x01]); // field 2, varint
+        batch.uncompressed_len = plain.len() as u32;
+        batch.event_count = 1;
+        batch.payload = lz4_flex::block::compress(&plain);
+        let err = decode_batch(&batch.encode_to_vec()).unwrap_err();
+        assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use starling_proto::v1::Event;
+use starling_proto::batch::CheckedBatch;
 
 use crate::kafka::{KafkaWriteError, KafkaWriter};
 use crate::local_store::{LocalStore, StoreError};
@@ -23,11 +23,14 @@ pub enum PersistError {
 }
 
 impl Backend {
-    /// Persists every event; Ok only when all of them are durable.
-    pub async fn persist(&self, events: &[Event]) -> Result<(), PersistError> {
+    /// Persists every event of the batch, as the node encoded it; Ok only
+    /// when all of them are durable.
+    pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), PersistError> {
         match self {
-            Backend::Kafka(k) => Ok(k.persist(events).await?),
-            Backend::Local(s) => Ok(tokio::task::block_in_place(|| s.persist(events))?),
+            Backend::Kafka(k) => Ok(k.persist(batch).await?),
+            Backend::Local(s) => Ok(tokio::task::block_in_place(|| {
+                s.persist(batch.iter_encoded().map(|(_, bytes)| bytes))
+            })?),
         }
     }
 

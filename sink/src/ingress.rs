@@ -178,7 +178,7 @@ impl Ingress {
                 ),
             );
         }
-        match self.backend.persist(&batch.events).await {
+        match self.backend.persist(&batch).await {
             Ok(()) => {
                 metrics::counter!(m::EVENTS_PERSISTED).increment(batch.events.len() as u64);
                 BatchAck {

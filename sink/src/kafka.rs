@@ -3,9 +3,11 @@
 //! persisted only when every message's delivery report says PERSISTED
 //! (librdkafka's `rd_kafka_message_status`), not merely "no error".
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -13,8 +15,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use starling_proto::v1::Event;
-use tokio::sync::oneshot;
+use starling_proto::batch::CheckedBatch;
+use tokio::sync::Notify;
 
 use crate::config::KafkaSection;
 
@@ -34,11 +36,47 @@ pub enum KafkaWriteError {
     Client(#[from] KafkaError),
     #[error("delivery failed: {0}")]
     Delivery(String),
-    #[error("producer dropped a delivery report")]
-    ReportLost,
 }
 
-type Report = oneshot::Sender<Result<(), String>>;
+/// Collects the delivery reports of one batch: the batch is persisted when
+/// every message reported PERSISTED.
+#[derive(Default)]
+pub struct BatchReports {
+    remaining: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+    done: Notify,
+}
+
+impl BatchReports {
+    fn new(messages: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(messages),
+            ..Default::default()
+        })
+    }
+
+    fn report(&self, outcome: Result<(), String>) {
+        if let Err(e) = outcome {
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(e);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // notify_one keeps a permit if nobody waits yet.
+            self.done.notify_one();
+        }
+    }
+
+    async fn wait(&self) -> Result<(), KafkaWriteError> {
+        if self.remaining.load(Ordering::Acquire) > 0 {
+            self.done.notified().await;
+        }
+        let first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        match first.as_ref() {
+            None => Ok(()),
+            Some(e) => Err(KafkaWriteError::Delivery(e.clone())),
+        }
+    }
+}
 
 /// Routes librdkafka's delivery reports to the waiting batch.
 pub struct DeliveryRouter;
@@ -46,9 +84,9 @@ pub struct DeliveryRouter;
 impl ClientContext for DeliveryRouter {}
 
 impl ProducerContext for DeliveryRouter {
-    type DeliveryOpaque = Box<Report>;
+    type DeliveryOpaque = Arc<BatchReports>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, report: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, reports: Self::DeliveryOpaque) {
         let outcome = match result {
             Ok(msg) => {
                 // SAFETY: msg.ptr() is the live rd_kafka_message_t of this
@@ -63,8 +101,7 @@ impl ProducerContext for DeliveryRouter {
             }
             Err((e, _)) => Err(e.to_string()),
         };
-        // The batch may have given up waiting (shutdown); nothing to do then.
-        let _ = report.send(outcome);
+        reports.report(outcome);
     }
 }
 
@@ -105,18 +142,16 @@ impl KafkaWriter {
         })
     }
 
-    /// Produces every event and waits until all are PERSISTED.
-    pub async fn persist(&self, events: &[Event]) -> Result<(), KafkaWriteError> {
-        let mut waits = Vec::with_capacity(events.len());
-        for e in events {
-            let (host, seq) = e
-                .header
-                .as_ref()
-                .map(|h| (h.host_id.as_str(), h.seq))
-                .unwrap_or(("", 0));
-            let payload = e.encode_to_vec();
-            let seq_text = seq.to_string();
-            let headers = OwnedHeaders::new()
+    /// Produces every event of the batch (the node's own bytes) and waits
+    /// until all are PERSISTED.
+    pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), KafkaWriteError> {
+        let reports = BatchReports::new(batch.events.len());
+        let mut seq_text = String::new();
+        for (e, payload) in batch.iter_encoded() {
+            let seq = e.header.as_ref().map_or(0, |h| h.seq);
+            seq_text.clear();
+            write!(seq_text, "{seq}").ok();
+            let headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: HEADER_SCHEMA,
                     value: Some(starling_proto::SCHEMA_NAME),
@@ -127,16 +162,15 @@ impl KafkaWriter {
                 })
                 .insert(Header {
                     key: HEADER_HOST,
-                    value: Some(host),
+                    value: Some(batch.host_id.as_str()),
                 })
                 .insert(Header {
                     key: HEADER_SEQ,
-                    value: Some(&seq_text),
+                    value: Some(seq_text.as_str()),
                 });
-            let (tx, rx) = oneshot::channel();
-            let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(tx))
-                .key(host)
-                .payload(&payload)
+            let mut record = BaseRecord::with_opaque_to(&self.topic, reports.clone())
+                .key(batch.host_id.as_str())
+                .payload(payload)
                 .headers(headers);
             loop {
                 match self.producer.send(record) {
@@ -146,27 +180,13 @@ impl KafkaWriter {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    // Messages already queued still report into `reports`;
+                    // the batch is answered RETRY and resent as a whole.
                     Err((e, _)) => return Err(e.into()),
                 }
             }
-            waits.push(rx);
         }
-        let mut first_error = None;
-        for w in waits {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(KafkaWriteError::Delivery(e));
-                }
-                Err(_) => {
-                    first_error.get_or_insert(KafkaWriteError::ReportLost);
-                }
-            }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
+        reports.wait().await
     }
 
     /// Waits up to `timeout` for queued messages to be delivered.

@@ -79,13 +79,16 @@ impl LocalStore {
         })
     }
 
-    /// Writes events durably (fsync) and applies retention.
-    pub fn persist(&self, events: &[Event]) -> Result<(), StoreError> {
+    /// Writes encoded events durably (fsync) and applies retention.
+    pub fn persist<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), StoreError> {
         let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
         let (mut next, mut oldest) = *range;
         let mut batch = WriteBatch::default();
         for e in events {
-            batch.put(key(next), e.encode_to_vec());
+            batch.put(key(next), e);
             next += 1;
         }
         batch.put(NEXT_KEY, next.to_be_bytes());
@@ -197,7 +200,7 @@ mod tests {
     use super::*;
     use starling_proto::v1::EventHeader;
 
-    fn ev(seq: u64) -> Event {
+    fn ev(seq: u64) -> Vec<u8> {
         Event {
             header: Some(EventHeader {
                 host_id: "h".into(),
@@ -206,15 +209,18 @@ mod tests {
             }),
             body: None,
         }
+        .encode_to_vec()
+    }
+
+    fn persist(store: &LocalStore, events: &[Vec<u8>]) {
+        store.persist(events.iter().map(Vec::as_slice)).unwrap();
     }
 
     #[test]
     fn reader_sees_writes_and_retention_applies() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), 1000).unwrap();
-        store
-            .persist(&(1..=10).map(ev).collect::<Vec<_>>())
-            .unwrap();
+        persist(&store, &(1..=10).map(ev).collect::<Vec<_>>());
         let reader = LocalStoreReader::open(dir.path()).unwrap();
         let (tail, bad) = reader.tail(3).unwrap();
         assert_eq!(bad, 0);
@@ -224,9 +230,7 @@ mod tests {
             .collect();
         assert_eq!(seqs, [8, 9, 10]);
 
-        store
-            .persist(&(11..=1005).map(ev).collect::<Vec<_>>())
-            .unwrap();
+        persist(&store, &(11..=1005).map(ev).collect::<Vec<_>>());
         reader.refresh().unwrap();
         let after = reader.after(tail[2].0, 10_000).unwrap().events;
         assert_eq!(after.len(), 995);
@@ -240,10 +244,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = LocalStore::open(dir.path(), 1000).unwrap();
-            s.persist(&[ev(1), ev(2)]).unwrap();
+            persist(&s, &[ev(1), ev(2)]);
         }
         let s = LocalStore::open(dir.path(), 1000).unwrap();
-        s.persist(&[ev(3)]).unwrap();
+        persist(&s, &[ev(3)]);
         drop(s);
         let r = LocalStoreReader::open(dir.path()).unwrap();
         let all = r.after(0, 10).unwrap().events;
