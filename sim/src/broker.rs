@@ -74,10 +74,24 @@ impl Broker {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is
+    /// answered, like a hung or partitioned broker.
+    pub fn freeze(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// Resumes a frozen broker (SIGCONT).
+    pub fn thaw(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        self.thaw();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -224,3 +224,70 @@ fn node_killed_keeps_its_spool_and_never_reuses_a_sequence_number() -> anyhow::R
     }
     Ok(())
 }
+
+#[test]
+fn kafka_unavailable_means_retry_and_nothing_is_lost() -> anyhow::Result<()> {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    let broker = Broker::start()?;
+    let fleet = Fleet::new()?;
+    let sink = SinkProcess::start(&fleet, "sink-1", Some((&broker.bootstrap(), TOPIC)))?;
+    let node = NodeProcess::start(
+        &fleet,
+        "kafka-down-host",
+        &[(sink.address(), sink.name.clone())],
+        true,
+    )?;
+
+    broker.freeze();
+    let before = node
+        .metric("starling_node_events_observed_total")
+        .unwrap_or(0.0);
+    exec_marked("while-kafka-is-down", 5)?;
+    wait_spooled(&node, before, 5);
+    // The harness's sinks give up on a delivery after 10 s: the batch is
+    // answered RETRY and must stay in the node's spool.
+    let retried = wait_for(Duration::from_secs(40), || {
+        let r = sink.metric("starling_sink_batches_total{status=\"RETRY\"}")?;
+        (r >= 1.0).then_some(())
+    });
+    assert!(
+        retried.is_some(),
+        "the sink never answered RETRY\n{}",
+        sink.log()
+    );
+    let spooled = node.metric("starling_node_spool_events").unwrap_or(0.0);
+    assert!(
+        spooled >= 5.0,
+        "unpersisted events left the spool ({spooled} spooled)"
+    );
+    broker.thaw();
+
+    let last = node.last_seq().expect("node metrics");
+    let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
+    let mut seqs = BTreeSet::new();
+    let complete = reader.poll_until(Duration::from_secs(90), |recs| {
+        seqs = recs
+            .iter()
+            .filter(|r| r.key == node.host_id)
+            .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
+            .collect();
+        (1..=last).all(|s| seqs.contains(&s))
+    });
+    assert!(
+        complete,
+        "sequence numbers missing after Kafka came back (last {last}): {:?}\nnode log:\n{}\nsink log:\n{}",
+        missing(&seqs, last),
+        node.log(),
+        sink.log()
+    );
+    let marked = reader
+        .records
+        .iter()
+        .filter(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1).map(String::as_str) == Some("while-kafka-is-down")))
+        .count();
+    assert!(marked >= 5, "the events from the outage arrived ({marked})");
+    Ok(())
+}
