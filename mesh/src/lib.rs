@@ -11,4 +11,5 @@
 pub mod attach;
 pub mod cell;
 pub mod election;
+pub mod enrol;
 pub mod identity;

@@ -1,0 +1,298 @@
+//! Admission to the mesh: a peer is enrolled when it proves that the fleet
+//! CA certified the very key its libp2p connection is authenticated with.
+//!
+//! A node's libp2p identity key *is* the private key of its enrolment
+//! certificate (ECDSA P-256), so its PeerId follows from the certified key.
+//! After a connection is up, each side presents its certificate chain; the
+//! receiver verifies it against the fleet CA (rustls' webpki verifier) and
+//! checks that the certificate's key yields the PeerId the transport
+//! handshake authenticated. Sans-I/O: the swarm driver carries the bytes.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use libp2p::identity::{ecdsa, Keypair, PeerId, PublicKey};
+use p256::pkcs8::DecodePrivateKey;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use thiserror::Error;
+
+use crate::identity::{identity_of, IdentityError, PeerIdentity, TlsFiles};
+
+/// Most certificates a presented chain may hold.
+pub const MAX_CHAIN_LEN: usize = 4;
+/// Largest single certificate accepted from a peer.
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
+
+/// Why a peer was not admitted.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AdmissionError {
+    #[error("presented no certificate")]
+    Empty,
+    #[error("chain of {0} certificates exceeds the limit of {MAX_CHAIN_LEN}")]
+    ChainTooLong(usize),
+    #[error("certificate of {0} bytes exceeds the limit of {MAX_CERT_BYTES}")]
+    CertTooLarge(usize),
+    #[error("certificate not issued by the fleet CA: {0}")]
+    Untrusted(String),
+    #[error("certificate key does not match the connection's peer id")]
+    KeyMismatch,
+    #[error("{0}")]
+    NotStarling(String),
+}
+
+/// This host's enrolment: its certified identity and libp2p keypair, and
+/// the fleet CA to check others against.
+pub struct Enrolment {
+    verifier: Arc<dyn ClientCertVerifier>,
+    chain: Vec<CertificateDer<'static>>,
+    keypair: Keypair,
+    identity: PeerIdentity,
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolment")
+            .field("identity", &self.identity)
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad(path: &std::path::Path, detail: impl ToString) -> IdentityError {
+    IdentityError::BadPem {
+        path: path.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The libp2p keypair of an enrolment key file (PKCS#8 P-256, as written
+/// by `starlingctl cert issue`).
+pub fn keypair_from_key_file(path: &std::path::Path) -> Result<Keypair, IdentityError> {
+    let key = PrivateKeyDer::from_pem_file(path).map_err(|e| bad(path, e))?;
+    let PrivateKeyDer::Pkcs8(pkcs8) = key else {
+        return Err(bad(path, "expected a PKCS#8 private key"));
+    };
+    let secret = p256::SecretKey::from_pkcs8_der(pkcs8.secret_pkcs8_der())
+        .map_err(|e| bad(path, format!("not a P-256 key: {e}")))?;
+    let secret = ecdsa::SecretKey::try_from_bytes(secret.to_bytes()).map_err(|e| bad(path, e))?;
+    Ok(Keypair::from(ecdsa::Keypair::from(secret)))
+}
+
+/// The PeerId that the key certified by `cert` has on the mesh.
+pub fn peer_id_of(cert: &CertificateDer<'_>) -> Result<PeerId, AdmissionError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| AdmissionError::NotStarling(e.to_string()))?;
+    let key = ecdsa::PublicKey::try_decode_der(parsed.public_key().raw)
+        .map_err(|_| AdmissionError::NotStarling("certificate key is not ECDSA P-256".into()))?;
+    Ok(PublicKey::from(key).to_peer_id())
+}
+
+impl Enrolment {
+    /// Loads this host's credentials and checks that they belong together.
+    pub fn load(files: &TlsFiles) -> Result<Self, IdentityError> {
+        let mut roots = RootCertStore::empty();
+        for ca in
+            CertificateDer::pem_file_iter(&files.ca_cert).map_err(|e| bad(&files.ca_cert, e))?
+        {
+            roots.add(ca.map_err(|e| bad(&files.ca_cert, e))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| IdentityError::Verifier(e.to_string()))?;
+        let chain = CertificateDer::pem_file_iter(&files.cert)
+            .map_err(|e| bad(&files.cert, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&files.cert, e))?;
+        let leaf = chain.first().ok_or_else(|| IdentityError::MissingPem {
+            path: files.cert.clone(),
+            what: "certificate",
+        })?;
+        let identity = identity_of(leaf)?;
+        let keypair = keypair_from_key_file(&files.key)?;
+        let certified = peer_id_of(leaf).map_err(|e| bad(&files.cert, e))?;
+        if certified != keypair.public().to_peer_id() {
+            return Err(bad(
+                &files.key,
+                "this key does not belong to the certificate",
+            ));
+        }
+        Ok(Self {
+            verifier,
+            chain,
+            keypair,
+            identity,
+        })
+    }
+
+    /// This host's libp2p keypair (its enrolment key).
+    pub fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    /// This host's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    /// This host's enrolled identity.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// The chain to present to peers, DER-encoded.
+    pub fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|c| c.as_ref().to_vec()).collect()
+    }
+
+    /// Checks a chain presented by `remote`: issued by the fleet CA, valid
+    /// at `now`, a Starling identity, and certifying `remote`'s key.
+    pub fn admit(
+        &self,
+        remote: &PeerId,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<PeerIdentity, AdmissionError> {
+        if chain.is_empty() {
+            return Err(AdmissionError::Empty);
+        }
+        if chain.len() > MAX_CHAIN_LEN {
+            return Err(AdmissionError::ChainTooLong(chain.len()));
+        }
+        if let Some(big) = chain.iter().find(|c| c.len() > MAX_CERT_BYTES) {
+            return Err(AdmissionError::CertTooLarge(big.len()));
+        }
+        let certs: Vec<CertificateDer<'_>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(UnixTime::since_unix_epoch)
+            .map_err(|_| AdmissionError::Untrusted("clock before 1970".into()))?;
+        self.verifier
+            .verify_client_cert(&certs[0], &certs[1..], now)
+            .map_err(|e| AdmissionError::Untrusted(e.to_string()))?;
+        if peer_id_of(&certs[0])? != *remote {
+            return Err(AdmissionError::KeyMismatch);
+        }
+        identity_of(&certs[0]).map_err(|e| AdmissionError::NotStarling(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{FleetCa, Role};
+
+    fn enrolled(ca: &FleetCa, ca_dir: &std::path::Path, name: &str) -> Enrolment {
+        let (cert, key) = ca
+            .issue(Role::Node, name, &[], &[], 30)
+            .unwrap()
+            .write(ca_dir, name)
+            .unwrap();
+        Enrolment::load(&TlsFiles {
+            ca_cert: ca_dir.join("ca.pem"),
+            cert,
+            key,
+        })
+        .unwrap()
+    }
+
+    fn fleet() -> (tempfile::TempDir, FleetCa) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("t", 30).unwrap();
+        ca.pem().write(dir.path(), "ca").unwrap();
+        (dir, ca)
+    }
+
+    #[test]
+    fn enrolled_peers_admit_each_other() {
+        let (dir, ca) = fleet();
+        let a = enrolled(&ca, dir.path(), "a");
+        let b = enrolled(&ca, dir.path(), "b");
+        let id = a
+            .admit(&b.peer_id(), &b.chain_der(), SystemTime::now())
+            .unwrap();
+        assert_eq!(id.name, "b");
+        assert_eq!(id.role, Role::Node);
+    }
+
+    #[test]
+    fn a_foreign_ca_is_refused() {
+        let (dir, ca) = fleet();
+        let (other_dir, other_ca) = fleet();
+        let a = enrolled(&ca, dir.path(), "a");
+        let intruder = enrolled(&other_ca, other_dir.path(), "a");
+        let err = a
+            .admit(
+                &intruder.peer_id(),
+                &intruder.chain_der(),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, AdmissionError::Untrusted(_)), "{err}");
+    }
+
+    #[test]
+    fn a_stolen_certificate_does_not_admit_another_key() {
+        let (dir, ca) = fleet();
+        let a = enrolled(&ca, dir.path(), "a");
+        let b = enrolled(&ca, dir.path(), "b");
+        let thief = PeerId::random();
+        let err = a
+            .admit(&thief, &b.chain_der(), SystemTime::now())
+            .unwrap_err();
+        assert_eq!(err, AdmissionError::KeyMismatch);
+    }
+
+    #[test]
+    fn expired_certificates_and_junk_are_refused() {
+        let (dir, ca) = fleet();
+        let a = enrolled(&ca, dir.path(), "a");
+        let b = enrolled(&ca, dir.path(), "b");
+        let later = SystemTime::now() + std::time::Duration::from_secs(90 * 86_400);
+        assert!(matches!(
+            a.admit(&b.peer_id(), &b.chain_der(), later),
+            Err(AdmissionError::Untrusted(_))
+        ));
+        let p = b.peer_id();
+        assert_eq!(
+            a.admit(&p, &[], SystemTime::now()),
+            Err(AdmissionError::Empty)
+        );
+        assert_eq!(
+            a.admit(&p, &vec![vec![1u8]; 5], SystemTime::now()),
+            Err(AdmissionError::ChainTooLong(5))
+        );
+        assert!(matches!(
+            a.admit(&p, &[vec![0u8; MAX_CERT_BYTES + 1]], SystemTime::now()),
+            Err(AdmissionError::CertTooLarge(_))
+        ));
+        assert!(matches!(
+            a.admit(&p, &[vec![0x30, 0x03, 0x02, 0x01, 0x00]], SystemTime::now()),
+            Err(AdmissionError::Untrusted(_))
+        ));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_at_load() {
+        let (dir, ca) = fleet();
+        let a = ca.issue(Role::Node, "a", &[], &[], 30).unwrap();
+        let b = ca.issue(Role::Node, "b", &[], &[], 30).unwrap();
+        let (cert, _) = a.write(dir.path(), "a").unwrap();
+        let (_, key) = b.write(dir.path(), "b").unwrap();
+        let err = Enrolment::load(&TlsFiles {
+            ca_cert: dir.path().join("ca.pem"),
+            cert,
+            key,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+}
