@@ -13,3 +13,4 @@ pub mod cell;
 pub mod election;
 pub mod enrol;
 pub mod identity;
+pub mod swarm;

@@ -1,0 +1,144 @@
+//! Real libp2p connections on loopback: enrolled members admit each other
+//! over QUIC and over TCP; a member of another fleet is refused and counted.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use starling_mesh::enrol::Enrolment;
+use starling_mesh::identity::{FleetCa, Role, TlsFiles};
+use starling_mesh::swarm::{Mesh, MeshConfig, MeshView};
+use tokio::sync::watch;
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    ca: FleetCa,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = FleetCa::generate("t", 30).expect("ca");
+        ca.pem().write(dir.path(), "ca").expect("write ca");
+        Self { dir, ca }
+    }
+
+    fn enrol(&self, name: &str) -> Enrolment {
+        let (cert, key) = self
+            .ca
+            .issue(Role::Node, name, &[], &[], 30)
+            .expect("issue")
+            .write(self.dir.path(), name)
+            .expect("write");
+        Enrolment::load(&TlsFiles {
+            ca_cert: self.dir.path().join("ca.pem"),
+            cert,
+            key,
+        })
+        .expect("enrolment loads")
+    }
+}
+
+fn start(
+    enrolment: Enrolment,
+    listen: &[&str],
+    bootstrap: Vec<Multiaddr>,
+    stop: &watch::Receiver<bool>,
+) -> watch::Receiver<MeshView> {
+    let config = MeshConfig {
+        listen: listen
+            .iter()
+            .map(|a| a.parse().expect("multiaddr"))
+            .collect(),
+        bootstrap,
+        admission_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (mesh, view) = Mesh::start(enrolment, config).expect("mesh starts");
+    tokio::spawn(mesh.run(stop.clone()));
+    view
+}
+
+async fn wait_view(
+    view: &mut watch::Receiver<MeshView>,
+    what: &str,
+    ok: impl Fn(&MeshView) -> bool,
+) -> MeshView {
+    let found = match tokio::time::timeout(Duration::from_secs(20), view.wait_for(|v| ok(v))).await
+    {
+        Ok(Ok(v)) => Some(v.clone()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| panic!("timed out waiting for {what}: {:?}", *view.borrow()))
+}
+
+fn names(v: &MeshView) -> Vec<String> {
+    let mut n: Vec<String> = v.admitted.values().map(|i| i.name.clone()).collect();
+    n.sort();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_members_are_admitted_and_strangers_refused() {
+    let fleet = Fleet::new();
+    let stranger_fleet = Fleet::new();
+    let (stop_tx, stop) = watch::channel(false);
+
+    let mut a = start(
+        fleet.enrol("a"),
+        &["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"],
+        vec![],
+        &stop,
+    );
+    let listening = wait_view(&mut a, "a listening", |v| v.listen_addrs.len() >= 2).await;
+    let quic = listening
+        .listen_addrs
+        .iter()
+        .find(|m| m.to_string().contains("quic"))
+        .cloned()
+        .expect("quic addr");
+    let tcp = listening
+        .listen_addrs
+        .iter()
+        .find(|m| m.to_string().contains("/tcp/"))
+        .cloned()
+        .expect("tcp addr");
+
+    let mut b = start(
+        fleet.enrol("b"),
+        &["/ip4/127.0.0.1/udp/0/quic-v1"],
+        vec![quic],
+        &stop,
+    );
+    let mut c = start(
+        fleet.enrol("c"),
+        &["/ip4/127.0.0.1/tcp/0"],
+        vec![tcp.clone()],
+        &stop,
+    );
+    let stranger = start(stranger_fleet.enrol("d"), &[], vec![tcp], &stop);
+
+    let va = wait_view(&mut a, "a admits b and c and refuses the stranger", |v| {
+        names(v) == ["b", "c"] && v.refused >= 1
+    })
+    .await;
+    assert!(!names(&va).contains(&"d".to_string()));
+    wait_view(&mut b, "b admits a over QUIC", |v| names(v) == ["a"]).await;
+    wait_view(&mut c, "c admits a over TCP", |v| names(v) == ["a"]).await;
+    // a refused the stranger by disconnecting without proving itself, so the
+    // stranger admitted nobody.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let vs = stranger.borrow().clone();
+    assert!(
+        vs.admitted.is_empty(),
+        "the stranger admitted {:?}",
+        names(&vs)
+    );
+
+    // Admitted peers enter each other's DHT routing table; strangers never.
+    wait_view(&mut a, "a's DHT holds b and c", |v| v.dht_peers == 2).await;
+    wait_view(&mut b, "b's DHT holds a", |v| v.dht_peers == 1).await;
+
+    // Admitted peers get RTT measurements.
+    wait_view(&mut b, "b measures its RTT to a", |v| !v.rtt.is_empty()).await;
+    let _ = stop_tx.send(true);
+}
