@@ -13,4 +13,5 @@ pub mod cell;
 pub mod election;
 pub mod enrol;
 pub mod identity;
+pub mod membership;
 pub mod swarm;

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod client;
 pub mod kafka;
+pub mod netsim;
 pub mod process;
 
 pub use broker::Broker;

@@ -1,0 +1,519 @@
+//! Membership of one cell: SWIM (foca) for liveness, plus a small versioned
+//! record per member (roles, load, capacity, version, tags, addresses)
+//! disseminated as a custom broadcast only when it changes.
+//!
+//! Sans-I/O: the driver hands in received bytes and fired timers and
+//! carries out the sends and timers this returns. Per-member traffic is one
+//! probe per period plus piggybacked updates, so it does not grow with the
+//! cell (docs/mesh.md).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
+    Timer,
+};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::election;
+
+/// First byte of every membership datagram: what follows.
+const KIND_SWIM: u8 = 0;
+const KIND_INFO_REQUEST: u8 = 1;
+const KIND_INFO: u8 = 2;
+/// Largest SWIM packet. Members talk over libp2p streams, not raw UDP, so
+/// the 1,400-byte MTU default does not apply; larger packets let a joining
+/// member learn a big cell from a few Feed replies.
+const MAX_PACKET: usize = 8 * 1024;
+/// Most info requests sent per tick (bounds the catch-up burst).
+const MAX_INFO_REQUESTS_PER_TICK: usize = 8;
+
+/// Most tags and addresses a member may advertise, and their longest text.
+pub const MAX_TAGS: usize = 16;
+pub const MAX_ADDRS: usize = 8;
+pub const MAX_TEXT: usize = 128;
+
+/// A member of a cell: its host id, and a bump that a restarted host
+/// increments to rejoin under a fresh identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MemberId {
+    pub host: String,
+    pub bump: u16,
+}
+
+impl foca::Identity for MemberId {
+    type Addr = String;
+
+    fn renew(&self) -> Option<Self> {
+        self.bump.checked_add(1).map(|bump| Self {
+            host: self.host.clone(),
+            bump,
+        })
+    }
+
+    fn addr(&self) -> String {
+        self.host.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+/// What a member says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub host: String,
+    /// Increases with every change; older versions are ignored.
+    pub version: u64,
+    /// May be elected aggregator.
+    pub eligible: bool,
+    /// Currently serves as aggregator.
+    pub aggregator: bool,
+    /// Relay load, percent of capacity.
+    pub load_pct: u8,
+    /// Nodes it can serve as aggregator.
+    pub capacity: u32,
+    pub agent_version: String,
+    pub tags: Vec<String>,
+    /// Where peers reach it (multiaddrs).
+    pub addrs: Vec<String>,
+}
+
+impl MemberInfo {
+    fn check(&self) -> Result<(), MembershipError> {
+        let text_ok = |s: &String| s.len() <= MAX_TEXT;
+        if starling_proto::batch::check_host_id(&self.host).is_err()
+            || self.tags.len() > MAX_TAGS
+            || self.addrs.len() > MAX_ADDRS
+            || !text_ok(&self.agent_version)
+            || !self.tags.iter().all(text_ok)
+            || !self.addrs.iter().all(text_ok)
+            || self.load_pct > 100
+        {
+            return Err(MembershipError::BadInfo);
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the membership layer (all from hostile or broken input).
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("member info does not decode: {0}")]
+    Decode(String),
+    #[error("member info out of bounds")]
+    BadInfo,
+    #[error("swim: {0}")]
+    Swim(String),
+}
+
+/// Dissemination key of an info record: newer versions replace older ones.
+#[derive(Debug, Clone)]
+pub struct InfoKey {
+    host: String,
+    version: u64,
+}
+
+impl Invalidates for InfoKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.host == other.host && self.version >= other.version
+    }
+}
+
+/// The latest info record of every member heard of. Shared between foca
+/// (which feeds it) and [`CellMembership`] (which reads it).
+#[derive(Debug, Default, Clone)]
+pub struct InfoBook {
+    infos: Arc<Mutex<HashMap<String, MemberInfo>>>,
+}
+
+impl InfoBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberInfo>> {
+        self.infos.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has(&self, host: &str) -> bool {
+        self.lock().contains_key(host)
+    }
+}
+
+impl BroadcastHandler<MemberId> for InfoBook {
+    type Key = InfoKey;
+    type Error = MembershipError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&MemberId>,
+    ) -> Result<Option<InfoKey>, MembershipError> {
+        let info: MemberInfo =
+            postcard::from_bytes(data).map_err(|e| MembershipError::Decode(e.to_string()))?;
+        info.check()?;
+        let mut infos = self.lock();
+        if infos
+            .get(&info.host)
+            .is_some_and(|known| known.version >= info.version)
+        {
+            return Ok(None);
+        }
+        let key = InfoKey {
+            host: info.host.clone(),
+            version: info.version,
+        };
+        infos.insert(info.host.clone(), info);
+        Ok(Some(key))
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send these bytes to that member.
+    Send { to: MemberId, data: Bytes },
+    /// Call [`CellMembership::handle_timer`] with this timer after a delay.
+    Timer {
+        after: Duration,
+        timer: Timer<MemberId>,
+    },
+    /// A member became reachable.
+    Up(MemberId),
+    /// A member was declared down.
+    Down(MemberId),
+}
+
+/// One member's view of its cell.
+pub struct CellMembership {
+    foca: Foca<MemberId, PostcardCodec, SmallRng, InfoBook>,
+    runtime: AccumulatingRuntime<MemberId>,
+    own: MemberInfo,
+    book: InfoBook,
+    /// Point-to-point sends of the info exchange, prefixed already.
+    direct: Vec<(MemberId, Bytes)>,
+}
+
+fn swim(e: foca::Error) -> MembershipError {
+    MembershipError::Swim(e.to_string())
+}
+
+impl CellMembership {
+    /// A member with identity `id` advertising `info`, in a cell expected
+    /// to hold about `expected_size` members. `seed` seeds the random
+    /// choice of probe targets.
+    pub fn new(
+        id: MemberId,
+        info: MemberInfo,
+        expected_size: u32,
+        seed: u64,
+    ) -> Result<Self, MembershipError> {
+        info.check()?;
+        let size = NonZeroU32::new(expected_size.max(2)).unwrap_or(NonZeroU32::MIN);
+        let mut config = foca::Config::new_lan(size);
+        config.max_packet_size =
+            std::num::NonZeroUsize::new(MAX_PACKET).unwrap_or(config.max_packet_size);
+        // Piggybacked updates reach every member only with high
+        // probability; twice the default transmissions makes a straggler
+        // rare, and costs bytes only while there is news.
+        config.max_transmissions = config
+            .max_transmissions
+            .checked_mul(std::num::NonZeroU8::new(2).unwrap_or(std::num::NonZeroU8::MIN))
+            .unwrap_or(std::num::NonZeroU8::MAX);
+        // Five indirect probes: a live member behind a lossy link is
+        // suspected about ten times less often than with three.
+        config.num_indirect_probes =
+            std::num::NonZeroUsize::new(5).unwrap_or(config.num_indirect_probes);
+        // No periodic announce to live members: each answer is a Feed of the
+        // whole membership, traffic that grows with the cell. Joins announce
+        // once, and a healed partition is found by the periodic announce to
+        // members seen down (foca's default, kept).
+        config.periodic_announce = None;
+        let book = InfoBook::default();
+        let mut foca = Foca::with_custom_broadcast(
+            id,
+            config,
+            SmallRng::seed_from_u64(seed),
+            PostcardCodec,
+            book.clone(),
+        );
+        let me = Self {
+            foca: {
+                let data = postcard::to_allocvec(&info)
+                    .map_err(|e| MembershipError::Decode(e.to_string()))?;
+                foca.add_broadcast(&data).map_err(swim)?;
+                foca
+            },
+            runtime: AccumulatingRuntime::new(),
+            own: info,
+            book,
+            direct: Vec::new(),
+        };
+        Ok(me)
+    }
+
+    /// Asks `via` to let this member in (bootstrap).
+    pub fn join(&mut self, via: MemberId) -> Result<(), MembershipError> {
+        self.foca.announce(via, &mut self.runtime).map_err(swim)
+    }
+
+    /// Bytes received from another member (`from` is the sender the
+    /// transport authenticated).
+    pub fn handle_data(&mut self, from: &MemberId, data: &[u8]) -> Result<(), MembershipError> {
+        match data.split_first() {
+            Some((&KIND_SWIM, rest)) => {
+                self.foca.handle_data(rest, &mut self.runtime).map_err(swim)
+            }
+            Some((&KIND_INFO_REQUEST, _)) => {
+                let record = self.encoded_own()?;
+                self.direct.push((from.clone(), record));
+                Ok(())
+            }
+            Some((&KIND_INFO, rest)) => {
+                let info: MemberInfo = postcard::from_bytes(rest)
+                    .map_err(|e| MembershipError::Decode(e.to_string()))?;
+                // A member answers only for itself.
+                if info.host != from.host {
+                    return Err(MembershipError::BadInfo);
+                }
+                self.book.clone().receive_item(rest, Some(from)).map(|_| ())
+            }
+            _ => Err(MembershipError::Decode("unknown membership message".into())),
+        }
+    }
+
+    fn encoded_own(&self) -> Result<Bytes, MembershipError> {
+        let mut out = vec![KIND_INFO];
+        out.extend(
+            postcard::to_allocvec(&self.own).map_err(|e| MembershipError::Decode(e.to_string()))?,
+        );
+        Ok(Bytes::from(out))
+    }
+
+    /// Periodic catch-up (every few seconds): asks live members whose info
+    /// record this member lacks, a few at a time, for it directly.
+    pub fn handle_tick(&mut self) {
+        let missing: Vec<MemberId> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id().clone())
+            .filter(|id| !self.book.has(&id.host))
+            .take(MAX_INFO_REQUESTS_PER_TICK)
+            .collect();
+        for id in missing {
+            self.direct
+                .push((id, Bytes::from_static(&[KIND_INFO_REQUEST])));
+        }
+    }
+
+    /// A timer returned earlier fired.
+    pub fn handle_timer(&mut self, timer: Timer<MemberId>) -> Result<(), MembershipError> {
+        self.foca
+            .handle_timer(timer, &mut self.runtime)
+            .map_err(swim)
+    }
+
+    /// Changes this member's info; `version` must increase (the driver
+    /// passes its clock in milliseconds).
+    pub fn update_info(
+        &mut self,
+        version: u64,
+        change: impl FnOnce(&mut MemberInfo),
+    ) -> Result<(), MembershipError> {
+        let mut next = self.own.clone();
+        change(&mut next);
+        next.version = version.max(self.own.version + 1);
+        next.check()?;
+        let data =
+            postcard::to_allocvec(&next).map_err(|e| MembershipError::Decode(e.to_string()))?;
+        self.foca.add_broadcast(&data).map_err(swim)?;
+        self.own = next;
+        Ok(())
+    }
+
+    /// Leaves the cell cleanly (others learn at once instead of suspecting).
+    pub fn leave(&mut self) -> Result<(), MembershipError> {
+        self.foca.leave_cluster(&mut self.runtime).map_err(swim)
+    }
+
+    /// Takes everything the driver must do now.
+    pub fn drain(&mut self, out: &mut Vec<Output>) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            let mut framed = Vec::with_capacity(data.len() + 1);
+            framed.push(KIND_SWIM);
+            framed.extend_from_slice(&data);
+            out.push(Output::Send {
+                to,
+                data: Bytes::from(framed),
+            });
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            out.push(Output::Timer { after, timer });
+        }
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(id) => {
+                    // A newcomer, or one back from the dead: fetch its
+                    // record if this member has never heard it.
+                    if !self.book.has(&id.host) {
+                        out.push(Output::Send {
+                            to: id.clone(),
+                            data: Bytes::from_static(&[KIND_INFO_REQUEST]),
+                        });
+                    }
+                    out.push(Output::Up(id));
+                }
+                OwnedNotification::MemberDown(id) => out.push(Output::Down(id)),
+                _ => {}
+            }
+        }
+        for (to, data) in self.direct.drain(..) {
+            out.push(Output::Send { to, data });
+        }
+    }
+
+    /// This member's own info.
+    pub fn own(&self) -> &MemberInfo {
+        &self.own
+    }
+
+    /// Live members other than this one, with their info when known.
+    pub fn members(&self) -> Vec<(MemberId, Option<MemberInfo>)> {
+        let infos = self.book.lock();
+        self.foca
+            .iter_members()
+            .map(|m| {
+                let id = m.id().clone();
+                let info = infos.get(&id.host).cloned();
+                (id, info)
+            })
+            .collect()
+    }
+
+    /// The election's input: every live member (this one included).
+    pub fn election_view(&self) -> Vec<election::Member> {
+        let to_member = |info: &MemberInfo| election::Member {
+            id: info.host.clone(),
+            eligible: info.eligible,
+            incumbent: info.aggregator,
+            load: f64::from(info.load_pct) / 100.0,
+        };
+        let mut view: Vec<election::Member> = self
+            .members()
+            .into_iter()
+            .map(|(id, info)| match info {
+                Some(i) => to_member(&i),
+                // Not heard its record yet: a member, but not a candidate.
+                None => election::Member {
+                    id: id.host,
+                    eligible: false,
+                    incumbent: false,
+                    load: 0.0,
+                },
+            })
+            .collect();
+        view.push(to_member(&self.own));
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(host: &str) -> MemberInfo {
+        MemberInfo {
+            host: host.into(),
+            version: 1,
+            eligible: true,
+            aggregator: false,
+            load_pct: 0,
+            capacity: 100,
+            agent_version: "t".into(),
+            tags: Vec::new(),
+            addrs: Vec::new(),
+        }
+    }
+
+    fn member(host: &str) -> CellMembership {
+        let id = MemberId {
+            host: host.into(),
+            bump: 0,
+        };
+        CellMembership::new(id, info(host), 10, 1).unwrap()
+    }
+
+    fn from(host: &str) -> MemberId {
+        MemberId {
+            host: host.into(),
+            bump: 0,
+        }
+    }
+
+    #[test]
+    fn hostile_bytes_are_errors_not_panics() {
+        let mut m = member("a");
+        assert!(m.handle_data(&from("b"), &[]).is_err());
+        assert!(m.handle_data(&from("b"), &[9, 1, 2]).is_err());
+        for seed in 0u8..=255 {
+            let junk: Vec<u8> = (0..300u32)
+                .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+                .collect();
+            for kind in [KIND_SWIM, KIND_INFO] {
+                let mut msg = vec![kind];
+                msg.extend_from_slice(&junk);
+                let _ = m.handle_data(&from("b"), &msg);
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_answers_only_for_itself() {
+        let mut m = member("a");
+        let mut forged = vec![KIND_INFO];
+        forged.extend(postcard::to_allocvec(&info("c")).unwrap());
+        assert!(matches!(
+            m.handle_data(&from("b"), &forged),
+            Err(MembershipError::BadInfo)
+        ));
+    }
+
+    #[test]
+    fn info_out_of_bounds_is_refused() {
+        let mut big = info("a");
+        big.tags = vec!["t".into(); MAX_TAGS + 1];
+        assert!(big.check().is_err());
+        let mut long = info("a");
+        long.addrs = vec!["x".repeat(MAX_TEXT + 1)];
+        assert!(long.check().is_err());
+        let mut over = info("a");
+        over.load_pct = 101;
+        assert!(over.check().is_err());
+        let mut m = member("a");
+        assert!(m
+            .update_info(2, |i| i.tags = vec!["t".into(); MAX_TAGS + 1])
+            .is_err());
+        assert!(m.own().tags.is_empty(), "a refused update changes nothing");
+    }
+
+    #[test]
+    fn an_info_request_is_answered_with_the_own_record() {
+        let mut m = member("a");
+        m.handle_data(&from("b"), &[KIND_INFO_REQUEST]).unwrap();
+        let mut out = Vec::new();
+        m.drain(&mut out);
+        let reply = out.iter().find_map(|o| match o {
+            Output::Send { to, data } if to.host == "b" && data.first() == Some(&KIND_INFO) => {
+                Some(data.clone())
+            }
+            _ => None,
+        });
+        let reply = reply.expect("a reply to b");
+        let record: MemberInfo = postcard::from_bytes(&reply[1..]).unwrap();
+        assert_eq!(record.host, "a");
+    }
+}
