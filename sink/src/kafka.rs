@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -105,9 +105,18 @@ impl ProducerContext for DeliveryRouter {
     }
 }
 
-/// The sink's Kafka producer.
+type SinkProducer = ThreadedProducer<DeliveryRouter>;
+
+/// Prometheus counter of producers replaced after a fatal error.
+pub const PRODUCER_RESTARTS: &str = "starling_sink_kafka_producer_restarts_total";
+
+/// The sink's Kafka producer. An idempotent producer that hits a fatal
+/// error (fenced after timeouts, sequence gaps) never recovers by itself;
+/// the writer replaces it, and the batches that failed are answered RETRY
+/// so their nodes send them again.
 pub struct KafkaWriter {
-    producer: ThreadedProducer<DeliveryRouter>,
+    producer: RwLock<Arc<SinkProducer>>,
+    config: ClientConfig,
     topic: String,
 }
 
@@ -130,21 +139,88 @@ impl KafkaWriter {
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string());
-        let producer: ThreadedProducer<DeliveryRouter> = c.create_with_context(DeliveryRouter)?;
+        let producer: SinkProducer = c.create_with_context(DeliveryRouter)?;
         if cfg.create_topic {
             if let Err(e) = ensure_topic(cfg).await {
                 tracing::warn!(error = %e, topic = %cfg.topic, "could not create the topic; continuing (it may exist or be auto-created)");
             }
         }
         Ok(Self {
-            producer,
+            producer: RwLock::new(Arc::new(producer)),
+            config: c,
             topic: cfg.topic.clone(),
         })
+    }
+
+    fn current(&self) -> Arc<SinkProducer> {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces `failed` if librdkafka reports it dead. Returns true when
+    /// it was replaced (or already had been by another batch).
+    fn recover_if_fatal(&self, failed: &Arc<SinkProducer>) -> bool {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return false;
+        };
+        let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&slot, failed) {
+            return true;
+        }
+        match self
+            .config
+            .create_with_context::<_, SinkProducer>(DeliveryRouter)
+        {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "kafka producer hit a fatal error; replaced it");
+                metrics::counter!(PRODUCER_RESTARTS).increment(1);
+                let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                // Dropping a producer waits for its queue; keep that off
+                // the async workers.
+                std::thread::spawn(move || drop(old));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "kafka producer is dead and a new one could not be made");
+                false
+            }
+        }
+    }
+
+    /// Test aid: raises a librdkafka fatal error on the current producer
+    /// (`rd_kafka_test_fatal_error`), to exercise the recovery path.
+    pub fn simulate_fatal_error(&self) {
+        let producer = self.current();
+        let reason = c"simulated by a test";
+        // SAFETY: the producer's native handle is live while we hold the Arc;
+        // the reason is a valid NUL-terminated string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FENCED,
+                reason.as_ptr(),
+            );
+        }
     }
 
     /// Produces every event of the batch (the node's own bytes) and waits
     /// until all are PERSISTED.
     pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), KafkaWriteError> {
+        let producer = self.current();
+        let result = self.produce(&producer, batch).await;
+        if result.is_err() {
+            self.recover_if_fatal(&producer);
+        }
+        result
+    }
+
+    async fn produce(
+        &self,
+        producer: &SinkProducer,
+        batch: &CheckedBatch,
+    ) -> Result<(), KafkaWriteError> {
         let reports = BatchReports::new(batch.events.len());
         let mut seq_text = String::new();
         for (e, payload) in batch.iter_encoded() {
@@ -173,7 +249,7 @@ impl KafkaWriter {
                 .payload(payload)
                 .headers(headers);
             loop {
-                match self.producer.send(record) {
+                match producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         // Back-pressure from librdkafka's queue: wait, then retry.
@@ -191,7 +267,7 @@ impl KafkaWriter {
 
     /// Waits up to `timeout` for queued messages to be delivered.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.current().flush(timeout) {
             tracing::warn!(error = %e, "kafka flush at shutdown incomplete; unacked batches will be resent by nodes");
         }
     }
