@@ -4,7 +4,7 @@
 //! (librdkafka's `rd_kafka_message_status`), not merely "no error".
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -44,7 +44,24 @@ pub enum KafkaWriteError {
 pub struct BatchReports {
     remaining: AtomicUsize,
     first_error: Mutex<Option<String>>,
+    /// A report said the producer's identity is no longer usable.
+    identity_lost: AtomicBool,
     done: Notify,
+}
+
+/// Delivery errors after which an idempotent producer keeps failing: its
+/// producer id or epoch is fenced or unknown to the broker. librdkafka does
+/// not always raise these as fatal for a non-transactional producer.
+fn loses_producer_identity(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::Fatal
+    )
 }
 
 impl BatchReports {
@@ -55,8 +72,11 @@ impl BatchReports {
         })
     }
 
-    fn report(&self, outcome: Result<(), String>) {
-        if let Err(e) = outcome {
+    fn report(&self, outcome: Result<(), (String, Option<RDKafkaErrorCode>)>) {
+        if let Err((e, code)) = outcome {
+            if code.is_some_and(loses_producer_identity) {
+                self.identity_lost.store(true, Ordering::Release);
+            }
             let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert(e);
         }
@@ -96,10 +116,10 @@ impl ProducerContext for DeliveryRouter {
                 {
                     Ok(())
                 } else {
-                    Err(format!("message status {status:?}, not PERSISTED"))
+                    Err((format!("message status {status:?}, not PERSISTED"), None))
                 }
             }
-            Err((e, _)) => Err(e.to_string()),
+            Err((e, _)) => Err((e.to_string(), e.rdkafka_error_code())),
         };
         reports.report(outcome);
     }
@@ -159,11 +179,18 @@ impl KafkaWriter {
             .clone()
     }
 
-    /// Replaces `failed` if librdkafka reports it dead. Returns true when
-    /// it was replaced (or already had been by another batch).
-    fn recover_if_fatal(&self, failed: &Arc<SinkProducer>) -> bool {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return false;
+    /// Replaces `failed` if it is dead: librdkafka reports a fatal error,
+    /// or a delivery report said its producer identity is gone
+    /// (`identity_lost`). Returns true when it was replaced (or already had
+    /// been by another batch).
+    fn replace_if_dead(&self, failed: &Arc<SinkProducer>, identity_lost: bool) -> bool {
+        let (code, reason) = match failed.client().fatal_error() {
+            Some(fatal) => fatal,
+            None if identity_lost => (
+                RDKafkaErrorCode::ProducerFenced,
+                "producer identity fenced or unknown to the broker".to_owned(),
+            ),
+            None => return false,
         };
         let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
         if !Arc::ptr_eq(&slot, failed) {
@@ -209,9 +236,11 @@ impl KafkaWriter {
     /// until all are PERSISTED.
     pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), KafkaWriteError> {
         let producer = self.current();
-        let result = self.produce(&producer, batch).await;
+        let reports = BatchReports::new(batch.events.len());
+        let result = self.produce(&producer, batch, &reports).await;
         if result.is_err() {
-            self.recover_if_fatal(&producer);
+            let lost = reports.identity_lost.load(Ordering::Acquire);
+            self.replace_if_dead(&producer, lost);
         }
         result
     }
@@ -220,8 +249,8 @@ impl KafkaWriter {
         &self,
         producer: &SinkProducer,
         batch: &CheckedBatch,
+        reports: &Arc<BatchReports>,
     ) -> Result<(), KafkaWriteError> {
-        let reports = BatchReports::new(batch.events.len());
         let mut seq_text = String::new();
         for (e, payload) in batch.iter_encoded() {
             let seq = e.header.as_ref().map_or(0, |h| h.seq);
@@ -294,4 +323,34 @@ async fn ensure_topic(cfg: &KafkaSection) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fenced_report_marks_the_producer_lost_and_a_timeout_does_not() {
+        let timeout = BatchReports::new(1);
+        timeout.report(Err((
+            "timed out".into(),
+            Some(RDKafkaErrorCode::MessageTimedOut),
+        )));
+        assert!(timeout.wait().await.is_err());
+        assert!(!timeout.identity_lost.load(Ordering::Acquire));
+
+        let fenced = BatchReports::new(2);
+        fenced.report(Ok(()));
+        fenced.report(Err((
+            "fenced".into(),
+            Some(RDKafkaErrorCode::ProducerFenced),
+        )));
+        assert!(fenced.wait().await.is_err());
+        assert!(fenced.identity_lost.load(Ordering::Acquire));
+
+        let fine = BatchReports::new(2);
+        fine.report(Ok(()));
+        fine.report(Ok(()));
+        assert!(fine.wait().await.is_ok());
+    }
 }
