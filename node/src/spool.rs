@@ -183,11 +183,15 @@ impl Spool {
             return Ok(out);
         }
         let mut st = self.lock();
-        let mut encoded: Vec<Event> = events;
-        let incoming: u64 = encoded
-            .iter()
-            .map(|e| entry_cost(e.encoded_len() + self.host_id.len() + 12))
-            .sum();
+        // Stamp and encode each event once: the numbers follow arrival
+        // order, evictions consume none, and a refused tail simply never
+        // gets its numbers, so they are known before the policy runs.
+        let mut encoded: Vec<Vec<u8>> = events
+            .into_iter()
+            .zip(st.next_seq..)
+            .map(|(e, seq)| self.stamp(e, seq))
+            .collect();
+        let incoming: u64 = encoded.iter().map(|v| entry_cost(v.len())).sum();
         let mut batch = WriteBatch::default();
         let over = (st.bytes + incoming).saturating_sub(self.quota_bytes);
         if over > 0 {
@@ -202,15 +206,13 @@ impl Spool {
                 DropPolicy::DropNewest => {
                     let room = self.quota_bytes.saturating_sub(st.bytes);
                     let mut used = 0;
-                    let mut keep = 0;
-                    for e in &encoded {
-                        let c = entry_cost(e.encoded_len() + self.host_id.len() + 12);
-                        if used + c > room {
-                            break;
-                        }
-                        used += c;
-                        keep += 1;
-                    }
+                    let keep = encoded
+                        .iter()
+                        .take_while(|v| {
+                            used += entry_cost(v.len());
+                            used <= room
+                        })
+                        .count();
                     out.refused = (encoded.len() - keep) as u64;
                     encoded.truncate(keep);
                 }
@@ -219,20 +221,18 @@ impl Spool {
         if out.evicted > 0 || out.refused > 0 {
             // The loss record itself may exceed the quota by its few bytes:
             // a loss must never go unreported.
-            encoded.push(loss_event(
+            let loss = loss_event(
                 Reason::SpoolQuota,
                 out.evicted + out.refused,
                 out.evicted_first_seq,
                 out.evicted_last_seq,
-            ));
+            );
+            let seq = st.next_seq + encoded.len() as u64;
+            encoded.push(self.stamp(loss, seq));
         }
         let mut seq = st.next_seq;
         let mut bytes = 0;
-        for mut e in encoded {
-            let h = e.header.get_or_insert_with(Default::default);
-            h.host_id.clone_from(&self.host_id);
-            h.seq = seq;
-            let v = e.encode_to_vec();
+        for v in encoded {
             bytes += entry_cost(v.len());
             batch.put(event_key(seq), v);
             seq += 1;
@@ -248,6 +248,14 @@ impl Spool {
         st.bytes += bytes;
         out.spooled = written;
         Ok(out)
+    }
+
+    /// Gives an event this host's id and sequence number `seq`, encoded.
+    fn stamp(&self, mut event: Event, seq: u64) -> Vec<u8> {
+        let h = event.header.get_or_insert_with(Default::default);
+        h.host_id.clone_from(&self.host_id);
+        h.seq = seq;
+        event.encode_to_vec()
     }
 
     /// Deletes the oldest entries until at least `need` bytes are freed.
