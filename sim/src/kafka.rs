@@ -10,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use starling_proto::v1::Event;
+use starling_proto::v1::{event::Body, Event};
 
 /// One message of the topic, decoded.
 #[derive(Debug, Clone)]
@@ -18,6 +18,20 @@ pub struct ConsumedEvent {
     pub key: String,
     pub headers: BTreeMap<String, String>,
     pub event: Event,
+}
+
+/// The argv of an exec event (empty for any other kind): tests find their
+/// own processes by a marker argument.
+pub fn exec_argv(event: &Event) -> &[String] {
+    match &event.body {
+        Some(Body::ProcessExec(x)) => &x.argv,
+        _ => &[],
+    }
+}
+
+/// True when `event` is an exec whose first argument is `marker`.
+pub fn is_marked_exec(event: &Event, marker: &str) -> bool {
+    exec_argv(event).get(1).map(String::as_str) == Some(marker)
 }
 
 /// A consumer assigned to every partition of a topic from the beginning.
@@ -63,6 +77,30 @@ impl KafkaReader {
             records: Vec::new(),
             undecodable: 0,
         })
+    }
+
+    /// Reads until every sequence number `1..=last` of `host` has arrived,
+    /// for up to `timeout`. On failure returns the first missing numbers.
+    pub fn wait_for_sequence(
+        &mut self,
+        host: &str,
+        last: u64,
+        timeout: Duration,
+    ) -> Result<(), Vec<u64>> {
+        let mut seqs = std::collections::BTreeSet::new();
+        let complete = self.poll_until(timeout, |recs| {
+            seqs = recs
+                .iter()
+                .filter(|r| r.key == host)
+                .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
+                .collect();
+            (1..=last).all(|s| seqs.contains(&s))
+        });
+        if complete {
+            Ok(())
+        } else {
+            Err((1..=last).filter(|s| !seqs.contains(s)).take(20).collect())
+        }
     }
 
     /// Reads for up to `timeout`, stopping early once `done` holds.

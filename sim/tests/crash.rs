@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use starling_proto::v1::{event::Body, Event};
-use starling_sim::kafka::KafkaReader;
+use starling_proto::v1::Event;
+use starling_sim::kafka::{is_marked_exec, KafkaReader};
 use starling_sim::{is_root, wait_for, Broker, Fleet, NodeProcess, SinkProcess};
 use starling_sink::local_store::LocalStoreReader;
 
@@ -84,19 +84,11 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
     let last = node.last_seq().expect("node metrics");
 
     let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
-    let mut seqs = BTreeSet::new();
-    let complete = reader.poll_until(Duration::from_secs(90), |recs| {
-        seqs = recs
-            .iter()
-            .filter(|r| r.key == node.host_id)
-            .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
-            .collect();
-        (1..=last).all(|s| seqs.contains(&s))
-    });
+    let delivered = reader.wait_for_sequence(&node.host_id, last, Duration::from_secs(90));
     assert!(
-        complete,
+        delivered.is_ok(),
         "sequence numbers missing from Kafka after a sink crash (last {last}): {:?}\nnode log:\n{}\nsink log:\n{}",
-        missing(&seqs, last),
+        delivered.err(),
         node.log(),
         sink.log()
     );
@@ -105,14 +97,16 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
         "the node never lost its sink connection, so the crash was not exercised\n{}",
         node.log()
     );
-    let host_records = reader
+    let host_seqs: Vec<u64> = reader
         .records
         .iter()
         .filter(|r| r.key == node.host_id)
-        .count();
+        .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
+        .collect();
+    let distinct: BTreeSet<u64> = host_seqs.iter().copied().collect();
     eprintln!(
         "{last} sequence numbers delivered; {} duplicates around the crash",
-        host_records - seqs.len()
+        host_seqs.len() - distinct.len()
     );
     Ok(())
 }
@@ -177,9 +171,7 @@ fn node_killed_keeps_its_spool_and_never_reuses_a_sequence_number() -> anyhow::R
     let marker_seqs = |by_seq: &BTreeMap<u64, Vec<Event>>, marker: &str| -> Vec<u64> {
         by_seq
             .iter()
-            .filter(|(_, evs)| {
-                matches!(&evs[0].body, Some(Body::ProcessExec(x)) if x.argv.get(1).map(String::as_str) == Some(marker))
-            })
+            .filter(|(_, evs)| is_marked_exec(&evs[0], marker))
             .map(|(s, _)| *s)
             .collect()
     };
@@ -267,26 +259,18 @@ fn kafka_unavailable_means_retry_and_nothing_is_lost() -> anyhow::Result<()> {
 
     let last = node.last_seq().expect("node metrics");
     let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
-    let mut seqs = BTreeSet::new();
-    let complete = reader.poll_until(Duration::from_secs(90), |recs| {
-        seqs = recs
-            .iter()
-            .filter(|r| r.key == node.host_id)
-            .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
-            .collect();
-        (1..=last).all(|s| seqs.contains(&s))
-    });
+    let delivered = reader.wait_for_sequence(&node.host_id, last, Duration::from_secs(90));
     assert!(
-        complete,
+        delivered.is_ok(),
         "sequence numbers missing after Kafka came back (last {last}): {:?}\nnode log:\n{}\nsink log:\n{}",
-        missing(&seqs, last),
+        delivered.err(),
         node.log(),
         sink.log()
     );
     let marked = reader
         .records
         .iter()
-        .filter(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1).map(String::as_str) == Some("while-kafka-is-down")))
+        .filter(|r| is_marked_exec(&r.event, "while-kafka-is-down"))
         .count();
     assert!(marked >= 5, "the events from the outage arrived ({marked})");
     Ok(())

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use starling_proto::v1::event::Body;
-use starling_sim::kafka::KafkaReader;
+use starling_sim::kafka::{exec_argv, is_marked_exec, KafkaReader};
 use starling_sim::{is_root, Broker, Fleet, NodeProcess, SinkProcess};
 
 const TOPIC: &str = "starling.events";
@@ -39,7 +39,7 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
     let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
     let found = reader.poll_until(Duration::from_secs(60), |recs| {
         recs.iter()
-            .filter(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1) == Some(&marker)))
+            .filter(|r| is_marked_exec(&r.event, &marker))
             .count()
             >= expected.len()
     });
@@ -56,7 +56,7 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
         let rec = reader
             .records
             .iter()
-            .find(|r| matches!(&r.event.body, Some(Body::ProcessExec(x)) if x.argv.get(1) == Some(&marker) && x.argv.get(2) == Some(arg)))
+            .find(|r| is_marked_exec(&r.event, &marker) && exec_argv(&r.event).get(2) == Some(arg))
             .unwrap_or_else(|| panic!("no event for {arg:?}"));
         let h = rec.event.header.as_ref().expect("header");
         let Some(Body::ProcessExec(x)) = &rec.event.body else {
