@@ -153,6 +153,18 @@ impl Sensor {
         }
     }
 
+    /// Appends up to `max` records that are in the ring buffer now, without
+    /// waiting (used at shutdown so nothing already captured is lost).
+    pub fn read_available(&mut self, max: usize, out: &mut Vec<Result<RawRecord, RawError>>) {
+        let ring = self.ring.get_mut();
+        for _ in 0..max {
+            match ring.next() {
+                Some(item) => out.push(decode(&item)),
+                None => break,
+            }
+        }
+    }
+
     /// Total records the kernel dropped because the ring buffer was full,
     /// summed over CPUs, since the sensor was loaded.
     pub fn ring_buffer_losses(&self) -> Result<u64, SensorError> {

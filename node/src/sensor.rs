@@ -52,45 +52,72 @@ pub async fn run(
         tokio::select! {
             r = sensor.read(READ_CHUNK, &mut records) => r?,
             _ = loss_tick.tick() => {
-                let lost = sensor.ring_buffer_losses()?;
-                if lost > reported_ring_losses {
-                    let delta = lost - reported_ring_losses;
-                    reported_ring_losses = lost;
-                    metrics::counter!(m::EVENTS_DROPPED, "reason" => "ring_buffer_full").increment(delta);
-                    tracing::warn!(lost = delta, "kernel ring buffer full; records dropped");
-                    let out = append(&spool, vec![loss_event(Reason::RingBufferFull, delta, 0, 0)])?;
-                    record_append(&spool, &out);
-                    spooled.send_replace(spool.stats().next_seq);
-                }
+                report_ring_losses(&sensor, &spool, &mut reported_ring_losses)?;
+                spooled.send_replace(spool.stats().next_seq);
                 continue;
             }
-            _ = shutdown.changed() => return Ok(()),
-        }
-        let mut events = Vec::with_capacity(records.len());
-        let mut decode_errors = 0u64;
-        for r in records.drain(..) {
-            match r {
-                Ok(RawRecord::Exec(x)) => {
-                    let mut e = starling_bpf::exec_event(x, &clock);
-                    cache.enrich(&mut e);
-                    events.push(e);
+            _ = shutdown.changed() => {
+                // What the kernel already captured, and what it lost since
+                // the last tick, goes to the spool too.
+                sensor.read_available(usize::MAX, &mut records);
+                if !records.is_empty() {
+                    let events = to_events(&mut records, &clock, &mut cache);
+                    let out = append(&spool, events)?;
+                    record_append(&spool, &out);
                 }
-                Err(err) => {
-                    decode_errors += 1;
-                    tracing::warn!(%err, "undecodable kernel record");
-                }
+                report_ring_losses(&sensor, &spool, &mut reported_ring_losses)?;
+                return Ok(());
             }
         }
-        metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors);
-        if decode_errors > 0 {
-            metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error")
-                .increment(decode_errors);
-            events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
-        }
+        let events = to_events(&mut records, &clock, &mut cache);
         let out = append(&spool, events)?;
         record_append(&spool, &out);
         spooled.send_replace(spool.stats().next_seq);
     }
+}
+
+/// Spools a loss event for records the kernel dropped since `reported`.
+fn report_ring_losses(sensor: &Sensor, spool: &Spool, reported: &mut u64) -> anyhow::Result<()> {
+    let lost = sensor.ring_buffer_losses()?;
+    if lost > *reported {
+        let delta = lost - *reported;
+        *reported = lost;
+        metrics::counter!(m::EVENTS_DROPPED, "reason" => "ring_buffer_full").increment(delta);
+        tracing::warn!(lost = delta, "kernel ring buffer full; records dropped");
+        let out = append(spool, vec![loss_event(Reason::RingBufferFull, delta, 0, 0)])?;
+        record_append(spool, &out);
+    }
+    Ok(())
+}
+
+/// Decodes and enriches kernel records; undecodable ones become one loss
+/// event (and a counter).
+fn to_events(
+    records: &mut Vec<Result<RawRecord, starling_bpf::RawError>>,
+    clock: &BootClock,
+    cache: &mut ProcessCache,
+) -> Vec<starling_proto::v1::Event> {
+    let mut events = Vec::with_capacity(records.len() + 1);
+    let mut decode_errors = 0u64;
+    for r in records.drain(..) {
+        match r {
+            Ok(RawRecord::Exec(x)) => {
+                let mut e = starling_bpf::exec_event(x, clock);
+                cache.enrich(&mut e);
+                events.push(e);
+            }
+            Err(err) => {
+                decode_errors += 1;
+                tracing::warn!(%err, "undecodable kernel record");
+            }
+        }
+    }
+    metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors);
+    if decode_errors > 0 {
+        metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error").increment(decode_errors);
+        events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
+    }
+    events
 }
 
 fn append(spool: &Spool, events: Vec<starling_proto::v1::Event>) -> anyhow::Result<AppendOutcome> {

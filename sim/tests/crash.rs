@@ -275,3 +275,42 @@ fn kafka_unavailable_means_retry_and_nothing_is_lost() -> anyhow::Result<()> {
     assert!(marked >= 5, "the events from the outage arrived ({marked})");
     Ok(())
 }
+
+#[test]
+fn a_node_stopped_with_sigterm_exits_cleanly_and_keeps_what_it_captured() -> anyhow::Result<()> {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    let fleet = Fleet::new()?;
+    let mut sink = SinkProcess::create(&fleet, "sink-1", None)?;
+    let sinks = [(sink.address(), sink.name.clone())];
+    let mut node = NodeProcess::start(&fleet, "sigterm-host", &sinks, true)?;
+    exec_marked("before-sigterm", 5)?;
+    let status = node.terminate()?;
+    assert!(
+        status.success(),
+        "node exited with {status}\n{}",
+        node.log()
+    );
+
+    sink.restart()?;
+    node.restart()?;
+    let reader = LocalStoreReader::open(&sink.store_path())?;
+    let arrived = wait_for(Duration::from_secs(30), || {
+        reader.refresh().ok()?;
+        let page = reader.after(0, 100_000).ok()?;
+        let n = page
+            .events
+            .iter()
+            .filter(|(_, e)| is_marked_exec(e, "before-sigterm"))
+            .count();
+        (n == 5).then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "events captured before SIGTERM were lost\n{}",
+        node.log()
+    );
+    Ok(())
+}
