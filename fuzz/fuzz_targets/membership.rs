@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 use starling_mesh::membership::{CellMembership, MemberId, MemberInfo};
 
 fuzz_target!(|data: &[u8]| {
-    let id = |h: &str| MemberId { host: h.into(), bump: 0 };
+    let id = MemberId::named;
     let info = MemberInfo {
         host: "a".into(),
         version: 1,
@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         agent_version: String::new(),
         tags: Vec::new(),
         addrs: Vec::new(),
+        relay: String::new(),
     };
     if let Ok(mut m) = CellMembership::new(id("a"), info, 10, 1) {
         let _ = m.handle_data(&id("b"), data);

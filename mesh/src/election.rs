@@ -97,7 +97,17 @@ pub fn target_count(members: &[Member], params: &ElectionParams) -> usize {
     let target = if serving >= by_size && mean_load > params.scale_up_load {
         serving + 1
     } else if serving > by_size && mean_load < params.scale_down_load {
-        serving - 1
+        // Step down at once to what the load needs at the midpoint of the
+        // watermarks (a cell that formed with every member serving, load
+        // zero, drops straight to its size-based count).
+        let total = mean_load * serving as f64;
+        let mid = (params.scale_up_load + params.scale_down_load) / 2.0;
+        let for_load = if mid > 0.0 {
+            (total / mid).ceil() as usize
+        } else {
+            serving
+        };
+        for_load.clamp(by_size, serving)
     } else if serving > by_size {
         // Between the watermarks: hold what serves now.
         serving

@@ -8,6 +8,7 @@
 //!   the simulator drive exactly the code production runs. The libp2p
 //!   driver that feeds them is being built (docs/mesh.md).
 
+pub mod adverts;
 pub mod attach;
 pub mod cell;
 pub mod election;

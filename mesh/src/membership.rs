@@ -39,12 +39,32 @@ pub const MAX_TAGS: usize = 16;
 pub const MAX_ADDRS: usize = 8;
 pub const MAX_TEXT: usize = 128;
 
-/// A member of a cell: its host id, and a bump that a restarted host
-/// increments to rejoin under a fresh identity.
+/// A member of a cell: its host id, where to reach it, and a bump that a
+/// restarted host increments to rejoin under a fresh identity.
+///
+/// Identities travel in every SWIM message, so a member that learns of
+/// another from gossip can reach it without a lookup.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MemberId {
     pub host: String,
+    /// libp2p PeerId bytes (empty under the simulated network).
+    pub peer: Vec<u8>,
+    /// One dialable libp2p multiaddr, as bytes (may be empty).
+    pub addr: Vec<u8>,
     pub bump: u16,
+}
+
+impl MemberId {
+    /// An identity known only by host name (simulations, tests, and the
+    /// authenticated sender of a datagram, whose name is all that counts).
+    pub fn named(host: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            peer: Vec::new(),
+            addr: Vec::new(),
+            bump: 0,
+        }
+    }
 }
 
 impl foca::Identity for MemberId {
@@ -52,8 +72,8 @@ impl foca::Identity for MemberId {
 
     fn renew(&self) -> Option<Self> {
         self.bump.checked_add(1).map(|bump| Self {
-            host: self.host.clone(),
             bump,
+            ..self.clone()
         })
     }
 
@@ -84,6 +104,8 @@ pub struct MemberInfo {
     pub tags: Vec<String>,
     /// Where peers reach it (multiaddrs).
     pub addrs: Vec<String>,
+    /// host:port of its data-plane (QUIC) listener when it may relay.
+    pub relay: String,
 }
 
 impl MemberInfo {
@@ -95,6 +117,7 @@ impl MemberInfo {
             || !text_ok(&self.agent_version)
             || !self.tags.iter().all(text_ok)
             || !self.addrs.iter().all(text_ok)
+            || !text_ok(&self.relay)
             || self.load_pct > 100
         {
             return Err(MembershipError::BadInfo);
@@ -436,22 +459,16 @@ mod tests {
             agent_version: "t".into(),
             tags: Vec::new(),
             addrs: Vec::new(),
+            relay: String::new(),
         }
     }
 
     fn member(host: &str) -> CellMembership {
-        let id = MemberId {
-            host: host.into(),
-            bump: 0,
-        };
-        CellMembership::new(id, info(host), 10, 1).unwrap()
+        CellMembership::new(MemberId::named(host), info(host), 10, 1).unwrap()
     }
 
     fn from(host: &str) -> MemberId {
-        MemberId {
-            host: host.into(),
-            bump: 0,
-        }
+        MemberId::named(host)
     }
 
     #[test]

@@ -1,39 +1,71 @@
-//! The libp2p swarm of a mesh member and its admission gate.
+//! The libp2p swarm of a mesh member: its admission gate and the driver
+//! that carries the sans-I/O control-plane logic over it.
 //!
 //! Transports: QUIC, with TCP + Noise + Yamux as fallback. Behaviours:
 //! the enrolment exchange (`/starling/enrol/1`), identify, ping (RTT),
 //! Kademlia (bootstrap from configured peers; only admitted peers enter
-//! the routing table) and gossipsub (messages are accepted only from
-//! admitted peers). A peer that has not proved its enrolment within the
-//! admission timeout is disconnected, blocked for a while, and counted.
+//! the routing table; cell rendezvous through provider records), gossipsub
+//! (sink adverts; messages accepted only from admitted peers) and the
+//! membership datagrams of a cell (`/starling/swim/1`). A peer that has not
+//! proved its enrolment within the admission timeout is disconnected,
+//! blocked for a while, and counted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::futures::StreamExt;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
+use crate::election::{self, ElectionParams};
 use crate::enrol::{AdmissionError, Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, Role};
+use crate::membership::{CellMembership, MemberId, MemberInfo, Output};
 
 /// Protocol of the enrolment exchange.
 pub const ENROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/enrol/1");
 /// Kademlia protocol of Starling fleets (keeps them apart from other DHTs).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/kad/1");
+/// Protocol carrying a cell's membership datagrams.
+pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/swim/1");
 /// Largest encoded enrolment message (a chain at its limits, CBOR-encoded).
 const MAX_ENROL_BYTES: u64 = (MAX_CHAIN_LEN * MAX_CERT_BYTES * 2 + 1024) as u64;
+/// Largest membership datagram on the wire (an 8 KiB SWIM packet, framing
+/// and the cell label).
+const MAX_SWIM_BYTES: u64 = 12 * 1024;
+/// Datagrams held per peer while a connection to it is being admitted.
+const MAX_PENDING_PER_PEER: usize = 16;
+/// Peers with datagrams held.
+const MAX_PENDING_PEERS: usize = 1024;
+/// Gossipsub messages queued per connection before it drops (bounded:
+/// an unbounded queue is how gossipsub ran nodes out of memory).
+const GOSSIP_QUEUE_PER_CONNECTION: usize = 256;
+/// A sink re-advertises this often, and is forgotten after three misses.
+const SINK_ADVERT_INTERVAL: Duration = Duration::from_secs(10);
+const SINK_EXPIRY: Duration = Duration::from_secs(35);
+/// Pull-on-join catch-up and re-announcing of a lonely member.
+const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
 const MAX_ADDRS_PER_PEER: usize = 16;
 
 /// Prometheus counter of refused peers, by `reason`.
 pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
+/// Prometheus counter of membership datagrams dropped, by `reason`.
+pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
+/// Prometheus counters of membership bytes, by `direction`.
+pub const SWIM_BYTES: &str = "starling_mesh_swim_bytes_total";
+/// Prometheus counter of gossip messages rejected, by `reason`.
+pub const GOSSIP_REJECTED: &str = "starling_mesh_gossip_rejected_total";
 
 /// A certificate chain, as each side presents it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,10 +73,20 @@ pub struct EnrolMessage {
     pub chain: Vec<Vec<u8>>,
 }
 
+/// One membership datagram, labelled with the sender's cell so that
+/// members of different cells never mix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwimMessage {
+    pub cell: String,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 /// Everything a mesh member runs on each connection.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
     enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
+    swim: request_response::cbor::Behaviour<SwimMessage, ()>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -58,6 +100,8 @@ pub enum MeshError {
     Build(String),
     #[error("listening on {addr}: {detail}")]
     Listen { addr: Multiaddr, detail: String },
+    #[error("membership: {0}")]
+    Membership(#[from] crate::membership::MembershipError),
 }
 
 /// Swarm settings.
@@ -65,29 +109,107 @@ pub enum MeshError {
 pub struct MeshConfig {
     /// Addresses to listen on (e.g. `/ip4/0.0.0.0/udp/7401/quic-v1`).
     pub listen: Vec<Multiaddr>,
+    /// The address other members dial; default: the first listen address
+    /// that is not loopback (or loopback when that is all there is).
+    pub advertise: Option<Multiaddr>,
     /// Peers to dial at start.
     pub bootstrap: Vec<Multiaddr>,
     /// Time a new peer has to prove its enrolment.
     pub admission_timeout: Duration,
     /// How long a refused peer stays blocked.
     pub block_for: Duration,
+    /// Cell membership of a node; None for members outside cells (sinks).
+    pub cell: Option<CellSettings>,
+    /// A sink's QUIC ingress address, advertised fleet-wide; None for nodes.
+    pub sink_ingress: Option<String>,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
         Self {
             listen: Vec::new(),
+            advertise: None,
             bootstrap: Vec::new(),
             admission_timeout: Duration::from_secs(5),
             block_for: Duration::from_secs(60),
+            cell: None,
+            sink_ingress: None,
         }
     }
+}
+
+/// How a node takes part in its cell.
+#[derive(Debug, Clone)]
+pub struct CellSettings {
+    /// Zone label from config; None: the cell follows from the advertised
+    /// address (its /24 or /48).
+    pub zone: Option<String>,
+    /// Expected cell size (tunes SWIM's suspicion time).
+    pub expected_size: u32,
+    /// May be elected aggregator.
+    pub eligible: bool,
+    /// Nodes it serves as aggregator.
+    pub capacity: u32,
+    /// host:port of its relay listener (empty if it cannot relay).
+    pub relay: String,
+    pub election: ElectionParams,
+    pub agent_version: String,
+    pub tags: Vec<String>,
+}
+
+/// A member of the local cell, as this member sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub host: String,
+    pub peer: String,
+    /// Record not heard yet when false (the rest is then defaults).
+    pub known: bool,
+    pub eligible: bool,
+    pub aggregator: bool,
+    pub load_pct: u8,
+    pub capacity: u32,
+    pub relay: String,
+    pub agent_version: String,
+    /// Ping round trip when connected, milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The local cell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellView {
+    pub name: String,
+    /// Live members, this one included, by host.
+    pub members: Vec<MemberView>,
+    /// Hosts elected aggregator, as this member computes it.
+    pub aggregators: Vec<String>,
+}
+
+/// A sink, as adverts describe it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkView {
+    pub name: String,
+    pub peer: String,
+    pub ingress: String,
+    pub load_pct: u8,
+    pub rtt_ms: Option<f64>,
+    pub heard_secs_ago: f64,
+}
+
+/// Control-plane traffic since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlStats {
+    pub swim_bytes_in: u64,
+    pub swim_bytes_out: u64,
+    pub swim_dropped: u64,
+    pub gossip_bytes_in: u64,
 }
 
 /// What a member knows, published after every change.
 #[derive(Debug, Clone, Default)]
 pub struct MeshView {
     pub local_peer_id: Option<PeerId>,
+    /// This member's enrolled identity.
+    pub identity: Option<PeerIdentity>,
     pub listen_addrs: Vec<Multiaddr>,
     /// Peers that proved their enrolment, with their identities.
     pub admitted: BTreeMap<PeerId, PeerIdentity>,
@@ -97,6 +219,30 @@ pub struct MeshView {
     pub rtt: BTreeMap<PeerId, Duration>,
     /// Peers in the Kademlia routing table (admitted ones only).
     pub dht_peers: usize,
+    /// The local cell, once membership started (nodes only).
+    pub cell: Option<CellView>,
+    /// Sinks heard of, by name.
+    pub sinks: Vec<SinkView>,
+    pub stats: ControlStats,
+}
+
+impl MeshView {
+    /// Whether this member is currently elected aggregator of its cell.
+    pub fn is_aggregator(&self) -> bool {
+        match (&self.cell, &self.identity) {
+            (Some(c), Some(id)) => c.aggregators.contains(&id.name),
+            _ => false,
+        }
+    }
+}
+
+/// Changes a member makes to what it advertises.
+#[derive(Debug, Clone)]
+pub enum MeshCommand {
+    /// A node's relay load (percent of capacity).
+    NodeLoad(u8),
+    /// A sink's load (percent of its connection limit).
+    SinkLoad(u8),
 }
 
 /// Sans-I/O admission bookkeeping: who is pending, admitted or blocked.
@@ -181,6 +327,19 @@ impl AdmissionTable {
     }
 }
 
+/// The cell part of a running node.
+struct Cell {
+    name: String,
+    settings: CellSettings,
+    membership: CellMembership,
+    /// Timers foca asked for, by deadline.
+    timers: BTreeMap<(Instant, u64), foca::Timer<MemberId>>,
+    timer_seq: u64,
+    providing: bool,
+    last_tick: Instant,
+    aggregators: Vec<String>,
+}
+
 /// A running mesh member.
 pub struct Mesh {
     swarm: Swarm<MeshBehaviour>,
@@ -190,6 +349,17 @@ pub struct Mesh {
     /// Listen addresses from identify of peers not admitted yet.
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     view: watch::Sender<MeshView>,
+    commands: mpsc::Receiver<MeshCommand>,
+    cell: Option<Cell>,
+    /// Membership datagrams waiting for their peer's admission.
+    pending: HashMap<PeerId, Vec<SwimMessage>>,
+    sinks: SinkBook,
+    sink_topic: gossipsub::IdentTopic,
+    sink_load: u8,
+    advert_seq: u64,
+    last_advert: Option<Instant>,
+    stats: ControlStats,
+    started: Instant,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -202,17 +372,31 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         [(ENROL_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let swim_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_SWIM_BYTES)
+        .set_response_size_maximum(64);
+    let swim = request_response::Behaviour::with_codec(
+        swim_codec,
+        [(SWIM_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(5))
+            .with_max_concurrent_streams(64),
+    );
     let identify =
         identify::Behaviour::new(identify::Config::new("/starling/1".into(), key.public()));
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
-    let kad =
+    let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    // Members answer DHT queries whether or not they have a confirmed
+    // external address: within a fleet every member is reachable.
+    kad.set_mode(Some(kad::Mode::Server));
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(64 * 1024)
+        .connection_handler_queue_len(GOSSIP_QUEUE_PER_CONNECTION)
         .build()
         .map_err(|e| e.to_string())?;
     let gossipsub = gossipsub::Behaviour::new(
@@ -221,6 +405,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     )?;
     Ok(MeshBehaviour {
         enrol,
+        swim,
         identify,
         ping,
         kad,
@@ -228,12 +413,31 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     })
 }
 
+/// The Kademlia key under which the members of a cell find each other.
+fn cell_key(cell: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("starling/cell/{cell}"))
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 impl Mesh {
     /// Builds the swarm, starts listening and dials the bootstrap peers.
+    /// Returns the member, the view it publishes, and the sender of
+    /// commands that change what it advertises.
     pub fn start(
         enrolment: Enrolment,
         config: MeshConfig,
-    ) -> Result<(Self, watch::Receiver<MeshView>), MeshError> {
+    ) -> Result<(Self, watch::Receiver<MeshView>, mpsc::Sender<MeshCommand>), MeshError> {
         let build = |e: &dyn std::fmt::Display| MeshError::Build(e.to_string());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(enrolment.keypair().clone())
             .with_tokio()
@@ -261,10 +465,18 @@ impl Mesh {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
+        let sink_topic = gossipsub::IdentTopic::new(SINK_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&sink_topic)
+            .map_err(|e| build(&e))?;
         let (view, rx) = watch::channel(MeshView {
             local_peer_id: Some(*swarm.local_peer_id()),
+            identity: Some(enrolment.identity().clone()),
             ..Default::default()
         });
+        let (command_tx, commands) = mpsc::channel(64);
         Ok((
             Self {
                 swarm,
@@ -273,26 +485,495 @@ impl Mesh {
                 table: AdmissionTable::default(),
                 identified: HashMap::new(),
                 view,
+                commands,
+                cell: None,
+                pending: HashMap::new(),
+                sinks: SinkBook::default(),
+                sink_topic,
+                sink_load: 0,
+                advert_seq: 0,
+                last_advert: None,
+                stats: ControlStats::default(),
+                started: Instant::now(),
             },
             rx,
+            command_tx,
         ))
     }
 
-    /// Runs the swarm until `shutdown` turns true.
+    /// Runs the swarm until `shutdown` turns true; a cell member leaves its
+    /// cell on the way out so the others learn at once.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let next_timer = self
+                .cell
+                .as_ref()
+                .and_then(|c| c.timers.keys().next().map(|(at, _)| *at));
+            let timer = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
-                _ = tick.tick() => self.expire_pending(),
+                _ = timer => self.fire_timers(),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                _ = tick.tick() => self.on_tick(),
                 _ = shutdown.changed() => break,
             }
         }
+        self.leave().await;
+    }
+
+    async fn leave(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        if cell.membership.leave().is_err() {
+            return;
+        }
+        self.drain_membership();
+        // Give the goodbye a moment to go out.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+        {
+            self.on_event(event);
+        }
+    }
+
+    fn on_command(&mut self, command: MeshCommand) {
+        match command {
+            MeshCommand::SinkLoad(pct) => self.sink_load = pct.min(100),
+            MeshCommand::NodeLoad(pct) => {
+                let pct = pct.min(100);
+                let version = self.version();
+                if let Some(cell) = self.cell.as_mut() {
+                    // Load is broadcast to the whole cell: only changes
+                    // that matter to attachment are worth the bytes.
+                    if cell.membership.own().load_pct.abs_diff(pct) >= 10 {
+                        let _ = cell
+                            .membership
+                            .update_info(version, |info| info.load_pct = pct);
+                        self.drain_membership();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Monotonic version numbers for the member's own record.
+    fn version(&self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        wall.max(self.started.elapsed().as_millis() as u64)
+    }
+
+    fn on_tick(&mut self) {
+        self.expire_pending();
+        let now = Instant::now();
+        if self.cell.is_none() && self.config.cell.is_some() {
+            self.start_cell();
+        }
+        if let Some(cell) = self.cell.as_mut() {
+            if now.duration_since(cell.last_tick) >= MEMBERSHIP_TICK {
+                cell.last_tick = now;
+                cell.membership.handle_tick();
+                self.find_cell();
+            }
+        }
+        self.elect();
+        self.drain_membership();
+        self.advertise_sink(now);
+        self.sinks.expire(now, SINK_EXPIRY);
+        self.publish_view(now);
+    }
+
+    /// Starts cell membership once the member knows the address it is
+    /// reached at (its identity in the cell carries it).
+    fn start_cell(&mut self) {
+        let Some(settings) = self.config.cell.clone() else {
+            return;
+        };
+        let listen = self.view.borrow().listen_addrs.clone();
+        let advertise = self.config.advertise.clone().or_else(|| {
+            listen
+                .iter()
+                .find(|a| ip_of(a).is_some_and(|ip| !ip.is_loopback()))
+                .or_else(|| listen.first())
+                .cloned()
+        });
+        let Some(advertise) = advertise else {
+            return;
+        };
+        let Some(ip) = ip_of(&advertise) else {
+            tracing::error!(%advertise, "advertised address has no IP; cannot join a cell");
+            return;
+        };
+        let name = crate::cell::base_cell(settings.zone.as_deref(), ip);
+        let host = self.enrolment.identity().name.clone();
+        let id = MemberId {
+            host: host.clone(),
+            peer: self.swarm.local_peer_id().to_bytes(),
+            addr: advertise.to_vec(),
+            bump: 0,
+        };
+        let info = MemberInfo {
+            host: host.clone(),
+            version: self.version(),
+            eligible: settings.eligible,
+            aggregator: false,
+            load_pct: 0,
+            capacity: settings.capacity,
+            agent_version: settings.agent_version.clone(),
+            tags: settings.tags.clone(),
+            addrs: vec![advertise.to_string()],
+            relay: settings.relay.clone(),
+        };
+        let seed = u64::from_le_bytes(
+            self.swarm.local_peer_id().to_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        );
+        match CellMembership::new(id, info, settings.expected_size, seed) {
+            Ok(membership) => {
+                tracing::info!(cell = %name, %advertise, "joining cell");
+                self.cell = Some(Cell {
+                    name,
+                    settings,
+                    membership,
+                    timers: BTreeMap::new(),
+                    timer_seq: 0,
+                    providing: false,
+                    last_tick: Instant::now() - MEMBERSHIP_TICK,
+                    aggregators: Vec::new(),
+                });
+                // Peers admitted before the cell started are worth asking.
+                let peers: Vec<(PeerId, PeerIdentity)> = self
+                    .view
+                    .borrow()
+                    .admitted
+                    .iter()
+                    .map(|(p, i)| (*p, i.clone()))
+                    .collect();
+                for (peer, id) in peers {
+                    self.announce_to(peer, &id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start cell membership"),
+        }
+    }
+
+    /// A lonely member looks for its cell: it asks every admitted node and
+    /// the DHT's providers of its cell key to let it in, and makes itself
+    /// findable there in turn.
+    fn find_cell(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let key = cell_key(&cell.name);
+        let dht_peers = self.view.borrow().dht_peers;
+        if !cell.providing && dht_peers > 0 {
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                Ok(_) => cell.providing = true,
+                Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
+            }
+        }
+        if !cell.membership.members().is_empty() {
+            return;
+        }
+        if dht_peers > 0 {
+            self.swarm.behaviour_mut().kad.get_providers(key);
+        }
+        let peers: Vec<(PeerId, PeerIdentity)> = self
+            .view
+            .borrow()
+            .admitted
+            .iter()
+            .map(|(p, i)| (*p, i.clone()))
+            .collect();
+        for (peer, id) in peers {
+            self.announce_to(peer, &id);
+        }
+    }
+
+    fn announce_to(&mut self, peer: PeerId, identity: &PeerIdentity) {
+        if identity.role != Role::Node {
+            return;
+        }
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let via = MemberId {
+            host: identity.name.clone(),
+            peer: peer.to_bytes(),
+            addr: Vec::new(),
+            bump: 0,
+        };
+        if let Err(e) = cell.membership.join(via) {
+            tracing::debug!(%peer, error = %e, "announce failed");
+        }
+        self.drain_membership();
+    }
+
+    fn fire_timers(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some(entry) = cell.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            if let Err(e) = cell.membership.handle_timer(timer) {
+                tracing::debug!(error = %e, "membership timer");
+            }
+        }
+        self.drain_membership();
+    }
+
+    /// Carries out what the membership state machine asked for.
+    fn drain_membership(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        cell.membership.drain(&mut out);
+        let cell_name = cell.name.clone();
+        let now = Instant::now();
+        for o in out {
+            match o {
+                Output::Send { to, data } => {
+                    let Ok(peer) = PeerId::from_bytes(&to.peer) else {
+                        continue;
+                    };
+                    let addr = Multiaddr::try_from(to.addr).ok();
+                    self.send_swim(
+                        peer,
+                        addr,
+                        SwimMessage {
+                            cell: cell_name.clone(),
+                            data: data.to_vec(),
+                        },
+                    );
+                }
+                Output::Timer { after, timer } => {
+                    if let Some(cell) = self.cell.as_mut() {
+                        cell.timer_seq += 1;
+                        cell.timers.insert((now + after, cell.timer_seq), timer);
+                    }
+                }
+                Output::Up(id) => tracing::debug!(member = %id.host, "member up"),
+                Output::Down(id) => tracing::info!(member = %id.host, "member down"),
+            }
+        }
+    }
+
+    fn drop_swim(&mut self, reason: &'static str) {
+        self.stats.swim_dropped += 1;
+        metrics::counter!(SWIM_DROPPED, "reason" => reason).increment(1);
+    }
+
+    /// Sends a datagram now if the peer is admitted; otherwise holds it
+    /// (bounded) and dials the peer, and it goes out at admission.
+    fn send_swim(&mut self, peer: PeerId, addr: Option<Multiaddr>, message: SwimMessage) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        if self.table.admitted(&peer).is_some() {
+            self.stats.swim_bytes_out += message.data.len() as u64;
+            metrics::counter!(SWIM_BYTES, "direction" => "out")
+                .increment(message.data.len() as u64);
+            self.swarm.behaviour_mut().swim.send_request(&peer, message);
+            return;
+        }
+        if !self.pending.contains_key(&peer) && self.pending.len() >= MAX_PENDING_PEERS {
+            self.drop_swim("pending_full");
+            return;
+        }
+        let queue = self.pending.entry(peer).or_default();
+        if queue.len() >= MAX_PENDING_PER_PEER {
+            queue.remove(0);
+            self.drop_swim("pending_full");
+        }
+        let queue = self.pending.entry(peer).or_default();
+        queue.push(message);
+        if !self.swarm.is_connected(&peer) {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addr.into_iter().collect())
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial member");
+            }
+        }
+    }
+
+    fn flush_pending(&mut self, peer: PeerId) {
+        for message in self.pending.remove(&peer).unwrap_or_default() {
+            self.send_swim(peer, None, message);
+        }
+    }
+
+    fn on_swim(&mut self, peer: PeerId, message: SwimMessage) {
+        let Some(identity) = self.table.admitted(&peer).cloned() else {
+            self.drop_swim("not_admitted");
+            return;
+        };
+        self.stats.swim_bytes_in += message.data.len() as u64;
+        metrics::counter!(SWIM_BYTES, "direction" => "in").increment(message.data.len() as u64);
+        let Some(cell) = self.cell.as_mut() else {
+            self.drop_swim("no_cell");
+            return;
+        };
+        if message.cell != cell.name || identity.role != Role::Node {
+            self.drop_swim("other_cell");
+            return;
+        }
+        let from = MemberId {
+            host: identity.name.clone(),
+            peer: peer.to_bytes(),
+            addr: Vec::new(),
+            bump: 0,
+        };
+        if let Err(e) = cell.membership.handle_data(&from, &message.data) {
+            tracing::debug!(%peer, error = %e, "bad membership datagram");
+            self.drop_swim("invalid");
+        }
+        self.drain_membership();
+    }
+
+    /// Recomputes the cell's aggregators from this member's view and
+    /// takes up or gives up the role accordingly.
+    fn elect(&mut self) {
+        let version = self.version();
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let view = cell.membership.election_view();
+        let elected = election::elect(&cell.name, &view, &cell.settings.election);
+        let me = &cell.membership.own().host;
+        let chosen = elected.iter().any(|h| h == me);
+        if chosen != cell.membership.own().aggregator {
+            tracing::info!(cell = %cell.name, aggregator = chosen, "aggregator role changed");
+            let _ = cell
+                .membership
+                .update_info(version, |info| info.aggregator = chosen);
+        }
+        cell.aggregators = elected;
+    }
+
+    fn advertise_sink(&mut self, now: Instant) {
+        let Some(ingress) = self.config.sink_ingress.clone() else {
+            return;
+        };
+        if self
+            .last_advert
+            .is_some_and(|t| now.duration_since(t) < SINK_ADVERT_INTERVAL)
+        {
+            return;
+        }
+        self.last_advert = Some(now);
+        self.advert_seq += 1;
+        let advert = SinkAdvert {
+            chain: self.enrolment.chain_der(),
+            ingress,
+            load_pct: self.sink_load,
+            seq: self.advert_seq,
+        };
+        let topic = self.sink_topic.clone();
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, advert.encode())
+        {
+            tracing::debug!(error = %e, "sink advert not published");
+        }
+    }
+
+    fn publish_view(&mut self, now: Instant) {
+        let rtt = |peer: &PeerId, v: &MeshView| v.rtt.get(peer).map(|d| millis(*d));
+        let cell = self.cell.as_ref().map(|c| {
+            let v = self.view.borrow();
+            let own = c.membership.own();
+            let mut members = vec![MemberView {
+                host: own.host.clone(),
+                peer: self.swarm.local_peer_id().to_string(),
+                known: true,
+                eligible: own.eligible,
+                aggregator: own.aggregator,
+                load_pct: own.load_pct,
+                capacity: own.capacity,
+                relay: own.relay.clone(),
+                agent_version: own.agent_version.clone(),
+                rtt_ms: None,
+            }];
+            for (id, info) in c.membership.members() {
+                let peer = PeerId::from_bytes(&id.peer).ok();
+                let info = info.unwrap_or(MemberInfo {
+                    host: id.host.clone(),
+                    version: 0,
+                    eligible: false,
+                    aggregator: false,
+                    load_pct: 0,
+                    capacity: 0,
+                    agent_version: String::new(),
+                    tags: Vec::new(),
+                    addrs: Vec::new(),
+                    relay: String::new(),
+                });
+                members.push(MemberView {
+                    host: id.host,
+                    peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+                    known: info.version > 0,
+                    eligible: info.eligible,
+                    aggregator: info.aggregator,
+                    load_pct: info.load_pct,
+                    capacity: info.capacity,
+                    relay: info.relay,
+                    agent_version: info.agent_version,
+                    rtt_ms: peer.and_then(|p| rtt(&p, &v)),
+                });
+            }
+            members.sort_by(|a, b| a.host.cmp(&b.host));
+            CellView {
+                name: c.name.clone(),
+                members,
+                aggregators: c.aggregators.clone(),
+            }
+        });
+        let sinks: Vec<SinkView> = {
+            let v = self.view.borrow();
+            self.sinks
+                .sinks()
+                .map(|s| SinkView {
+                    name: s.name.clone(),
+                    peer: s.peer.to_string(),
+                    ingress: s.ingress.clone(),
+                    load_pct: s.load_pct,
+                    rtt_ms: rtt(&s.peer, &v),
+                    heard_secs_ago: s.age(now).as_secs_f64(),
+                })
+                .collect()
+        };
+        let stats = self.stats.clone();
+        self.view.send_modify(|v| {
+            v.cell = cell;
+            v.sinks = sinks;
+            v.stats = stats;
+        });
     }
 
     fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
         metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
         self.identified.remove(&peer);
+        self.pending.remove(&peer);
         tracing::warn!(%peer, reason, detail, "peer refused");
         self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
@@ -350,11 +1031,55 @@ impl Mesh {
                     .gossipsub
                     .remove_blacklisted_peer(&peer);
                 self.view.send_modify(|v| {
-                    v.admitted.insert(peer, id);
+                    v.admitted.insert(peer, id.clone());
                 });
+                self.flush_pending(peer);
+                let lonely = self
+                    .cell
+                    .as_ref()
+                    .is_some_and(|c| c.membership.members().is_empty());
+                if lonely {
+                    self.announce_to(peer, &id);
+                }
             }
             Err(e) => self.refuse(peer, "enrolment", &e.to_string()),
         }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.stats.gossip_bytes_in += message.data.len() as u64;
+        // The forwarding peer must be admitted; the author is checked by
+        // what the message carries.
+        let verdict = if self.table.admitted(&source).is_none() {
+            Err("forwarder_not_admitted".to_owned())
+        } else if message.topic != self.sink_topic.hash() {
+            Err("unknown_topic".to_owned())
+        } else {
+            match message.source {
+                None => Err("anonymous".to_owned()),
+                Some(author) => {
+                    let enrolment = &self.enrolment;
+                    self.sinks
+                        .on_advert(author, &message.data, Instant::now(), |p, chain| {
+                            enrolment.admit(p, chain, SystemTime::now())
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        let acceptance = match verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(reason) => {
+                tracing::debug!(%source, %reason, "gossip message rejected");
+                metrics::counter!(GOSSIP_REJECTED).increment(1);
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
     }
 
     fn on_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
@@ -386,10 +1111,25 @@ impl Mesh {
             } => {
                 self.table.on_disconnected(&peer_id);
                 self.identified.remove(&peer_id);
+                if let Some(q) = self.pending.remove(&peer_id) {
+                    for _ in q {
+                        self.drop_swim("disconnected");
+                    }
+                }
                 self.view.send_modify(|v| {
                     v.admitted.remove(&peer_id);
                     v.rtt.remove(&peer_id);
                 });
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } if !self.swarm.is_connected(&peer) => {
+                if let Some(q) = self.pending.remove(&peer) {
+                    for _ in q {
+                        self.drop_swim("unreachable");
+                    }
+                }
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Enrol(
                 request_response::Event::Message { peer, message, .. },
@@ -411,6 +1151,43 @@ impl Mesh {
                     self.check(peer, &response.chain);
                 }
             },
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) => {
+                let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
+                self.on_swim(peer, request);
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    result:
+                        kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                            providers,
+                            ..
+                        })),
+                    ..
+                },
+            )) => {
+                let lonely = self
+                    .cell
+                    .as_ref()
+                    .is_some_and(|c| c.membership.members().is_empty());
+                if lonely {
+                    for peer in providers {
+                        self.announce_to(
+                            peer,
+                            &PeerIdentity {
+                                role: Role::Node,
+                                name: String::new(),
+                            },
+                        );
+                    }
+                }
+            }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -439,22 +1216,7 @@ impl Mesh {
                 propagation_source,
                 message_id,
                 message,
-            })) => {
-                let from_admitted = self.table.admitted(&propagation_source).is_some()
-                    && message.source.is_some_and(|s| {
-                        s == *self.swarm.local_peer_id() || self.table.admitted(&s).is_some()
-                    });
-                let verdict = if from_admitted {
-                    gossipsub::MessageAcceptance::Accept
-                } else {
-                    gossipsub::MessageAcceptance::Reject
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, verdict);
-            }
+            })) => self.on_gossip(propagation_source, message_id, message),
             _ => {}
         }
     }

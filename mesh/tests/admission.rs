@@ -53,7 +53,7 @@ fn start(
         admission_timeout: Duration::from_secs(3),
         ..Default::default()
     };
-    let (mesh, view) = Mesh::start(enrolment, config).expect("mesh starts");
+    let (mesh, view, _commands) = Mesh::start(enrolment, config).expect("mesh starts");
     tokio::spawn(mesh.run(stop.clone()));
     view
 }
@@ -122,8 +122,10 @@ async fn enrolled_members_are_admitted_and_strangers_refused() {
     })
     .await;
     assert!(!names(&va).contains(&"d".to_string()));
-    wait_view(&mut b, "b admits a over QUIC", |v| names(v) == ["a"]).await;
-    wait_view(&mut c, "c admits a over TCP", |v| names(v) == ["a"]).await;
+    // (b and c may also find each other through a's DHT.)
+    let has_a = |v: &MeshView| names(v).contains(&"a".to_string());
+    wait_view(&mut b, "b admits a over QUIC", has_a).await;
+    wait_view(&mut c, "c admits a over TCP", has_a).await;
     // a refused the stranger by disconnecting without proving itself, so the
     // stranger admitted nobody.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -136,7 +138,7 @@ async fn enrolled_members_are_admitted_and_strangers_refused() {
 
     // Admitted peers enter each other's DHT routing table; strangers never.
     wait_view(&mut a, "a's DHT holds b and c", |v| v.dht_peers == 2).await;
-    wait_view(&mut b, "b's DHT holds a", |v| v.dht_peers == 1).await;
+    wait_view(&mut b, "b's DHT holds a", |v| v.dht_peers >= 1).await;
 
     // Admitted peers get RTT measurements.
     wait_view(&mut b, "b measures its RTT to a", |v| !v.rtt.is_empty()).await;

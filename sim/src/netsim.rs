@@ -118,10 +118,7 @@ impl SimNet {
 
     /// Adds a member that joins through the first member (if any).
     pub fn add_member(&mut self, host: &str, eligible: bool, expected_size: u32) -> usize {
-        let id = MemberId {
-            host: host.to_owned(),
-            bump: 0,
-        };
+        let id = MemberId::named(host);
         let info = MemberInfo {
             host: host.to_owned(),
             version: 1,
@@ -132,6 +129,7 @@ impl SimNet {
             agent_version: "sim".into(),
             tags: Vec::new(),
             addrs: Vec::new(),
+            relay: String::new(),
         };
         let seed = self.rng.random::<u64>();
         let state = CellMembership::new(id.clone(), info, expected_size, seed)
