@@ -128,3 +128,134 @@ mod tests {
         assert!(row.contains(" 42 "), "{row}");
     }
 }
+
+/// A person's view of one member's mesh status: who it is and where its
+/// events go, its cell's aggregators and members, the sinks, and the
+/// control traffic. `now_ms` dates the status (Unix milliseconds).
+pub fn render_mesh_status(s: &starling_mesh::status::MeshStatus, now_ms: u64) -> String {
+    use std::fmt::Write;
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.1} ms"));
+    let mut out = String::new();
+    let age = now_ms.saturating_sub(s.written_at_ms) as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "host {}  peer {}  (status {age:.1} s old)",
+        sanitize(&s.host),
+        truncate(&s.peer_id, 16)
+    );
+    match &s.uplink {
+        Some(u) => {
+            let what = if u.role == "sink" {
+                "sink"
+            } else {
+                "aggregator"
+            };
+            let _ = writeln!(
+                out,
+                "uplink  -> {} ({what}) at {}",
+                sanitize(&u.to),
+                sanitize(&u.address)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "uplink  -> none: no aggregator or sink reachable; events stay spooled"
+            );
+        }
+    }
+    if s.is_aggregator {
+        let _ = writeln!(
+            out,
+            "role    aggregator of its cell, {} nodes attached",
+            s.relay_nodes
+        );
+    }
+    match &s.cell {
+        None => {
+            let _ = writeln!(out, "cell    not joined yet");
+        }
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "cell    {}  {} members, {} aggregators\n",
+                sanitize(&c.name),
+                c.members.len(),
+                c.aggregators.len()
+            );
+            let _ = writeln!(
+                out,
+                "AGGREGATORS\n{:<24} {:>5} {:>9} {:>9} {:<22} {:>9}",
+                "HOST", "LOAD", "ATTACHED", "CAPACITY", "RELAY", "RTT"
+            );
+            for a in &c.aggregators {
+                let m = c.members.iter().find(|m| &m.host == a);
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>4}% {:>9} {:>9} {:<22} {:>9}",
+                    truncate(&sanitize(a), 24),
+                    m.map_or(0, |m| m.load_pct),
+                    m.map_or(0, |m| m.attached),
+                    m.map_or(0, |m| m.capacity),
+                    truncate(&m.map(|m| sanitize(&m.relay)).unwrap_or_default(), 22),
+                    ms(m.and_then(|m| m.rtt_ms)),
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\nMEMBERS\n{:<24} {:<11} {:>5} {:<10} {:>9}",
+                "HOST", "ROLE", "LOAD", "VERSION", "RTT"
+            );
+            for m in &c.members {
+                let role = if c.aggregators.contains(&m.host) {
+                    "aggregator"
+                } else if !m.known {
+                    "(joining)"
+                } else {
+                    "node"
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<11} {:>4}% {:<10} {:>9}",
+                    truncate(&sanitize(&m.host), 24),
+                    role,
+                    m.load_pct,
+                    truncate(&sanitize(&m.agent_version), 10),
+                    ms(m.rtt_ms)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nSINKS\n{:<24} {:<22} {:>5} {:>9} {:>7}",
+        "NAME", "INGRESS", "LOAD", "RTT", "HEARD"
+    );
+    if s.sinks.is_empty() {
+        let _ = writeln!(out, "(none heard yet)");
+    }
+    for k in &s.sinks {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:>4}% {:>9} {:>6.0}s",
+            truncate(&sanitize(&k.name), 24),
+            truncate(&sanitize(&k.ingress), 22),
+            k.load_pct,
+            ms(k.rtt_ms),
+            k.heard_secs_ago
+        );
+    }
+    let c = &s.control;
+    let _ = writeln!(
+        out,
+        "\npeers   {} admitted, {} refused, {} in the DHT\ncontrol membership {} B in / {} B out ({} dropped), gossip {} B in",
+        s.admitted_peers,
+        s.refused_peers,
+        s.dht_peers,
+        c.swim_bytes_in,
+        c.swim_bytes_out,
+        c.swim_dropped,
+        c.gossip_bytes_in
+    );
+    out
+}

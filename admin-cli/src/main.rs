@@ -35,6 +35,32 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// The mesh as this host's node sees it.
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Members of this host's cell, its aggregators with their load and
+    /// attached nodes, the sinks, and where this host's events go.
+    Status {
+        /// The node's data directory (holds mesh-status.json).
+        #[arg(
+            long,
+            env = "STARLING_NODE_DATA",
+            default_value = "/var/lib/starling/node"
+        )]
+        data_dir: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every two seconds.
+        #[arg(short, long)]
+        watch: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +217,39 @@ fn main() -> anyhow::Result<()> {
             kind.as_deref(),
             json,
         ),
+        Command::Mesh {
+            command:
+                MeshCommand::Status {
+                    data_dir,
+                    json,
+                    watch,
+                },
+        } => loop {
+            let path = data_dir.join(starling_mesh::status::STATUS_FILE);
+            let text = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading {} (is starling-node running with mesh.enabled, and is --data-dir its data_dir?)",
+                    path.display()
+                )
+            })?;
+            let status: starling_mesh::status::MeshStatus = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a mesh status", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                if watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", starling_admin::render_mesh_status(&status, now));
+            }
+            if !watch {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        },
     }
 }
 

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         aggregator: false,
         load_pct: 0,
         capacity: 1,
+        attached: 0,
         agent_version: String::new(),
         tags: Vec::new(),
         addrs: Vec::new(),

@@ -5,8 +5,11 @@
 //! * [`cell`], [`election`], [`attach`]: sans-I/O protocol logic for
 //!   locality cells, aggregator election and a node's choice of aggregator.
 //!   They take views and time as input and return decisions, so tests and
-//!   the simulator drive exactly the code production runs. The libp2p
-//!   driver that feeds them is being built (docs/mesh.md).
+//!   the simulator drive exactly the code production runs.
+//! * [`membership`]: SWIM membership of a cell with versioned member info.
+//! * [`enrol`], [`swarm`]: the libp2p swarm, its admission gate, and the
+//!   driver that carries membership, election and sink adverts
+//!   ([`adverts`]) over it; [`status`] is what it shows people.
 
 pub mod adverts;
 pub mod attach;
@@ -15,4 +18,8 @@ pub mod election;
 pub mod enrol;
 pub mod identity;
 pub mod membership;
+pub mod status;
 pub mod swarm;
+
+/// Multiaddresses, as the daemons' configurations spell peers.
+pub use libp2p::Multiaddr;

@@ -100,6 +100,8 @@ pub struct MemberInfo {
     pub load_pct: u8,
     /// Nodes it can serve as aggregator.
     pub capacity: u32,
+    /// Nodes attached to it while aggregator.
+    pub attached: u32,
     pub agent_version: String,
     pub tags: Vec<String>,
     /// Where peers reach it (multiaddrs).
@@ -456,6 +458,7 @@ mod tests {
             aggregator: false,
             load_pct: 0,
             capacity: 100,
+            attached: 0,
             agent_version: "t".into(),
             tags: Vec::new(),
             addrs: Vec::new(),

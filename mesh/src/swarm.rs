@@ -52,6 +52,8 @@ const GOSSIP_QUEUE_PER_CONNECTION: usize = 256;
 /// A sink re-advertises this often, and is forgotten after three misses.
 const SINK_ADVERT_INTERVAL: Duration = Duration::from_secs(10);
 const SINK_EXPIRY: Duration = Duration::from_secs(35);
+/// Least time between broadcasts of a changed attached-node count.
+const LOAD_REFRESH: Duration = Duration::from_secs(10);
 /// Pull-on-join catch-up and re-announcing of a lonely member.
 const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
 
@@ -168,6 +170,8 @@ pub struct MemberView {
     pub aggregator: bool,
     pub load_pct: u8,
     pub capacity: u32,
+    /// Nodes attached while aggregator (refreshed at most every 10 s).
+    pub attached: u32,
     pub relay: String,
     pub agent_version: String,
     /// Ping round trip when connected, milliseconds.
@@ -239,8 +243,8 @@ impl MeshView {
 /// Changes a member makes to what it advertises.
 #[derive(Debug, Clone)]
 pub enum MeshCommand {
-    /// A node's relay load (percent of capacity).
-    NodeLoad(u8),
+    /// A node's relay load: nodes attached, and percent of capacity.
+    NodeLoad { attached: u32, load_pct: u8 },
     /// A sink's load (percent of its connection limit).
     SinkLoad(u8),
 }
@@ -338,6 +342,8 @@ struct Cell {
     providing: bool,
     last_tick: Instant,
     aggregators: Vec<String>,
+    /// When the load in the own record last changed.
+    load_sent: Instant,
 }
 
 /// A running mesh member.
@@ -418,7 +424,8 @@ fn cell_key(cell: &str) -> kad::RecordKey {
     kad::RecordKey::new(&format!("starling/cell/{cell}"))
 }
 
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+/// The IP address of a multiaddr, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -547,16 +554,24 @@ impl Mesh {
     fn on_command(&mut self, command: MeshCommand) {
         match command {
             MeshCommand::SinkLoad(pct) => self.sink_load = pct.min(100),
-            MeshCommand::NodeLoad(pct) => {
-                let pct = pct.min(100);
+            MeshCommand::NodeLoad { attached, load_pct } => {
+                let pct = load_pct.min(100);
                 let version = self.version();
+                let now = Instant::now();
                 if let Some(cell) = self.cell.as_mut() {
-                    // Load is broadcast to the whole cell: only changes
-                    // that matter to attachment are worth the bytes.
-                    if cell.membership.own().load_pct.abs_diff(pct) >= 10 {
-                        let _ = cell
-                            .membership
-                            .update_info(version, |info| info.load_pct = pct);
+                    // Load is broadcast to the whole cell: changes that
+                    // matter to attachment go out at once, a changed count
+                    // of attached nodes at most every LOAD_REFRESH.
+                    let own = cell.membership.own();
+                    let big = own.load_pct.abs_diff(pct) >= 10;
+                    let stale = own.attached != attached
+                        && now.duration_since(cell.load_sent) >= LOAD_REFRESH;
+                    if big || stale {
+                        cell.load_sent = now;
+                        let _ = cell.membership.update_info(version, |info| {
+                            info.load_pct = pct;
+                            info.attached = attached;
+                        });
                         self.drain_membership();
                     }
                 }
@@ -628,6 +643,7 @@ impl Mesh {
             aggregator: false,
             load_pct: 0,
             capacity: settings.capacity,
+            attached: 0,
             agent_version: settings.agent_version.clone(),
             tags: settings.tags.clone(),
             addrs: vec![advertise.to_string()],
@@ -650,6 +666,7 @@ impl Mesh {
                     providing: false,
                     last_tick: Instant::now() - MEMBERSHIP_TICK,
                     aggregators: Vec::new(),
+                    load_sent: Instant::now(),
                 });
                 // Peers admitted before the cell started are worth asking.
                 let peers: Vec<(PeerId, PeerIdentity)> = self
@@ -910,6 +927,7 @@ impl Mesh {
                 aggregator: own.aggregator,
                 load_pct: own.load_pct,
                 capacity: own.capacity,
+                attached: own.attached,
                 relay: own.relay.clone(),
                 agent_version: own.agent_version.clone(),
                 rtt_ms: None,
@@ -923,6 +941,7 @@ impl Mesh {
                     aggregator: false,
                     load_pct: 0,
                     capacity: 0,
+                    attached: 0,
                     agent_version: String::new(),
                     tags: Vec::new(),
                     addrs: Vec::new(),
@@ -936,6 +955,7 @@ impl Mesh {
                     aggregator: info.aggregator,
                     load_pct: info.load_pct,
                     capacity: info.capacity,
+                    attached: info.attached,
                     relay: info.relay,
                     agent_version: info.agent_version,
                     rtt_ms: peer.and_then(|p| rtt(&p, &v)),

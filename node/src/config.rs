@@ -37,7 +37,39 @@ pub struct NodeConfig {
     pub sensor: SensorSection,
     pub spool: SpoolSection,
     pub uplink: UplinkSection,
+    pub mesh: MeshSection,
     pub metrics: MetricsSection,
+}
+
+/// Mesh membership: when enabled, the node finds its cell, takes part in
+/// electing aggregators, ships through the aggregator it attaches to, and
+/// relays for its cell when elected (docs/mesh.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// Join the mesh. When false the node ships to `uplink.sinks`.
+    pub enabled: bool,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// The multiaddr other members dial; default: the first non-loopback
+    /// listen address.
+    pub advertise: String,
+    /// Multiaddrs of members (or sinks) to dial at start.
+    pub bootstrap: Vec<String>,
+    /// Cell label; empty: the cell follows from the advertised address
+    /// (its /24 or /48).
+    pub zone: String,
+    /// May be elected aggregator.
+    pub aggregator: bool,
+    /// Nodes this host relays for at most while aggregator.
+    pub capacity: u32,
+    /// host:port of the relay's QUIC listener (port 0: any free port).
+    pub relay_listen: String,
+    /// host:port nodes dial to reach the relay; default: relay_listen, with
+    /// an unspecified IP replaced by the advertised one.
+    pub relay_advertise: String,
+    /// About how many members the cell holds (tunes failure detection).
+    pub expected_cell_size: u32,
 }
 
 /// Certificate files issued by `starlingctl cert issue --role node`.
@@ -117,7 +149,25 @@ impl Default for NodeConfig {
             sensor: SensorSection::default(),
             spool: SpoolSection::default(),
             uplink: UplinkSection::default(),
+            mesh: MeshSection::default(),
             metrics: MetricsSection::default(),
+        }
+    }
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: vec!["/ip4/0.0.0.0/udp/7401/quic-v1".into()],
+            advertise: String::new(),
+            bootstrap: Vec::new(),
+            zone: String::new(),
+            aggregator: true,
+            capacity: 2000,
+            relay_listen: "0.0.0.0:7402".into(),
+            relay_advertise: String::new(),
+            expected_cell_size: 100,
         }
     }
 }
@@ -234,8 +284,19 @@ impl NodeConfig {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
-        if self.uplink.sinks.is_empty() {
-            return Err(invalid("uplink.sinks", "at least one sink is needed"));
+        if self.mesh.enabled {
+            if !self.uplink.sinks.is_empty() {
+                return Err(invalid(
+                    "uplink.sinks",
+                    "with mesh.enabled the node finds sinks through the mesh; remove uplink.sinks",
+                ));
+            }
+            self.validate_mesh()?;
+        } else if self.uplink.sinks.is_empty() {
+            return Err(invalid(
+                "uplink.sinks",
+                "at least one sink is needed (or set mesh.enabled)",
+            ));
         }
         for s in &self.uplink.sinks {
             if !s.address.contains(':') {
@@ -268,6 +329,44 @@ impl NodeConfig {
         }
         if self.uplink.ack_timeout_secs == 0 {
             return Err(invalid("uplink.ack_timeout_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_mesh(&self) -> Result<(), ConfigError> {
+        let mesh = &self.mesh;
+        let addr = |field: &'static str, a: &str| {
+            a.parse::<starling_mesh::Multiaddr>()
+                .map(|_| ())
+                .map_err(|e| invalid(field, format!("{a:?}: {e}")))
+        };
+        if mesh.listen.is_empty() {
+            return Err(invalid("mesh.listen", "at least one address is needed"));
+        }
+        for a in &mesh.listen {
+            addr("mesh.listen", a)?;
+        }
+        for a in &mesh.bootstrap {
+            addr("mesh.bootstrap", a)?;
+        }
+        if !mesh.advertise.is_empty() {
+            addr("mesh.advertise", &mesh.advertise)?;
+        }
+        if mesh.aggregator {
+            mesh.relay_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| {
+                    invalid("mesh.relay_listen", format!("{:?}: {e}", mesh.relay_listen))
+                })?;
+            if mesh.capacity == 0 {
+                return Err(invalid("mesh.capacity", "must be at least 1"));
+            }
+        }
+        if !mesh.relay_advertise.is_empty() && !mesh.relay_advertise.contains(':') {
+            return Err(invalid("mesh.relay_advertise", "must be host:port"));
+        }
+        if mesh.zone.len() > 64 {
+            return Err(invalid("mesh.zone", "at most 64 characters"));
         }
         Ok(())
     }
@@ -319,6 +418,13 @@ server_name = "sink-1"
         assert!(e.to_string().starts_with("sensor.ring_buffer_bytes"), "{e}");
         let e = NodeConfig::parse("").unwrap_err();
         assert!(e.to_string().starts_with("uplink.sinks"), "{e}");
+        let e = NodeConfig::parse(&format!("{MINIMAL}\n[mesh]\nenabled = true\n")).unwrap_err();
+        assert!(e.to_string().starts_with("uplink.sinks"), "{e}");
+        let e = NodeConfig::parse("[mesh]\nenabled = true\nbootstrap = [\"not an address\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("mesh.bootstrap"), "{e}");
+        let c = NodeConfig::parse("[mesh]\nenabled = true\n").unwrap();
+        assert!(c.mesh.aggregator && c.uplink.sinks.is_empty());
         let e = NodeConfig::parse(&format!(
             "{MINIMAL}\n[spool]\ndrop_policy = \"sometimes\"\n"
         ))

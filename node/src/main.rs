@@ -11,10 +11,11 @@ use starling_mesh::identity::{identity_of, quic_client_config, Role};
 use starling_node::config::NodeConfig;
 use starling_node::metrics_names as m;
 use starling_node::spool::Spool;
-use starling_node::uplink::Uplink;
+use starling_node::uplink::{Targets, Uplink};
 use tokio::sync::watch;
 
-/// Starling host daemon: eBPF sensor -> durable spool -> QUIC uplink to a sink.
+/// Starling host daemon: eBPF sensor -> durable spool -> QUIC uplink to a
+/// sink, directly or through the aggregator of its mesh cell.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -119,13 +120,21 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         None
     };
 
+    let mut mesh_tasks = Vec::new();
+    let targets = if config.mesh.enabled {
+        let parts = starling_node::mesh::start(&config, shutdown_rx.clone())?;
+        mesh_tasks = parts.tasks;
+        parts.targets
+    } else {
+        Targets::Static(config.uplink.sinks.clone())
+    };
     let uplink = Uplink {
         host_id: host_id.clone(),
         config: config.uplink.clone(),
         spool: spool.clone(),
         client,
     };
-    let mut uplink_task = tokio::spawn(uplink.run(spooled_rx, shutdown_rx.clone()));
+    let mut uplink_task = tokio::spawn(uplink.run(targets, spooled_rx, shutdown_rx.clone()));
 
     let mut sensor_task = sensor_task;
     tokio::select! {
@@ -159,6 +168,9 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     if !uplink_task.is_finished() {
         let _ = tokio::time::timeout(grace, uplink_task).await;
+    }
+    for t in mesh_tasks {
+        let _ = tokio::time::timeout(grace, t).await;
     }
     let st = spool.stats();
     tracing::info!(

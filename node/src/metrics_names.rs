@@ -20,3 +20,14 @@ pub const BATCHES: &str = "starling_node_batches_total";
 pub const UPLINK_CONNECTED: &str = "starling_node_uplink_connected";
 /// 1 when the kernel sensor runs, 0 when the node is sensor-degraded.
 pub const SENSOR_UP: &str = "starling_node_sensor_up";
+/// 1 while this node is elected aggregator of its cell.
+pub const AGGREGATOR: &str = "starling_node_aggregator";
+/// Nodes attached to this aggregator now.
+pub const RELAY_NODES: &str = "starling_node_relay_nodes";
+/// Connections the relay refused, by `reason` (not_aggregator, capacity,
+/// handshake, role).
+pub const RELAY_REFUSED: &str = "starling_node_relay_refused_total";
+/// Batches relayed, by the `status` of the ack given back.
+pub const RELAY_BATCHES: &str = "starling_node_relay_batches_total";
+/// Events relayed and persisted by a sink.
+pub const RELAY_EVENTS: &str = "starling_node_relay_events_total";

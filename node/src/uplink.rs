@@ -1,6 +1,8 @@
-//! Async driver of the uplink: connects to a sink over QUIC with mutual TLS,
-//! sends spooled batches (one bidirectional stream per batch), and applies
-//! acks to the spool through [`UplinkState`].
+//! Async driver of the uplink: connects to a sink, or to the aggregator of
+//! its cell, over QUIC with mutual TLS, sends spooled batches (one
+//! bidirectional stream per batch), and applies acks to the spool through
+//! [`UplinkState`]. Acks mean the same through an aggregator: the sink's
+//! PERSISTED, relayed unchanged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,10 +51,99 @@ pub struct Uplink {
     pub client: quinn::ClientConfig,
 }
 
+/// Where the uplink sends: a sink, or the aggregator of the node's cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// host:port of its QUIC listener.
+    pub address: String,
+    /// The name its certificate must carry.
+    pub server_name: String,
+    /// The role its certificate must carry (Sink, or Node for an aggregator).
+    pub role: Role,
+}
+
+/// How the uplink finds where to send.
+pub enum Targets {
+    /// Configured sinks, tried in turn.
+    Static(Vec<SinkAddress>),
+    /// Chosen by the mesh; the uplink reports targets it could not use,
+    /// by name, so the chooser moves on to the next.
+    Mesh {
+        current: watch::Receiver<Option<Target>>,
+        unavailable: mpsc::Sender<String>,
+    },
+}
+
+impl Targets {
+    /// The next target to try; waits while the mesh offers none.
+    async fn next(
+        &mut self,
+        index: &mut usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Target> {
+        match self {
+            Targets::Static(sinks) => {
+                let sink = &sinks[*index % sinks.len()];
+                *index += 1;
+                Some(Target {
+                    address: sink.address.clone(),
+                    server_name: sink.server_name.clone(),
+                    role: Role::Sink,
+                })
+            }
+            Targets::Mesh { current, .. } => {
+                let mut warned = None::<Instant>;
+                loop {
+                    if let Some(t) = current.borrow_and_update().clone() {
+                        return Some(t);
+                    }
+                    metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
+                    if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!("no aggregator or sink known yet; events stay spooled");
+                        warned = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        r = current.changed() => if r.is_err() { return None },
+                        _ = shutdown.changed() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry_same(&self, index: &mut usize) {
+        if let Targets::Static(_) = self {
+            *index -= 1;
+        }
+    }
+
+    async fn report_unavailable(&self, target: &Target) {
+        if let Targets::Mesh { unavailable, .. } = self {
+            let _ = unavailable.send(target.server_name.clone()).await;
+        }
+    }
+
+    /// Resolves when the mesh picks another target.
+    async fn changed_from(&mut self, target: &Target) {
+        match self {
+            Targets::Static(_) => std::future::pending().await,
+            Targets::Mesh { current, .. } => loop {
+                if current.borrow_and_update().as_ref() != Some(target) {
+                    return;
+                }
+                if current.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            },
+        }
+    }
+}
+
 impl Uplink {
     /// Ships spooled events until `shutdown` turns true.
     pub async fn run(
         self,
+        mut targets: Targets,
         mut spooled: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
@@ -66,40 +157,50 @@ impl Uplink {
         endpoint.set_default_client_config(client);
 
         let mut backoff = Duration::from_millis(200);
-        let mut sink_index = 0;
+        let mut index = 0;
         let mut warned_since = None::<Instant>;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let sink = &self.config.sinks[sink_index % self.config.sinks.len()];
-            sink_index += 1;
-            match connect(&endpoint, sink).await {
+            let Some(target) = targets.next(&mut index, &mut shutdown).await else {
+                break;
+            };
+            match connect(&endpoint, &target).await {
                 Ok(conn) => {
                     backoff = Duration::from_millis(200);
                     warned_since = None;
-                    tracing::info!(sink = %sink.address, "connected to sink");
+                    tracing::info!(to = %target.server_name, address = %target.address, role = %target.role, "uplink connected");
                     metrics::gauge!(m::UPLINK_CONNECTED).set(1.0);
-                    let done = self.serve(&conn, &mut spooled, &mut shutdown).await;
+                    let done = tokio::select! {
+                        done = self.serve(&conn, &mut spooled, &mut shutdown) => done,
+                        _ = targets.changed_from(&target) => Ok(Stop::Retarget),
+                    };
                     metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
                     conn.close(0u32.into(), b"bye");
                     match done {
                         Ok(Stop::Shutdown) => break,
+                        Ok(Stop::Retarget) => {
+                            tracing::info!(from = %target.server_name, "uplink moving to a better target; unacknowledged events will be resent");
+                        }
                         Ok(Stop::ConnectionLost(reason)) => {
-                            tracing::warn!(sink = %sink.address, %reason, "sink connection lost; spooling and reconnecting");
-                            sink_index -= 1; // try the same sink first
+                            tracing::warn!(to = %target.server_name, %reason, "uplink connection lost; spooling and reconnecting");
+                            targets.retry_same(&mut index);
+                            targets.report_unavailable(&target).await;
                         }
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => {
+                    targets.report_unavailable(&target).await;
                     let stats = self.spool.stats();
                     if warned_since.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                         tracing::warn!(
-                            sink = %sink.address,
+                            to = %target.server_name,
+                            address = %target.address,
                             error = %e,
                             spooled = stats.events,
-                            "no sink reachable; events stay spooled"
+                            "uplink target unreachable; events stay spooled"
                         );
                         warned_since = Some(Instant::now());
                     }
@@ -241,36 +342,40 @@ impl Uplink {
 
 enum Stop {
     Shutdown,
+    Retarget,
     ConnectionLost(String),
 }
 
-/// Keep-alives make a dead sink visible within seconds rather than at the
-/// default 30-second idle timeout.
+/// Keep-alives make a dead sink or aggregator visible within four seconds
+/// (four missed keep-alives) rather than at the default 30-second idle
+/// timeout, so a node moves on within the 5-second goal.
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    if let Ok(idle) = Duration::from_secs(8).try_into() {
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    if let Ok(idle) = Duration::from_secs(4).try_into() {
         t.max_idle_timeout(Some(idle));
     }
     t
 }
 
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    sink: &SinkAddress,
-) -> anyhow::Result<quinn::Connection> {
-    let addr = tokio::net::lookup_host(&sink.address)
+async fn connect(endpoint: &quinn::Endpoint, target: &Target) -> anyhow::Result<quinn::Connection> {
+    let addr = tokio::net::lookup_host(&target.address)
         .await?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", sink.address))?;
-    let connecting = endpoint.connect(addr, &sink.server_name)?;
+        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", target.address))?;
+    let connecting = endpoint.connect(addr, &target.server_name)?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| anyhow::anyhow!("handshake timed out after {CONNECT_TIMEOUT:?}"))??;
     let id = peer_identity(&conn)?;
-    if id.role != Role::Sink {
-        conn.close(1u32.into(), b"not a sink");
-        anyhow::bail!("{} presented identity {id}, not a sink", sink.address);
+    if id.role != target.role || id.name != target.server_name && target.role == Role::Node {
+        conn.close(1u32.into(), b"unexpected identity");
+        anyhow::bail!(
+            "{} presented identity {id}, expected {}/{}",
+            target.address,
+            target.role,
+            target.server_name
+        );
     }
     Ok(conn)
 }

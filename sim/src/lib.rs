@@ -11,7 +11,7 @@ pub mod netsim;
 pub mod process;
 
 pub use broker::Broker;
-pub use process::{Fleet, NodeProcess, SinkProcess};
+pub use process::{Fleet, MeshOptions, NodeProcess, SinkProcess};
 
 use std::time::{Duration, Instant};
 

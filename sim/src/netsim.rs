@@ -126,6 +126,7 @@ impl SimNet {
             aggregator: false,
             load_pct: 0,
             capacity: 500,
+            attached: 0,
             agent_version: "sim".into(),
             tags: Vec::new(),
             addrs: Vec::new(),

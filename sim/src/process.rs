@@ -26,7 +26,8 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+/// The path of a workspace binary, or an error saying how to build it.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let p = bin_dir()?.join(name);
     if !p.is_file() {
         bail!(
@@ -190,6 +191,28 @@ impl SinkProcess {
     /// Prepares credentials, config and ports without starting the process
     /// (nodes can be pointed at a sink that is not up yet).
     pub fn create(fleet: &Fleet, name: &str, kafka: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        Self::create_in_mesh(fleet, name, kafka, None)
+    }
+
+    /// Like [`SinkProcess::start`], and the sink joins the mesh through
+    /// `bootstrap` (multiaddrs) to advertise itself.
+    pub fn start_in_mesh(
+        fleet: &Fleet,
+        name: &str,
+        kafka: Option<(&str, &str)>,
+        bootstrap: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut sink = Self::create_in_mesh(fleet, name, kafka, Some(bootstrap))?;
+        sink.restart()?;
+        Ok(sink)
+    }
+
+    fn create_in_mesh(
+        fleet: &Fleet,
+        name: &str,
+        kafka: Option<(&str, &str)>,
+        mesh: Option<&[String]>,
+    ) -> anyhow::Result<Self> {
         let (cert, key) = fleet.issue(Role::Sink, name)?;
         let port = free_port();
         let metrics_port = free_port();
@@ -203,6 +226,11 @@ impl SinkProcess {
         if let Some((brokers, topic)) = kafka {
             config.push_str(&format!(
                 "[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\npartitions = 3\ndelivery_timeout_ms = 10000\n"
+            ));
+        }
+        if let Some(bootstrap) = mesh {
+            config.push_str(&format!(
+                "[mesh]\nenabled = true\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nbootstrap = {bootstrap:?}\n"
             ));
         }
         let config_path = dir.join("sink.toml");
@@ -277,6 +305,28 @@ pub struct NodeProcess {
     /// TCP port of its metrics endpoint.
     pub metrics_port: u16,
     sensor: bool,
+    data_dir: PathBuf,
+}
+
+/// How a node process joins the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Multiaddrs to dial at start.
+    pub bootstrap: Vec<String>,
+    /// Cell label.
+    pub zone: String,
+    /// May be elected aggregator.
+    pub aggregator: bool,
+    /// UDP port of its libp2p QUIC listener (0: any).
+    pub listen_port: u16,
+    pub expected_cell_size: u32,
+}
+
+impl MeshOptions {
+    /// The multiaddr a node started with these options listens on.
+    pub fn listen_addr(&self) -> String {
+        format!("/ip4/127.0.0.1/udp/{}/quic-v1", self.listen_port)
+    }
 }
 
 impl NodeProcess {
@@ -287,6 +337,27 @@ impl NodeProcess {
         host_id: &str,
         sinks: &[(String, String)],
         sensor: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(fleet, host_id, sinks, sensor, None)
+    }
+
+    /// Starts a mesh member: it finds its cell through `mesh.bootstrap` and
+    /// ships through the aggregator it attaches to.
+    pub fn start_in_mesh(
+        fleet: &Fleet,
+        host_id: &str,
+        mesh: &MeshOptions,
+        sensor: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(fleet, host_id, &[], sensor, Some(mesh))
+    }
+
+    fn start_with(
+        fleet: &Fleet,
+        host_id: &str,
+        sinks: &[(String, String)],
+        sensor: bool,
+        mesh: Option<&MeshOptions>,
     ) -> anyhow::Result<Self> {
         let (cert, key) = fleet.issue(Role::Node, host_id)?;
         let metrics_port = free_port();
@@ -302,6 +373,16 @@ impl NodeProcess {
                 "[[uplink.sinks]]\naddress = {address:?}\nserver_name = {name:?}\n"
             ));
         }
+        if let Some(m) = mesh {
+            config.push_str(&format!(
+                "[mesh]\nenabled = true\nlisten = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\nbootstrap = {bootstrap:?}\nzone = {zone:?}\naggregator = {aggregator}\nrelay_listen = \"127.0.0.1:0\"\nexpected_cell_size = {size}\n",
+                port = m.listen_port,
+                bootstrap = m.bootstrap,
+                zone = m.zone,
+                aggregator = m.aggregator,
+                size = m.expected_cell_size,
+            ));
+        }
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, config)?;
         let mut node = Self {
@@ -314,6 +395,7 @@ impl NodeProcess {
             host_id: host_id.into(),
             metrics_port,
             sensor,
+            data_dir: dir.join("data"),
         };
         node.restart()?;
         Ok(node)
@@ -356,6 +438,18 @@ impl NodeProcess {
     /// One metric of this node.
     pub fn metric(&self, series: &str) -> Option<f64> {
         scrape(self.metrics_port, series)
+    }
+
+    /// The mesh status the node last wrote (None before the first, or
+    /// without the mesh).
+    pub fn mesh_status(&self) -> Option<starling_mesh::status::MeshStatus> {
+        let path = self.data_dir.join(starling_mesh::status::STATUS_FILE);
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Highest sequence number assigned so far.

@@ -36,7 +36,34 @@ pub struct SinkConfig {
     pub kafka: Option<KafkaSection>,
     pub local_store: LocalStoreSection,
     pub limits: LimitsSection,
+    pub mesh: MeshSection,
     pub metrics: MetricsSection,
+}
+
+/// Mesh membership: the sink announces itself so aggregators find it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// Join the mesh and advertise this sink.
+    pub enabled: bool,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Multiaddrs of mesh members to dial at start.
+    pub bootstrap: Vec<String>,
+    /// host:port aggregators dial to reach the ingress; default: `listen`,
+    /// with an unspecified IP replaced by this host's primary address.
+    pub ingress_advertise: String,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: vec!["/ip4/0.0.0.0/udp/7401/quic-v1".into()],
+            bootstrap: Vec::new(),
+            ingress_advertise: String::new(),
+        }
+    }
 }
 
 /// Certificate files issued by `starlingctl cert issue --role sink`.
@@ -127,6 +154,7 @@ impl Default for SinkConfig {
             kafka: None,
             local_store: LocalStoreSection::default(),
             limits: LimitsSection::default(),
+            mesh: MeshSection::default(),
             metrics: MetricsSection::default(),
         }
     }
@@ -265,6 +293,24 @@ impl SinkConfig {
                 "limits.max_streams_per_connection",
                 "must be between 1 and 1024",
             ));
+        }
+        if self.mesh.enabled {
+            for (field, list) in [
+                ("mesh.listen", &self.mesh.listen),
+                ("mesh.bootstrap", &self.mesh.bootstrap),
+            ] {
+                for a in list {
+                    a.parse::<starling_mesh::Multiaddr>()
+                        .map_err(|e| invalid(field, format!("{a:?}: {e}")))?;
+                }
+            }
+            if self.mesh.listen.is_empty() {
+                return Err(invalid("mesh.listen", "at least one address is needed"));
+            }
+            if !self.mesh.ingress_advertise.is_empty() && !self.mesh.ingress_advertise.contains(':')
+            {
+                return Err(invalid("mesh.ingress_advertise", "must be host:port"));
+            }
         }
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::quic_server_config;
+use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig};
+use starling_mesh::Multiaddr;
 use starling_sink::backend::Backend;
 use starling_sink::config::SinkConfig;
 use starling_sink::ingress::{transport, Ingress};
@@ -83,6 +86,16 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ingress = Ingress::new(backend.clone(), config.limits.max_connections);
+    let mesh_task = if config.mesh.enabled {
+        Some(start_mesh(
+            &config,
+            endpoint.local_addr()?,
+            &ingress,
+            shutdown_rx.clone(),
+        )?)
+    } else {
+        None
+    };
     let serve = {
         let endpoint = endpoint.clone();
         let ingress = ingress.clone();
@@ -96,10 +109,78 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing batches in progress");
     let _ = shutdown_tx.send(true);
     let _ = serve.await;
+    if let Some(t) = mesh_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     backend.flush(Duration::from_secs(10));
     endpoint.wait_idle().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Joins the mesh and advertises the ingress (with its load) to aggregators.
+fn start_mesh(
+    config: &SinkConfig,
+    bound: std::net::SocketAddr,
+    ingress: &Arc<Ingress>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let parse = |a: &String| {
+        a.parse::<Multiaddr>()
+            .with_context(|| format!("multiaddr {a:?}"))
+    };
+    let advertised = if !config.mesh.ingress_advertise.is_empty() {
+        config.mesh.ingress_advertise.clone()
+    } else if bound.ip().is_unspecified() {
+        std::net::SocketAddr::new(primary_ip(), bound.port()).to_string()
+    } else {
+        bound.to_string()
+    };
+    let enrolment =
+        Enrolment::load(&config.tls.files()).context("loading the enrolment credentials")?;
+    let mesh_config = MeshConfig {
+        listen: config
+            .mesh
+            .listen
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?,
+        bootstrap: config
+            .mesh
+            .bootstrap
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?,
+        sink_ingress: Some(advertised.clone()),
+        ..Default::default()
+    };
+    let (mesh, _view, commands) =
+        Mesh::start(enrolment, mesh_config).context("starting the mesh")?;
+    tracing::info!(ingress = %advertised, "advertising this sink to the mesh");
+    let ingress = ingress.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { let _ = commands.try_send(MeshCommand::SinkLoad(ingress.load_pct())); }
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    Ok(tokio::spawn(mesh.run(shutdown)))
+}
+
+/// The source address of this host's default route (no packet is sent),
+/// else loopback.
+fn primary_ip() -> std::net::IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
 async fn shutdown_signal() {

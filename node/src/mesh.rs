@@ -1,0 +1,211 @@
+//! The node's part in the mesh: starts the libp2p member of its cell, the
+//! relay it runs when elected aggregator, the chooser of its uplink
+//! target, and the status file `starlingctl mesh status` reads.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use starling_mesh::election::ElectionParams;
+use starling_mesh::enrol::Enrolment;
+use starling_mesh::identity::{quic_client_config, quic_server_config};
+use starling_mesh::status::{MeshStatus, UplinkStatus, STATUS_FILE};
+use starling_mesh::swarm::{ip_of, CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::Multiaddr;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::relay::{self, Relay};
+use crate::targets;
+use crate::uplink::{Target, Targets};
+
+/// What the rest of the node gets from the mesh.
+pub struct MeshParts {
+    /// Where the uplink sends.
+    pub targets: Targets,
+    /// The member's view (for status and tests).
+    pub view: watch::Receiver<MeshView>,
+    /// Background tasks; they end when shutdown turns true.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// The address this host is reached at when nothing says otherwise: the
+/// source address of its default route (no packet is sent), else loopback.
+fn primary_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Joins the mesh as configured. Must run inside the runtime.
+pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<MeshParts> {
+    let section = &config.mesh;
+    let files = config.tls.files();
+    let enrolment = Enrolment::load(&files).context("loading the enrolment credentials")?;
+    let parse = |a: &String| {
+        a.parse::<Multiaddr>()
+            .with_context(|| format!("multiaddr {a:?}"))
+    };
+    let advertise = if section.advertise.is_empty() {
+        None
+    } else {
+        Some(parse(&section.advertise)?)
+    };
+    let mut tasks = Vec::new();
+
+    // The relay listener is bound first: its address goes into the
+    // member's record.
+    let (serving_tx, serving_rx) = watch::channel(false);
+    let (link_tx, link_rx) = watch::channel(None);
+    let mut relay_parts = None;
+    let mut relay_address = String::new();
+    if section.aggregator {
+        let mut server = quic_server_config(&files).context("loading TLS credentials")?;
+        server.transport_config(Arc::new(relay::transport()));
+        let listen: SocketAddr = section.relay_listen.parse().context("mesh.relay_listen")?;
+        let mut endpoint = quinn::Endpoint::server(server, listen)
+            .with_context(|| format!("relay listening on {listen} (mesh.relay_listen)"))?;
+        endpoint.set_default_client_config(quic_client_config(&files)?);
+        let bound = endpoint.local_addr()?;
+        relay_address = if !section.relay_advertise.is_empty() {
+            section.relay_advertise.clone()
+        } else if bound.ip().is_unspecified() {
+            let ip = advertise
+                .as_ref()
+                .and_then(ip_of)
+                .unwrap_or_else(primary_ip);
+            SocketAddr::new(ip, bound.port()).to_string()
+        } else {
+            bound.to_string()
+        };
+        let relay = Relay::new(section.capacity as usize, serving_rx, link_rx);
+        relay_parts = Some((relay, endpoint));
+    }
+
+    let mesh_config = MeshConfig {
+        listen: section.listen.iter().map(parse).collect::<Result<_, _>>()?,
+        advertise,
+        bootstrap: section
+            .bootstrap
+            .iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?,
+        cell: Some(CellSettings {
+            zone: (!section.zone.is_empty()).then(|| section.zone.clone()),
+            expected_size: section.expected_cell_size,
+            eligible: section.aggregator,
+            capacity: section.capacity,
+            relay: relay_address.clone(),
+            election: ElectionParams::default(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            tags: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let (mesh, view, commands) =
+        Mesh::start(enrolment, mesh_config).context("starting the mesh")?;
+    tracing::info!(relay = %relay_address, "mesh member started");
+    tasks.push(tokio::spawn(mesh.run(shutdown.clone())));
+
+    let relay = relay_parts.map(|(relay, endpoint)| {
+        tasks.push(tokio::spawn({
+            let relay = relay.clone();
+            let endpoint = endpoint.clone();
+            let shutdown = shutdown.clone();
+            async move { relay.serve(endpoint, shutdown).await }
+        }));
+        tasks.push(tokio::spawn(relay::sink_link(
+            endpoint,
+            view.clone(),
+            link_tx,
+            shutdown.clone(),
+        )));
+        relay
+    });
+
+    let (target_tx, target_rx) = watch::channel(None);
+    let (unavailable_tx, unavailable_rx) = mpsc::channel(16);
+    tasks.push(tokio::spawn(targets::run(
+        view.clone(),
+        target_tx,
+        unavailable_rx,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(report(
+        view.clone(),
+        serving_tx,
+        relay,
+        commands,
+        target_rx.clone(),
+        config.data_dir.join(STATUS_FILE),
+        shutdown,
+    )));
+    Ok(MeshParts {
+        targets: Targets::Mesh {
+            current: target_rx,
+            unavailable: unavailable_tx,
+        },
+        view,
+        tasks,
+    })
+}
+
+/// Every two seconds: tells the relay whether it serves, tells the mesh
+/// the relay's load, and writes the status file.
+async fn report(
+    view: watch::Receiver<MeshView>,
+    serving: watch::Sender<bool>,
+    relay: Option<Arc<Relay>>,
+    commands: mpsc::Sender<MeshCommand>,
+    target: watch::Receiver<Option<Target>>,
+    status_path: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut view_changes = view.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = view_changes.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => {
+                let _ = std::fs::remove_file(&status_path);
+                return;
+            }
+        }
+        let is_aggregator = view.borrow().is_aggregator();
+        serving.send_if_modified(|s| std::mem::replace(s, is_aggregator) != is_aggregator);
+        let relay_nodes = relay.as_ref().map_or(0, |r| r.nodes());
+        if let Some(r) = &relay {
+            let _ = commands.try_send(MeshCommand::NodeLoad {
+                attached: r.nodes() as u32,
+                load_pct: r.load_pct(),
+            });
+        }
+        let uplink = target.borrow().as_ref().map(|t| UplinkStatus {
+            to: t.server_name.clone(),
+            role: t.role.to_string(),
+            address: t.address.clone(),
+        });
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let status = MeshStatus::from_view(&view.borrow(), uplink, relay_nodes, now);
+        if let Err(e) = write_status(&status_path, &status) {
+            tracing::debug!(error = %e, "cannot write the mesh status");
+        }
+    }
+}
+
+fn write_status(path: &Path, status: &MeshStatus) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

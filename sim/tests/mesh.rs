@@ -1,0 +1,336 @@
+//! A mesh of real node and sink processes on loopback: the nodes form one
+//! cell, agree on its aggregators, and ship through them to sinks they
+//! learned from gossip. Killing an aggregator moves its nodes to the other
+//! and loses no event. Needs root (BPF) for the nodes that run sensors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use starling_mesh::election::{elect, ElectionParams, Member};
+use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::status::MeshStatus;
+use starling_proto::batch::EventListBuilder;
+use starling_proto::v1::batch_ack::Status;
+use starling_sim::client::{Credentials, RawClient};
+use starling_sim::kafka::is_marked_exec;
+use starling_sim::{free_port, is_root, wait_for, Fleet, MeshOptions, NodeProcess, SinkProcess};
+use starling_sink::local_store::LocalStoreReader;
+
+const NODES: usize = 12;
+const ZONE: &str = "mesh-test";
+
+fn exec_marked(marker: &str, n: usize) {
+    for _ in 0..n {
+        let _ = Command::new("/bin/true").arg(marker).status();
+    }
+}
+
+/// Every event in the sinks' stores, by host, by sequence number, with the
+/// argv markers of exec events.
+fn stored(
+    stores: &[LocalStoreReader],
+) -> BTreeMap<String, BTreeMap<u64, starling_proto::v1::Event>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, _>> = BTreeMap::new();
+    for reader in stores {
+        if reader.refresh().is_err() {
+            continue;
+        }
+        let mut cursor = 0;
+        while let Ok(page) = reader.after(cursor, 10_000) {
+            if page.events.is_empty() {
+                break;
+            }
+            for (arrival, event) in page.events {
+                cursor = arrival;
+                if let Some(h) = &event.header {
+                    out.entry(h.host_id.clone())
+                        .or_default()
+                        .insert(h.seq, event.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn statuses(nodes: &[NodeProcess]) -> Vec<Option<MeshStatus>> {
+    nodes.iter().map(|n| n.mesh_status()).collect()
+}
+
+#[test]
+fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Result<()> {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    let fleet = Fleet::new()?;
+    let names: Vec<String> = (0..NODES).map(|i| format!("mesh-{i:02}")).collect();
+    // The election is deterministic: the test knows the aggregators in
+    // advance and puts sensors on nodes that are not.
+    let cell = format!("zone:{ZONE}");
+    let predicted = elect(
+        &cell,
+        &names
+            .iter()
+            .map(|n| Member {
+                id: n.clone(),
+                eligible: true,
+                incumbent: false,
+                load: 0.0,
+            })
+            .collect::<Vec<_>>(),
+        &ElectionParams::default(),
+    );
+    let sensor_hosts: Vec<String> = names
+        .iter()
+        .filter(|n| !predicted.contains(n))
+        .take(2)
+        .cloned()
+        .collect();
+
+    let seed = MeshOptions {
+        bootstrap: Vec::new(),
+        zone: ZONE.into(),
+        aggregator: true,
+        listen_port: free_port(),
+        expected_cell_size: NODES as u32,
+    };
+    let seed_addr = seed.listen_addr();
+    let others = MeshOptions {
+        bootstrap: vec![seed_addr.clone()],
+        listen_port: 0,
+        ..seed.clone()
+    };
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let opts = if i == 0 { &seed } else { &others };
+        nodes.push(NodeProcess::start_in_mesh(
+            &fleet,
+            name,
+            opts,
+            sensor_hosts.contains(name),
+        )?);
+    }
+    let sinks = [
+        SinkProcess::start_in_mesh(
+            &fleet,
+            "mesh-sink-a",
+            None,
+            std::slice::from_ref(&seed_addr),
+        )?,
+        SinkProcess::start_in_mesh(
+            &fleet,
+            "mesh-sink-b",
+            None,
+            std::slice::from_ref(&seed_addr),
+        )?,
+    ];
+
+    // Every node sees the whole cell, the same aggregators, and is attached.
+    let converged = wait_for(Duration::from_secs(90), || {
+        let all = statuses(&nodes);
+        let ok = all.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.cell
+                    .as_ref()
+                    .is_some_and(|c| c.members.len() == NODES && c.aggregators == predicted)
+                    && s.uplink.is_some()
+                    && s.sinks.len() == 2
+            })
+        });
+        ok.then_some(all)
+    });
+    let Some(all) = converged else {
+        panic!(
+            "the mesh did not converge; statuses: {:#?}\nlog of {}:\n{}",
+            statuses(&nodes),
+            nodes[1].host_id,
+            nodes[1].log()
+        );
+    };
+    println!(
+        "converged and attached {:.1} s after the first start",
+        started.elapsed().as_secs_f64()
+    );
+    for s in all.iter().flatten() {
+        let up = s.uplink.as_ref().expect("attached");
+        if predicted.contains(&s.host) {
+            assert_eq!(
+                up.role, "sink",
+                "{} is aggregator and ships to a sink",
+                s.host
+            );
+        } else {
+            assert!(
+                predicted.contains(&up.to),
+                "{} ships through an aggregator, not {}",
+                s.host,
+                up.to
+            );
+        }
+    }
+
+    // `starlingctl mesh status` shows a person (and a program) the cell,
+    // its aggregators and the sinks from any member.
+    let ctl = starling_sim::process::binary("starlingctl")?;
+    let data_dir = nodes[NODES - 1].data_dir().to_path_buf();
+    let out = Command::new(&ctl)
+        .args(["mesh", "status", "--data-dir"])
+        .arg(&data_dir)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        cell.as_str(),
+        predicted[0].as_str(),
+        predicted[1].as_str(),
+        "mesh-sink-a",
+        "mesh-sink-b",
+        "AGGREGATORS",
+    ] {
+        assert!(text.contains(want), "mesh status lacks {want:?}:\n{text}");
+    }
+    let out = Command::new(&ctl)
+        .args(["mesh", "status", "--json", "--data-dir"])
+        .arg(&data_dir)
+        .output()?;
+    let parsed: MeshStatus = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(parsed.cell.map(|c| c.aggregators), Some(predicted.clone()));
+
+    // An aggregator relays a batch only for the host whose certificate
+    // its connection carries.
+    let aggregator = all
+        .iter()
+        .flatten()
+        .find(|s| s.is_aggregator)
+        .expect("an aggregator");
+    let relay = aggregator
+        .cell
+        .as_ref()
+        .and_then(|c| c.members.iter().find(|m| m.host == aggregator.host))
+        .map(|m| m.relay.clone())
+        .expect("the aggregator's relay address");
+    let impostor = fleet.issue(Role::Node, "impostor")?;
+    let ack = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = RawClient::connect(
+            &relay,
+            &aggregator.host,
+            Credentials::Certificate(TlsFiles {
+                ca_cert: fleet.ca_cert(),
+                cert: impostor.0,
+                key: impostor.1,
+            }),
+        )
+        .await?;
+        let mut b = EventListBuilder::default();
+        b.push_encoded(&[]);
+        client.send(&b.finish(&sensor_hosts[0], 1)).await
+    })?;
+    assert_eq!(ack.status(), Status::Rejected, "{}", ack.detail);
+    assert!(ack.detail.contains("impostor"), "{}", ack.detail);
+
+    let readers: Vec<LocalStoreReader> = sinks
+        .iter()
+        .map(|s| {
+            wait_for(Duration::from_secs(10), || {
+                LocalStoreReader::open(&s.store_path()).ok()
+            })
+            .expect("sink store opens")
+        })
+        .collect();
+    exec_marked("before-aggregator-dies", 5);
+    let arrived = wait_for(Duration::from_secs(60), || {
+        let got = stored(&readers);
+        sensor_hosts
+            .iter()
+            .all(|h| {
+                got.get(h).is_some_and(|evs| {
+                    evs.values()
+                        .filter(|e| is_marked_exec(e, "before-aggregator-dies"))
+                        .count()
+                        >= 5
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "marked execs arrived through the aggregators"
+    );
+
+    // Kill the aggregator that the first sensor host ships through.
+    let victim_name = nodes
+        .iter()
+        .find(|n| n.host_id == sensor_hosts[0])
+        .and_then(|n| n.mesh_status())
+        .and_then(|s| s.uplink)
+        .map(|u| u.to)
+        .expect("the sensor host is attached");
+    let victim = nodes
+        .iter_mut()
+        .find(|n| n.host_id == victim_name)
+        .expect("victim runs");
+    let killed_at = Instant::now();
+    victim.kill9();
+    exec_marked("while-aggregator-dead", 5);
+
+    let moved = wait_for(Duration::from_secs(60), || {
+        let s = nodes
+            .iter()
+            .find(|n| n.host_id == sensor_hosts[0])?
+            .mesh_status()?;
+        let up = s.uplink?;
+        (up.to != victim_name).then_some(up.to)
+    });
+    let moved_to = moved.expect("the sensor host moved off the dead aggregator");
+    println!(
+        "{} moved from {victim_name} to {moved_to} {:.1} s after the kill",
+        sensor_hosts[0],
+        killed_at.elapsed().as_secs_f64()
+    );
+    exec_marked("after-move", 5);
+
+    // Nothing lost: every sequence number each sensor host produced is in
+    // a sink, including what was in flight through the dead aggregator.
+    let complete = wait_for(Duration::from_secs(90), || {
+        let got = stored(&readers);
+        for h in &sensor_hosts {
+            let node = nodes.iter().find(|n| &n.host_id == h)?;
+            let last = node.last_seq()?;
+            let seqs: BTreeSet<u64> = got.get(h)?.keys().copied().collect();
+            if (1..=last).any(|s| !seqs.contains(&s)) {
+                return None;
+            }
+            let marks = got
+                .get(h)?
+                .values()
+                .filter(|e| is_marked_exec(e, "after-move"))
+                .count();
+            if marks < 5 {
+                return None;
+            }
+        }
+        Some(())
+    });
+    if complete.is_none() {
+        let got = stored(&readers);
+        for h in &sensor_hosts {
+            let node = nodes.iter().find(|n| &n.host_id == h).expect("node");
+            let last = node.last_seq().unwrap_or(0);
+            let seqs: BTreeSet<u64> = got
+                .get(h)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
+            let missing: Vec<u64> = (1..=last).filter(|s| !seqs.contains(s)).take(20).collect();
+            eprintln!("{h}: last seq {last}, missing {missing:?}\n{}", node.log());
+        }
+        panic!("events were lost when the aggregator died");
+    }
+    Ok(())
+}
