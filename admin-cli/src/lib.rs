@@ -91,44 +91,6 @@ pub fn event_row(e: &Event) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use starling_proto::v1::{EventHeader, ProcessExec};
-
-    #[test]
-    fn terminal_escapes_are_neutralised() {
-        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\x1b[2Jb");
-        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
-        assert_eq!(shell_quote("--flag=1"), "--flag=1");
-        assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn exec_row_shows_argv_and_parent() {
-        let e = Event {
-            header: Some(EventHeader {
-                host_id: "web-01".into(),
-                seq: 42,
-                pid: 10,
-                ppid: 9,
-                ..Default::default()
-            }),
-            body: Some(Body::ProcessExec(ProcessExec {
-                filename: "/bin/echo".into(),
-                argv: vec!["echo".into(), "hello world".into()],
-                argv_truncated: false,
-                parent_exe: "/bin/bash".into(),
-            })),
-        };
-        let row = event_row(&e);
-        assert!(row.contains("web-01"), "{row}");
-        assert!(row.contains("[echo 'hello world']"), "{row}");
-        assert!(row.contains("parent=/bin/bash"), "{row}");
-        assert!(row.contains(" 42 "), "{row}");
-    }
-}
-
 /// A person's view of one member's mesh status: who it is and where its
 /// events go, its cell's aggregators and members, the sinks, and the
 /// control traffic. `now_ms` dates the status (Unix milliseconds).
@@ -258,4 +220,42 @@ pub fn render_mesh_status(s: &starling_mesh::status::MeshStatus, now_ms: u64) ->
         c.gossip_bytes_in
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_proto::v1::{EventHeader, ProcessExec};
+
+    #[test]
+    fn terminal_escapes_are_neutralised() {
+        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
+        assert_eq!(shell_quote("--flag=1"), "--flag=1");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn exec_row_shows_argv_and_parent() {
+        let e = Event {
+            header: Some(EventHeader {
+                host_id: "web-01".into(),
+                seq: 42,
+                pid: 10,
+                ppid: 9,
+                ..Default::default()
+            }),
+            body: Some(Body::ProcessExec(ProcessExec {
+                filename: "/bin/echo".into(),
+                argv: vec!["echo".into(), "hello world".into()],
+                argv_truncated: false,
+                parent_exe: "/bin/bash".into(),
+            })),
+        };
+        let row = event_row(&e);
+        assert!(row.contains("web-01"), "{row}");
+        assert!(row.contains("[echo 'hello world']"), "{row}");
+        assert!(row.contains("parent=/bin/bash"), "{row}");
+        assert!(row.contains(" 42 "), "{row}");
+    }
 }
