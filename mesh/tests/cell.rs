@@ -149,3 +149,50 @@ async fn a_cell_forms_elects_and_notices_a_departure() {
         let _ = m.stop.send(true);
     }
 }
+
+/// Starts a cell of `n` members and returns the membership bytes each
+/// received per second, on average, over `window` once it converged.
+async fn steady_bytes_per_member(n: usize, window: Duration) -> f64 {
+    let fleet = Fleet::new();
+    let mut first = start(fleet.enrol(Role::Node, "c000"), vec![], true);
+    let addr = first
+        .view
+        .wait_for(|v| !v.listen_addrs.is_empty())
+        .await
+        .expect("listening")
+        .listen_addrs[0]
+        .clone();
+    let mut members = vec![first];
+    for i in 1..n {
+        members.push(start(
+            fleet.enrol(Role::Node, &format!("c{i:03}")),
+            vec![addr.clone()],
+            true,
+        ));
+    }
+    wait_all(&mut members, "the whole cell", |v| member_count(v) == n).await;
+    // Let the join traffic settle, then measure.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let received =
+        |ms: &[Member]| -> u64 { ms.iter().map(|m| m.view.borrow().stats.swim_bytes_in).sum() };
+    let before = received(&members);
+    tokio::time::sleep(window).await;
+    let after = received(&members);
+    for m in &members {
+        let _ = m.stop.send(true);
+    }
+    (after - before) as f64 / n as f64 / window.as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_traffic_per_member_stays_flat_when_the_cell_doubles() {
+    let window = Duration::from_secs(15);
+    let small = steady_bytes_per_member(12, window).await;
+    let large = steady_bytes_per_member(24, window).await;
+    println!("membership bytes/s received per member: {small:.0} at 12, {large:.0} at 24");
+    assert!(small > 0.0, "members exchange membership traffic");
+    assert!(
+        large < small * 1.5,
+        "per-member traffic grew with the cell: {small:.0} -> {large:.0} B/s"
+    );
+}

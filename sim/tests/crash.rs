@@ -93,7 +93,7 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
         sink.log()
     );
     assert!(
-        node.log().contains("sink connection lost"),
+        node.log().contains("uplink connection lost"),
         "the node never lost its sink connection, so the crash was not exercised\n{}",
         node.log()
     );
