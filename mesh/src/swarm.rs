@@ -910,7 +910,10 @@ impl Mesh {
             .gossipsub
             .publish(topic, advert.encode())
         {
+            // Usually no gossip peers yet: try again on the next tick
+            // rather than a whole interval later.
             tracing::debug!(error = %e, "sink advert not published");
+            self.last_advert = None;
         }
     }
 

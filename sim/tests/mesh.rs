@@ -181,6 +181,7 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         .arg(&data_dir)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
     assert!(
         out.status.success(),
         "{}",

@@ -1,0 +1,229 @@
+//! `starling-mesh-bench`: many real mesh members (libp2p over loopback
+//! QUIC, enrolment, SWIM, election, gossip) in one process. Prints the
+//! time until every member knows its cell's aggregators, the control
+//! traffic per member in steady state, and the time until a killed
+//! aggregator is noticed and replaced. Figures only; nothing asserts.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use starling_mesh::election::ElectionParams;
+use starling_mesh::enrol::Enrolment;
+use starling_mesh::identity::{FleetCa, Role, TlsFiles};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Members to run.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Members per cell (zones are assigned round-robin).
+    #[arg(long, default_value_t = 50)]
+    cell_size: usize,
+    /// Seconds of steady state to measure traffic over.
+    #[arg(long, default_value_t = 20)]
+    window: u64,
+}
+
+struct Member {
+    host: String,
+    zone: String,
+    view: watch::Receiver<MeshView>,
+    task: JoinHandle<()>,
+}
+
+fn enrol(ca: &FleetCa, dir: &std::path::Path, role: Role, name: &str) -> anyhow::Result<Enrolment> {
+    let (cert, key) = ca.issue(role, name, &[], &[], 30)?.write(dir, name)?;
+    Ok(Enrolment::load(&TlsFiles {
+        ca_cert: dir.join("ca.pem"),
+        cert,
+        key,
+    })?)
+}
+
+fn start(
+    enrolment: Enrolment,
+    bootstrap: Vec<starling_mesh::Multiaddr>,
+    cell: Option<(&str, u32)>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(watch::Receiver<MeshView>, JoinHandle<()>)> {
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
+        bootstrap,
+        cell: cell.map(|(zone, size)| CellSettings {
+            zone: Some(zone.to_owned()),
+            expected_size: size,
+            eligible: true,
+            capacity: 1000,
+            relay: "127.0.0.1:1".into(),
+            election: ElectionParams::default(),
+            agent_version: "bench".into(),
+            tags: Vec::new(),
+        }),
+        sink_ingress: cell.is_none().then(|| "127.0.0.1:7400".to_owned()),
+        ..Default::default()
+    };
+    let (mesh, view, _commands) = Mesh::start(enrolment, config)?;
+    Ok((view, tokio::spawn(mesh.run(stop.clone()))))
+}
+
+/// Whether every member of each zone sees its whole zone and the same
+/// aggregators as the others.
+fn converged(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> bool {
+    let mut agreed: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    members.iter().all(|m| {
+        let v = m.view.borrow();
+        let Some(c) = &v.cell else { return false };
+        if c.members.len() != sizes[&m.zone] || c.aggregators.is_empty() || v.sinks.is_empty() {
+            return false;
+        }
+        let first = agreed
+            .entry(m.zone.as_str())
+            .or_insert_with(|| c.aggregators.clone());
+        *first == c.aggregators
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let ca = FleetCa::generate("bench", 30)?;
+    ca.pem().write(dir.path(), "ca")?;
+    let (_stop_tx, stop) = watch::channel(false);
+    let cells = args.nodes.div_ceil(args.cell_size.max(1));
+    let enrolments: Vec<(String, Enrolment)> = (0..args.nodes)
+        .map(|i| {
+            let name = format!("b{i:04}");
+            enrol(&ca, dir.path(), Role::Node, &name).map(|e| (name, e))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    println!(
+        "{} members in {cells} cells of about {}",
+        args.nodes, args.cell_size
+    );
+
+    let started = Instant::now();
+    let mut members: Vec<Member> = Vec::new();
+    let mut seed_addr = None;
+    let mut sizes = std::collections::BTreeMap::new();
+    for (i, (host, enrolment)) in enrolments.into_iter().enumerate() {
+        let zone = format!("cell-{}", i % cells);
+        *sizes.entry(zone.clone()).or_insert(0) += 1;
+        let bootstrap = seed_addr.clone().into_iter().collect();
+        let (mut view, task) = start(
+            enrolment,
+            bootstrap,
+            Some((&zone, args.cell_size as u32)),
+            &stop,
+        )?;
+        if seed_addr.is_none() {
+            seed_addr = Some(
+                view.wait_for(|v| !v.listen_addrs.is_empty())
+                    .await?
+                    .listen_addrs[0]
+                    .clone(),
+            );
+        }
+        members.push(Member {
+            host,
+            zone,
+            view,
+            task,
+        });
+    }
+    let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
+    let (_sink_view, _sink_task) =
+        start(sink, seed_addr.clone().into_iter().collect(), None, &stop)?;
+    let all_started = started.elapsed();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !converged(&members, &sizes) {
+        if Instant::now() > deadline {
+            let behind = members
+                .iter()
+                .filter(|m| {
+                    m.view
+                        .borrow()
+                        .cell
+                        .as_ref()
+                        .is_none_or(|c| c.members.len() != sizes[&m.zone])
+                })
+                .count();
+            anyhow::bail!("no convergence within 300 s ({behind} members with partial views)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converge = started.elapsed();
+    println!("started all members in {:.1} s; every member knew its cell and its aggregators, and a sink, {:.1} s after the first start ({:.1} s after the last)", all_started.as_secs_f64(), converge.as_secs_f64(), (converge - all_started).as_secs_f64());
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let bytes = |ms: &[Member]| -> (u64, u64) {
+        ms.iter().fold((0, 0), |(s, g), m| {
+            let st = &m.view.borrow().stats;
+            (s + st.swim_bytes_in, g + st.gossip_bytes_in)
+        })
+    };
+    let (s0, g0) = bytes(&members);
+    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    let (s1, g1) = bytes(&members);
+    let per = |a: u64, b: u64| (b - a) as f64 / members.len() as f64 / args.window as f64;
+    println!(
+        "steady state, received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing)",
+        per(s0, s1),
+        per(g0, g1)
+    );
+
+    // Kill (abort, no goodbye) an aggregator of the first cell.
+    let zone = members[0].zone.clone();
+    let victim_host = members[0]
+        .view
+        .borrow()
+        .cell
+        .as_ref()
+        .map(|c| c.aggregators[0].clone())
+        .unwrap_or_default();
+    let victim = members
+        .iter()
+        .position(|m| m.host == victim_host)
+        .unwrap_or(0);
+    let killed = members.remove(victim);
+    killed.task.abort();
+    let at = Instant::now();
+    let peers: Vec<&Member> = members.iter().filter(|m| m.zone == zone).collect();
+    let mut noticed = None;
+    loop {
+        let gone = peers.iter().all(|m| {
+            m.view
+                .borrow()
+                .cell
+                .as_ref()
+                .is_some_and(|c| !c.members.iter().any(|x| x.host == victim_host))
+        });
+        if gone && noticed.is_none() {
+            noticed = Some(at.elapsed());
+        }
+        let replaced =
+            peers.iter().all(|m| {
+                m.view.borrow().cell.as_ref().is_some_and(|c| {
+                    c.aggregators.len() >= 2 && !c.aggregators.contains(&victim_host)
+                })
+            });
+        if gone && replaced {
+            break;
+        }
+        if at.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the killed aggregator was not replaced within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "killed aggregator {victim_host}: every member of its cell ({}) noticed in {:.1} s and agreed on a replacement in {:.1} s",
+        peers.len(),
+        noticed.unwrap_or_default().as_secs_f64(),
+        at.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
