@@ -111,9 +111,9 @@ impl Relay {
                 r = serving.changed() => {
                     if r.is_err() { break }
                     if !*serving.borrow() {
-                        // Stepped down: send the attached nodes elsewhere.
+                        // Each connection closes itself (below); the
+                        // endpoint stays, for a later election.
                         tracing::info!("no longer aggregator; closing relayed connections");
-                        endpoint.close(3u32.into(), b"not an aggregator");
                     }
                 }
                 _ = shutdown.changed() => break,
@@ -145,10 +145,21 @@ impl Relay {
         metrics::gauge!(m::RELAY_NODES).increment(1.0);
         tracing::debug!(%remote, identity = %peer, "node attached");
         let peer = Arc::new(peer);
-        while let Ok((send, recv)) = conn.accept_bi().await {
-            let me = self.clone();
-            let peer = peer.clone();
-            tokio::spawn(async move { me.stream(&peer, send, recv).await });
+        let mut serving = self.serving.clone();
+        loop {
+            tokio::select! {
+                accepted = conn.accept_bi() => {
+                    let Ok((send, recv)) = accepted else { break };
+                    let me = self.clone();
+                    let peer = peer.clone();
+                    tokio::spawn(async move { me.stream(&peer, send, recv).await });
+                }
+                // Stepped down: send the node elsewhere.
+                _ = serving.wait_for(|s| !*s) => {
+                    conn.close(3u32.into(), b"not an aggregator");
+                    break;
+                }
+            }
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!(m::RELAY_NODES).decrement(1.0);
