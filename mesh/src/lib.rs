@@ -9,8 +9,10 @@
 //! * [`membership`]: SWIM membership of a cell with versioned member info.
 //! * [`enrol`], [`swarm`]: the libp2p swarm, its admission gate, and the
 //!   driver that carries membership, election and sink adverts
-//!   ([`adverts`]) over it; [`status`] is what it shows people.
+//!   ([`adverts`]) over it; [`admission`] is its gate, [`view`] what it
+//!   publishes, [`status`] what it shows people, [`net`] address helpers.
 
+pub mod admission;
 pub mod adverts;
 pub mod attach;
 pub mod cell;
@@ -18,8 +20,10 @@ pub mod election;
 pub mod enrol;
 pub mod identity;
 pub mod membership;
+pub mod net;
 pub mod status;
 pub mod swarm;
+pub mod view;
 
 /// Multiaddresses, as the daemons' configurations spell peers.
 pub use libp2p::Multiaddr;

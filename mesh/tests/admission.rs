@@ -5,38 +5,12 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{FleetCa, Role, TlsFiles};
 use starling_mesh::swarm::{Mesh, MeshConfig, MeshView};
 use tokio::sync::watch;
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    ca: FleetCa,
-}
-
-impl Fleet {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = FleetCa::generate("t", 30).expect("ca");
-        ca.pem().write(dir.path(), "ca").expect("write ca");
-        Self { dir, ca }
-    }
-
-    fn enrol(&self, name: &str) -> Enrolment {
-        let (cert, key) = self
-            .ca
-            .issue(Role::Node, name, &[], &[], 30)
-            .expect("issue")
-            .write(self.dir.path(), name)
-            .expect("write");
-        Enrolment::load(&TlsFiles {
-            ca_cert: self.dir.path().join("ca.pem"),
-            cert,
-            key,
-        })
-        .expect("enrolment loads")
-    }
-}
+mod common;
+use common::Fleet;
+use starling_mesh::identity::Role;
 
 fn start(
     enrolment: Enrolment,
@@ -84,7 +58,7 @@ async fn enrolled_members_are_admitted_and_strangers_refused() {
     let (stop_tx, stop) = watch::channel(false);
 
     let mut a = start(
-        fleet.enrol("a"),
+        fleet.enrol(Role::Node, "a"),
         &["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"],
         vec![],
         &stop,
@@ -104,18 +78,18 @@ async fn enrolled_members_are_admitted_and_strangers_refused() {
         .expect("tcp addr");
 
     let mut b = start(
-        fleet.enrol("b"),
+        fleet.enrol(Role::Node, "b"),
         &["/ip4/127.0.0.1/udp/0/quic-v1"],
         vec![quic],
         &stop,
     );
     let mut c = start(
-        fleet.enrol("c"),
+        fleet.enrol(Role::Node, "c"),
         &["/ip4/127.0.0.1/tcp/0"],
         vec![tcp.clone()],
         &stop,
     );
-    let stranger = start(stranger_fleet.enrol("d"), &[], vec![tcp], &stop);
+    let stranger = start(stranger_fleet.enrol(Role::Node, "d"), &[], vec![tcp], &stop);
 
     let va = wait_view(&mut a, "a admits b and c and refuses the stranger", |v| {
         names(v) == ["b", "c"] && v.refused >= 1

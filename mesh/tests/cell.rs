@@ -7,38 +7,12 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{FleetCa, Role, TlsFiles};
+use starling_mesh::identity::Role;
 use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
 use tokio::sync::watch;
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    ca: FleetCa,
-}
-
-impl Fleet {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = FleetCa::generate("t", 30).expect("ca");
-        ca.pem().write(dir.path(), "ca").expect("write ca");
-        Self { dir, ca }
-    }
-
-    fn enrol(&self, role: Role, name: &str) -> Enrolment {
-        let (cert, key) = self
-            .ca
-            .issue(role, name, &[], &[], 30)
-            .expect("issue")
-            .write(self.dir.path(), name)
-            .expect("write");
-        Enrolment::load(&TlsFiles {
-            ca_cert: self.dir.path().join("ca.pem"),
-            cert,
-            key,
-        })
-        .expect("enrolment loads")
-    }
-}
+mod common;
+use common::Fleet;
 
 struct Member {
     view: watch::Receiver<MeshView>,
@@ -85,15 +59,10 @@ async fn wait_all(members: &mut [Member], what: &str, ok: impl Fn(&MeshView) -> 
     }
 }
 
-fn member_count(v: &MeshView) -> usize {
-    v.cell.as_ref().map_or(0, |c| c.members.len())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cell_forms_elects_and_notices_a_departure() {
-    const N: usize = 12;
-    let fleet = Fleet::new();
-    let mut first = start(fleet.enrol(Role::Node, "n00"), vec![], true);
+/// Starts `n` cell members (`n000`, `n001`, ...) that join through the
+/// first; returns them and the first one's address.
+async fn start_cell(fleet: &Fleet, n: usize) -> (Vec<Member>, Multiaddr) {
+    let mut first = start(fleet.enrol(Role::Node, "n000"), vec![], true);
     let addr = first
         .view
         .wait_for(|v| !v.listen_addrs.is_empty())
@@ -102,13 +71,25 @@ async fn a_cell_forms_elects_and_notices_a_departure() {
         .listen_addrs[0]
         .clone();
     let mut members = vec![first];
-    for i in 1..N {
+    for i in 1..n {
         members.push(start(
-            fleet.enrol(Role::Node, &format!("n{i:02}")),
+            fleet.enrol(Role::Node, &format!("n{i:03}")),
             vec![addr.clone()],
             true,
         ));
     }
+    (members, addr)
+}
+
+fn member_count(v: &MeshView) -> usize {
+    v.cell.as_ref().map_or(0, |c| c.members.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_forms_elects_and_notices_a_departure() {
+    const N: usize = 12;
+    let fleet = Fleet::new();
+    let (mut members, addr) = start_cell(&fleet, N).await;
     let _sink = start(fleet.enrol(Role::Sink, "sink-a"), vec![addr.clone()], false);
 
     wait_all(&mut members, "every member sees the whole cell", |v| {
@@ -154,22 +135,7 @@ async fn a_cell_forms_elects_and_notices_a_departure() {
 /// received per second, on average, over `window` once it converged.
 async fn steady_bytes_per_member(n: usize, window: Duration) -> f64 {
     let fleet = Fleet::new();
-    let mut first = start(fleet.enrol(Role::Node, "c000"), vec![], true);
-    let addr = first
-        .view
-        .wait_for(|v| !v.listen_addrs.is_empty())
-        .await
-        .expect("listening")
-        .listen_addrs[0]
-        .clone();
-    let mut members = vec![first];
-    for i in 1..n {
-        members.push(start(
-            fleet.enrol(Role::Node, &format!("c{i:03}")),
-            vec![addr.clone()],
-            true,
-        ));
-    }
+    let (mut members, _) = start_cell(&fleet, n).await;
     wait_all(&mut members, "the whole cell", |v| member_count(v) == n).await;
     // Let the join traffic settle, then measure.
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -2,7 +2,7 @@
 //! relay it runs when elected aggregator, the chooser of its uplink
 //! target, and the status file `starlingctl mesh status` reads.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,8 +11,9 @@ use anyhow::Context;
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{quic_client_config, quic_server_config};
+use starling_mesh::net::{ip_of, primary_ip};
 use starling_mesh::status::{MeshStatus, UplinkStatus, STATUS_FILE};
-use starling_mesh::swarm::{ip_of, CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -30,18 +31,6 @@ pub struct MeshParts {
     pub view: watch::Receiver<MeshView>,
     /// Background tasks; they end when shutdown turns true.
     pub tasks: Vec<JoinHandle<()>>,
-}
-
-/// The address this host is reached at when nothing says otherwise: the
-/// source address of its default route (no packet is sent), else loopback.
-fn primary_ip() -> IpAddr {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("192.0.2.1:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 /// Joins the mesh as configured. Must run inside the runtime.

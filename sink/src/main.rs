@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::quic_server_config;
+use starling_mesh::net::primary_ip;
 use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig};
 use starling_mesh::Multiaddr;
 use starling_sink::backend::Backend;
@@ -169,18 +170,6 @@ fn start_mesh(
         }
     });
     Ok(tokio::spawn(mesh.run(shutdown)))
-}
-
-/// The source address of this host's default route (no packet is sent),
-/// else loopback.
-fn primary_ip() -> std::net::IpAddr {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("192.0.2.1:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
 async fn shutdown_signal() {

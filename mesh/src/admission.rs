@@ -1,0 +1,141 @@
+//! Sans-I/O admission bookkeeping of the swarm: which connected peers
+//! are pending, admitted or blocked (docs/mesh.md, "Admission").
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use crate::enrol::AdmissionError;
+use crate::identity::PeerIdentity;
+
+/// Sans-I/O admission bookkeeping: who is pending, admitted or blocked.
+#[derive(Debug, Default)]
+pub struct AdmissionTable {
+    pending: HashMap<PeerId, Instant>,
+    admitted: HashMap<PeerId, PeerIdentity>,
+    blocked: HashMap<PeerId, Instant>,
+}
+
+/// What the driver must do with a newly connected peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OnConnect {
+    /// Blocked: disconnect at once.
+    Refuse,
+    /// Already admitted (another connection).
+    Known,
+    /// New: wait for (or ask for) its chain.
+    Pending,
+}
+
+impl AdmissionTable {
+    /// A connection to `peer` came up.
+    pub fn on_connected(&mut self, peer: PeerId, now: Instant) -> OnConnect {
+        self.blocked.retain(|_, until| *until > now);
+        if self.blocked.contains_key(&peer) {
+            return OnConnect::Refuse;
+        }
+        if self.admitted.contains_key(&peer) {
+            return OnConnect::Known;
+        }
+        self.pending.entry(peer).or_insert(now);
+        OnConnect::Pending
+    }
+
+    /// The peer's chain was checked.
+    pub fn on_checked(
+        &mut self,
+        peer: PeerId,
+        result: Result<PeerIdentity, AdmissionError>,
+        now: Instant,
+        block_for: Duration,
+    ) -> Result<PeerIdentity, AdmissionError> {
+        self.pending.remove(&peer);
+        match result {
+            Ok(id) => {
+                self.admitted.insert(peer, id.clone());
+                Ok(id)
+            }
+            Err(e) => {
+                self.admitted.remove(&peer);
+                self.blocked.insert(peer, now + block_for);
+                Err(e)
+            }
+        }
+    }
+
+    /// Peers whose time to prove enrolment ran out; they are now blocked.
+    pub fn expired(&mut self, now: Instant, timeout: Duration, block_for: Duration) -> Vec<PeerId> {
+        let late: Vec<PeerId> = self
+            .pending
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &late {
+            self.pending.remove(p);
+            self.blocked.insert(*p, now + block_for);
+        }
+        late
+    }
+
+    /// The last connection to `peer` closed.
+    pub fn on_disconnected(&mut self, peer: &PeerId) {
+        self.pending.remove(peer);
+        self.admitted.remove(peer);
+    }
+
+    /// The identity of an admitted peer.
+    pub fn admitted(&self, peer: &PeerId) -> Option<&PeerIdentity> {
+        self.admitted.get(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Role;
+
+    fn id(name: &str) -> PeerIdentity {
+        PeerIdentity {
+            role: Role::Node,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn admission_table_admits_refuses_and_blocks() {
+        let now = Instant::now();
+        let block = Duration::from_secs(60);
+        let mut t = AdmissionTable::default();
+        let (good, bad, slow) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert_eq!(t.on_connected(good, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(bad, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(slow, now), OnConnect::Pending);
+        assert!(t.on_checked(good, Ok(id("good")), now, block).is_ok());
+        assert!(t
+            .on_checked(bad, Err(AdmissionError::KeyMismatch), now, block)
+            .is_err());
+        assert_eq!(t.admitted(&good).map(|i| i.name.as_str()), Some("good"));
+        assert_eq!(t.on_connected(good, now), OnConnect::Known);
+        assert_eq!(
+            t.on_connected(bad, now),
+            OnConnect::Refuse,
+            "refused peers stay blocked"
+        );
+        assert!(t
+            .expired(now + Duration::from_secs(1), Duration::from_secs(5), block)
+            .is_empty());
+        assert_eq!(
+            t.expired(now + Duration::from_secs(5), Duration::from_secs(5), block),
+            [slow]
+        );
+        assert_eq!(
+            t.on_connected(bad, now + block + Duration::from_secs(1)),
+            OnConnect::Pending,
+            "blocks expire"
+        );
+        t.on_disconnected(&good);
+        assert!(t.admitted(&good).is_none());
+    }
+}

@@ -1,0 +1,320 @@
+//! The cell half of the mesh driver: starting and finding the cell,
+//! carrying membership datagrams over `/starling/swim/1` (held while a
+//! peer is being admitted), foca's timers, and the election over the
+//! live view. Methods of [`Mesh`]; the sans-I/O logic is in
+//! `membership` and `election`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{kad, Multiaddr, PeerId};
+
+use super::{
+    CellSettings, Mesh, SwimMessage, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK,
+    SWIM_BYTES, SWIM_DROPPED,
+};
+use crate::election;
+use crate::identity::{PeerIdentity, Role};
+use crate::membership::{CellMembership, MemberId, MemberInfo, Output};
+use crate::net::ip_of;
+
+/// The cell part of a running node.
+pub(super) struct Cell {
+    pub(super) name: String,
+    pub(super) settings: CellSettings,
+    pub(super) membership: CellMembership,
+    /// Timers foca asked for, by deadline.
+    pub(super) timers: BTreeMap<(Instant, u64), foca::Timer<MemberId>>,
+    pub(super) timer_seq: u64,
+    pub(super) providing: bool,
+    pub(super) last_tick: Instant,
+    pub(super) aggregators: Vec<String>,
+    /// When the load in the own record last changed.
+    pub(super) load_sent: Instant,
+}
+
+/// The Kademlia key under which the members of a cell find each other.
+fn cell_key(cell: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("starling/cell/{cell}"))
+}
+
+impl Mesh {
+    /// Starts cell membership once the member knows the address it is
+    /// reached at (its identity in the cell carries it).
+    pub(super) fn start_cell(&mut self) {
+        let Some(settings) = self.config.cell.clone() else {
+            return;
+        };
+        let listen = self.view.borrow().listen_addrs.clone();
+        let advertise = self.config.advertise.clone().or_else(|| {
+            listen
+                .iter()
+                .find(|a| ip_of(a).is_some_and(|ip| !ip.is_loopback()))
+                .or_else(|| listen.first())
+                .cloned()
+        });
+        let Some(advertise) = advertise else {
+            return;
+        };
+        let Some(ip) = ip_of(&advertise) else {
+            tracing::error!(%advertise, "advertised address has no IP; cannot join a cell");
+            return;
+        };
+        let name = crate::cell::base_cell(settings.zone.as_deref(), ip);
+        let host = self.enrolment.identity().name.clone();
+        let id = MemberId {
+            host: host.clone(),
+            peer: self.swarm.local_peer_id().to_bytes(),
+            addr: advertise.to_vec(),
+            bump: 0,
+        };
+        let info = MemberInfo {
+            host: host.clone(),
+            version: self.version(),
+            eligible: settings.eligible,
+            aggregator: false,
+            load_pct: 0,
+            capacity: settings.capacity,
+            attached: 0,
+            agent_version: settings.agent_version.clone(),
+            tags: settings.tags.clone(),
+            addrs: vec![advertise.to_string()],
+            relay: settings.relay.clone(),
+        };
+        let seed = u64::from_le_bytes(
+            self.swarm.local_peer_id().to_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        );
+        match CellMembership::new(id, info, settings.expected_size, seed) {
+            Ok(membership) => {
+                tracing::info!(cell = %name, %advertise, "joining cell");
+                self.cell = Some(Cell {
+                    name,
+                    settings,
+                    membership,
+                    timers: BTreeMap::new(),
+                    timer_seq: 0,
+                    providing: false,
+                    last_tick: Instant::now() - MEMBERSHIP_TICK,
+                    aggregators: Vec::new(),
+                    load_sent: Instant::now(),
+                });
+                // Peers admitted before the cell started are worth asking.
+                self.announce_to_admitted();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start cell membership"),
+        }
+    }
+
+    /// A lonely member looks for its cell: it asks every admitted node and
+    /// the DHT's providers of its cell key to let it in, and makes itself
+    /// findable there in turn.
+    pub(super) fn find_cell(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let key = cell_key(&cell.name);
+        let dht_peers = self.view.borrow().dht_peers;
+        if !cell.providing && dht_peers > 0 {
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                Ok(_) => cell.providing = true,
+                Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
+            }
+        }
+        if !cell.membership.members().is_empty() {
+            return;
+        }
+        if dht_peers > 0 {
+            self.swarm.behaviour_mut().kad.get_providers(key);
+        }
+        self.announce_to_admitted();
+    }
+
+    pub(super) fn announce_to_admitted(&mut self) {
+        let peers: Vec<(PeerId, PeerIdentity)> = self
+            .view
+            .borrow()
+            .admitted
+            .iter()
+            .map(|(p, i)| (*p, i.clone()))
+            .collect();
+        for (peer, id) in peers {
+            self.announce_to(peer, &id);
+        }
+    }
+
+    pub(super) fn announce_to(&mut self, peer: PeerId, identity: &PeerIdentity) {
+        if identity.role != Role::Node {
+            return;
+        }
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let via = MemberId {
+            host: identity.name.clone(),
+            peer: peer.to_bytes(),
+            addr: Vec::new(),
+            bump: 0,
+        };
+        if let Err(e) = cell.membership.join(via) {
+            tracing::debug!(%peer, error = %e, "announce failed");
+        }
+        self.drain_membership();
+    }
+
+    pub(super) fn fire_timers(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some(entry) = cell.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            if let Err(e) = cell.membership.handle_timer(timer) {
+                tracing::debug!(error = %e, "membership timer");
+            }
+        }
+        self.drain_membership();
+    }
+
+    /// Carries out what the membership state machine asked for.
+    pub(super) fn drain_membership(&mut self) {
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        cell.membership.drain(&mut out);
+        let cell_name = cell.name.clone();
+        let now = Instant::now();
+        for o in out {
+            match o {
+                Output::Send { to, data } => {
+                    let Ok(peer) = PeerId::from_bytes(&to.peer) else {
+                        continue;
+                    };
+                    let addr = Multiaddr::try_from(to.addr).ok();
+                    self.send_swim(
+                        peer,
+                        addr,
+                        SwimMessage {
+                            cell: cell_name.clone(),
+                            data: data.to_vec(),
+                        },
+                    );
+                }
+                Output::Timer { after, timer } => {
+                    if let Some(cell) = self.cell.as_mut() {
+                        cell.timer_seq += 1;
+                        cell.timers.insert((now + after, cell.timer_seq), timer);
+                    }
+                }
+                Output::Up(id) => tracing::debug!(member = %id.host, "member up"),
+                Output::Down(id) => tracing::info!(member = %id.host, "member down"),
+            }
+        }
+    }
+
+    pub(super) fn drop_swim(&mut self, reason: &'static str) {
+        self.stats.swim_dropped += 1;
+        metrics::counter!(SWIM_DROPPED, "reason" => reason).increment(1);
+    }
+
+    /// Sends a datagram now if the peer is admitted; otherwise holds it
+    /// (bounded) and dials the peer, and it goes out at admission.
+    pub(super) fn send_swim(
+        &mut self,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+        message: SwimMessage,
+    ) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        if self.table.admitted(&peer).is_some() {
+            self.stats.swim_bytes_out += message.data.len() as u64;
+            metrics::counter!(SWIM_BYTES, "direction" => "out")
+                .increment(message.data.len() as u64);
+            self.swarm.behaviour_mut().swim.send_request(&peer, message);
+            return;
+        }
+        if !self.pending.contains_key(&peer) && self.pending.len() >= MAX_PENDING_PEERS {
+            self.drop_swim("pending_full");
+            return;
+        }
+        let queue = self.pending.entry(peer).or_default();
+        if queue.len() >= MAX_PENDING_PER_PEER {
+            queue.remove(0);
+            self.drop_swim("pending_full");
+        }
+        let queue = self.pending.entry(peer).or_default();
+        queue.push(message);
+        if !self.swarm.is_connected(&peer) {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addr.into_iter().collect())
+                .extend_addresses_through_behaviour()
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial member");
+            }
+        }
+    }
+
+    pub(super) fn flush_pending(&mut self, peer: PeerId) {
+        for message in self.pending.remove(&peer).unwrap_or_default() {
+            self.send_swim(peer, None, message);
+        }
+    }
+
+    pub(super) fn on_swim(&mut self, peer: PeerId, message: SwimMessage) {
+        let Some(identity) = self.table.admitted(&peer).cloned() else {
+            self.drop_swim("not_admitted");
+            return;
+        };
+        self.stats.swim_bytes_in += message.data.len() as u64;
+        metrics::counter!(SWIM_BYTES, "direction" => "in").increment(message.data.len() as u64);
+        let Some(cell) = self.cell.as_mut() else {
+            self.drop_swim("no_cell");
+            return;
+        };
+        if message.cell != cell.name || identity.role != Role::Node {
+            self.drop_swim("other_cell");
+            return;
+        }
+        let from = MemberId {
+            host: identity.name.clone(),
+            peer: peer.to_bytes(),
+            addr: Vec::new(),
+            bump: 0,
+        };
+        if let Err(e) = cell.membership.handle_data(&from, &message.data) {
+            tracing::debug!(%peer, error = %e, "bad membership datagram");
+            self.drop_swim("invalid");
+        }
+        self.drain_membership();
+    }
+
+    /// Recomputes the cell's aggregators from this member's view and
+    /// takes up or gives up the role accordingly.
+    pub(super) fn elect(&mut self) {
+        let version = self.version();
+        let Some(cell) = self.cell.as_mut() else {
+            return;
+        };
+        let view = cell.membership.election_view();
+        let elected = election::elect(&cell.name, &view, &cell.settings.election);
+        let me = &cell.membership.own().host;
+        let chosen = elected.iter().any(|h| h == me);
+        if chosen != cell.membership.own().aggregator {
+            tracing::info!(cell = %cell.name, aggregator = chosen, "aggregator role changed");
+            let _ = cell
+                .membership
+                .update_info(version, |info| info.aggregator = chosen);
+        }
+        cell.aggregators = elected;
+    }
+}
