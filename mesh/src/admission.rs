@@ -64,8 +64,11 @@ impl AdmissionTable {
         }
     }
 
-    /// Peers whose time to prove enrolment ran out; they are now blocked.
-    pub fn expired(&mut self, now: Instant, timeout: Duration, block_for: Duration) -> Vec<PeerId> {
+    /// Peers whose time to prove enrolment ran out. They are dropped but
+    /// not blocked: under a reconnect storm (a rack restarting) a slow
+    /// handshake is far likelier than an attacker, and blocking an
+    /// enrolled member would cut it off its cell for the whole block.
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<PeerId> {
         let late: Vec<PeerId> = self
             .pending
             .iter()
@@ -74,7 +77,6 @@ impl AdmissionTable {
             .collect();
         for p in &late {
             self.pending.remove(p);
-            self.blocked.insert(*p, now + block_for);
         }
         late
     }
@@ -124,11 +126,19 @@ mod tests {
             "refused peers stay blocked"
         );
         assert!(t
-            .expired(now + Duration::from_secs(1), Duration::from_secs(5), block)
+            .expired(now + Duration::from_secs(1), Duration::from_secs(5))
             .is_empty());
         assert_eq!(
-            t.expired(now + Duration::from_secs(5), Duration::from_secs(5), block),
+            t.expired(now + Duration::from_secs(5), Duration::from_secs(5)),
             [slow]
+        );
+        assert!(t
+            .expired(now + Duration::from_secs(6), Duration::from_secs(5))
+            .is_empty());
+        assert_eq!(
+            t.on_connected(slow, now + Duration::from_secs(6)),
+            OnConnect::Pending,
+            "a slow peer may try again at once"
         );
         assert_eq!(
             t.on_connected(bad, now + block + Duration::from_secs(1)),

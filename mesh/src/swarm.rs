@@ -7,8 +7,8 @@
 //! the routing table; cell rendezvous through provider records), gossipsub
 //! (sink adverts; messages accepted only from admitted peers) and the
 //! membership datagrams of a cell (`/starling/swim/1`). A peer that has not
-//! proved its enrolment within the admission timeout is disconnected,
-//! blocked for a while, and counted.
+//! proved its enrolment within the admission timeout is disconnected and
+//! counted; one that failed the check is also blocked for a while.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,7 +30,6 @@ use crate::admission::{AdmissionTable, OnConnect};
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
 use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
-use crate::identity::{PeerIdentity, Role};
 use crate::membership::MemberInfo;
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
@@ -59,6 +58,10 @@ const SINK_EXPIRY: Duration = Duration::from_secs(35);
 const LOAD_REFRESH: Duration = Duration::from_secs(10);
 /// Pull-on-join catch-up and re-announcing of a lonely member.
 const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
+/// For this long after joining, a member looks its cell up in the DHT
+/// every membership tick; afterwards every `CELL_LOOKUP_INTERVAL`.
+const CELL_FORMING: Duration = Duration::from_secs(120);
+const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
 const MAX_ADDRS_PER_PEER: usize = 16;
@@ -520,7 +523,9 @@ impl Mesh {
     fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
         metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
         self.identified.remove(&peer);
-        self.pending.remove(&peer);
+        for _ in self.pending.remove(&peer).unwrap_or_default() {
+            self.drop_swim("refused");
+        }
         tracing::warn!(%peer, reason, detail, "peer refused");
         self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
@@ -554,10 +559,7 @@ impl Mesh {
 
     fn expire_pending(&mut self) {
         let now = Instant::now();
-        for peer in self
-            .table
-            .expired(now, self.config.admission_timeout, self.config.block_for)
-        {
+        for peer in self.table.expired(now, self.config.admission_timeout) {
             self.refuse(peer, "timeout", "no enrolment proof in time");
         }
     }
@@ -718,23 +720,7 @@ impl Mesh {
                         })),
                     ..
                 },
-            )) => {
-                let lonely = self
-                    .cell
-                    .as_ref()
-                    .is_some_and(|c| c.membership.members().is_empty());
-                if lonely {
-                    for peer in providers {
-                        self.announce_to(
-                            peer,
-                            &PeerIdentity {
-                                role: Role::Node,
-                                name: String::new(),
-                            },
-                        );
-                    }
-                }
-            }
+            )) => self.on_cell_providers(providers),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

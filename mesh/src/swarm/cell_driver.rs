@@ -11,8 +11,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{kad, Multiaddr, PeerId};
 
 use super::{
-    CellSettings, Mesh, SwimMessage, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK,
-    SWIM_BYTES, SWIM_DROPPED,
+    CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_LOOKUP_INTERVAL, MAX_PENDING_PEERS,
+    MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES, SWIM_DROPPED,
 };
 use crate::election;
 use crate::identity::{PeerIdentity, Role};
@@ -29,6 +29,9 @@ pub(super) struct Cell {
     pub(super) timer_seq: u64,
     pub(super) providing: bool,
     pub(super) last_tick: Instant,
+    /// When the member joined the cell, and last looked up its providers.
+    pub(super) joined: Instant,
+    pub(super) last_lookup: Option<Instant>,
     pub(super) aggregators: Vec<String>,
     /// When the load in the own record last changed.
     pub(super) load_sent: Instant,
@@ -61,6 +64,10 @@ impl Mesh {
             tracing::error!(%advertise, "advertised address has no IP; cannot join a cell");
             return;
         };
+        // Kademlia puts only confirmed external addresses in the provider
+        // records it publishes; without one a member that finds this cell
+        // in the DHT gets a PeerId it cannot dial.
+        self.swarm.add_external_address(advertise.clone());
         let name = crate::cell::base_cell(settings.zone.as_deref(), ip);
         let host = self.enrolment.identity().name.clone();
         let id = MemberId {
@@ -98,6 +105,8 @@ impl Mesh {
                     timer_seq: 0,
                     providing: false,
                     last_tick: Instant::now() - MEMBERSHIP_TICK,
+                    joined: Instant::now(),
+                    last_lookup: None,
                     aggregators: Vec::new(),
                     load_sent: Instant::now(),
                 });
@@ -108,9 +117,14 @@ impl Mesh {
         }
     }
 
-    /// A lonely member looks for its cell: it asks every admitted node and
-    /// the DHT's providers of its cell key to let it in, and makes itself
-    /// findable there in turn.
+    /// Looks for the rest of the cell. A lonely member asks every admitted
+    /// node and the DHT's providers of its cell key to let it in, and makes
+    /// itself findable there in turn. A member with company still looks
+    /// the providers up now and then (often while the cell forms, rarely
+    /// after): members that joined through different peers at the same
+    /// moment can form separate fragments, and SWIM alone never merges
+    /// them. Any provider missing from the view gets an announce
+    /// ([`Mesh::on_cell_providers`]).
     pub(super) fn find_cell(&mut self) {
         let Some(cell) = self.cell.as_mut() else {
             return;
@@ -123,13 +137,50 @@ impl Mesh {
                 Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
             }
         }
-        if !cell.membership.members().is_empty() {
-            return;
-        }
-        if dht_peers > 0 {
+        let lonely = cell.membership.members().is_empty();
+        let now = Instant::now();
+        let every = if now.duration_since(cell.joined) < CELL_FORMING {
+            MEMBERSHIP_TICK
+        } else {
+            CELL_LOOKUP_INTERVAL
+        };
+        let due = lonely
+            || cell
+                .last_lookup
+                .is_none_or(|t| now.duration_since(t) >= every);
+        if due && dht_peers > 0 {
+            cell.last_lookup = Some(now);
             self.swarm.behaviour_mut().kad.get_providers(key);
         }
-        self.announce_to_admitted();
+        if lonely {
+            self.announce_to_admitted();
+        }
+    }
+
+    /// Providers of the cell key found in the DHT: announce to each one
+    /// this member does not count as a member (see [`Mesh::find_cell`]).
+    pub(super) fn on_cell_providers(&mut self, providers: impl IntoIterator<Item = PeerId>) {
+        let Some(cell) = self.cell.as_ref() else {
+            return;
+        };
+        let local = *self.swarm.local_peer_id();
+        let known: std::collections::HashSet<Vec<u8>> = cell
+            .membership
+            .members()
+            .into_iter()
+            .map(|(id, _)| id.peer)
+            .collect();
+        for peer in providers {
+            if peer != local && !known.contains(&peer.to_bytes()) {
+                self.announce_to(
+                    peer,
+                    &PeerIdentity {
+                        role: Role::Node,
+                        name: String::new(),
+                    },
+                );
+            }
+        }
     }
 
     pub(super) fn announce_to_admitted(&mut self) {

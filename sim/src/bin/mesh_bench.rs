@@ -86,6 +86,28 @@ fn converged(members: &[Member], sizes: &std::collections::BTreeMap<String, usiz
     })
 }
 
+/// One line on how far the members are: how many see their whole cell,
+/// how many know aggregators and a sink, and the smallest view.
+fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> String {
+    let (mut whole, mut with_aggs, mut with_sink, mut smallest) = (0, 0, 0, usize::MAX);
+    let (mut dropped, mut fewest_peers, mut refused) = (0, usize::MAX, 0);
+    for m in members {
+        let v = m.view.borrow();
+        dropped += v.stats.swim_dropped;
+        refused += v.refused;
+        fewest_peers = fewest_peers.min(v.admitted.len());
+        let known = v.cell.as_ref().map_or(0, |c| c.members.len());
+        whole += usize::from(known == sizes[&m.zone]);
+        smallest = smallest.min(known);
+        with_aggs += usize::from(v.cell.as_ref().is_some_and(|c| !c.aggregators.is_empty()));
+        with_sink += usize::from(!v.sinks.is_empty());
+    }
+    format!(
+        "{whole}/{n} see their whole cell (smallest view {smallest}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers}, membership datagrams dropped {dropped}, peers refused {refused}",
+        n = members.len()
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -140,7 +162,16 @@ async fn main() -> anyhow::Result<()> {
     let all_started = started.elapsed();
 
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut next_report = Instant::now();
     while !converged(&members, &sizes) {
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(5);
+            eprintln!(
+                "  {:>5.1} s  {}",
+                started.elapsed().as_secs_f64(),
+                progress(&members, &sizes)
+            );
+        }
         if Instant::now() > deadline {
             let behind = members
                 .iter()
