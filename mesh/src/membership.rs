@@ -417,6 +417,17 @@ impl CellMembership {
         &self.own
     }
 
+    /// Whether this member knows no other live member (it must look for
+    /// its cell). Cheaper than `members().is_empty()`.
+    pub fn is_lonely(&self) -> bool {
+        self.foca.num_members() == 0
+    }
+
+    /// Whether a live member has this libp2p PeerId (as bytes).
+    pub fn has_peer(&self, peer: &[u8]) -> bool {
+        self.foca.iter_members().any(|m| m.id().peer == peer)
+    }
+
     /// Live members other than this one, with their info when known.
     pub fn members(&self) -> Vec<(MemberId, Option<MemberInfo>)> {
         let infos = self.book.lock();

@@ -58,9 +58,15 @@ const SINK_EXPIRY: Duration = Duration::from_secs(35);
 const LOAD_REFRESH: Duration = Duration::from_secs(10);
 /// Pull-on-join catch-up and re-announcing of a lonely member.
 const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
+/// Ping interval on every connection. RTT only ranks aggregators and
+/// sinks by proximity, so it need not be fresh; every ping costs a packet
+/// and its ack on each of a member's connections.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// For this long after joining, a member looks its cell up in the DHT
-/// every membership tick; afterwards every `CELL_LOOKUP_INTERVAL`.
+/// every `CELL_FORMING_LOOKUP`; afterwards every `CELL_LOOKUP_INTERVAL`.
+/// (A lonely member looks every membership tick.)
 const CELL_FORMING: Duration = Duration::from_secs(120);
+const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
@@ -209,7 +215,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     );
     let identify =
         identify::Behaviour::new(identify::Config::new("/starling/1".into(), key.public()));
-    let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
+    let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
     let mut kad =
@@ -583,10 +589,7 @@ impl Mesh {
                     v.admitted.insert(peer, id.clone());
                 });
                 self.flush_pending(peer);
-                let lonely = self
-                    .cell
-                    .as_ref()
-                    .is_some_and(|c| c.membership.members().is_empty());
+                let lonely = self.cell.as_ref().is_some_and(|c| c.membership.is_lonely());
                 if lonely {
                     self.announce_to(peer, &id);
                 }

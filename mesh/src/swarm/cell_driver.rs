@@ -11,8 +11,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{kad, Multiaddr, PeerId};
 
 use super::{
-    CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_LOOKUP_INTERVAL, MAX_PENDING_PEERS,
-    MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES, SWIM_DROPPED,
+    CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL,
+    MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES, SWIM_DROPPED,
 };
 use crate::election;
 use crate::identity::{PeerIdentity, Role};
@@ -137,10 +137,10 @@ impl Mesh {
                 Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
             }
         }
-        let lonely = cell.membership.members().is_empty();
+        let lonely = cell.membership.is_lonely();
         let now = Instant::now();
         let every = if now.duration_since(cell.joined) < CELL_FORMING {
-            MEMBERSHIP_TICK
+            CELL_FORMING_LOOKUP
         } else {
             CELL_LOOKUP_INTERVAL
         };
@@ -164,22 +164,16 @@ impl Mesh {
             return;
         };
         let local = *self.swarm.local_peer_id();
-        let known: std::collections::HashSet<Vec<u8>> = cell
-            .membership
-            .members()
+        let missing: Vec<PeerId> = providers
             .into_iter()
-            .map(|(id, _)| id.peer)
+            .filter(|p| *p != local && !cell.membership.has_peer(&p.to_bytes()))
             .collect();
-        for peer in providers {
-            if peer != local && !known.contains(&peer.to_bytes()) {
-                self.announce_to(
-                    peer,
-                    &PeerIdentity {
-                        role: Role::Node,
-                        name: String::new(),
-                    },
-                );
-            }
+        let unnamed = PeerIdentity {
+            role: Role::Node,
+            name: String::new(),
+        };
+        for peer in missing {
+            self.announce_to(peer, &unnamed);
         }
     }
 
