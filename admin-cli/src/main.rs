@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use starling_admin::{event_row, table_header};
-use starling_mesh::identity::{FleetCa, Role};
+use starling_mesh::identity::{serial_of, FleetCa, Revocations, Role};
 use starling_sink::local_store::LocalStoreReader;
 
 /// Starling operator tool: fleet credentials and views of the mesh.
@@ -111,6 +111,67 @@ enum CertCommand {
         #[arg(long)]
         stem: Option<String>,
     },
+    /// Revoke certificates: writes a new revocation list (PKI/crl.pem,
+    /// signed by the CA) that also keeps every earlier revocation. Copy it
+    /// to each host's tls.revocations path (default: crl.pem beside
+    /// ca.pem); members re-read it within seconds and drop the revoked.
+    Revoke {
+        /// PKI directory holding ca.pem, ca.key and the issued certificates.
+        #[arg(long, env = "STARLING_PKI", default_value = "/etc/starling/pki")]
+        pki: PathBuf,
+        /// Name whose certificate (PKI/NAME.pem) is revoked; repeatable.
+        #[arg(long, required_unless_present = "cert")]
+        name: Vec<String>,
+        /// A certificate file to revoke; repeatable.
+        #[arg(long)]
+        cert: Vec<PathBuf>,
+        /// Days until members should expect a newer list.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+/// `cert revoke`: adds the certificates' serials to the fleet's list.
+fn revoke(
+    pki: &std::path::Path,
+    names: &[String],
+    certs: &[PathBuf],
+    days: u32,
+) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let ca = FleetCa::load(&pki.join("ca.pem"), &pki.join("ca.key"))
+        .with_context(|| format!("loading the fleet CA from {}", pki.display()))?;
+    let list = pki.join("crl.pem");
+    let previous = match std::fs::read(&list) {
+        Ok(pem) => Revocations::from_pem(&list, &pem)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Revocations::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", list.display())),
+    };
+    let files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| pki.join(format!("{n}.pem")))
+        .chain(certs.iter().cloned())
+        .collect();
+    let mut serials = Vec::new();
+    for file in &files {
+        let cert = rustls_pki_types::CertificateDer::from_pem_file(file)
+            .with_context(|| format!("reading certificate {}", file.display()))?;
+        serials.push(serial_of(&cert)?);
+    }
+    let (pem, now) = ca.revocation_list(&previous, &serials, days)?;
+    let tmp = list.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &list).with_context(|| format!("installing {}", list.display()))?;
+    for file in &files {
+        println!("revoked {}", file.display());
+    }
+    println!(
+        "revocation list number {} ({} revoked in all) written to {}",
+        now.number,
+        now.serials.len(),
+        list.display()
+    );
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +260,15 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    pki,
+                    name,
+                    cert,
+                    days,
+                },
+        } => revoke(&pki, &name, &cert, days),
         Command::Events {
             command:
                 EventsCommand::Tail {

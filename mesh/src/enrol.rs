@@ -17,7 +17,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use thiserror::Error;
 
 use crate::identity::{identity_of, IdentityError, PeerIdentity, TlsFiles};
@@ -28,7 +28,7 @@ pub const MAX_CHAIN_LEN: usize = 4;
 pub const MAX_CERT_BYTES: usize = 16 * 1024;
 
 /// Why a peer was not admitted.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum AdmissionError {
     #[error("presented no certificate")]
     Empty,
@@ -42,12 +42,39 @@ pub enum AdmissionError {
     KeyMismatch,
     #[error("{0}")]
     NotStarling(String),
+    #[error("certificate revoked by the fleet's revocation list")]
+    Revoked,
+}
+
+/// Why a revocation list was not taken.
+#[derive(Debug, Error)]
+pub enum RevocationError {
+    #[error("not a revocation list: {0}")]
+    Malformed(String),
+    #[error("not signed by this fleet's CA: {0}")]
+    NotFromFleetCa(String),
+    #[error("older than the list in force (number {offered} <= {current})")]
+    Stale { offered: u64, current: u64 },
+}
+
+/// A revocation list that was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationsApplied {
+    /// The list's number.
+    pub number: u64,
+    /// Certificates it revokes.
+    pub revoked: usize,
+    /// This host's own certificate is among them: its peers will drop it.
+    pub self_revoked: bool,
 }
 
 /// This host's enrolment: its certified identity and libp2p keypair, and
 /// the fleet CA to check others against.
 pub struct Enrolment {
     verifier: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+    /// Number of the revocation list in force (0: none).
+    revocations: u64,
     chain: Vec<CertificateDer<'static>>,
     keypair: Keypair,
     identity: PeerIdentity,
@@ -92,6 +119,23 @@ pub fn peer_id_of(cert: &CertificateDer<'_>) -> Result<PeerId, AdmissionError> {
     Ok(PublicKey::from(key).to_peer_id())
 }
 
+/// The fleet CA's verifier, checking end-entity certificates against the
+/// revocation lists given (none: no revocation check).
+fn build_verifier(
+    roots: &Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider);
+    if crls.is_empty() {
+        return builder.build();
+    }
+    builder
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .build()
+}
+
 impl Enrolment {
     /// Loads this host's credentials and checks that they belong together.
     pub fn load(files: &TlsFiles) -> Result<Self, IdentityError> {
@@ -101,9 +145,8 @@ impl Enrolment {
         {
             roots.add(ca.map_err(|e| bad(&files.ca_cert, e))?)?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
+        let roots = Arc::new(roots);
+        let verifier = build_verifier(&roots, Vec::new())
             .map_err(|e| IdentityError::Verifier(e.to_string()))?;
         let chain = CertificateDer::pem_file_iter(&files.cert)
             .map_err(|e| bad(&files.cert, e))?
@@ -124,6 +167,8 @@ impl Enrolment {
         }
         Ok(Self {
             verifier,
+            roots,
+            revocations: 0,
             chain,
             keypair,
             identity,
@@ -148,6 +193,49 @@ impl Enrolment {
     /// The chain to present to peers, DER-encoded.
     pub fn chain_der(&self) -> Vec<Vec<u8>> {
         self.chain.iter().map(|c| c.as_ref().to_vec()).collect()
+    }
+
+    /// Puts a revocation list (DER CRL) in force for every later check,
+    /// if the fleet CA signed it and it is newer than the one in force.
+    /// The signature is proven by checking this host's own chain with the
+    /// list: webpki verifies a list's signature before it looks a serial
+    /// up, so only "revoked" or "fine" mean the list is genuine.
+    pub fn set_revocations(
+        &mut self,
+        crl_der: &[u8],
+    ) -> Result<RevocationsApplied, RevocationError> {
+        use x509_parser::prelude::FromDer;
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+                .map_err(|e| RevocationError::Malformed(e.to_string()))?;
+        let number = parsed
+            .crl_number()
+            .and_then(|n| u64::try_from(n.clone()).ok())
+            .unwrap_or(0);
+        if number <= self.revocations {
+            return Err(RevocationError::Stale {
+                offered: number,
+                current: self.revocations,
+            });
+        }
+        let revoked = parsed.iter_revoked_certificates().count();
+        let crl = CertificateRevocationListDer::from(crl_der.to_vec());
+        let verifier = build_verifier(&self.roots, vec![crl])
+            .map_err(|e| RevocationError::Malformed(e.to_string()))?;
+        let now = UnixTime::now();
+        let self_revoked = match verifier.verify_client_cert(&self.chain[0], &self.chain[1..], now)
+        {
+            Ok(_) => false,
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => true,
+            Err(e) => return Err(RevocationError::NotFromFleetCa(e.to_string())),
+        };
+        self.verifier = verifier;
+        self.revocations = number;
+        Ok(RevocationsApplied {
+            number,
+            revoked,
+            self_revoked,
+        })
     }
 
     /// Checks a chain presented by `remote`: issued by the fleet CA, valid
@@ -177,7 +265,12 @@ impl Enrolment {
             .map_err(|_| AdmissionError::Untrusted("clock before 1970".into()))?;
         self.verifier
             .verify_client_cert(&certs[0], &certs[1..], now)
-            .map_err(|e| AdmissionError::Untrusted(e.to_string()))?;
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
+                    AdmissionError::Revoked
+                }
+                e => AdmissionError::Untrusted(e.to_string()),
+            })?;
         if peer_id_of(&certs[0])? != *remote {
             return Err(AdmissionError::KeyMismatch);
         }
@@ -221,6 +314,62 @@ mod tests {
             .unwrap();
         assert_eq!(id.name, "b");
         assert_eq!(id.role, Role::Node);
+    }
+
+    fn crl_der(pem: &str) -> Vec<u8> {
+        CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn only_the_fleet_cas_newer_revocation_lists_are_taken() {
+        use crate::identity::{serial_of, Revocations};
+        let (dir, ca) = fleet();
+        let (_other_dir, other_ca) = fleet();
+        let mut a = enrolled(&ca, dir.path(), "a");
+        let b = enrolled(&ca, dir.path(), "b");
+        let b_serial = serial_of(&CertificateDer::from(b.chain_der()[0].clone())).unwrap();
+
+        let (forged, _) = other_ca
+            .revocation_list(&Revocations::default(), std::slice::from_ref(&b_serial), 7)
+            .unwrap();
+        assert!(matches!(
+            a.set_revocations(&crl_der(&forged)),
+            Err(RevocationError::NotFromFleetCa(_))
+        ));
+        assert!(a.set_revocations(b"junk").is_err());
+        assert!(a
+            .admit(&b.peer_id(), &b.chain_der(), SystemTime::now())
+            .is_ok());
+
+        let (first, state) = ca
+            .revocation_list(&Revocations::default(), &[b_serial], 7)
+            .unwrap();
+        let applied = a.set_revocations(&crl_der(&first)).unwrap();
+        assert_eq!(
+            (applied.number, applied.revoked, applied.self_revoked),
+            (1, 1, false)
+        );
+        assert_eq!(
+            a.admit(&b.peer_id(), &b.chain_der(), SystemTime::now()),
+            Err(AdmissionError::Revoked)
+        );
+        assert!(matches!(
+            a.set_revocations(&crl_der(&first)),
+            Err(RevocationError::Stale {
+                offered: 1,
+                current: 1
+            })
+        ));
+
+        let a_serial = serial_of(&CertificateDer::from(a.chain_der()[0].clone())).unwrap();
+        let (second, _) = ca.revocation_list(&state, &[a_serial], 7).unwrap();
+        let applied = a.set_revocations(&crl_der(&second)).unwrap();
+        assert_eq!(
+            (applied.number, applied.revoked, applied.self_revoked),
+            (2, 2, true)
+        );
     }
 
     #[test]

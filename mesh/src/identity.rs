@@ -254,6 +254,97 @@ impl FleetCa {
     }
 }
 
+/// Serial numbers revoked so far and the number of the list that says
+/// so, read back from a revocation list this CA signed earlier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// Increases with every list; nodes keep the newest.
+    pub number: u64,
+    /// Revoked certificate serial numbers (big-endian bytes).
+    pub serials: Vec<Vec<u8>>,
+}
+
+impl Revocations {
+    /// Reads a PEM revocation list (as written by
+    /// [`FleetCa::revocation_list`]).
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, IdentityError> {
+        use rustls_pki_types::CertificateRevocationListDer;
+        use x509_parser::prelude::FromDer;
+        let der =
+            CertificateRevocationListDer::from_pem_slice(pem).map_err(|e| bad_pem(path, e))?;
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+            .map_err(|e| bad_pem(path, e))?;
+        let number = crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n.clone()).ok())
+            .unwrap_or(0);
+        let serials = crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect();
+        Ok(Self { number, serials })
+    }
+}
+
+fn bad_pem(path: &Path, detail: impl ToString) -> IdentityError {
+    IdentityError::BadPem {
+        path: path.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The serial number of a certificate (what a revocation list names).
+pub fn serial_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, IdentityError> {
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| IdentityError::NotStarlingIdentity(e.to_string()))?;
+    Ok(parsed.raw_serial().to_vec())
+}
+
+impl FleetCa {
+    /// Signs a revocation list (an X.509 CRL, PEM) naming `previous`'s
+    /// serials plus `add`, numbered one above `previous`, valid for `days`.
+    /// Members refuse a revoked certificate at admission and drop peers
+    /// that hold one (docs/mesh.md, "Revocation").
+    pub fn revocation_list(
+        &self,
+        previous: &Revocations,
+        add: &[Vec<u8>],
+        days: u32,
+    ) -> Result<(String, Revocations), IdentityError> {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let mut serials = previous.serials.clone();
+        for serial in add {
+            if !serials.contains(serial) {
+                serials.push(serial.clone());
+            }
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let number = previous.number + 1;
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(i64::from(days.max(1))),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let issuer = self.params.clone().self_signed(&self.key)?;
+        let crl = params.signed_by(&issuer, &self.key)?;
+        Ok((crl.pem()?, Revocations { number, serials }))
+    }
+}
+
 fn set_validity(params: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     // Back-date a little so hosts with slightly slow clocks accept it.

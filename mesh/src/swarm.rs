@@ -29,7 +29,7 @@ use cell_driver::Cell;
 use crate::admission::{AdmissionTable, OnConnect};
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
-use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
+use crate::enrol::{AdmissionError, Enrolment, RevocationError, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
@@ -68,6 +68,8 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 const CELL_FORMING: Duration = Duration::from_secs(120);
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the revocation list's file is looked at.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
 const MAX_ADDRS_PER_PEER: usize = 16;
@@ -136,6 +138,9 @@ pub struct MeshConfig {
     pub cell: Option<CellSettings>,
     /// A sink's QUIC ingress address, advertised fleet-wide; None for nodes.
     pub sink_ingress: Option<String>,
+    /// The fleet's revocation list (PEM CRL from `starlingctl cert
+    /// revoke`), re-read when it changes; None: nothing is revoked.
+    pub revocations: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshConfig {
@@ -148,6 +153,7 @@ impl Default for MeshConfig {
             block_for: Duration::from_secs(60),
             cell: None,
             sink_ingress: None,
+            revocations: None,
         }
     }
 }
@@ -191,6 +197,11 @@ pub struct Mesh {
     last_advert: Option<Instant>,
     stats: ControlStats,
     started: Instant,
+    /// Chains of admitted peers, checked again when revocations change.
+    chains: HashMap<PeerId, Vec<Vec<u8>>>,
+    /// Modification time of the revocation list last read.
+    revocations_seen: Option<SystemTime>,
+    last_revocation_check: Option<Instant>,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -313,6 +324,9 @@ impl Mesh {
                 last_advert: None,
                 stats: ControlStats::default(),
                 started: Instant::now(),
+                chains: HashMap::new(),
+                revocations_seen: None,
+                last_revocation_check: None,
             },
             rx,
             command_tx,
@@ -401,6 +415,7 @@ impl Mesh {
     fn on_tick(&mut self) {
         self.expire_pending();
         let now = Instant::now();
+        self.reload_revocations(now);
         if self.cell.is_none() && self.config.cell.is_some() {
             self.start_cell();
         }
@@ -526,7 +541,102 @@ impl Mesh {
         });
     }
 
+    /// Re-reads the revocation list when its file changed; a newer list
+    /// is put in force and every admitted peer is checked against it.
+    fn reload_revocations(&mut self, now: Instant) {
+        let Some(path) = self.config.revocations.clone() else {
+            return;
+        };
+        if self
+            .last_revocation_check
+            .is_some_and(|t| now.duration_since(t) < REVOCATION_CHECK)
+        {
+            return;
+        }
+        self.last_revocation_check = Some(now);
+        let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(m) => m,
+            // No list yet: nothing is revoked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the revocation list");
+                return;
+            }
+        };
+        if self.revocations_seen == Some(modified) {
+            return;
+        }
+        self.revocations_seen = Some(modified);
+        let der = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| {
+                use rustls_pki_types::pem::PemObject;
+                rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem)
+                    .map_err(|e| e.to_string())
+            });
+        let der = match der {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "revocation list unreadable; the one in force stays");
+                return;
+            }
+        };
+        match self.enrolment.set_revocations(&der) {
+            Ok(applied) => {
+                if applied.self_revoked {
+                    tracing::error!(
+                        number = applied.number,
+                        "this host's certificate is revoked; its peers will drop it"
+                    );
+                }
+                tracing::info!(
+                    number = applied.number,
+                    revoked = applied.revoked,
+                    "revocation list in force"
+                );
+                self.recheck_admitted();
+            }
+            Err(e @ RevocationError::Stale { .. }) => {
+                tracing::debug!(error = %e, "revocation list not newer")
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "revocation list refused; the one in force stays")
+            }
+        }
+    }
+
+    /// Checks every admitted peer's chain again (after revocations
+    /// changed) and drops those that no longer pass.
+    fn recheck_admitted(&mut self) {
+        let now = SystemTime::now();
+        let failed: Vec<(PeerId, AdmissionError)> = self
+            .chains
+            .iter()
+            .filter_map(|(peer, chain)| {
+                self.enrolment
+                    .admit(peer, chain, now)
+                    .err()
+                    .map(|e| (*peer, e))
+            })
+            .collect();
+        for (peer, error) in failed {
+            let reason = if error == AdmissionError::Revoked {
+                "revoked"
+            } else {
+                "enrolment"
+            };
+            let _ = self.table.on_checked(
+                peer,
+                Err(error.clone()),
+                Instant::now(),
+                self.config.block_for,
+            );
+            self.refuse(peer, reason, &error.to_string());
+        }
+    }
+
     fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
+        self.chains.remove(&peer);
         metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
         self.identified.remove(&peer);
         for _ in self.pending.remove(&peer).unwrap_or_default() {
@@ -578,6 +688,7 @@ impl Mesh {
         {
             Ok(id) => {
                 tracing::info!(%peer, identity = %id, "peer admitted");
+                self.chains.insert(peer, chain.to_vec());
                 if let Some(addrs) = self.identified.remove(&peer) {
                     self.add_to_dht(peer, addrs);
                 }
@@ -594,6 +705,7 @@ impl Mesh {
                     self.announce_to(peer, &id);
                 }
             }
+            Err(e @ AdmissionError::Revoked) => self.refuse(peer, "revoked", &e.to_string()),
             Err(e) => self.refuse(peer, "enrolment", &e.to_string()),
         }
     }
@@ -662,6 +774,7 @@ impl Mesh {
                 ..
             } => {
                 self.table.on_disconnected(&peer_id);
+                self.chains.remove(&peer_id);
                 self.identified.remove(&peer_id);
                 if let Some(q) = self.pending.remove(&peer_id) {
                     for _ in q {

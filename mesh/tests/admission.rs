@@ -1,5 +1,6 @@
 //! Real libp2p connections on loopback: enrolled members admit each other
-//! over QUIC and over TCP; a member of another fleet is refused and counted.
+//! over QUIC and over TCP; a member of another fleet is refused and counted;
+//! a member whose certificate the operator revokes is dropped and stays out.
 
 use std::time::Duration;
 
@@ -18,6 +19,16 @@ fn start(
     bootstrap: Vec<Multiaddr>,
     stop: &watch::Receiver<bool>,
 ) -> watch::Receiver<MeshView> {
+    start_with(enrolment, listen, bootstrap, None, stop)
+}
+
+fn start_with(
+    enrolment: Enrolment,
+    listen: &[&str],
+    bootstrap: Vec<Multiaddr>,
+    revocations: Option<std::path::PathBuf>,
+    stop: &watch::Receiver<bool>,
+) -> watch::Receiver<MeshView> {
     let config = MeshConfig {
         listen: listen
             .iter()
@@ -25,6 +36,7 @@ fn start(
             .collect(),
         bootstrap,
         admission_timeout: Duration::from_secs(3),
+        revocations,
         ..Default::default()
     };
     let (mesh, view, _commands) = Mesh::start(enrolment, config).expect("mesh starts");
@@ -116,5 +128,57 @@ async fn enrolled_members_are_admitted_and_strangers_refused() {
 
     // Admitted peers get RTT measurements.
     wait_view(&mut b, "b measures its RTT to a", |v| !v.rtt.is_empty()).await;
+    let _ = stop_tx.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_dropped_and_stays_out() {
+    let fleet = Fleet::new();
+    let list = Some(fleet.revocation_list());
+    let (stop_tx, stop) = watch::channel(false);
+    let quic = ["/ip4/127.0.0.1/udp/0/quic-v1"];
+    let mut a = start_with(
+        fleet.enrol(Role::Node, "a"),
+        &quic,
+        vec![],
+        list.clone(),
+        &stop,
+    );
+    let seed = wait_view(&mut a, "a listening", |v| !v.listen_addrs.is_empty())
+        .await
+        .listen_addrs[0]
+        .clone();
+    let mut b = start_with(
+        fleet.enrol(Role::Node, "b"),
+        &quic,
+        vec![seed.clone()],
+        list.clone(),
+        &stop,
+    );
+    let mut c = start_with(
+        fleet.enrol(Role::Node, "c"),
+        &quic,
+        vec![seed],
+        list.clone(),
+        &stop,
+    );
+    wait_view(&mut a, "a admits b and c", |v| names(v) == ["b", "c"]).await;
+    wait_view(&mut b, "b admits a and c", |v| names(v) == ["a", "c"]).await;
+
+    fleet.revoke("c");
+    wait_view(&mut a, "a drops the revoked c", |v| {
+        names(v) == ["b"] && v.refused >= 1
+    })
+    .await;
+    wait_view(&mut b, "b drops the revoked c", |v| {
+        names(v) == ["a"] && v.refused >= 1
+    })
+    .await;
+    // c keeps its addresses of a and b and its DHT, yet stays out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(names(&a.borrow()), ["b"], "c came back into a's view");
+    assert_eq!(names(&b.borrow()), ["a"], "c came back into b's view");
+    let vc = wait_view(&mut c, "c admitted by nobody", |v| v.admitted.is_empty()).await;
+    assert!(vc.admitted.is_empty());
     let _ = stop_tx.send(true);
 }

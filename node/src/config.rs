@@ -79,6 +79,9 @@ pub struct TlsConfig {
     pub ca_cert: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The fleet's revocation list (`starlingctl cert revoke`); default:
+    /// `crl.pem` beside `ca_cert`. Absent file: nothing is revoked.
+    pub revocations: Option<PathBuf>,
 }
 
 /// Kernel sensor settings.
@@ -186,6 +189,7 @@ impl Default for TlsConfig {
             ca_cert: "/etc/starling/pki/ca.pem".into(),
             cert: "/etc/starling/pki/node.pem".into(),
             key: "/etc/starling/pki/node.key".into(),
+            revocations: None,
         }
     }
 }
@@ -222,6 +226,16 @@ impl Default for UplinkSection {
 }
 
 impl TlsConfig {
+    /// Where the revocation list is read from.
+    pub fn revocation_list(&self) -> PathBuf {
+        self.revocations.clone().unwrap_or_else(|| {
+            self.ca_cert
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("crl.pem")
+        })
+    }
+
     /// The paths as the identity module wants them.
     pub fn files(&self) -> TlsFiles {
         TlsFiles {

@@ -96,6 +96,7 @@ pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Re
             agent_version: env!("CARGO_PKG_VERSION").into(),
             tags: Vec::new(),
         }),
+        revocations: Some(config.tls.revocation_list()),
         ..Default::default()
     };
     let (mesh, view, commands) =

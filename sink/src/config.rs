@@ -73,6 +73,9 @@ pub struct TlsSection {
     pub ca_cert: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The fleet's revocation list (`starlingctl cert revoke`); default:
+    /// `crl.pem` beside `ca_cert`. Absent file: nothing is revoked.
+    pub revocations: Option<PathBuf>,
 }
 
 /// Kafka producer settings.
@@ -166,6 +169,7 @@ impl Default for TlsSection {
             ca_cert: "/etc/starling/pki/ca.pem".into(),
             cert: "/etc/starling/pki/sink.pem".into(),
             key: "/etc/starling/pki/sink.key".into(),
+            revocations: None,
         }
     }
 }
@@ -196,6 +200,16 @@ impl Default for MetricsSection {
 }
 
 impl TlsSection {
+    /// Where the revocation list is read from.
+    pub fn revocation_list(&self) -> PathBuf {
+        self.revocations.clone().unwrap_or_else(|| {
+            self.ca_cert
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("crl.pem")
+        })
+    }
+
     /// The paths as the identity module wants them.
     pub fn files(&self) -> TlsFiles {
         TlsFiles {

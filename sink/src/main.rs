@@ -153,6 +153,7 @@ fn start_mesh(
             .map(parse)
             .collect::<Result<_, _>>()?,
         sink_ingress: Some(advertised.clone()),
+        revocations: Some(config.tls.revocation_list()),
         ..Default::default()
     };
     let (mesh, _view, commands) =

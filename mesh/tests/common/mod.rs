@@ -1,12 +1,15 @@
 //! A fleet CA in a temporary directory, shared by the mesh's tests.
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{FleetCa, Role, TlsFiles};
+use starling_mesh::identity::{serial_of, FleetCa, Revocations, Role, TlsFiles};
 
 /// A fleet CA and the credentials it issued.
 pub struct Fleet {
     dir: tempfile::TempDir,
     ca: FleetCa,
+    revocations: std::cell::RefCell<Revocations>,
 }
 
 impl Fleet {
@@ -14,7 +17,11 @@ impl Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = FleetCa::generate("t", 30).expect("ca");
         ca.pem().write(dir.path(), "ca").expect("write ca");
-        Self { dir, ca }
+        Self {
+            dir,
+            ca,
+            revocations: Default::default(),
+        }
     }
 
     /// Issues a certificate for `name` in `role` and loads it.
@@ -31,5 +38,27 @@ impl Fleet {
             key,
         })
         .expect("enrolment loads")
+    }
+
+    /// Where the fleet's revocation list is written.
+    #[allow(dead_code)]
+    pub fn revocation_list(&self) -> std::path::PathBuf {
+        self.dir.path().join("crl.pem")
+    }
+
+    /// Revokes the certificate issued to `name` and writes the new list.
+    #[allow(dead_code)]
+    pub fn revoke(&self, name: &str) {
+        let cert = CertificateDer::from_pem_file(self.dir.path().join(format!("{name}.pem")))
+            .expect("issued certificate");
+        let serial = serial_of(&cert).expect("serial");
+        let (pem, next) = self
+            .ca
+            .revocation_list(&self.revocations.borrow(), &[serial], 7)
+            .expect("revocation list");
+        let tmp = self.dir.path().join("crl.pem.tmp");
+        std::fs::write(&tmp, pem).expect("write list");
+        std::fs::rename(&tmp, self.revocation_list()).expect("install list");
+        *self.revocations.borrow_mut() = next;
     }
 }
