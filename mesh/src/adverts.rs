@@ -154,6 +154,13 @@ impl SinkBook {
         self.sinks.retain(|_, s| s.age(now) <= max_age);
     }
 
+    /// Forgets which authors were verified (the revocation list changed):
+    /// each author's next advert is checked under the new list, so a
+    /// revoked sink's adverts are rejected and it expires from the book.
+    pub fn forget_verified(&mut self) {
+        self.verified.clear();
+    }
+
     /// The sinks known, by name.
     pub fn sinks(&self) -> impl Iterator<Item = &KnownSink> {
         self.sinks.values()

@@ -606,8 +606,10 @@ impl Mesh {
     }
 
     /// Checks every admitted peer's chain again (after revocations
-    /// changed) and drops those that no longer pass.
+    /// changed) and drops those that no longer pass; sink adverts are
+    /// believed again only after a fresh check.
     fn recheck_admitted(&mut self) {
+        self.sinks.forget_verified();
         let now = SystemTime::now();
         let failed: Vec<(PeerId, AdmissionError)> = self
             .chains
