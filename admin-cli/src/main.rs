@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use starling_admin::{event_row, table_header};
-use starling_mesh::identity::{serial_of, FleetCa, Revocations, Role};
+use starling_mesh::identity::{FleetCa, Role};
 use starling_sink::local_store::LocalStoreReader;
 
 /// Starling operator tool: fleet credentials and views of the mesh.
@@ -141,27 +141,20 @@ fn revoke(
     use rustls_pki_types::pem::PemObject;
     let ca = FleetCa::load(&pki.join("ca.pem"), &pki.join("ca.key"))
         .with_context(|| format!("loading the fleet CA from {}", pki.display()))?;
-    let list = pki.join("crl.pem");
-    let previous = match std::fs::read(&list) {
-        Ok(pem) => Revocations::from_pem(&list, &pem)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Revocations::default(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", list.display())),
-    };
     let files: Vec<PathBuf> = names
         .iter()
         .map(|n| pki.join(format!("{n}.pem")))
         .chain(certs.iter().cloned())
         .collect();
-    let mut serials = Vec::new();
-    for file in &files {
-        let cert = rustls_pki_types::CertificateDer::from_pem_file(file)
-            .with_context(|| format!("reading certificate {}", file.display()))?;
-        serials.push(serial_of(&cert)?);
-    }
-    let (pem, now) = ca.revocation_list(&previous, &serials, days)?;
-    let tmp = list.with_extension("pem.tmp");
-    std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &list).with_context(|| format!("installing {}", list.display()))?;
+    let revoked = files
+        .iter()
+        .map(|file| {
+            rustls_pki_types::CertificateDer::from_pem_file(file)
+                .with_context(|| format!("reading certificate {}", file.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let list = pki.join("crl.pem");
+    let now = ca.revoke(&list, &revoked, days)?;
     for file in &files {
         println!("revoked {}", file.display());
     }

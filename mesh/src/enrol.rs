@@ -20,7 +20,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use thiserror::Error;
 
-use crate::identity::{identity_of, IdentityError, PeerIdentity, TlsFiles};
+use crate::identity::{
+    bad_pem as bad, identity_of, IdentityError, PeerIdentity, Revocations, TlsFiles,
+};
 
 /// Most certificates a presented chain may hold.
 pub const MAX_CHAIN_LEN: usize = 4;
@@ -86,13 +88,6 @@ impl std::fmt::Debug for Enrolment {
             .field("identity", &self.identity)
             .field("peer_id", &self.peer_id())
             .finish_non_exhaustive()
-    }
-}
-
-fn bad(path: &std::path::Path, detail: impl ToString) -> IdentityError {
-    IdentityError::BadPem {
-        path: path.into(),
-        detail: detail.to_string(),
     }
 }
 
@@ -204,21 +199,15 @@ impl Enrolment {
         &mut self,
         crl_der: &[u8],
     ) -> Result<RevocationsApplied, RevocationError> {
-        use x509_parser::prelude::FromDer;
-        let (_, parsed) =
-            x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
-                .map_err(|e| RevocationError::Malformed(e.to_string()))?;
-        let number = parsed
-            .crl_number()
-            .and_then(|n| u64::try_from(n.clone()).ok())
-            .unwrap_or(0);
+        let list = Revocations::from_der(crl_der).map_err(RevocationError::Malformed)?;
+        let number = list.number;
         if number <= self.revocations {
             return Err(RevocationError::Stale {
                 offered: number,
                 current: self.revocations,
             });
         }
-        let revoked = parsed.iter_revoked_certificates().count();
+        let revoked = list.serials.len();
         let crl = CertificateRevocationListDer::from(crl_der.to_vec());
         let verifier = build_verifier(&self.roots, vec![crl])
             .map_err(|e| RevocationError::Malformed(e.to_string()))?;

@@ -265,15 +265,12 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Reads a PEM revocation list (as written by
-    /// [`FleetCa::revocation_list`]).
-    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, IdentityError> {
-        use rustls_pki_types::CertificateRevocationListDer;
+    /// Reads a DER revocation list: its number (0 if it has none) and the
+    /// serials it names.
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
         use x509_parser::prelude::FromDer;
-        let der =
-            CertificateRevocationListDer::from_pem_slice(pem).map_err(|e| bad_pem(path, e))?;
-        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
-            .map_err(|e| bad_pem(path, e))?;
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+            .map_err(|e| e.to_string())?;
         let number = crl
             .crl_number()
             .and_then(|n| u64::try_from(n.clone()).ok())
@@ -284,9 +281,36 @@ impl Revocations {
             .collect();
         Ok(Self { number, serials })
     }
+
+    /// Reads the PEM revocation list at `path` (as written by
+    /// [`FleetCa::revoke`]); a missing file is an empty list.
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        use rustls_pki_types::CertificateRevocationListDer;
+        let pem = match fs::read(path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(IdentityError::Io {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let der =
+            CertificateRevocationListDer::from_pem_slice(&pem).map_err(|e| bad_pem(path, e))?;
+        Self::from_der(&der).map_err(|e| bad_pem(path, e))
+    }
 }
 
-fn bad_pem(path: &Path, detail: impl ToString) -> IdentityError {
+/// Where a host reads the fleet's revocation list: the configured path,
+/// or `crl.pem` beside the fleet CA certificate.
+pub fn revocation_list_path(configured: Option<&Path>, ca_cert: &Path) -> PathBuf {
+    configured
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ca_cert.parent().unwrap_or(Path::new(".")).join("crl.pem"))
+}
+
+pub(crate) fn bad_pem(path: &Path, detail: impl ToString) -> IdentityError {
     IdentityError::BadPem {
         path: path.into(),
         detail: detail.to_string(),
@@ -342,6 +366,27 @@ impl FleetCa {
         let issuer = self.params.clone().self_signed(&self.key)?;
         let crl = params.signed_by(&issuer, &self.key)?;
         Ok((crl.pem()?, Revocations { number, serials }))
+    }
+
+    /// Revokes `certs`: signs the list at `path` plus their serials and
+    /// replaces the file atomically. Returns what the new list holds.
+    pub fn revoke(
+        &self,
+        path: &Path,
+        certs: &[CertificateDer<'_>],
+        days: u32,
+    ) -> Result<Revocations, IdentityError> {
+        let previous = Revocations::load(path)?;
+        let serials = certs.iter().map(serial_of).collect::<Result<Vec<_>, _>>()?;
+        let (pem, next) = self.revocation_list(&previous, &serials, days)?;
+        let tmp = path.with_extension("pem.tmp");
+        let io = |source| IdentityError::Io {
+            path: path.into(),
+            source,
+        };
+        fs::write(&tmp, pem).map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)?;
+        Ok(next)
     }
 }
 

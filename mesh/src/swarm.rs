@@ -23,13 +23,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 mod cell_driver;
+mod revocations;
 
 use cell_driver::Cell;
 
 use crate::admission::{AdmissionTable, OnConnect};
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
-use crate::enrol::{AdmissionError, Enrolment, RevocationError, MAX_CERT_BYTES, MAX_CHAIN_LEN};
+use crate::enrol::{AdmissionError, Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
@@ -69,7 +70,7 @@ const CELL_FORMING: Duration = Duration::from_secs(120);
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the revocation list's file is looked at.
-const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+pub(super) const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
 const MAX_ADDRS_PER_PEER: usize = 16;
@@ -180,9 +181,9 @@ pub struct CellSettings {
 /// A running mesh member.
 pub struct Mesh {
     swarm: Swarm<MeshBehaviour>,
-    enrolment: Enrolment,
-    config: MeshConfig,
-    table: AdmissionTable,
+    pub(super) enrolment: Enrolment,
+    pub(super) config: MeshConfig,
+    pub(super) table: AdmissionTable,
     /// Listen addresses from identify of peers not admitted yet.
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     view: watch::Sender<MeshView>,
@@ -190,7 +191,7 @@ pub struct Mesh {
     cell: Option<Cell>,
     /// Membership datagrams waiting for their peer's admission.
     pending: HashMap<PeerId, Vec<SwimMessage>>,
-    sinks: SinkBook,
+    pub(super) sinks: SinkBook,
     sink_topic: gossipsub::IdentTopic,
     sink_load: u8,
     advert_seq: u64,
@@ -198,10 +199,10 @@ pub struct Mesh {
     stats: ControlStats,
     started: Instant,
     /// Chains of admitted peers, checked again when revocations change.
-    chains: HashMap<PeerId, Vec<Vec<u8>>>,
+    pub(super) chains: HashMap<PeerId, Vec<Vec<u8>>>,
     /// Modification time of the revocation list last read.
-    revocations_seen: Option<SystemTime>,
-    last_revocation_check: Option<Instant>,
+    pub(super) revocations_seen: Option<SystemTime>,
+    pub(super) last_revocation_check: Option<Instant>,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -541,103 +542,7 @@ impl Mesh {
         });
     }
 
-    /// Re-reads the revocation list when its file changed; a newer list
-    /// is put in force and every admitted peer is checked against it.
-    fn reload_revocations(&mut self, now: Instant) {
-        let Some(path) = self.config.revocations.clone() else {
-            return;
-        };
-        if self
-            .last_revocation_check
-            .is_some_and(|t| now.duration_since(t) < REVOCATION_CHECK)
-        {
-            return;
-        }
-        self.last_revocation_check = Some(now);
-        let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
-            Ok(m) => m,
-            // No list yet: nothing is revoked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the revocation list");
-                return;
-            }
-        };
-        if self.revocations_seen == Some(modified) {
-            return;
-        }
-        self.revocations_seen = Some(modified);
-        let der = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| {
-                use rustls_pki_types::pem::PemObject;
-                rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem)
-                    .map_err(|e| e.to_string())
-            });
-        let der = match der {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "revocation list unreadable; the one in force stays");
-                return;
-            }
-        };
-        match self.enrolment.set_revocations(&der) {
-            Ok(applied) => {
-                if applied.self_revoked {
-                    tracing::error!(
-                        number = applied.number,
-                        "this host's certificate is revoked; its peers will drop it"
-                    );
-                }
-                tracing::info!(
-                    number = applied.number,
-                    revoked = applied.revoked,
-                    "revocation list in force"
-                );
-                self.recheck_admitted();
-            }
-            Err(e @ RevocationError::Stale { .. }) => {
-                tracing::debug!(error = %e, "revocation list not newer")
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "revocation list refused; the one in force stays")
-            }
-        }
-    }
-
-    /// Checks every admitted peer's chain again (after revocations
-    /// changed) and drops those that no longer pass; sink adverts are
-    /// believed again only after a fresh check.
-    fn recheck_admitted(&mut self) {
-        self.sinks.forget_verified();
-        let now = SystemTime::now();
-        let failed: Vec<(PeerId, AdmissionError)> = self
-            .chains
-            .iter()
-            .filter_map(|(peer, chain)| {
-                self.enrolment
-                    .admit(peer, chain, now)
-                    .err()
-                    .map(|e| (*peer, e))
-            })
-            .collect();
-        for (peer, error) in failed {
-            let reason = if error == AdmissionError::Revoked {
-                "revoked"
-            } else {
-                "enrolment"
-            };
-            let _ = self.table.on_checked(
-                peer,
-                Err(error.clone()),
-                Instant::now(),
-                self.config.block_for,
-            );
-            self.refuse(peer, reason, &error.to_string());
-        }
-    }
-
-    fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
+    pub(super) fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
         self.chains.remove(&peer);
         metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
         self.identified.remove(&peer);

@@ -228,12 +228,7 @@ impl Default for UplinkSection {
 impl TlsConfig {
     /// Where the revocation list is read from.
     pub fn revocation_list(&self) -> PathBuf {
-        self.revocations.clone().unwrap_or_else(|| {
-            self.ca_cert
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join("crl.pem")
-        })
+        starling_mesh::identity::revocation_list_path(self.revocations.as_deref(), &self.ca_cert)
     }
 
     /// The paths as the identity module wants them.

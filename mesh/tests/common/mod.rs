@@ -3,13 +3,12 @@
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{serial_of, FleetCa, Revocations, Role, TlsFiles};
+use starling_mesh::identity::{FleetCa, Role, TlsFiles};
 
 /// A fleet CA and the credentials it issued.
 pub struct Fleet {
     dir: tempfile::TempDir,
     ca: FleetCa,
-    revocations: std::cell::RefCell<Revocations>,
 }
 
 impl Fleet {
@@ -17,11 +16,7 @@ impl Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = FleetCa::generate("t", 30).expect("ca");
         ca.pem().write(dir.path(), "ca").expect("write ca");
-        Self {
-            dir,
-            ca,
-            revocations: Default::default(),
-        }
+        Self { dir, ca }
     }
 
     /// Issues a certificate for `name` in `role` and loads it.
@@ -51,14 +46,8 @@ impl Fleet {
     pub fn revoke(&self, name: &str) {
         let cert = CertificateDer::from_pem_file(self.dir.path().join(format!("{name}.pem")))
             .expect("issued certificate");
-        let serial = serial_of(&cert).expect("serial");
-        let (pem, next) = self
-            .ca
-            .revocation_list(&self.revocations.borrow(), &[serial], 7)
-            .expect("revocation list");
-        let tmp = self.dir.path().join("crl.pem.tmp");
-        std::fs::write(&tmp, pem).expect("write list");
-        std::fs::rename(&tmp, self.revocation_list()).expect("install list");
-        *self.revocations.borrow_mut() = next;
+        self.ca
+            .revoke(&self.revocation_list(), &[cert], 7)
+            .expect("revocation list written");
     }
 }
