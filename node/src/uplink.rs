@@ -349,7 +349,7 @@ enum Stop {
 /// Keep-alives make a dead sink or aggregator visible within four seconds
 /// (four missed keep-alives) rather than at the default 30-second idle
 /// timeout, so a node moves on within the 5-second goal.
-fn transport() -> quinn::TransportConfig {
+pub fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     if let Ok(idle) = Duration::from_secs(4).try_into() {

@@ -15,6 +15,8 @@ pub use process::{Fleet, MeshOptions, NodeProcess, SinkProcess};
 
 use std::time::{Duration, Instant};
 
+use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
+
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -44,4 +46,37 @@ pub fn free_port() -> u16 {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A realistic exec event (a curl download) for benchmarks, numbered `i`
+/// so that payloads differ.
+pub fn sample_exec_event(i: u64) -> Event {
+    Event {
+        header: Some(EventHeader {
+            host_id: String::new(),
+            seq: 0,
+            ktime_ns: 1_000_000 + i,
+            time_unix_ns: 1_790_000_000_000_000_000 + i,
+            pid: 40_000 + (i % 1000) as u32,
+            tid: 40_000 + (i % 1000) as u32,
+            ppid: 1234,
+            uid: 1000,
+            gid: 1000,
+            comm: "curl".into(),
+            exe: "/usr/bin/curl".into(),
+            cgroup_id: 4242,
+        }),
+        body: Some(Body::ProcessExec(ProcessExec {
+            filename: "/usr/bin/curl".into(),
+            argv: vec![
+                "curl".into(),
+                "-fsSL".into(),
+                format!("https://example.invalid/install.sh?n={i}"),
+                "-o".into(),
+                "/tmp/install.sh".into(),
+            ],
+            argv_truncated: false,
+            parent_exe: "/usr/bin/bash".into(),
+        })),
+    }
 }

@@ -11,8 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use starling_node::spool::{DropPolicy, Spool};
-use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
-use starling_sim::{wait_for, Broker, Fleet, NodeProcess, SinkProcess};
+use starling_sim::{sample_exec_event, wait_for, Broker, Fleet, NodeProcess, SinkProcess};
 
 /// Single-host throughput: spooled events -> sink -> Kafka, against the raw
 /// librdkafka producer on the same broker.
@@ -28,37 +27,6 @@ const PARTITIONS: i32 = 3;
 
 const HOST: &str = "bench-host";
 
-fn sample_event(i: u64) -> Event {
-    Event {
-        header: Some(EventHeader {
-            host_id: String::new(),
-            seq: 0,
-            ktime_ns: 1_000_000 + i,
-            time_unix_ns: 1_790_000_000_000_000_000 + i,
-            pid: 40_000 + (i % 1000) as u32,
-            tid: 40_000 + (i % 1000) as u32,
-            ppid: 1234,
-            uid: 1000,
-            gid: 1000,
-            comm: "curl".into(),
-            exe: "/usr/bin/curl".into(),
-            cgroup_id: 4242,
-        }),
-        body: Some(Body::ProcessExec(ProcessExec {
-            filename: "/usr/bin/curl".into(),
-            argv: vec![
-                "curl".into(),
-                "-fsSL".into(),
-                format!("https://example.invalid/install.sh?n={i}"),
-                "-o".into(),
-                "/tmp/install.sh".into(),
-            ],
-            argv_truncated: false,
-            parent_exe: "/usr/bin/bash".into(),
-        })),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
@@ -68,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     // Same payloads (encoded with host id and sequence), same producer settings.
     let payloads: Vec<Vec<u8>> = (0..args.events)
         .map(|i| {
-            let mut e = sample_event(i);
+            let mut e = sample_exec_event(i);
             if let Some(h) = e.header.as_mut() {
                 h.host_id = HOST.into();
                 h.seq = i + 1;
@@ -145,7 +113,7 @@ fn spool_to_kafka(broker: &Broker, events: u64) -> anyhow::Result<f64> {
         let mut i = 0;
         while i < events {
             let n = chunk.min(events - i);
-            spool.append((i..i + n).map(sample_event).collect())?;
+            spool.append((i..i + n).map(sample_exec_event).collect())?;
             i += n;
         }
     }
