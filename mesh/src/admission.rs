@@ -13,7 +13,8 @@ use crate::identity::PeerIdentity;
 #[derive(Debug, Default)]
 pub struct AdmissionTable {
     pending: HashMap<PeerId, Instant>,
-    admitted: HashMap<PeerId, PeerIdentity>,
+    /// Admitted peers, with when they were first admitted.
+    admitted: HashMap<PeerId, (PeerIdentity, Instant)>,
     blocked: HashMap<PeerId, Instant>,
 }
 
@@ -53,7 +54,11 @@ impl AdmissionTable {
         self.pending.remove(&peer);
         match result {
             Ok(id) => {
-                self.admitted.insert(peer, id.clone());
+                // A check again (new revocations) keeps the first time.
+                self.admitted
+                    .entry(peer)
+                    .and_modify(|(known, _)| *known = id.clone())
+                    .or_insert((id.clone(), now));
                 Ok(id)
             }
             Err(e) => {
@@ -89,7 +94,38 @@ impl AdmissionTable {
 
     /// The identity of an admitted peer.
     pub fn admitted(&self, peer: &PeerId) -> Option<&PeerIdentity> {
-        self.admitted.get(peer)
+        self.admitted.get(peer).map(|(id, _)| id)
+    }
+
+    /// Admitted peers whose connections a cell member can let go. Every
+    /// mesh protocol keeps its connections open for good (gossipsub holds
+    /// a stream on each), so the peers a DHT walk or a bootstrap dialled
+    /// across the fleet would stay connected forever, each costing
+    /// keep-alives, pings and gossip. Kept: the peers `needed` says are
+    /// needed (cell members, sinks), the `spare` longest admitted others
+    /// (links across cells, for the DHT and for gossip to reach every
+    /// cell), and any admitted less than `settle` ago (a query may still
+    /// be using it). The rest are surplus.
+    pub fn surplus(
+        &self,
+        now: Instant,
+        needed: impl Fn(&PeerId, &PeerIdentity) -> bool,
+        spare: usize,
+        settle: Duration,
+    ) -> Vec<PeerId> {
+        let mut others: Vec<(Instant, PeerId)> = self
+            .admitted
+            .iter()
+            .filter(|(peer, (id, _))| !needed(peer, id))
+            .map(|(peer, (_, since))| (*since, *peer))
+            .collect();
+        others.sort();
+        others
+            .into_iter()
+            .skip(spare)
+            .filter(|(since, _)| now.duration_since(*since) >= settle)
+            .map(|(_, peer)| peer)
+            .collect()
     }
 }
 
@@ -147,5 +183,48 @@ mod tests {
         );
         t.on_disconnected(&good);
         assert!(t.admitted(&good).is_none());
+    }
+
+    #[test]
+    fn surplus_keeps_needed_peers_the_oldest_spares_and_new_ones() {
+        let t0 = Instant::now();
+        let block = Duration::from_secs(60);
+        let settle = Duration::from_secs(30);
+        let mut t = AdmissionTable::default();
+        let admit = |t: &mut AdmissionTable, name: &str, at: Instant| {
+            let p = PeerId::random();
+            t.on_connected(p, at);
+            t.on_checked(p, Ok(id(name)), at, block).unwrap();
+            p
+        };
+        let cell = admit(&mut t, "cell-1", t0);
+        let old = admit(&mut t, "other-1", t0 + Duration::from_secs(1));
+        let older_spare = admit(&mut t, "other-0", t0);
+        let extra = admit(&mut t, "other-2", t0 + Duration::from_secs(2));
+        let fresh = admit(&mut t, "other-3", t0 + Duration::from_secs(50));
+        let now = t0 + Duration::from_secs(60);
+        let needed = |_: &PeerId, i: &PeerIdentity| i.name.starts_with("cell");
+
+        let surplus = t.surplus(now, needed, 2, settle);
+        assert_eq!(
+            surplus,
+            vec![extra],
+            "beyond the two oldest spares, settled"
+        );
+        assert!(!surplus.contains(&cell) && !surplus.contains(&old));
+        assert!(!surplus.contains(&older_spare) && !surplus.contains(&fresh));
+
+        // A second check (new revocations) does not make a peer younger.
+        t.on_checked(older_spare, Ok(id("other-0")), now, block)
+            .unwrap();
+        assert_eq!(t.surplus(now, needed, 2, settle), vec![extra]);
+
+        let later = now + settle;
+        assert_eq!(
+            t.surplus(later, needed, 2, settle),
+            vec![extra, fresh],
+            "new peers are let go once settled"
+        );
+        assert!(t.surplus(later, needed, 10, settle).is_empty());
     }
 }

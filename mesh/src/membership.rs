@@ -157,6 +157,8 @@ impl Invalidates for InfoKey {
 #[derive(Debug, Default, Clone)]
 pub struct InfoBook {
     infos: Arc<Mutex<HashMap<String, MemberInfo>>>,
+    /// Records taken so far (part of [`CellMembership::generation`]).
+    taken: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl InfoBook {
@@ -193,6 +195,8 @@ impl BroadcastHandler<MemberId> for InfoBook {
             version: info.version,
         };
         infos.insert(info.host.clone(), info);
+        self.taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(key))
     }
 }
@@ -221,6 +225,8 @@ pub struct CellMembership {
     book: InfoBook,
     /// Point-to-point sends of the info exchange, prefixed already.
     direct: Vec<(MemberId, Bytes)>,
+    /// Membership changes and own record updates so far.
+    changes: u64,
 }
 
 fn swim(e: foca::Error) -> MembershipError {
@@ -288,6 +294,7 @@ impl CellMembership {
             own: info,
             book,
             direct: Vec::new(),
+            changes: 0,
         };
         Ok(me)
     }
@@ -368,6 +375,7 @@ impl CellMembership {
             postcard::to_allocvec(&next).map_err(|e| MembershipError::Decode(e.to_string()))?;
         self.foca.add_broadcast(&data).map_err(swim)?;
         self.own = next;
+        self.changes += 1;
         Ok(())
     }
 
@@ -391,6 +399,7 @@ impl CellMembership {
             out.push(Output::Timer { after, timer });
         }
         while let Some(n) = self.runtime.to_notify() {
+            self.changes += 1;
             match n {
                 OwnedNotification::MemberUp(id) => {
                     // A newcomer, or one back from the dead: fetch its
@@ -412,6 +421,13 @@ impl CellMembership {
         }
     }
 
+    /// Changes whenever the live members or any record (this member's
+    /// included) change: what is derived from the view (the election, the
+    /// published status) need not be recomputed while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.changes + self.book.taken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// This member's own info.
     pub fn own(&self) -> &MemberInfo {
         &self.own
@@ -426,6 +442,11 @@ impl CellMembership {
     /// Whether a live member has this libp2p PeerId (as bytes).
     pub fn has_peer(&self, peer: &[u8]) -> bool {
         self.foca.iter_members().any(|m| m.id().peer == peer)
+    }
+
+    /// The libp2p PeerIds (as bytes) of the live members.
+    pub fn peers(&self) -> impl Iterator<Item = &[u8]> {
+        self.foca.iter_members().map(|m| m.id().peer.as_slice())
     }
 
     /// Live members other than this one, with their info when known.
@@ -557,5 +578,57 @@ mod tests {
         let reply = reply.expect("a reply to b");
         let record: MemberInfo = postcard::from_bytes(&reply[1..]).unwrap();
         assert_eq!(record.host, "a");
+    }
+
+    /// Delivers every datagram between two members until none is left
+    /// (timers are not run).
+    fn exchange(a: &mut CellMembership, b: &mut CellMembership) {
+        fn deliver(src: &mut CellMembership, dst: &mut CellMembership) -> bool {
+            let mut out = Vec::new();
+            src.drain(&mut out);
+            let sender = from(&src.own().host);
+            let mut moved = false;
+            for o in out {
+                if let Output::Send { data, .. } = o {
+                    moved = true;
+                    dst.handle_data(&sender, &data).unwrap();
+                }
+            }
+            moved
+        }
+        for _ in 0..20 {
+            let moved = deliver(a, b) | deliver(b, a);
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn the_generation_moves_with_members_and_records_only() {
+        let (mut a, mut b) = (member("a"), member("b"));
+        let start = a.generation();
+        a.join(from("b")).unwrap();
+        exchange(&mut a, &mut b);
+        assert!(a
+            .members()
+            .iter()
+            .any(|(id, info)| id.host == "b" && info.is_some()));
+        let joined = a.generation();
+        assert!(joined > start, "a new member and its record change it");
+
+        a.handle_tick();
+        exchange(&mut a, &mut b);
+        assert_eq!(a.generation(), joined, "nothing new, same generation");
+
+        b.update_info(5, |i| i.load_pct = 70).unwrap();
+        // As when a asks for the record (the answer is direct).
+        b.handle_data(&from("a"), &[KIND_INFO_REQUEST]).unwrap();
+        exchange(&mut a, &mut b);
+        assert!(a
+            .members()
+            .iter()
+            .any(|(_, i)| i.as_ref().is_some_and(|i| i.load_pct == 70)));
+        assert!(a.generation() > joined, "a newer record changes it");
     }
 }

@@ -69,6 +69,22 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 const CELL_FORMING: Duration = Duration::from_secs(120);
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a cell member looks for connections it does not need, how
+/// many links outside its cell it keeps, and how long a new connection
+/// is left alone first.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+const CROSS_CELL_LINKS: usize = 8;
+const PRUNE_SETTLE: Duration = Duration::from_secs(30);
+/// QUIC keep-alive interval and idle timeout of mesh connections.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
+const QUIC_IDLE_TIMEOUT_MS: u32 = 30_000;
+/// Bounds of the wait before the bootstrap peers are dialled again by a
+/// member that has no admitted peer.
+const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_secs(5);
+const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(60);
+/// The cell part of the published view is rebuilt at least this often
+/// (for the RTTs), and otherwise only when the membership changes.
+const CELL_VIEW_REFRESH: Duration = Duration::from_secs(5);
 /// How often the revocation list's file is looked at.
 pub(super) const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
@@ -77,6 +93,9 @@ const MAX_ADDRS_PER_PEER: usize = 16;
 
 /// Prometheus counter of refused peers, by `reason`.
 pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
+/// Prometheus counter of connections closed because the member did not
+/// need them (outside its cell, beyond its links across cells).
+pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
 /// Prometheus counter of membership datagrams dropped, by `reason`.
 pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
 /// Prometheus counters of membership bytes, by `direction`.
@@ -150,7 +169,7 @@ impl Default for MeshConfig {
             listen: Vec::new(),
             advertise: None,
             bootstrap: Vec::new(),
-            admission_timeout: Duration::from_secs(5),
+            admission_timeout: Duration::from_secs(10),
             block_for: Duration::from_secs(60),
             cell: None,
             sink_ingress: None,
@@ -203,6 +222,14 @@ pub struct Mesh {
     /// Modification time of the revocation list last read.
     pub(super) revocations_seen: Option<SystemTime>,
     pub(super) last_revocation_check: Option<Instant>,
+    /// When the bootstrap peers are dialled next while no peer is
+    /// admitted, and the wait after that (doubling up to a limit).
+    next_bootstrap: Instant,
+    bootstrap_backoff: Duration,
+    last_prune: Instant,
+    /// Connected peers that sent or were sent datagrams of this member's
+    /// cell: cell members whether or not the view counts them now.
+    pub(super) cell_peers: std::collections::HashSet<PeerId>,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -230,6 +257,10 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+    // No periodic walks of the whole key space: each one dials peers all
+    // over the fleet. Members look up only their cell's key (find_cell),
+    // and the routing table fills with the peers they are admitted by.
+    kad_config.set_periodic_bootstrap_interval(None);
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     // Members answer DHT queries whether or not they have a confirmed
@@ -277,7 +308,16 @@ impl Mesh {
                 yamux::Config::default,
             )
             .map_err(|e| build(&e))?
-            .with_quic()
+            .with_quic_config(|mut c| {
+                // A cell member holds a connection to most of its cell, so
+                // what an idle connection costs is paid fifty times over:
+                // keep-alives every 10 s instead of 5 (pings and SWIM
+                // datagrams keep most connections busy anyway). A dead
+                // peer is found by SWIM, not by the connection timing out.
+                c.keep_alive_interval = QUIC_KEEP_ALIVE;
+                c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c
+            })
             .with_behaviour(|key| build_behaviour(key).map_err(|e| e.into()))
             .map_err(|e| build(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -289,11 +329,6 @@ impl Mesh {
                     addr: addr.clone(),
                     detail: e.to_string(),
                 })?;
-        }
-        for addr in &config.bootstrap {
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
         }
         let sink_topic = gossipsub::IdentTopic::new(SINK_TOPIC);
         swarm
@@ -328,6 +363,10 @@ impl Mesh {
                 chains: HashMap::new(),
                 revocations_seen: None,
                 last_revocation_check: None,
+                next_bootstrap: Instant::now(),
+                bootstrap_backoff: BOOTSTRAP_RETRY_MIN,
+                last_prune: Instant::now(),
+                cell_peers: Default::default(),
             },
             rx,
             command_tx,
@@ -416,6 +455,8 @@ impl Mesh {
     fn on_tick(&mut self) {
         self.expire_pending();
         let now = Instant::now();
+        self.dial_bootstrap(now);
+        self.prune_connections(now);
         self.reload_revocations(now);
         if self.cell.is_none() && self.config.cell.is_some() {
             self.start_cell();
@@ -432,6 +473,73 @@ impl Mesh {
         self.advertise_sink(now);
         self.sinks.expire(now, SINK_EXPIRY);
         self.publish_view(now);
+    }
+
+    /// Dials the bootstrap peers at start, and again while no peer is
+    /// admitted: a first dial can fail (the peer not up yet, or too busy
+    /// to finish the handshake and admission in time), and a member that
+    /// never retried would stay alone for good. The wait doubles up to
+    /// `BOOTSTRAP_RETRY_MAX`, spread per member so that a fleet started
+    /// together does not retry in step.
+    fn dial_bootstrap(&mut self, now: Instant) {
+        if now < self.next_bootstrap || self.config.bootstrap.is_empty() {
+            return;
+        }
+        if !self.view.borrow().admitted.is_empty() {
+            self.bootstrap_backoff = BOOTSTRAP_RETRY_MIN;
+            self.next_bootstrap = now + BOOTSTRAP_RETRY_MIN;
+            return;
+        }
+        for addr in self.config.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let spread = self
+            .swarm
+            .local_peer_id()
+            .to_bytes()
+            .last()
+            .copied()
+            .unwrap_or(0);
+        let wait = self
+            .bootstrap_backoff
+            .mul_f64(1.0 + f64::from(spread) / 255.0 / 2.0);
+        self.next_bootstrap = now + wait;
+        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_RETRY_MAX);
+    }
+
+    /// Lets go of the connections a cell member does not need (see
+    /// [`AdmissionTable::surplus`]): it keeps its cell, the sinks and a
+    /// few links across cells.
+    fn prune_connections(&mut self, now: Instant) {
+        if now.duration_since(self.last_prune) < PRUNE_INTERVAL {
+            return;
+        }
+        self.last_prune = now;
+        let Some(cell) = self.cell.as_ref() else {
+            return;
+        };
+        let in_view: std::collections::HashSet<&[u8]> = cell.membership.peers().collect();
+        let cell_peers = &self.cell_peers;
+        let needed = |peer: &PeerId, id: &crate::identity::PeerIdentity| {
+            id.role == crate::identity::Role::Sink
+                || cell_peers.contains(peer)
+                || in_view.contains(peer.to_bytes().as_slice())
+        };
+        let surplus = self
+            .table
+            .surplus(now, needed, CROSS_CELL_LINKS, PRUNE_SETTLE);
+        if !surplus.is_empty() {
+            tracing::debug!(
+                peers = surplus.len(),
+                "closing connections outside the cell"
+            );
+            metrics::counter!(PEERS_PRUNED).increment(surplus.len() as u64);
+        }
+        for peer in surplus {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn advertise_sink(&mut self, now: Instant) {
@@ -468,7 +576,16 @@ impl Mesh {
 
     fn publish_view(&mut self, now: Instant) {
         let rtt = |peer: &PeerId, v: &MeshView| v.rtt.get(peer).map(|d| millis(*d));
-        let cell = self.cell.as_ref().map(|c| {
+        // Copying every member record is the costliest part of a tick, so
+        // the cell view is rebuilt only when the membership changed, and
+        // now and then for the RTTs.
+        let stale = self.cell.as_ref().is_some_and(|c| {
+            c.published.is_none_or(|(generation, at)| {
+                generation != c.membership.generation()
+                    || now.duration_since(at) >= CELL_VIEW_REFRESH
+            })
+        });
+        let cell = self.cell.as_ref().filter(|_| stale).map(|c| {
             let v = self.view.borrow();
             let own = c.membership.own();
             let mut members = vec![MemberView {
@@ -535,8 +652,13 @@ impl Mesh {
                 .collect()
         };
         let stats = self.stats.clone();
+        if let Some(c) = self.cell.as_mut().filter(|_| stale) {
+            c.published = Some((c.membership.generation(), now));
+        }
         self.view.send_modify(|v| {
-            v.cell = cell;
+            if cell.is_some() {
+                v.cell = cell;
+            }
             v.sinks = sinks;
             v.stats = stats;
         });
@@ -681,6 +803,7 @@ impl Mesh {
                 ..
             } => {
                 self.table.on_disconnected(&peer_id);
+                self.cell_peers.remove(&peer_id);
                 self.chains.remove(&peer_id);
                 self.identified.remove(&peer_id);
                 if let Some(q) = self.pending.remove(&peer_id) {
@@ -736,6 +859,7 @@ impl Mesh {
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
                 kad::Event::OutboundQueryProgressed {
+                    id,
                     result:
                         kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
                             providers,
@@ -743,7 +867,15 @@ impl Mesh {
                         })),
                     ..
                 },
-            )) => self.on_cell_providers(providers),
+            )) => {
+                // Every member of a cell provides its key, so the first
+                // answer names enough of them; walking on to the closest
+                // peers of the key would dial across the fleet.
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    query.finish();
+                }
+                self.on_cell_providers(providers)
+            }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

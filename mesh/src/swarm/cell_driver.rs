@@ -33,6 +33,10 @@ pub(super) struct Cell {
     pub(super) joined: Instant,
     pub(super) last_lookup: Option<Instant>,
     pub(super) aggregators: Vec<String>,
+    /// The membership generation the aggregators were elected from.
+    pub(super) elected_at: Option<u64>,
+    /// The generation and time of the cell view last published.
+    pub(super) published: Option<(u64, Instant)>,
     /// When the load in the own record last changed.
     pub(super) load_sent: Instant,
 }
@@ -108,6 +112,8 @@ impl Mesh {
                     joined: Instant::now(),
                     last_lookup: None,
                     aggregators: Vec::new(),
+                    elected_at: None,
+                    published: None,
                     load_sent: Instant::now(),
                 });
                 // Peers admitted before the cell started are worth asking.
@@ -280,6 +286,7 @@ impl Mesh {
             return;
         }
         if self.table.admitted(&peer).is_some() {
+            self.cell_peers.insert(peer);
             self.stats.swim_bytes_out += message.data.len() as u64;
             metrics::counter!(SWIM_BYTES, "direction" => "out")
                 .increment(message.data.len() as u64);
@@ -330,6 +337,7 @@ impl Mesh {
             self.drop_swim("other_cell");
             return;
         }
+        self.cell_peers.insert(peer);
         let from = MemberId {
             host: identity.name.clone(),
             peer: peer.to_bytes(),
@@ -343,13 +351,18 @@ impl Mesh {
         self.drain_membership();
     }
 
-    /// Recomputes the cell's aggregators from this member's view and
-    /// takes up or gives up the role accordingly.
+    /// Recomputes the cell's aggregators from this member's view, when
+    /// the view changed, and takes up or gives up the role accordingly.
     pub(super) fn elect(&mut self) {
         let version = self.version();
         let Some(cell) = self.cell.as_mut() else {
             return;
         };
+        let generation = cell.membership.generation();
+        if cell.elected_at == Some(generation) {
+            return;
+        }
+        cell.elected_at = Some(generation);
         let view = cell.membership.election_view();
         let elected = election::elect(&cell.name, &view, &cell.settings.election);
         let me = &cell.membership.own().host;

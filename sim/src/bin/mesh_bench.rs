@@ -25,6 +25,10 @@ struct Args {
     /// Seconds of steady state to measure traffic over.
     #[arg(long, default_value_t = 20)]
     window: u64,
+    /// Seconds to wait after convergence before measuring: the start-up
+    /// storm (handshakes, suspicions, DHT lookups) outlasts convergence.
+    #[arg(long, default_value_t = 60)]
+    settle: u64,
 }
 
 struct Member {
@@ -90,12 +94,13 @@ fn converged(members: &[Member], sizes: &std::collections::BTreeMap<String, usiz
 /// how many know aggregators and a sink, and the smallest view.
 fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> String {
     let (mut whole, mut with_aggs, mut with_sink, mut smallest) = (0, 0, 0, usize::MAX);
-    let (mut dropped, mut fewest_peers, mut refused) = (0, usize::MAX, 0);
+    let (mut dropped, mut fewest_peers, mut refused, mut alone) = (0, usize::MAX, 0, 0);
     for m in members {
         let v = m.view.borrow();
         dropped += v.stats.swim_dropped;
         refused += v.refused;
         fewest_peers = fewest_peers.min(v.admitted.len());
+        alone += usize::from(v.admitted.is_empty());
         let known = v.cell.as_ref().map_or(0, |c| c.members.len());
         whole += usize::from(known == sizes[&m.zone]);
         smallest = smallest.min(known);
@@ -103,7 +108,7 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
         with_sink += usize::from(!v.sinks.is_empty());
     }
     format!(
-        "{whole}/{n} see their whole cell (smallest view {smallest}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers}, membership datagrams dropped {dropped}, peers refused {refused}",
+        "{whole}/{n} see their whole cell (smallest view {smallest}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers} ({alone} with none), membership datagrams dropped {dropped}, peers refused {refused}",
         n = members.len()
     )
 }
@@ -190,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let converge = started.elapsed();
     println!("started all members in {:.1} s; every member knew its cell and its aggregators, and a sink, {:.1} s after the first start ({:.1} s after the last)", all_started.as_secs_f64(), converge.as_secs_f64(), (converge - all_started).as_secs_f64());
 
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let bytes = |ms: &[Member]| -> (u64, u64) {
         ms.iter().fold((0, 0), |(s, g), m| {
             let st = &m.view.borrow().stats;
@@ -201,8 +206,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let (s1, g1) = bytes(&members);
     let per = |a: u64, b: u64| (b - a) as f64 / members.len() as f64 / args.window as f64;
+    let peers = members
+        .iter()
+        .map(|m| m.view.borrow().admitted.len())
+        .sum::<usize>() as f64
+        / members.len() as f64;
     println!(
-        "steady state, received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing)",
+        "steady state ({} s after convergence), received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing); {peers:.1} connected peers per member",
+        args.settle,
         per(s0, s1),
         per(g0, g1)
     );
