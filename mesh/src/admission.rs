@@ -9,13 +9,27 @@ use libp2p::PeerId;
 use crate::enrol::AdmissionError;
 use crate::identity::PeerIdentity;
 
+/// Connections waiting for their enrolment proof at once. Each holds a
+/// connection and its buffers for up to the admission timeout, so a flood
+/// of connections that never prove anything must not grow this without
+/// bound; a real start-up storm stays far below it (a member is connected
+/// to its cell, about 50 peers, and a few more).
+pub const MAX_PENDING_ADMISSIONS: usize = 512;
+
 /// Sans-I/O admission bookkeeping: who is pending, admitted or blocked.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AdmissionTable {
+    max_pending: usize,
     pending: HashMap<PeerId, Instant>,
     /// Admitted peers, with when they were first admitted.
     admitted: HashMap<PeerId, (PeerIdentity, Instant)>,
     blocked: HashMap<PeerId, Instant>,
+}
+
+impl Default for AdmissionTable {
+    fn default() -> Self {
+        Self::new(MAX_PENDING_ADMISSIONS)
+    }
 }
 
 /// What the driver must do with a newly connected peer.
@@ -27,9 +41,22 @@ pub enum OnConnect {
     Known,
     /// New: wait for (or ask for) its chain.
     Pending,
+    /// New, but too many peers are pending already: disconnect (not
+    /// blocked; it may try again).
+    Busy,
 }
 
 impl AdmissionTable {
+    /// A table that holds at most `max_pending` peers awaiting their proof.
+    pub fn new(max_pending: usize) -> Self {
+        Self {
+            max_pending,
+            pending: HashMap::new(),
+            admitted: HashMap::new(),
+            blocked: HashMap::new(),
+        }
+    }
+
     /// A connection to `peer` came up.
     pub fn on_connected(&mut self, peer: PeerId, now: Instant) -> OnConnect {
         self.blocked.retain(|_, until| *until > now);
@@ -38,6 +65,9 @@ impl AdmissionTable {
         }
         if self.admitted.contains_key(&peer) {
             return OnConnect::Known;
+        }
+        if !self.pending.contains_key(&peer) && self.pending.len() >= self.max_pending {
+            return OnConnect::Busy;
         }
         self.pending.entry(peer).or_insert(now);
         OnConnect::Pending
@@ -226,5 +256,23 @@ mod tests {
             "new peers are let go once settled"
         );
         assert!(t.surplus(later, needed, 10, settle).is_empty());
+    }
+
+    #[test]
+    fn pending_peers_are_bounded() {
+        let now = Instant::now();
+        let block = Duration::from_secs(60);
+        let mut t = AdmissionTable::new(2);
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert_eq!(t.on_connected(a, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(b, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(c, now), OnConnect::Busy);
+        assert_eq!(
+            t.on_connected(a, now),
+            OnConnect::Pending,
+            "a second connection of a pending peer is no new entry"
+        );
+        t.on_checked(a, Ok(id("a")), now, block).unwrap();
+        assert_eq!(t.on_connected(c, now), OnConnect::Pending, "room again");
     }
 }

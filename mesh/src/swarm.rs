@@ -786,6 +786,11 @@ impl Mesh {
                 OnConnect::Refuse => {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 }
+                OnConnect::Busy => {
+                    metrics::counter!(PEERS_REFUSED, "reason" => "busy").increment(1);
+                    tracing::debug!(peer = %peer_id, "too many peers awaiting admission");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
                 OnConnect::Known => {}
                 OnConnect::Pending => {
                     if endpoint.is_dialer() {
