@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 mod cell_driver;
+mod connections;
 mod revocations;
 
 use cell_driver::Cell;
@@ -69,19 +70,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 const CELL_FORMING: Duration = Duration::from_secs(120);
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
-/// How often a cell member looks for connections it does not need, how
-/// many links outside its cell it keeps, and how long a new connection
-/// is left alone first.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
-const CROSS_CELL_LINKS: usize = 8;
-const PRUNE_SETTLE: Duration = Duration::from_secs(30);
 /// QUIC keep-alive interval and idle timeout of mesh connections.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 30_000;
-/// Bounds of the wait before the bootstrap peers are dialled again by a
-/// member that has no admitted peer.
-const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_secs(5);
-const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(60);
 /// The cell part of the published view is rebuilt at least this often
 /// (for the RTTs), and otherwise only when the membership changes.
 const CELL_VIEW_REFRESH: Duration = Duration::from_secs(5);
@@ -224,9 +215,9 @@ pub struct Mesh {
     pub(super) last_revocation_check: Option<Instant>,
     /// When the bootstrap peers are dialled next while no peer is
     /// admitted, and the wait after that (doubling up to a limit).
-    next_bootstrap: Instant,
-    bootstrap_backoff: Duration,
-    last_prune: Instant,
+    pub(super) next_bootstrap: Instant,
+    pub(super) bootstrap_backoff: Duration,
+    pub(super) last_prune: Instant,
     /// Connected peers that sent or were sent datagrams of this member's
     /// cell: cell members whether or not the view counts them now.
     pub(super) cell_peers: std::collections::HashSet<PeerId>,
@@ -364,7 +355,7 @@ impl Mesh {
                 revocations_seen: None,
                 last_revocation_check: None,
                 next_bootstrap: Instant::now(),
-                bootstrap_backoff: BOOTSTRAP_RETRY_MIN,
+                bootstrap_backoff: connections::BOOTSTRAP_RETRY_MIN,
                 last_prune: Instant::now(),
                 cell_peers: Default::default(),
             },
@@ -473,73 +464,6 @@ impl Mesh {
         self.advertise_sink(now);
         self.sinks.expire(now, SINK_EXPIRY);
         self.publish_view(now);
-    }
-
-    /// Dials the bootstrap peers at start, and again while no peer is
-    /// admitted: a first dial can fail (the peer not up yet, or too busy
-    /// to finish the handshake and admission in time), and a member that
-    /// never retried would stay alone for good. The wait doubles up to
-    /// `BOOTSTRAP_RETRY_MAX`, spread per member so that a fleet started
-    /// together does not retry in step.
-    fn dial_bootstrap(&mut self, now: Instant) {
-        if now < self.next_bootstrap || self.config.bootstrap.is_empty() {
-            return;
-        }
-        if !self.view.borrow().admitted.is_empty() {
-            self.bootstrap_backoff = BOOTSTRAP_RETRY_MIN;
-            self.next_bootstrap = now + BOOTSTRAP_RETRY_MIN;
-            return;
-        }
-        for addr in self.config.bootstrap.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
-        let spread = self
-            .swarm
-            .local_peer_id()
-            .to_bytes()
-            .last()
-            .copied()
-            .unwrap_or(0);
-        let wait = self
-            .bootstrap_backoff
-            .mul_f64(1.0 + f64::from(spread) / 255.0 / 2.0);
-        self.next_bootstrap = now + wait;
-        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_RETRY_MAX);
-    }
-
-    /// Lets go of the connections a cell member does not need (see
-    /// [`AdmissionTable::surplus`]): it keeps its cell, the sinks and a
-    /// few links across cells.
-    fn prune_connections(&mut self, now: Instant) {
-        if now.duration_since(self.last_prune) < PRUNE_INTERVAL {
-            return;
-        }
-        self.last_prune = now;
-        let Some(cell) = self.cell.as_ref() else {
-            return;
-        };
-        let in_view: std::collections::HashSet<&[u8]> = cell.membership.peers().collect();
-        let cell_peers = &self.cell_peers;
-        let needed = |peer: &PeerId, id: &crate::identity::PeerIdentity| {
-            id.role == crate::identity::Role::Sink
-                || cell_peers.contains(peer)
-                || in_view.contains(peer.to_bytes().as_slice())
-        };
-        let surplus = self
-            .table
-            .surplus(now, needed, CROSS_CELL_LINKS, PRUNE_SETTLE);
-        if !surplus.is_empty() {
-            tracing::debug!(
-                peers = surplus.len(),
-                "closing connections outside the cell"
-            );
-            metrics::counter!(PEERS_PRUNED).increment(surplus.len() as u64);
-        }
-        for peer in surplus {
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
     }
 
     fn advertise_sink(&mut self, now: Instant) {
