@@ -210,14 +210,18 @@ pub fn render_mesh_status(s: &starling_mesh::status::MeshStatus, now_ms: u64) ->
     let c = &s.control;
     let _ = writeln!(
         out,
-        "\npeers   {} admitted, {} refused, {} in the DHT\ncontrol membership {} B in / {} B out ({} dropped), gossip {} B in",
+        "\npeers   {} admitted, {} refused, {} in the DHT\ncontrol membership {} B in / {} B out ({} dropped), gossip {} B in\nhealth  {}",
         s.admitted_peers,
         s.refused_peers,
         s.dht_peers,
         c.swim_bytes_in,
         c.swim_bytes_out,
         c.swim_dropped,
-        c.gossip_bytes_in
+        c.gossip_bytes_in,
+        match c.local_health {
+            0 => "ok".to_owned(),
+            n => format!("busy (score {n} of 8: suspicion timeouts stretched {}x)", 1 + n),
+        }
     );
     out
 }

@@ -6,7 +6,8 @@
 //!   locality cells, aggregator election and a node's choice of aggregator.
 //!   They take views and time as input and return decisions, so tests and
 //!   the simulator drive exactly the code production runs.
-//! * [`membership`]: SWIM membership of a cell with versioned member info.
+//! * [`membership`]: SWIM membership of a cell with versioned member info;
+//!   [`health`] keeps a busy member from declaring others dead.
 //! * [`enrol`], [`swarm`]: the libp2p swarm, its admission gate, and the
 //!   driver that carries membership, election and sink adverts
 //!   ([`adverts`]) over it; [`admission`] is its gate, [`view`] what it
@@ -18,6 +19,7 @@ pub mod attach;
 pub mod cell;
 pub mod election;
 pub mod enrol;
+pub mod health;
 pub mod identity;
 pub mod membership;
 pub mod net;

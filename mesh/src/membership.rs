@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::election;
+use crate::health::LocalHealth;
 
 /// First byte of every membership datagram: what follows.
 const KIND_SWIM: u8 = 0;
@@ -31,6 +32,12 @@ const KIND_INFO: u8 = 2;
 /// the 1,400-byte MTU default does not apply; larger packets let a joining
 /// member learn a big cell from a few Feed replies.
 const MAX_PACKET: usize = 8 * 1024;
+/// Suspicion timeout of a healthy member, in probe periods per decade of
+/// cell size: at 50 members and 1 s probes, 3.4 s. foca's LAN default is
+/// 4 (6.8 s), which with the probe round puts detection near 9 s. Half of
+/// it is safe because a busy member stretches its own timeout (local
+/// health) and five indirect probes carry a lossy link.
+const SUSPICION_PERIODS: f64 = 2.0;
 /// Most info requests sent per tick (bounds the catch-up burst).
 const MAX_INFO_REQUESTS_PER_TICK: usize = 8;
 
@@ -227,6 +234,11 @@ pub struct CellMembership {
     direct: Vec<(MemberId, Bytes)>,
     /// Membership changes and own record updates so far.
     changes: u64,
+    /// foca's configuration as last set, and the suspicion timeout of a
+    /// healthy member, which local health stretches.
+    config: foca::Config,
+    healthy_suspicion: Duration,
+    health: LocalHealth,
 }
 
 fn swim(e: foca::Error) -> MembershipError {
@@ -246,6 +258,10 @@ impl CellMembership {
         info.check()?;
         let size = NonZeroU32::new(expected_size.max(2)).unwrap_or(NonZeroU32::MIN);
         let mut config = foca::Config::new_lan(size);
+        let healthy_suspicion = config
+            .probe_period
+            .mul_f64(f64::from(size.get()).log10().max(1.0) * SUSPICION_PERIODS);
+        config.suspect_to_down_after = healthy_suspicion;
         config.max_packet_size =
             std::num::NonZeroUsize::new(MAX_PACKET).unwrap_or(config.max_packet_size);
         // Piggybacked updates reach every member only with high
@@ -278,7 +294,7 @@ impl CellMembership {
         let book = InfoBook::default();
         let mut foca = Foca::with_custom_broadcast(
             id,
-            config,
+            config.clone(),
             SmallRng::seed_from_u64(seed),
             PostcardCodec,
             book.clone(),
@@ -295,6 +311,9 @@ impl CellMembership {
             book,
             direct: Vec::new(),
             changes: 0,
+            config,
+            healthy_suspicion,
+            health: LocalHealth::default(),
         };
         Ok(me)
     }
@@ -353,11 +372,32 @@ impl CellMembership {
         }
     }
 
-    /// A timer returned earlier fired.
-    pub fn handle_timer(&mut self, timer: Timer<MemberId>) -> Result<(), MembershipError> {
+    /// A timer returned earlier fired, `late` after the delay it asked
+    /// for (the member's local health: a busy member gives the members it
+    /// suspects longer to refute).
+    pub fn handle_timer(
+        &mut self,
+        timer: Timer<MemberId>,
+        late: Duration,
+    ) -> Result<(), MembershipError> {
+        if self.health.observe(late) {
+            self.config.suspect_to_down_after = self.health.scale(self.healthy_suspicion);
+            self.foca.set_config(self.config.clone()).map_err(swim)?;
+        }
         self.foca
             .handle_timer(timer, &mut self.runtime)
             .map_err(swim)
+    }
+
+    /// The local-health score (0: healthy; see [`crate::health`]).
+    pub fn local_health(&self) -> u8 {
+        self.health.score()
+    }
+
+    /// How long a suspected member has to refute before this member
+    /// declares it down, local health included.
+    pub fn suspicion_timeout(&self) -> Duration {
+        self.config.suspect_to_down_after
     }
 
     /// Changes this member's info; `version` must increase (the driver

@@ -84,6 +84,9 @@ const MAX_ADDRS_PER_PEER: usize = 16;
 
 /// Prometheus counter of refused peers, by `reason`.
 pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
+/// Prometheus counter of connections established, by `side` (`dialer`,
+/// `listener`): with the pruned and refused counters it shows churn.
+pub const CONNECTIONS_OPENED: &str = "starling_mesh_connections_opened_total";
 /// Prometheus counter of connections closed because the member did not
 /// need them (outside its cell, beyond its links across cells).
 pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
@@ -91,6 +94,9 @@ pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
 pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
 /// Prometheus counters of membership bytes, by `direction`.
 pub const SWIM_BYTES: &str = "starling_mesh_swim_bytes_total";
+/// Prometheus gauge of the member's local-health score (0 healthy, up to
+/// 8: its timers run late, so it gives suspects longer to refute).
+pub const LOCAL_HEALTH: &str = "starling_mesh_local_health";
 /// Prometheus counter of gossip messages rejected, by `reason`.
 pub const GOSSIP_REJECTED: &str = "starling_mesh_gossip_rejected_total";
 
@@ -663,6 +669,31 @@ impl Mesh {
         }
     }
 
+    /// A connection is up: a new peer starts its admission (the dialer
+    /// presents its chain first), a refused or excess one is dropped.
+    fn on_connected(&mut self, peer: PeerId, dialer: bool) {
+        match self.table.on_connected(peer, Instant::now()) {
+            OnConnect::Refuse => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            OnConnect::Busy => {
+                metrics::counter!(PEERS_REFUSED, "reason" => "busy").increment(1);
+                tracing::debug!(%peer, "too many peers awaiting admission");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            OnConnect::Known => {}
+            OnConnect::Pending => {
+                if dialer {
+                    let chain = self.enrolment.chain_der();
+                    self.swarm
+                        .behaviour_mut()
+                        .enrol
+                        .send_request(&peer, EnrolMessage { chain });
+                }
+            }
+        }
+    }
+
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         self.stats.gossip_bytes_in += message.data.len() as u64;
         // The forwarding peer must be admitted; the author is checked by
@@ -706,26 +737,15 @@ impl Mesh {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
-            } => match self.table.on_connected(peer_id, Instant::now()) {
-                OnConnect::Refuse => {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-                OnConnect::Busy => {
-                    metrics::counter!(PEERS_REFUSED, "reason" => "busy").increment(1);
-                    tracing::debug!(peer = %peer_id, "too many peers awaiting admission");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-                OnConnect::Known => {}
-                OnConnect::Pending => {
-                    if endpoint.is_dialer() {
-                        let chain = self.enrolment.chain_der();
-                        self.swarm
-                            .behaviour_mut()
-                            .enrol
-                            .send_request(&peer_id, EnrolMessage { chain });
-                    }
-                }
-            },
+            } => {
+                let side = if endpoint.is_dialer() {
+                    "dialer"
+                } else {
+                    "listener"
+                };
+                metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
+                self.on_connected(peer_id, endpoint.is_dialer());
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,

@@ -57,6 +57,9 @@ pub struct ControlStats {
     pub swim_bytes_out: u64,
     pub swim_dropped: u64,
     pub gossip_bytes_in: u64,
+    /// Local-health score of the cell membership (0: healthy).
+    #[serde(default)]
+    pub local_health: u8,
 }
 
 /// What a member knows, published after every change.

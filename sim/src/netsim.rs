@@ -35,6 +35,8 @@ struct Scheduled {
     at: Duration,
     seq: u64,
     event: Event,
+    /// How long a busy member held this event back.
+    held: Duration,
 }
 
 impl PartialEq for Scheduled {
@@ -59,6 +61,9 @@ struct SimMember {
     id: MemberId,
     state: CellMembership,
     alive: bool,
+    /// A busy member reads each message this long after it arrives and
+    /// runs its timers a tenth of it late (see [`SimNet::make_busy`]).
+    backlog: Duration,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -140,6 +145,7 @@ impl SimNet {
             id,
             state,
             alive: true,
+            backlog: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -159,7 +165,18 @@ impl SimNet {
             at: self.now + after,
             seq: self.seq,
             event,
+            held: Duration::ZERO,
         }));
+    }
+
+    /// Makes a member busy, as a host whose CPU is saturated: it reads
+    /// each message `backlog` after it arrives (its receive queue is that
+    /// far behind) and runs its timers a tenth of it late, which it can
+    /// notice. Zero makes it healthy again.
+    pub fn make_busy(&mut self, host: &str, backlog: Duration) {
+        if let Some(&i) = self.by_host.get(host) {
+            self.members[i].backlog = backlog;
+        }
     }
 
     fn reachable(&self, a: usize, b: usize) -> bool {
@@ -225,6 +242,26 @@ impl SimNet {
                 break;
             };
             self.now = s.at;
+            let target = match &s.event {
+                Event::Deliver { to, .. } => *to,
+                Event::Tick { member } | Event::Timer { member, .. } => *member,
+            };
+            let backlog = self.members[target].backlog;
+            if s.held.is_zero() && !backlog.is_zero() {
+                let hold = match s.event {
+                    Event::Deliver { .. } => backlog,
+                    _ => backlog / 10,
+                };
+                self.seq += 1;
+                self.queue.push(Reverse(Scheduled {
+                    at: self.now + hold,
+                    seq: self.seq,
+                    held: hold,
+                    event: s.event,
+                }));
+                continue;
+            }
+            let late = s.held;
             match s.event {
                 Event::Deliver { from, to, data } => {
                     if !self.members[to].alive {
@@ -248,7 +285,7 @@ impl SimNet {
                     if !self.members[member].alive {
                         continue;
                     }
-                    let _ = self.members[member].state.handle_timer(timer);
+                    let _ = self.members[member].state.handle_timer(timer, late);
                     self.flush(member);
                 }
             }

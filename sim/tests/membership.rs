@@ -96,6 +96,35 @@ fn a_lossy_network_does_not_kill_live_members() {
 }
 
 #[test]
+fn a_busy_member_does_not_declare_live_members_dead() {
+    // A member whose CPU is saturated reads its messages three seconds
+    // late. Its probes fail and it reads refutations after its suspicions
+    // expire, so without local health it declares live members down for
+    // the whole cell (15 of 29 in this run). Its timers run late too,
+    // which stretches its suspicion timeout. (The others do declare the
+    // busy member itself down: three seconds behind, it cannot answer.)
+    let n = 30;
+    let mut net = cell(n, 5);
+    assert!(run_until(&mut net, Duration::from_secs(60), |net| converged(net, n)).is_some());
+    let busy = host(7);
+    net.make_busy(&busy, Duration::from_secs(3));
+    net.run_for(Duration::from_secs(120));
+    let score = net.member(&busy).expect("busy member").local_health();
+    assert!(score > 0, "late timers did not lower local health");
+    let wrongly: Vec<_> = net.downs.iter().filter(|d| d.member != busy).collect();
+    assert!(
+        wrongly.is_empty(),
+        "live members declared dead: {:?}",
+        &wrongly[..wrongly.len().min(5)]
+    );
+    // Healthy again: the score recovers and the cell is whole.
+    net.make_busy(&busy, Duration::ZERO);
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(net.member(&busy).expect("m").local_health(), 0);
+    assert!(converged(&net, n));
+}
+
+#[test]
 fn member_info_changes_reach_every_member() {
     let n = 50;
     let mut net = cell(n, 4);

@@ -12,7 +12,8 @@ use libp2p::{kad, Multiaddr, PeerId};
 
 use super::{
     CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL,
-    MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES, SWIM_DROPPED,
+    LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES,
+    SWIM_DROPPED,
 };
 use crate::election;
 use crate::identity::{PeerIdentity, Role};
@@ -224,10 +225,21 @@ impl Mesh {
             if entry.key().0 > now {
                 break;
             }
+            let late = now.duration_since(entry.key().0);
             let timer = entry.remove();
-            if let Err(e) = cell.membership.handle_timer(timer) {
+            if let Err(e) = cell.membership.handle_timer(timer, late) {
                 tracing::debug!(error = %e, "membership timer");
             }
+        }
+        let health = cell.membership.local_health();
+        if health != self.stats.local_health {
+            self.stats.local_health = health;
+            metrics::gauge!(LOCAL_HEALTH).set(f64::from(health));
+            tracing::info!(
+                score = health,
+                suspicion_ms = cell.membership.suspicion_timeout().as_millis() as u64,
+                "local health changed (timers running late stretch the suspicion timeout)"
+            );
         }
         self.drain_membership();
     }

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
@@ -29,6 +30,10 @@ struct Args {
     /// storm (handshakes, suspicions, DHT lookups) outlasts convergence.
     #[arg(long, default_value_t = 60)]
     settle: u64,
+    /// Members started per second (0: all at once). A fleet rarely starts
+    /// in one instant, and here all members share two cores.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
 }
 
 struct Member {
@@ -90,6 +95,19 @@ fn converged(members: &[Member], sizes: &std::collections::BTreeMap<String, usiz
     })
 }
 
+/// The mesh counters summed over all members, one `name{labels} value`
+/// per series, for a line of progress: connections opened, refused,
+/// pruned, and membership datagrams dropped show where the work goes.
+fn counters(metrics: &PrometheusHandle) -> String {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("starling_mesh_") && !l.starts_with("starling_mesh_swim_bytes"))
+        .map(|l| l.trim_start_matches("starling_mesh_").replace("_total", ""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One line on how far the members are: how many see their whole cell,
 /// how many know aggregators and a sink, and the smallest view.
 fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> String {
@@ -116,6 +134,7 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let dir = tempfile::tempdir()?;
     let ca = FleetCa::generate("bench", 30)?;
     ca.pem().write(dir.path(), "ca")?;
@@ -139,6 +158,12 @@ async fn main() -> anyhow::Result<()> {
     for (i, (host, enrolment)) in enrolments.into_iter().enumerate() {
         let zone = format!("cell-{}", i % cells);
         *sizes.entry(zone.clone()).or_insert(0) += 1;
+        if args.ramp > 0.0 {
+            tokio::time::sleep_until(
+                (started + Duration::from_secs_f64(i as f64 / args.ramp)).into(),
+            )
+            .await;
+        }
         let bootstrap = seed_addr.clone().into_iter().collect();
         let (mut view, task) = start(
             enrolment,
@@ -176,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 progress(&members, &sizes)
             );
+            eprintln!("          {}", counters(&metrics));
         }
         if Instant::now() > deadline {
             let behind = members
@@ -261,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("counters: {}", counters(&metrics));
     println!(
         "killed aggregator {victim_host}: every member of its cell ({}) noticed in {:.1} s and agreed on a replacement in {:.1} s",
         peers.len(),
