@@ -2,7 +2,8 @@
 //! CA certified the very key its libp2p connection is authenticated with.
 //!
 //! A node's libp2p identity key *is* the private key of its enrolment
-//! certificate (ECDSA P-256), so its PeerId follows from the certified key.
+//! certificate (Ed25519; P-256 for certificates issued before), so its
+//! PeerId follows from the certified key.
 //! After a connection is up, each side presents its certificate chain; the
 //! receiver verifies it against the fleet CA (rustls' webpki verifier) and
 //! checks that the certificate's key yields the PeerId the transport
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use libp2p::identity::{ecdsa, Keypair, PeerId, PublicKey};
+use libp2p::identity::{ecdsa, ed25519, Keypair, PeerId, PublicKey};
 use p256::pkcs8::DecodePrivateKey;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -91,27 +92,52 @@ impl std::fmt::Debug for Enrolment {
     }
 }
 
-/// The libp2p keypair of an enrolment key file (PKCS#8 P-256, as written
-/// by `starlingctl cert issue`).
+/// The libp2p keypair of an enrolment key file (PKCS#8 Ed25519, as
+/// written by `starlingctl cert issue`, or P-256 as it wrote before).
 pub fn keypair_from_key_file(path: &std::path::Path) -> Result<Keypair, IdentityError> {
     let key = PrivateKeyDer::from_pem_file(path).map_err(|e| bad(path, e))?;
     let PrivateKeyDer::Pkcs8(pkcs8) = key else {
         return Err(bad(path, "expected a PKCS#8 private key"));
     };
+    let info = p256::pkcs8::PrivateKeyInfo::try_from(pkcs8.secret_pkcs8_der())
+        .map_err(|e| bad(path, format!("not a PKCS#8 key: {e}")))?;
+    if info.algorithm.oid == ED25519_OID {
+        // The private key is an OCTET STRING holding the 32-byte seed.
+        let mut seed = match info.private_key {
+            [0x04, 32, seed @ ..] if seed.len() == 32 => seed.to_vec(),
+            _ => return Err(bad(path, "malformed Ed25519 private key")),
+        };
+        let secret = ed25519::SecretKey::try_from_bytes(&mut seed).map_err(|e| bad(path, e))?;
+        return Ok(Keypair::from(ed25519::Keypair::from(secret)));
+    }
     let secret = p256::SecretKey::from_pkcs8_der(pkcs8.secret_pkcs8_der())
-        .map_err(|e| bad(path, format!("not a P-256 key: {e}")))?;
+        .map_err(|e| bad(path, format!("neither an Ed25519 nor a P-256 key: {e}")))?;
     let secret = ecdsa::SecretKey::try_from_bytes(secret.to_bytes()).map_err(|e| bad(path, e))?;
     Ok(Keypair::from(ecdsa::Keypair::from(secret)))
 }
+
+/// Object identifier of Ed25519 keys (RFC 8410).
+const ED25519_OID: p256::pkcs8::ObjectIdentifier =
+    p256::pkcs8::ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// The PeerId that the key certified by `cert` has on the mesh.
 pub fn peer_id_of(cert: &CertificateDer<'_>) -> Result<PeerId, AdmissionError> {
     use x509_parser::prelude::*;
     let (_, parsed) = X509Certificate::from_der(cert.as_ref())
         .map_err(|e| AdmissionError::NotStarling(e.to_string()))?;
-    let key = ecdsa::PublicKey::try_decode_der(parsed.public_key().raw)
-        .map_err(|_| AdmissionError::NotStarling("certificate key is not ECDSA P-256".into()))?;
-    Ok(PublicKey::from(key).to_peer_id())
+    let spki = parsed.public_key();
+    let key = if spki.algorithm.algorithm.to_id_string() == ED25519_OID.to_string() {
+        ed25519::PublicKey::try_from_bytes(&spki.subject_public_key.data)
+            .map(PublicKey::from)
+            .map_err(|_| AdmissionError::NotStarling("malformed Ed25519 key".into()))?
+    } else {
+        ecdsa::PublicKey::try_decode_der(spki.raw)
+            .map(PublicKey::from)
+            .map_err(|_| {
+                AdmissionError::NotStarling("certificate key is neither Ed25519 nor P-256".into())
+            })?
+    };
+    Ok(key.to_peer_id())
 }
 
 /// The fleet CA's verifier, checking end-entity certificates against the
@@ -432,5 +458,41 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn ed25519_keys_and_the_p256_keys_issued_before_both_yield_their_peer_id() {
+        let (dir, ca) = fleet();
+        let issued = ca.issue(Role::Node, "new", &[], &[], 30).unwrap();
+        assert!(issued.key_pem.contains("PRIVATE KEY"));
+        let (cert, key) = issued.write(dir.path(), "new").unwrap();
+        let keypair = keypair_from_key_file(&key).unwrap();
+        assert!(
+            keypair.clone().try_into_ed25519().is_ok(),
+            "new keys are Ed25519"
+        );
+        let der = CertificateDer::from_pem_file(&cert).unwrap();
+        assert_eq!(peer_id_of(&der).unwrap(), keypair.public().to_peer_id());
+
+        // A P-256 host key, as `cert issue` wrote before.
+        let legacy = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["old".into()]).unwrap();
+        let cert = params.self_signed(&legacy).unwrap();
+        let key = dir.path().join("old-key.pem");
+        std::fs::write(&key, legacy.serialize_pem()).unwrap();
+        let keypair = keypair_from_key_file(&key).unwrap();
+        assert!(keypair.clone().try_into_ecdsa().is_ok());
+        assert_eq!(
+            peer_id_of(cert.der()).unwrap(),
+            keypair.public().to_peer_id()
+        );
+
+        // Anything else is refused with a reason.
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(keypair_from_key_file(&key).is_err());
     }
 }

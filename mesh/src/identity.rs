@@ -244,7 +244,13 @@ impl FleetCa {
         ];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, days);
-        let key = KeyPair::generate()?;
+        // Host keys are Ed25519: the host key is also the libp2p identity,
+        // and every mesh handshake checks a signature by it (libp2p-tls's
+        // certificate extension). libp2p checks P-256 in the pure-Rust
+        // `p256` crate, 14 % of all CPU in a 200-member start-up storm;
+        // Ed25519 checks cost a fraction of that. Hosts keep keys issued
+        // earlier (P-256) working.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         let issuer = self.params.clone().self_signed(&self.key)?;
         let cert = params.signed_by(&key, &issuer, &self.key)?;
         Ok(PemPair {
