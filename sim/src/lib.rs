@@ -1,12 +1,13 @@
 //! Starling's harness for running the real system on one machine: a fleet
 //! PKI, sink and node processes with their configs, a Kafka-protocol broker
-//! (tansu), a Kafka reader, and a raw data-plane client for adversarial
-//! tests. Tests and benchmarks are built on it; later work grows it into
+//! (tansu), a Kafka reader, a raw data-plane client for adversarial
+//! tests, and network namespaces for real partitions. Tests and benchmarks are built on it; later work grows it into
 //! the many-node simulator.
 
 pub mod broker;
 pub mod client;
 pub mod kafka;
+pub mod netns;
 pub mod netsim;
 pub mod process;
 

@@ -1,0 +1,225 @@
+//! A real partition heals: one cell of real libp2p members spread over two
+//! network namespaces joined by a veth link. Cutting the link splits the
+//! cell in two that each carry on (own views, own aggregators); restoring
+//! it merges them into one cell again with one set of aggregators.
+//! Needs root (network namespaces); skipped otherwise.
+
+use std::time::Duration;
+
+use starling_mesh::election::ElectionParams;
+use starling_mesh::enrol::Enrolment;
+use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_mesh::Multiaddr;
+use starling_sim::netns::{NamespacePair, Side};
+use starling_sim::{is_root, Fleet};
+use tokio::sync::watch;
+
+const PER_SIDE: usize = 5;
+
+struct Member {
+    name: String,
+    side: Side,
+    view: watch::Receiver<MeshView>,
+}
+
+fn enrol(fleet: &Fleet, name: &str) -> Enrolment {
+    let (cert, key) = fleet.issue(Role::Node, name).expect("issue");
+    Enrolment::load(&TlsFiles {
+        ca_cert: fleet.ca_cert(),
+        cert,
+        key,
+    })
+    .expect("enrolment loads")
+}
+
+/// Starts a member whose sockets live in `side`'s namespace.
+fn start(
+    pair: &NamespacePair,
+    side: Side,
+    enrolment: Enrolment,
+    bootstrap: Vec<Multiaddr>,
+    stop: &watch::Receiver<bool>,
+) -> watch::Receiver<MeshView> {
+    let listen = format!("/ip4/{}/udp/0/quic-v1", NamespacePair::addr(side));
+    let config = MeshConfig {
+        listen: vec![listen.parse().expect("multiaddr")],
+        bootstrap,
+        cell: Some(CellSettings {
+            zone: Some("split".into()),
+            expected_size: (2 * PER_SIDE) as u32,
+            eligible: true,
+            capacity: 100,
+            relay: "127.0.0.1:1".into(),
+            election: ElectionParams::default(),
+            agent_version: "test".into(),
+            tags: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let (mesh, view, _commands) = pair
+        .run_in(side, || {
+            // quinn binds its socket and spawns its driver here.
+            let _entered = runtime.enter();
+            Mesh::start(enrolment, config)
+        })
+        .expect("entering the namespace")
+        .expect("mesh starts");
+    tokio::spawn(mesh.run(stop.clone()));
+    view
+}
+
+fn cell_members(v: &MeshView) -> Vec<String> {
+    v.cell
+        .as_ref()
+        .map(|c| c.members.iter().map(|m| m.host.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn aggregators(v: &MeshView) -> Vec<String> {
+    v.cell
+        .as_ref()
+        .map(|c| c.aggregators.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until every member's view satisfies `ok(member, view)`.
+async fn wait_all(
+    members: &[Member],
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&Member, &MeshView) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let behind: Vec<&str> = members
+            .iter()
+            .filter(|m| !ok(m, &m.view.borrow()))
+            .map(|m| m.name.as_str())
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let views: Vec<(String, Vec<String>)> = members
+                .iter()
+                .map(|m| (m.name.clone(), cell_members(&m.view.borrow())))
+                .collect();
+            panic!("timed out waiting for {what}; behind: {behind:?}; views: {views:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let pair = NamespacePair::create("heal").expect("network namespaces");
+    let fleet = Fleet::new().expect("fleet");
+    let (stop_tx, stop) = watch::channel(false);
+
+    let mut members = Vec::new();
+    let mut seed: Option<Multiaddr> = None;
+    for i in 0..2 * PER_SIDE {
+        let side = if i < PER_SIDE { Side::A } else { Side::B };
+        let name = format!("{}{i:02}", if side == Side::A { "a" } else { "b" });
+        let mut view = start(
+            &pair,
+            side,
+            enrol(&fleet, &name),
+            seed.iter().cloned().collect(),
+            &stop,
+        );
+        if seed.is_none() {
+            let v = view
+                .wait_for(|v| !v.listen_addrs.is_empty())
+                .await
+                .expect("listening");
+            seed = Some(v.listen_addrs[0].clone());
+        }
+        members.push(Member { name, side, view });
+    }
+    let everyone: Vec<String> = {
+        let mut n: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let side_of = |side: Side| -> Vec<String> {
+        let mut n: Vec<String> = members
+            .iter()
+            .filter(|m| m.side == side)
+            .map(|m| m.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let (side_a, side_b) = (side_of(Side::A), side_of(Side::B));
+
+    wait_all(
+        &members,
+        "one cell across both namespaces",
+        Duration::from_secs(90),
+        |_, v| cell_members(v) == everyone,
+    )
+    .await;
+    let agreed = aggregators(&members[0].view.borrow());
+    wait_all(
+        &members,
+        "the same aggregators everywhere",
+        Duration::from_secs(30),
+        |_, v| aggregators(v) == agreed,
+    )
+    .await;
+
+    // Cut: each half goes on alone, with aggregators of its own.
+    pair.cut().expect("cutting the link");
+    let cut = std::time::Instant::now();
+    wait_all(
+        &members,
+        "each half sees only itself",
+        Duration::from_secs(60),
+        |m, v| {
+            let own = if m.side == Side::A { &side_a } else { &side_b };
+            cell_members(v) == *own
+        },
+    )
+    .await;
+    eprintln!("partition: halves saw only themselves after {:.1?}", cut.elapsed());
+    wait_all(
+        &members,
+        "each half elects its own aggregators",
+        Duration::from_secs(30),
+        |m, v| {
+            let own = if m.side == Side::A { &side_a } else { &side_b };
+            let aggs = aggregators(v);
+            !aggs.is_empty() && aggs.iter().all(|a| own.contains(a))
+        },
+    )
+    .await;
+
+    // Heal: one cell again, one set of aggregators.
+    pair.restore().expect("restoring the link");
+    let healed = std::time::Instant::now();
+    wait_all(
+        &members,
+        "the cell whole again",
+        Duration::from_secs(90),
+        |_, v| cell_members(v) == everyone,
+    )
+    .await;
+    eprintln!("partition: the cell was whole {:.1?} after the heal", healed.elapsed());
+    let merged = aggregators(&members[0].view.borrow());
+    wait_all(
+        &members,
+        "one set of aggregators again",
+        Duration::from_secs(30),
+        |_, v| aggregators(v) == merged,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
