@@ -380,13 +380,12 @@ impl CellMembership {
         timer: Timer<MemberId>,
         late: Duration,
     ) -> Result<(), MembershipError> {
+        let fired = self.foca.handle_timer(timer, &mut self.runtime);
         if self.health.observe(late) {
             self.config.suspect_to_down_after = self.health.scale(self.healthy_suspicion);
             self.foca.set_config(self.config.clone()).map_err(swim)?;
         }
-        self.foca
-            .handle_timer(timer, &mut self.runtime)
-            .map_err(swim)
+        fired.map_err(swim)
     }
 
     /// The local-health score (0: healthy; see [`crate::health`]).

@@ -188,7 +188,10 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
         },
     )
     .await;
-    eprintln!("partition: halves saw only themselves after {:.1?}", cut.elapsed());
+    eprintln!(
+        "partition: halves saw only themselves after {:.1?}",
+        cut.elapsed()
+    );
     wait_all(
         &members,
         "each half elects its own aggregators",
@@ -211,7 +214,10 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
         |_, v| cell_members(v) == everyone,
     )
     .await;
-    eprintln!("partition: the cell was whole {:.1?} after the heal", healed.elapsed());
+    eprintln!(
+        "partition: the cell was whole {:.1?} after the heal",
+        healed.elapsed()
+    );
     let merged = aggregators(&members[0].view.borrow());
     wait_all(
         &members,

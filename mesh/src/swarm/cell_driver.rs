@@ -233,13 +233,18 @@ impl Mesh {
         }
         let health = cell.membership.local_health();
         if health != self.stats.local_health {
+            let suspicion_ms = cell.membership.suspicion_timeout().as_millis() as u64;
+            if health == 0 || self.stats.local_health == 0 {
+                tracing::info!(
+                    score = health,
+                    suspicion_ms,
+                    "local health changed (timers running late stretch the suspicion timeout)"
+                );
+            } else {
+                tracing::debug!(score = health, suspicion_ms, "local health score");
+            }
             self.stats.local_health = health;
             metrics::gauge!(LOCAL_HEALTH).set(f64::from(health));
-            tracing::info!(
-                score = health,
-                suspicion_ms = cell.membership.suspicion_timeout().as_millis() as u64,
-                "local health changed (timers running late stretch the suspicion timeout)"
-            );
         }
         self.drain_membership();
     }
