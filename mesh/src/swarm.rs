@@ -9,6 +9,12 @@
 //! membership datagrams of a cell (`/starling/swim/1`). A peer that has not
 //! proved its enrolment within the admission timeout is disconnected and
 //! counted; one that failed the check is also blocked for a while.
+//!
+//! The driver's parts: `admit` (enrolment exchange and refusals),
+//! `cell_driver` (membership and election), `connections` (bootstrap
+//! and pruning), `revocations` (the revocation list); this file holds the
+//! swarm, its configuration, the tick, the published view and the event
+//! dispatch.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,16 +28,17 @@ use libp2p::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+mod admit;
 mod cell_driver;
 mod connections;
 mod revocations;
 
 use cell_driver::Cell;
 
-use crate::admission::{AdmissionTable, OnConnect};
+use crate::admission::AdmissionTable;
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
-use crate::enrol::{AdmissionError, Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
+use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
@@ -592,106 +599,6 @@ impl Mesh {
             v.sinks = sinks;
             v.stats = stats;
         });
-    }
-
-    pub(super) fn refuse(&mut self, peer: PeerId, reason: &'static str, detail: &str) {
-        self.chains.remove(&peer);
-        metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
-        self.identified.remove(&peer);
-        for _ in self.pending.remove(&peer).unwrap_or_default() {
-            self.drop_swim("refused");
-        }
-        tracing::warn!(%peer, reason, detail, "peer refused");
-        self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
-        self.swarm.behaviour_mut().kad.remove_peer(&peer);
-        self.publish_dht_size();
-        let _ = self.swarm.disconnect_peer_id(peer);
-        self.view.send_modify(|v| {
-            v.refused += 1;
-            v.admitted.remove(&peer);
-            v.rtt.remove(&peer);
-        });
-    }
-
-    /// Only admitted peers are offered to others through the DHT.
-    fn add_to_dht(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        for addr in addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-        }
-        self.publish_dht_size();
-    }
-
-    fn publish_dht_size(&mut self) {
-        let n = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
-        self.view.send_modify(|v| v.dht_peers = n);
-    }
-
-    fn expire_pending(&mut self) {
-        let now = Instant::now();
-        for peer in self.table.expired(now, self.config.admission_timeout) {
-            self.refuse(peer, "timeout", "no enrolment proof in time");
-        }
-    }
-
-    fn check(&mut self, peer: PeerId, chain: &[Vec<u8>]) {
-        let result = self.enrolment.admit(&peer, chain, SystemTime::now());
-        match self
-            .table
-            .on_checked(peer, result, Instant::now(), self.config.block_for)
-        {
-            Ok(id) => {
-                tracing::info!(%peer, identity = %id, "peer admitted");
-                self.chains.insert(peer, chain.to_vec());
-                if let Some(addrs) = self.identified.remove(&peer) {
-                    self.add_to_dht(peer, addrs);
-                }
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .remove_blacklisted_peer(&peer);
-                self.view.send_modify(|v| {
-                    v.admitted.insert(peer, id.clone());
-                });
-                self.flush_pending(peer);
-                let lonely = self.cell.as_ref().is_some_and(|c| c.membership.is_lonely());
-                if lonely {
-                    self.announce_to(peer, &id);
-                }
-            }
-            Err(e @ AdmissionError::Revoked) => self.refuse(peer, "revoked", &e.to_string()),
-            Err(e) => self.refuse(peer, "enrolment", &e.to_string()),
-        }
-    }
-
-    /// A connection is up: a new peer starts its admission (the dialer
-    /// presents its chain first), a refused or excess one is dropped.
-    fn on_connected(&mut self, peer: PeerId, dialer: bool) {
-        match self.table.on_connected(peer, Instant::now()) {
-            OnConnect::Refuse => {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
-            OnConnect::Busy => {
-                metrics::counter!(PEERS_REFUSED, "reason" => "busy").increment(1);
-                tracing::debug!(%peer, "too many peers awaiting admission");
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
-            OnConnect::Known => {}
-            OnConnect::Pending => {
-                if dialer {
-                    let chain = self.enrolment.chain_der();
-                    self.swarm
-                        .behaviour_mut()
-                        .enrol
-                        .send_request(&peer, EnrolMessage { chain });
-                }
-            }
-        }
     }
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
