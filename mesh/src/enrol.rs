@@ -142,7 +142,7 @@ pub fn peer_id_of(cert: &CertificateDer<'_>) -> Result<PeerId, AdmissionError> {
 
 /// The fleet CA's verifier, checking end-entity certificates against the
 /// revocation lists given (none: no revocation check).
-fn build_verifier(
+pub(crate) fn build_client_verifier(
     roots: &Arc<RootCertStore>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
@@ -157,6 +157,58 @@ fn build_verifier(
         .build()
 }
 
+/// A revocation list that passed [`check_revocation_list`].
+pub(crate) struct CheckedRevocations {
+    /// What the list says.
+    pub list: Revocations,
+    /// A verifier of the fleet CA that applies it.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// Its summary, for logs and callers.
+    pub applied: RevocationsApplied,
+}
+
+/// Checks a revocation list (DER CRL) before it is put in force: newer
+/// than list number `current`, and signed by the fleet CA. The signature
+/// is proven by checking this host's own `chain` with the list: webpki
+/// verifies a list's signature before it looks a serial up, so only
+/// "revoked" or "fine" mean the list is genuine.
+pub(crate) fn check_revocation_list(
+    roots: &Arc<RootCertStore>,
+    chain: &[CertificateDer<'static>],
+    crl_der: &[u8],
+    current: u64,
+) -> Result<CheckedRevocations, RevocationError> {
+    let list = Revocations::from_der(crl_der).map_err(RevocationError::Malformed)?;
+    let number = list.number;
+    if number <= current {
+        return Err(RevocationError::Stale {
+            offered: number,
+            current,
+        });
+    }
+    let crl = CertificateRevocationListDer::from(crl_der.to_vec());
+    let verifier = build_client_verifier(roots, vec![crl])
+        .map_err(|e| RevocationError::Malformed(e.to_string()))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| RevocationError::Malformed("this host has no certificate".into()))?;
+    let self_revoked = match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Ok(_) => false,
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => true,
+        Err(e) => return Err(RevocationError::NotFromFleetCa(e.to_string())),
+    };
+    let applied = RevocationsApplied {
+        number,
+        revoked: list.serials.len(),
+        self_revoked,
+    };
+    Ok(CheckedRevocations {
+        list,
+        verifier,
+        applied,
+    })
+}
+
 impl Enrolment {
     /// Loads this host's credentials and checks that they belong together.
     pub fn load(files: &TlsFiles) -> Result<Self, IdentityError> {
@@ -167,7 +219,7 @@ impl Enrolment {
             roots.add(ca.map_err(|e| bad(&files.ca_cert, e))?)?;
         }
         let roots = Arc::new(roots);
-        let verifier = build_verifier(&roots, Vec::new())
+        let verifier = build_client_verifier(&roots, Vec::new())
             .map_err(|e| IdentityError::Verifier(e.to_string()))?;
         let chain = CertificateDer::pem_file_iter(&files.cert)
             .map_err(|e| bad(&files.cert, e))?
@@ -217,40 +269,16 @@ impl Enrolment {
     }
 
     /// Puts a revocation list (DER CRL) in force for every later check,
-    /// if the fleet CA signed it and it is newer than the one in force.
-    /// The signature is proven by checking this host's own chain with the
-    /// list: webpki verifies a list's signature before it looks a serial
-    /// up, so only "revoked" or "fine" mean the list is genuine.
+    /// if the fleet CA signed it and it is newer than the one in force
+    /// (see [`check_revocation_list`]).
     pub fn set_revocations(
         &mut self,
         crl_der: &[u8],
     ) -> Result<RevocationsApplied, RevocationError> {
-        let list = Revocations::from_der(crl_der).map_err(RevocationError::Malformed)?;
-        let number = list.number;
-        if number <= self.revocations {
-            return Err(RevocationError::Stale {
-                offered: number,
-                current: self.revocations,
-            });
-        }
-        let revoked = list.serials.len();
-        let crl = CertificateRevocationListDer::from(crl_der.to_vec());
-        let verifier = build_verifier(&self.roots, vec![crl])
-            .map_err(|e| RevocationError::Malformed(e.to_string()))?;
-        let now = UnixTime::now();
-        let self_revoked = match verifier.verify_client_cert(&self.chain[0], &self.chain[1..], now)
-        {
-            Ok(_) => false,
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => true,
-            Err(e) => return Err(RevocationError::NotFromFleetCa(e.to_string())),
-        };
-        self.verifier = verifier;
-        self.revocations = number;
-        Ok(RevocationsApplied {
-            number,
-            revoked,
-            self_revoked,
-        })
+        let checked = check_revocation_list(&self.roots, &self.chain, crl_der, self.revocations)?;
+        self.verifier = checked.verifier;
+        self.revocations = checked.applied.number;
+        Ok(checked.applied)
     }
 
     /// Checks a chain presented by `remote`: issued by the fleet CA, valid

@@ -13,14 +13,11 @@ use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::crypto::ring as ring_provider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -421,10 +418,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-struct Loaded {
-    roots: RootCertStore,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// A daemon's TLS credentials, read from [`TlsFiles`].
+pub(crate) struct Loaded {
+    pub roots: RootCertStore,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
@@ -447,7 +445,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError
     Ok(certs)
 }
 
-fn load(files: &TlsFiles) -> Result<Loaded, IdentityError> {
+pub(crate) fn load(files: &TlsFiles) -> Result<Loaded, IdentityError> {
     for p in [&files.ca_cert, &files.cert, &files.key] {
         if !p.exists() {
             return Err(IdentityError::Io {
@@ -469,39 +467,6 @@ fn load(files: &TlsFiles) -> Result<Loaded, IdentityError> {
         detail: e.to_string(),
     })?;
     Ok(Loaded { roots, chain, key })
-}
-
-/// QUIC server configuration that admits only peers holding a certificate
-/// from the fleet CA.
-pub fn quic_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, IdentityError> {
-    let l = load(files)?;
-    let provider = Arc::new(ring_provider::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(l.roots), provider.clone())
-        .build()
-        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(l.chain, l.key)?;
-    tls.alpn_protocols = vec![DATA_PLANE_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
-}
-
-/// QUIC client configuration that presents this host's certificate and
-/// trusts only servers certified by the fleet CA.
-pub fn quic_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, IdentityError> {
-    let l = load(files)?;
-    let provider = Arc::new(ring_provider::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(l.roots)
-        .with_client_auth_cert(l.chain, l.key)?;
-    tls.alpn_protocols = vec![DATA_PLANE_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| IdentityError::Verifier(e.to_string()))?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 /// Reads the Starling identity (`starling://role/name`) from a certificate

@@ -25,6 +25,7 @@ pub mod membership;
 pub mod net;
 pub mod status;
 pub mod swarm;
+pub mod trust;
 pub mod view;
 
 /// Multiaddresses, as the daemons' configurations spell peers.

@@ -83,8 +83,6 @@ const QUIC_IDLE_TIMEOUT_MS: u32 = 30_000;
 /// The cell part of the published view is rebuilt at least this often
 /// (for the RTTs), and otherwise only when the membership changes.
 const CELL_VIEW_REFRESH: Duration = Duration::from_secs(5);
-/// How often the revocation list's file is looked at.
-pub(super) const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 /// Most listen addresses kept per peer (identify input is untrusted).
 const MAX_ADDRS_PER_PEER: usize = 16;
@@ -223,8 +221,8 @@ pub struct Mesh {
     started: Instant,
     /// Chains of admitted peers, checked again when revocations change.
     pub(super) chains: HashMap<PeerId, Vec<Vec<u8>>>,
-    /// Modification time of the revocation list last read.
-    pub(super) revocations_seen: Option<SystemTime>,
+    /// The revocation list's file, re-read when it changes.
+    pub(super) revocation_file: Option<crate::trust::RevocationFile>,
     pub(super) last_revocation_check: Option<Instant>,
     /// When the bootstrap peers are dialled next while no peer is
     /// admitted, and the wait after that (doubling up to a limit).
@@ -346,6 +344,10 @@ impl Mesh {
             ..Default::default()
         });
         let (command_tx, commands) = mpsc::channel(64);
+        let revocation_file = config
+            .revocations
+            .clone()
+            .map(crate::trust::RevocationFile::new);
         Ok((
             Self {
                 swarm,
@@ -365,7 +367,7 @@ impl Mesh {
                 stats: ControlStats::default(),
                 started: Instant::now(),
                 chains: HashMap::new(),
-                revocations_seen: None,
+                revocation_file,
                 last_revocation_check: None,
                 next_bootstrap: Instant::now(),
                 bootstrap_backoff: connections::BOOTSTRAP_RETRY_MIN,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use starling_mesh::identity::{identity_of, quic_client_config, Role};
+use starling_mesh::identity::{identity_of, Role};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_node::config::NodeConfig;
 use starling_node::metrics_names as m;
 use starling_node::spool::Spool;
@@ -50,7 +51,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let host_id = config.resolve_host_id()?;
     check_certificate_names(&config, &host_id)?;
-    let client = quic_client_config(&config.tls.files()).context("loading TLS credentials")?;
+    let trust = DataPlaneTrust::load(&config.tls.files(), Some(config.tls.revocation_list()))
+        .context("loading TLS credentials")?;
 
     if !config.metrics.listen.is_empty() {
         let addr: std::net::SocketAddr = config
@@ -120,10 +122,11 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         None
     };
 
-    let mut mesh_tasks = Vec::new();
+    // Tasks that end by themselves once shutdown turns true.
+    let mut background = vec![tokio::spawn(trust.clone().watch(shutdown_rx.clone()))];
     let targets = if config.mesh.enabled {
-        let parts = starling_node::mesh::start(&config, shutdown_rx.clone())?;
-        mesh_tasks = parts.tasks;
+        let parts = starling_node::mesh::start(&config, &trust, shutdown_rx.clone())?;
+        background.extend(parts.tasks);
         parts.targets
     } else {
         Targets::Static(config.uplink.sinks.clone())
@@ -132,7 +135,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         host_id: host_id.clone(),
         config: config.uplink.clone(),
         spool: spool.clone(),
-        client,
+        trust,
     };
     let mut uplink_task = tokio::spawn(uplink.run(targets, spooled_rx, shutdown_rx.clone()));
 
@@ -169,7 +172,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if !uplink_task.is_finished() {
         let _ = tokio::time::timeout(grace, uplink_task).await;
     }
-    for t in mesh_tasks {
+    for t in background {
         let _ = tokio::time::timeout(grace, t).await;
     }
     let st = spool.stats();

@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{quic_client_config, quic_server_config};
 use starling_mesh::net::{ip_of, primary_ip};
 use starling_mesh::status::{MeshStatus, UplinkStatus, STATUS_FILE};
 use starling_mesh::swarm::{CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_mesh::Multiaddr;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -33,8 +33,13 @@ pub struct MeshParts {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Joins the mesh as configured. Must run inside the runtime.
-pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<MeshParts> {
+/// Joins the mesh as configured; the relay checks peers with `trust`.
+/// Must run inside the runtime.
+pub fn start(
+    config: &NodeConfig,
+    trust: &DataPlaneTrust,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<MeshParts> {
     let section = &config.mesh;
     let files = config.tls.files();
     let enrolment = Enrolment::load(&files).context("loading the enrolment credentials")?;
@@ -56,12 +61,12 @@ pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Re
     let mut relay_parts = None;
     let mut relay_address = String::new();
     if section.aggregator {
-        let mut server = quic_server_config(&files).context("loading TLS credentials")?;
+        let mut server = trust.server_config().context("loading TLS credentials")?;
         server.transport_config(Arc::new(relay::transport()));
         let listen: SocketAddr = section.relay_listen.parse().context("mesh.relay_listen")?;
         let mut endpoint = quinn::Endpoint::server(server, listen)
             .with_context(|| format!("relay listening on {listen} (mesh.relay_listen)"))?;
-        endpoint.set_default_client_config(quic_client_config(&files)?);
+        endpoint.set_default_client_config(trust.client_config()?);
         let bound = endpoint.local_addr()?;
         relay_address = if !section.relay_advertise.is_empty() {
             section.relay_advertise.clone()
@@ -74,7 +79,12 @@ pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Re
         } else {
             bound.to_string()
         };
-        let relay = Relay::new(section.capacity as usize, serving_rx, link_rx);
+        let relay = Relay::new(
+            section.capacity as usize,
+            serving_rx,
+            link_rx,
+            trust.clone(),
+        );
         relay_parts = Some((relay, endpoint));
     }
 
@@ -113,6 +123,7 @@ pub fn start(config: &NodeConfig, shutdown: watch::Receiver<bool>) -> anyhow::Re
         }));
         tasks.push(tokio::spawn(relay::sink_link(
             endpoint,
+            trust.clone(),
             view.clone(),
             link_tx,
             shutdown.clone(),

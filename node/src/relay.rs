@@ -23,6 +23,7 @@ use prost::Message;
 use starling_mesh::attach::{Attachment, Candidate};
 use starling_mesh::identity::{peer_identity, PeerIdentity, Role};
 use starling_mesh::swarm::MeshView;
+use starling_mesh::trust::DataPlaneTrust;
 use starling_proto::batch::decode_ack;
 use starling_proto::limits::{MAX_ACK_BYTES, MAX_BATCH_BYTES};
 use starling_proto::v1::{batch_ack::Status, Batch, BatchAck};
@@ -43,6 +44,8 @@ pub struct Relay {
     serving: watch::Receiver<bool>,
     /// The connection to the chosen sink, when there is one.
     sink: watch::Receiver<Option<quinn::Connection>>,
+    /// Closes a node's connection when its certificate is revoked.
+    trust: DataPlaneTrust,
 }
 
 /// QUIC transport settings of the relay's listener: keep-alives and idle
@@ -59,17 +62,20 @@ pub fn transport() -> quinn::TransportConfig {
 }
 
 impl Relay {
-    /// A relay serving up to `capacity` nodes while `serving` is true.
+    /// A relay serving up to `capacity` nodes while `serving` is true,
+    /// dropping nodes that `trust`'s revocation list names.
     pub fn new(
         capacity: usize,
         serving: watch::Receiver<bool>,
         sink: watch::Receiver<Option<quinn::Connection>>,
+        trust: DataPlaneTrust,
     ) -> Arc<Self> {
         Arc::new(Self {
             capacity,
             connections: AtomicUsize::new(0),
             serving,
             sink,
+            trust,
         })
     }
 
@@ -141,6 +147,7 @@ impl Relay {
                 return;
             }
         };
+        self.trust.spawn_guard(&conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(m::RELAY_NODES).increment(1.0);
         tracing::debug!(%remote, identity = %peer, "node attached");
@@ -250,9 +257,10 @@ async fn forward(sink: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<Batch
 
 /// Keeps a connection to the best sink the mesh knows while this node is
 /// aggregator, choosing by RTT and advertised load and failing over when
-/// a sink goes away.
+/// a sink goes away or its certificate is revoked.
 pub async fn sink_link(
     endpoint: quinn::Endpoint,
+    trust: DataPlaneTrust,
     mut view: watch::Receiver<MeshView>,
     link: watch::Sender<Option<quinn::Connection>>,
     mut shutdown: watch::Receiver<bool>,
@@ -277,6 +285,7 @@ pub async fn sink_link(
         };
         match connect_sink(&endpoint, &ingress, &name).await {
             Ok(conn) => {
+                trust.spawn_guard(&conn);
                 attachment.on_success(&name);
                 tracing::info!(sink = %name, %ingress, "relay connected to sink");
                 link.send_replace(Some(conn.clone()));

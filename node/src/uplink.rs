@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_mesh::identity::{peer_identity, Role};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_proto::batch::{decode_ack, EventListBuilder};
 use starling_proto::limits::MAX_ACK_BYTES;
 use starling_proto::v1::batch_ack::Status;
@@ -48,7 +49,8 @@ pub struct Uplink {
     pub host_id: String,
     pub config: UplinkSection,
     pub spool: Arc<Spool>,
-    pub client: quinn::ClientConfig,
+    /// The fleet CA and revocation list the uplink checks servers with.
+    pub trust: DataPlaneTrust,
 }
 
 /// Where the uplink sends: a sink, or the aggregator of the node's cell.
@@ -152,7 +154,7 @@ impl Uplink {
             Ok(e) => e,
             Err(_) => quinn::Endpoint::client("0.0.0.0:0".parse()?)?,
         };
-        let mut client = self.client.clone();
+        let mut client = self.trust.client_config()?;
         client.transport_config(Arc::new(transport()));
         endpoint.set_default_client_config(client);
 
@@ -168,6 +170,7 @@ impl Uplink {
             };
             match connect(&endpoint, &target).await {
                 Ok(conn) => {
+                    self.trust.spawn_guard(&conn);
                     backoff = Duration::from_millis(200);
                     warned_since = None;
                     tracing::info!(to = %target.server_name, address = %target.address, role = %target.role, "uplink connected");

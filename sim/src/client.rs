@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use starling_mesh::identity::{quic_client_config, TlsFiles, DATA_PLANE_ALPN};
+use starling_mesh::identity::{TlsFiles, DATA_PLANE_ALPN};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_proto::batch::decode_ack;
 use starling_proto::v1::BatchAck;
 
@@ -47,7 +48,9 @@ impl RawClient {
         creds: Credentials,
     ) -> anyhow::Result<Self> {
         let config = match creds {
-            Credentials::Certificate(files) => quic_client_config(&files)?,
+            Credentials::Certificate(files) => {
+                DataPlaneTrust::load(&files, None)?.client_config()?
+            }
             Credentials::None { ca_cert } => anonymous_config(&ca_cert)?,
         };
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

@@ -76,6 +76,17 @@ impl Fleet {
         )?;
         Ok(pair.write(&self.dir.path().join("pki"), name)?)
     }
+
+    /// Revokes the certificate issued to `name`, writing the fleet's list
+    /// where hosts read it by default (`crl.pem` beside the CA).
+    pub fn revoke(&self, name: &str) -> anyhow::Result<()> {
+        use rustls_pki_types::pem::PemObject;
+        let pki = self.dir.path().join("pki");
+        let cert = rustls_pki_types::CertificateDer::from_pem_file(pki.join(format!("{name}.pem")))
+            .with_context(|| format!("reading the certificate of {name}"))?;
+        self.ca.revoke(&pki.join("crl.pem"), &[cert], 7)?;
+        Ok(())
+    }
 }
 
 /// A child process that is killed when dropped.

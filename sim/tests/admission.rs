@@ -105,6 +105,53 @@ async fn sink_admits_only_enrolled_nodes() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_cuts_off_a_node_when_its_certificate_is_revoked() -> anyhow::Result<()> {
+    let fleet = Fleet::new()?;
+    let sink = SinkProcess::start(&fleet, "sink-1", None)?;
+    let addr = sink.address();
+    let web01 = files(&fleet, fleet.issue(Role::Node, "web-01")?);
+    let web02 = files(&fleet, fleet.issue(Role::Node, "web-02")?);
+    let connect =
+        |creds: TlsFiles| RawClient::connect(&addr, "sink-1", Credentials::Certificate(creds));
+
+    let revoked = connect(web01.clone()).await?;
+    let ack = revoked.send(&batch("web-01", 1, 1..=3)).await?;
+    assert_eq!(ack.status(), Status::Persisted);
+
+    fleet.revoke("web-01")?;
+    // The sink re-reads the list within seconds and closes the connection.
+    let reason = tokio::time::timeout(Duration::from_secs(15), revoked.conn.closed())
+        .await
+        .map_err(|_| anyhow::anyhow!("the revoked node's connection stayed open"))?;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == starling_mesh::trust::REVOKED_CLOSE_CODE.into()),
+        "closed for another reason: {reason}"
+    );
+    let again = async { connect(web01).await?.probe().await }.await;
+    assert!(again.is_err(), "a revoked node was served again");
+
+    let other = connect(web02).await?;
+    let ack = other.send(&batch("web-02", 1, 1..=1)).await?;
+    assert_eq!(
+        ack.status(),
+        Status::Persisted,
+        "an unrevoked node is served"
+    );
+    other.close().await;
+    assert_eq!(
+        sink.metric("starling_data_plane_revoked_closed_total"),
+        Some(1.0)
+    );
+    assert!(
+        sink.metric("starling_data_plane_revoked_refused_total{side=\"server\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    Ok(())
+}
+
 fn exec_event(host: &str, seq: u64) -> Event {
     Event {
         header: Some(EventHeader {

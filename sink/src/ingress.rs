@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use prost::Message;
 use starling_mesh::identity::{peer_identity, PeerIdentity, Role};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_proto::batch::decode_batch;
 use starling_proto::limits::MAX_BATCH_BYTES;
 use starling_proto::v1::{batch_ack::Status, Batch, BatchAck};
@@ -26,6 +27,8 @@ pub struct Ingress {
     max_connections: usize,
     connections: AtomicUsize,
     streams: AtomicUsize,
+    /// Closes a node's connection when its certificate is revoked.
+    trust: DataPlaneTrust,
 }
 
 /// QUIC transport settings of the sink.
@@ -41,13 +44,15 @@ pub fn transport(max_streams_per_connection: u32) -> quinn::TransportConfig {
 }
 
 impl Ingress {
-    /// An ingress persisting to `backend`.
-    pub fn new(backend: Arc<Backend>, max_connections: usize) -> Arc<Self> {
+    /// An ingress persisting to `backend`, dropping nodes that `trust`'s
+    /// revocation list names.
+    pub fn new(backend: Arc<Backend>, max_connections: usize, trust: DataPlaneTrust) -> Arc<Self> {
         Arc::new(Self {
             backend,
             max_connections,
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            trust,
         })
     }
 
@@ -115,6 +120,7 @@ impl Ingress {
                 return;
             }
         };
+        self.trust.spawn_guard(&conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
         tracing::info!(%remote, identity = %peer, "node connected");

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::quic_server_config;
 use starling_mesh::net::primary_ip;
 use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_mesh::Multiaddr;
 use starling_sink::backend::Backend;
 use starling_sink::config::SinkConfig;
@@ -50,7 +50,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: SinkConfig) -> anyhow::Result<()> {
-    let mut server = quic_server_config(&config.tls.files()).context("loading TLS credentials")?;
+    let trust = DataPlaneTrust::load(&config.tls.files(), Some(config.tls.revocation_list()))
+        .context("loading TLS credentials")?;
+    let mut server = trust.server_config().context("loading TLS credentials")?;
     server.transport_config(Arc::new(transport(
         config.limits.max_streams_per_connection,
     )));
@@ -86,7 +88,8 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
     tracing::info!(%listen, backend = backend.describe(), "sink ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ingress = Ingress::new(backend.clone(), config.limits.max_connections);
+    let trust_task = tokio::spawn(trust.clone().watch(shutdown_rx.clone()));
+    let ingress = Ingress::new(backend.clone(), config.limits.max_connections, trust);
     let mesh_task = if config.mesh.enabled {
         Some(start_mesh(
             &config,
@@ -113,6 +116,7 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
     if let Some(t) = mesh_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
+    let _ = trust_task.await;
     backend.flush(Duration::from_secs(10));
     endpoint.wait_idle().await;
     tracing::info!("stopped");

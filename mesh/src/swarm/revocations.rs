@@ -6,16 +6,14 @@ use std::time::{Instant, SystemTime};
 
 use libp2p::PeerId;
 
-use super::{Mesh, REVOCATION_CHECK};
+use super::Mesh;
 use crate::enrol::{AdmissionError, RevocationError};
+use crate::trust::REVOCATION_CHECK;
 
 impl Mesh {
     /// Re-reads the revocation list when its file changed; a newer list
     /// is put in force and every admitted peer is checked against it.
     pub(super) fn reload_revocations(&mut self, now: Instant) {
-        let Some(path) = self.config.revocations.clone() else {
-            return;
-        };
         if self
             .last_revocation_check
             .is_some_and(|t| now.duration_since(t) < REVOCATION_CHECK)
@@ -23,30 +21,15 @@ impl Mesh {
             return;
         }
         self.last_revocation_check = Some(now);
-        let modified = match std::fs::metadata(&path).and_then(|m| m.modified()) {
-            Ok(m) => m,
-            // No list yet: nothing is revoked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the revocation list");
-                return;
-            }
-        };
-        if self.revocations_seen == Some(modified) {
+        let Some(file) = self.revocation_file.as_mut() else {
             return;
-        }
-        self.revocations_seen = Some(modified);
-        let der = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| {
-                use rustls_pki_types::pem::PemObject;
-                rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem)
-                    .map_err(|e| e.to_string())
-            });
-        let der = match der {
-            Ok(d) => d,
+        };
+        let der = match file.read_if_changed() {
+            Ok(Some(der)) => der,
+            // Unchanged, or no list yet: nothing is revoked.
+            Ok(None) => return,
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "revocation list unreadable; the one in force stays");
+                tracing::error!(path = %file.path().display(), error = %e, "revocation list unreadable; the one in force stays");
                 return;
             }
         };
@@ -69,7 +52,7 @@ impl Mesh {
                 tracing::debug!(error = %e, "revocation list not newer")
             }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "revocation list refused; the one in force stays")
+                tracing::error!(path = %file.path().display(), error = %e, "revocation list refused; the one in force stays")
             }
         }
     }

@@ -19,20 +19,25 @@ impl Fleet {
         Self { dir, ca }
     }
 
-    /// Issues a certificate for `name` in `role` and loads it.
-    pub fn enrol(&self, role: Role, name: &str) -> Enrolment {
+    /// Issues a certificate for `name` in `role`; returns its files.
+    pub fn files(&self, role: Role, name: &str) -> TlsFiles {
         let (cert, key) = self
             .ca
             .issue(role, name, &[], &[], 30)
             .expect("issue")
             .write(self.dir.path(), name)
             .expect("write");
-        Enrolment::load(&TlsFiles {
+        TlsFiles {
             ca_cert: self.dir.path().join("ca.pem"),
             cert,
             key,
-        })
-        .expect("enrolment loads")
+        }
+    }
+
+    /// Issues a certificate for `name` in `role` and loads it.
+    #[allow(dead_code)]
+    pub fn enrol(&self, role: Role, name: &str) -> Enrolment {
+        Enrolment::load(&self.files(role, name)).expect("enrolment loads")
     }
 
     /// Where the fleet's revocation list is written.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use starling_mesh::identity::{quic_client_config, quic_server_config, Role, TlsFiles};
+use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::trust::DataPlaneTrust;
 use starling_node::relay::{self, Relay};
 use starling_node::uplink;
 use starling_proto::batch::EventListBuilder;
@@ -78,10 +79,11 @@ impl RelayThread {
                 rt.block_on(async move {
                     // As the node sets it up (node/src/mesh.rs): one
                     // endpoint accepts nodes and dials the sink.
-                    let mut server = quic_server_config(&files)?;
+                    let trust = DataPlaneTrust::load(&files, None)?;
+                    let mut server = trust.server_config()?;
                     server.transport_config(Arc::new(relay::transport()));
                     let mut endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
-                    endpoint.set_default_client_config(quic_client_config(&files)?);
+                    endpoint.set_default_client_config(trust.client_config()?);
                     let link = endpoint
                         .connect(sink, SINK_NAME)?
                         .await
@@ -91,7 +93,7 @@ impl RelayThread {
                     let schedstat = Path::new("/proc").join(me).join("schedstat");
                     let (_serving_tx, serving) = watch::channel(true);
                     let (_link_tx, link) = watch::channel(Some(link));
-                    let relay = Relay::new(capacity, serving, link);
+                    let relay = Relay::new(capacity, serving, link, trust);
                     let _ = ready_tx.send((endpoint.local_addr()?, schedstat));
                     relay.serve(endpoint, stop_rx).await;
                     anyhow::Ok(())
@@ -230,11 +232,12 @@ async fn attach_nodes(
     for i in 0..n {
         let name = format!("{prefix}-{i:05}");
         let (cert, key) = fleet.issue(Role::Node, &name)?;
-        let mut config = quic_client_config(&TlsFiles {
+        let files = TlsFiles {
             ca_cert: fleet.ca_cert(),
             cert,
             key,
-        })?;
+        };
+        let mut config = DataPlaneTrust::load(&files, None)?.client_config()?;
         config.transport_config(Arc::new(uplink::transport()));
         connecting.push((name, endpoint.connect_with(config, relay, RELAY_NAME)?));
     }
@@ -265,8 +268,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // The sink, on this (multi-threaded) runtime, with its default limits.
     let store = LocalStore::open(&fleet.path().join("sink-store"), STORE_EVENTS)?;
-    let sink = Ingress::new(Arc::new(Backend::Local(store)), 10_000);
-    let mut server = quic_server_config(&files(Role::Sink, SINK_NAME)?)?;
+    let sink_trust = DataPlaneTrust::load(&files(Role::Sink, SINK_NAME)?, None)?;
+    let mut server = sink_trust.server_config()?;
+    let sink = Ingress::new(Arc::new(Backend::Local(store)), 10_000, sink_trust);
     server.transport_config(Arc::new(ingress::transport(64)));
     let sink_endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
     let sink_addr = sink_endpoint.local_addr()?;
