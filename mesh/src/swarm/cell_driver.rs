@@ -12,7 +12,7 @@ use libp2p::{kad, Multiaddr, PeerId};
 
 use super::{
     CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL,
-    LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES,
+    DIALS, LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES,
     SWIM_DROPPED,
 };
 use crate::election;
@@ -133,6 +133,7 @@ impl Mesh {
     /// them. Any provider missing from the view gets an announce
     /// ([`Mesh::on_cell_providers`]).
     pub(super) fn find_cell(&mut self) {
+        let spread = self.spread();
         let Some(cell) = self.cell.as_mut() else {
             return;
         };
@@ -149,7 +150,7 @@ impl Mesh {
         let every = if now.duration_since(cell.joined) < CELL_FORMING {
             CELL_FORMING_LOOKUP
         } else {
-            CELL_LOOKUP_INTERVAL
+            CELL_LOOKUP_INTERVAL.mul_f64(1.0 + spread)
         };
         let due = lonely
             || cell
@@ -166,9 +167,13 @@ impl Mesh {
 
     /// Providers of the cell key found in the DHT: announce to each one
     /// this member does not count as a member (see [`Mesh::find_cell`]).
-    pub(super) fn on_cell_providers(&mut self, providers: impl IntoIterator<Item = PeerId>) {
+    /// Returns whether there was any.
+    pub(super) fn on_cell_providers(
+        &mut self,
+        providers: impl IntoIterator<Item = PeerId>,
+    ) -> bool {
         let Some(cell) = self.cell.as_ref() else {
-            return;
+            return false;
         };
         let local = *self.swarm.local_peer_id();
         let missing: Vec<PeerId> = providers
@@ -179,9 +184,20 @@ impl Mesh {
             role: Role::Node,
             name: String::new(),
         };
+        let news = !missing.is_empty();
         for peer in missing {
             self.announce_to(peer, &unnamed);
         }
+        news
+    }
+
+    /// Whether this member sees at least three quarters of the cell size
+    /// it was configured to expect (so it is not in a small fragment).
+    pub(super) fn cell_mostly_known(&self) -> bool {
+        self.cell.as_ref().is_some_and(|c| {
+            let known = c.membership.peers().count() + 1;
+            known * 4 >= c.settings.expected_size as usize * 3
+        })
     }
 
     pub(super) fn announce_to_admitted(&mut self) {
@@ -327,8 +343,9 @@ impl Mesh {
                 .extend_addresses_through_behaviour()
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "cannot dial member");
+            match self.swarm.dial(opts) {
+                Ok(()) => metrics::counter!(DIALS, "cause" => "member").increment(1),
+                Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
             }
         }
     }

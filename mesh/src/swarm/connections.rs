@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::{Mesh, PEERS_PRUNED};
+use super::{Mesh, DIALS, PEERS_PRUNED};
 use crate::identity::{PeerIdentity, Role};
 
 /// Bounds of the wait before the bootstrap peers are dialled again by a
 /// member that has no admitted peer.
 pub(super) const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_secs(5);
-const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(60);
+const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often a cell member looks for connections it does not need, how
 /// many links outside its cell it keeps, and how long a new connection
 /// is left alone first.
@@ -37,22 +37,28 @@ impl Mesh {
             return;
         }
         for addr in self.config.bootstrap.clone() {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            match self.swarm.dial(addr.clone()) {
+                Ok(()) => metrics::counter!(DIALS, "cause" => "bootstrap").increment(1),
+                Err(e) => tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer"),
             }
         }
-        let spread = self
+        let wait = self.bootstrap_backoff.mul_f64(1.0 + self.spread());
+        self.next_bootstrap = now + wait;
+        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_RETRY_MAX);
+    }
+
+    /// A fraction in [0, 0.5] fixed per member (from its PeerId), to
+    /// stretch its periodic waits so that a fleet started together does
+    /// not act in step.
+    pub(super) fn spread(&self) -> f64 {
+        let byte = self
             .swarm
             .local_peer_id()
             .to_bytes()
             .last()
             .copied()
             .unwrap_or(0);
-        let wait = self
-            .bootstrap_backoff
-            .mul_f64(1.0 + f64::from(spread) / 255.0 / 2.0);
-        self.next_bootstrap = now + wait;
-        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_RETRY_MAX);
+        f64::from(byte) / 255.0 / 2.0
     }
 
     /// Lets go of the connections a cell member does not need (see

@@ -34,6 +34,10 @@ struct Args {
     /// in one instant, and here all members share two cores.
     #[arg(long, default_value_t = 0.0)]
     ramp: f64,
+    /// The first SEEDS members are every later member's bootstrap peers,
+    /// as a fleet's configuration lists a few seed hosts.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
 }
 
 struct Member {
@@ -153,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut members: Vec<Member> = Vec::new();
-    let mut seed_addr = None;
+    let mut seed_addrs: Vec<starling_mesh::Multiaddr> = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
     for (i, (host, enrolment)) in enrolments.into_iter().enumerate() {
         let zone = format!("cell-{}", i % cells);
@@ -164,15 +168,14 @@ async fn main() -> anyhow::Result<()> {
             )
             .await;
         }
-        let bootstrap = seed_addr.clone().into_iter().collect();
         let (mut view, task) = start(
             enrolment,
-            bootstrap,
+            seed_addrs.clone(),
             Some((&zone, args.cell_size as u32)),
             &stop,
         )?;
-        if seed_addr.is_none() {
-            seed_addr = Some(
+        if i < args.seeds.max(1) {
+            seed_addrs.push(
                 view.wait_for(|v| !v.listen_addrs.is_empty())
                     .await?
                     .listen_addrs[0]
@@ -187,8 +190,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
-    let (_sink_view, _sink_task) =
-        start(sink, seed_addr.clone().into_iter().collect(), None, &stop)?;
+    let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop)?;
     let all_started = started.elapsed();
 
     let deadline = Instant::now() + Duration::from_secs(300);
