@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
@@ -97,6 +98,8 @@ pub struct DataPlaneTrust {
 
 struct Inner {
     roots: Arc<rustls::RootCertStore>,
+    /// The provider's signature algorithms (handshake signatures).
+    algorithms: WebPkiSupportedAlgorithms,
     root_subjects: Vec<DistinguishedName>,
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
@@ -146,6 +149,7 @@ impl DataPlaneTrust {
         let trust = Self {
             inner: Arc::new(Inner {
                 root_subjects: roots.subjects(),
+                algorithms: provider().signature_verification_algorithms,
                 roots,
                 chain: loaded.chain,
                 key: loaded.key,
@@ -318,7 +322,23 @@ impl DataPlaneTrust {
     }
 }
 
+/// Counts a handshake refused because the peer's certificate is revoked
+/// (`side`: the end that refused) and passes the result on.
+fn count_revoked<T>(verified: Result<T, TlsError>, side: &'static str) -> Result<T, TlsError> {
+    if matches!(
+        verified,
+        Err(TlsError::InvalidCertificate(
+            rustls::CertificateError::Revoked
+        ))
+    ) {
+        metrics::counter!(REVOKED_REFUSED, "side" => side).increment(1);
+    }
+    verified
+}
+
 /// Checks clients with the verifier in force at the time of the handshake.
+/// Handshake signatures do not depend on the list: they are checked with
+/// the crypto provider's algorithms directly.
 struct FollowingClientVerifier(DataPlaneTrust);
 
 impl fmt::Debug for FollowingClientVerifier {
@@ -338,20 +358,13 @@ impl ClientCertVerifier for FollowingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        let verified = self
-            .0
-            .in_force()
-            .client
-            .verify_client_cert(end_entity, intermediates, now);
-        if matches!(
-            verified,
-            Err(TlsError::InvalidCertificate(
-                rustls::CertificateError::Revoked
-            ))
-        ) {
-            metrics::counter!(REVOKED_REFUSED, "side" => "server").increment(1);
-        }
-        verified
+        let in_force = self.0.in_force();
+        count_revoked(
+            in_force
+                .client
+                .verify_client_cert(end_entity, intermediates, now),
+            "server",
+        )
     }
 
     fn verify_tls12_signature(
@@ -360,10 +373,7 @@ impl ClientCertVerifier for FollowingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0
-            .in_force()
-            .client
-            .verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.0.inner.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -372,18 +382,16 @@ impl ClientCertVerifier for FollowingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0
-            .in_force()
-            .client
-            .verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.0.inner.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.in_force().client.supported_verify_schemes()
+        self.0.inner.algorithms.supported_schemes()
     }
 }
 
-/// Checks servers with the verifier in force at the time of the handshake.
+/// Checks servers with the verifier in force at the time of the handshake
+/// (signatures as [`FollowingClientVerifier`]).
 struct FollowingServerVerifier(DataPlaneTrust);
 
 impl fmt::Debug for FollowingServerVerifier {
@@ -401,22 +409,17 @@ impl ServerCertVerifier for FollowingServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let verified = self.0.in_force().server.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
-        if matches!(
-            verified,
-            Err(TlsError::InvalidCertificate(
-                rustls::CertificateError::Revoked
-            ))
-        ) {
-            metrics::counter!(REVOKED_REFUSED, "side" => "client").increment(1);
-        }
-        verified
+        let in_force = self.0.in_force();
+        count_revoked(
+            in_force.server.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            "client",
+        )
     }
 
     fn verify_tls12_signature(
@@ -425,10 +428,7 @@ impl ServerCertVerifier for FollowingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0
-            .in_force()
-            .server
-            .verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.0.inner.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -437,13 +437,10 @@ impl ServerCertVerifier for FollowingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0
-            .in_force()
-            .server
-            .verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.0.inner.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.in_force().server.supported_verify_schemes()
+        self.0.inner.algorithms.supported_schemes()
     }
 }
