@@ -435,6 +435,19 @@ impl CellMembership {
             });
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            // Lifeguard's probe half of local health: a busy member probes
+            // less often and waits longer for the direct ack before it
+            // asks others to probe. Every failed probe costs five
+            // indirect probes and their acks, so a saturated member that
+            // kept probing at full rate made more of the load that
+            // starved it (a 200-member in-process start spun at two full
+            // cores for minutes).
+            let after = match timer {
+                Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
+                    self.health.scale(after)
+                }
+                _ => after,
+            };
             out.push(Output::Timer { after, timer });
         }
         while let Some(n) = self.runtime.to_notify() {
@@ -669,5 +682,76 @@ mod tests {
             .iter()
             .any(|(_, i)| i.as_ref().is_some_and(|i| i.load_pct == 70)));
         assert!(a.generation() > joined, "a newer record changes it");
+    }
+
+    /// a's next probe timers after draining its output (datagrams to b
+    /// are delivered): the probe, and the wait for its direct ack with
+    /// the timer that ends it.
+    type ProbeTimers = (Duration, Duration, Timer<MemberId>, Timer<MemberId>);
+    fn probe_timers(a: &mut CellMembership, b: &mut CellMembership) -> ProbeTimers {
+        let (mut probe, mut ack_wait) = (None, None);
+        let mut out = Vec::new();
+        a.drain(&mut out);
+        for o in out {
+            match o {
+                Output::Send { data, .. } => b.handle_data(&from("a"), &data).unwrap(),
+                Output::Timer { after, timer } => match timer {
+                    Timer::ProbeRandomMember(_) => probe = Some((after, timer)),
+                    Timer::SendIndirectProbe { .. } => ack_wait = Some((after, timer)),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        let (probe_after, probe) = probe.expect("a probe scheduled");
+        let (wait, ack_timer) = ack_wait.expect("an ack wait scheduled");
+        (probe_after, wait, probe, ack_timer)
+    }
+
+    #[test]
+    fn a_busy_member_probes_less_often_and_waits_longer_for_acks() {
+        let (mut a, mut b) = (member("a"), member("b"));
+        let (period, rtt) = (a.config.probe_period, a.config.probe_rtt);
+        a.join(from("b")).unwrap();
+        // Until a is in: its first probe timer comes with the join.
+        let mut probe = None;
+        for _ in 0..20 {
+            let mut out = Vec::new();
+            a.drain(&mut out);
+            for o in out {
+                match o {
+                    Output::Send { data, .. } => b.handle_data(&from("a"), &data).unwrap(),
+                    Output::Timer {
+                        timer: timer @ Timer::ProbeRandomMember(_),
+                        ..
+                    } => probe = Some(timer),
+                    _ => {}
+                }
+            }
+            let mut out = Vec::new();
+            b.drain(&mut out);
+            for o in out {
+                if let Output::Send { data, .. } = o {
+                    a.handle_data(&from("b"), &data).unwrap();
+                }
+            }
+        }
+        let mut timer = probe.expect("a probes once it has joined");
+        // Punctual: the configured probe period and ack wait.
+        a.handle_timer(timer, Duration::ZERO).unwrap();
+        let (after, wait, next, ack_timer) = probe_timers(&mut a, &mut b);
+        assert_eq!((after, wait), (period, rtt));
+        a.handle_timer(ack_timer, Duration::ZERO).unwrap();
+        timer = next;
+        // Each late probe raises the score by one and stretches both.
+        for score in 1..=3u32 {
+            a.handle_timer(timer, Duration::from_secs(1)).unwrap();
+            assert_eq!(u32::from(a.local_health()), score);
+            let (after, wait, next, ack_timer) = probe_timers(&mut a, &mut b);
+            assert_eq!(after, period * (1 + score));
+            assert_eq!(wait, rtt * (1 + score));
+            a.handle_timer(ack_timer, Duration::ZERO).unwrap();
+            timer = next;
+        }
     }
 }

@@ -31,9 +31,11 @@ use tokio::sync::{mpsc, watch};
 mod admit;
 mod cell_driver;
 mod connections;
+mod dial_cause;
 mod revocations;
 
 use cell_driver::Cell;
+use dial_cause::DialCause;
 
 use crate::admission::AdmissionTable;
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
@@ -73,10 +75,10 @@ const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// For this long after joining, a member looks its cell up in the DHT
 /// every `CELL_FORMING_LOOKUP`; afterwards every `CELL_LOOKUP_INTERVAL`
-/// (spread per member). A lonely member looks every membership tick.
-/// Each lookup dials the peers closest to the cell key, which pruning
-/// has closed since the last one: at 200 members a lookup a minute kept
-/// about 130 connections a second opening and closing.
+/// (spread per member); a member that sees less than three quarters of
+/// the cell size it expects keeps the forming rate. A lonely member
+/// looks every membership tick. Each lookup dials the peers closest to
+/// the cell key, which pruning has closed since the last one.
 const CELL_FORMING: Duration = Duration::from_secs(120);
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(300);
@@ -95,13 +97,22 @@ pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
 /// Prometheus counter of connections established, by `side` (`dialer`,
 /// `listener`): with the pruned and refused counters it shows churn.
 pub const CONNECTIONS_OPENED: &str = "starling_mesh_connections_opened_total";
-/// Prometheus counter of dials the member started itself, by `cause`
-/// (`bootstrap`, or `member` to reach a cell member); dialer-side
-/// connections beyond these are Kademlia's.
+/// Prometheus counter of dials, by `cause`: the member's own (`bootstrap`,
+/// or `member` to reach a cell member) and those its behaviours ask for
+/// (`kad` for DHT queries, `swim` for a datagram to an unconnected peer,
+/// `gossip`).
 pub const DIALS: &str = "starling_mesh_dials_total";
 /// Prometheus counter of connections closed because the member did not
 /// need them (outside its cell, beyond its links across cells).
 pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
+/// Prometheus counter of admitted peers left out of the DHT routing
+/// table because their bucket was full.
+pub const DHT_FULL: &str = "starling_mesh_dht_bucket_full_total";
+/// Prometheus counters of finished Kademlia queries and of the requests
+/// they sent, by `kind` (`bootstrap`, `provide`, `providers`, ...): the
+/// DHT's share of a member's dials and handshakes.
+pub const KAD_QUERIES: &str = "starling_mesh_kad_queries_total";
+pub const KAD_REQUESTS: &str = "starling_mesh_kad_requests_total";
 /// Prometheus counter of membership datagrams dropped, by `reason`.
 pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
 /// Prometheus counters of membership bytes, by `direction`.
@@ -131,11 +142,11 @@ pub struct SwimMessage {
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
     enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
-    swim: request_response::cbor::Behaviour<SwimMessage, ()>,
+    swim: DialCause<request_response::cbor::Behaviour<SwimMessage, ()>>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    gossipsub: gossipsub::Behaviour,
+    kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
+    gossipsub: DialCause<gossipsub::Behaviour>,
 }
 
 /// Errors while building or starting the swarm.
@@ -239,6 +250,11 @@ pub struct Mesh {
     /// Connected peers that sent or were sent datagrams of this member's
     /// cell: cell members whether or not the view counts them now.
     pub(super) cell_peers: std::collections::HashSet<PeerId>,
+    /// Cell-key providers missing from the view, dialled so that they get
+    /// an announce once admitted (an announce must name its addressee,
+    /// and only admission tells the name). Bounded by
+    /// `MAX_PENDING_PEERS`.
+    pub(super) announce_on_admit: std::collections::HashSet<PeerId>,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -288,11 +304,11 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     )?;
     Ok(MeshBehaviour {
         enrol,
-        swim,
+        swim: DialCause::new(swim, "swim"),
         identify,
         ping,
-        kad,
-        gossipsub,
+        kad: DialCause::new(kad, "kad"),
+        gossipsub: DialCause::new(gossipsub, "gossip"),
     })
 }
 
@@ -380,6 +396,7 @@ impl Mesh {
                 bootstrap_backoff: connections::BOOTSTRAP_RETRY_MIN,
                 last_prune: Instant::now(),
                 cell_peers: Default::default(),
+                announce_on_admit: Default::default(),
             },
             rx,
             command_tx,
@@ -669,6 +686,7 @@ impl Mesh {
             } => {
                 self.table.on_disconnected(&peer_id);
                 self.cell_peers.remove(&peer_id);
+                self.announce_on_admit.remove(&peer_id);
                 self.chains.remove(&peer_id);
                 self.identified.remove(&peer_id);
                 if let Some(q) = self.pending.remove(&peer_id) {
@@ -685,6 +703,7 @@ impl Mesh {
                 peer_id: Some(peer),
                 ..
             } if !self.swarm.is_connected(&peer) => {
+                self.announce_on_admit.remove(&peer);
                 if let Some(q) = self.pending.remove(&peer) {
                     for _ in q {
                         self.drop_swim("unreachable");
@@ -746,6 +765,47 @@ impl Mesh {
                         query.finish();
                     }
                 }
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: kad::QueryResult::Bootstrap(_),
+                    step,
+                    ..
+                },
+            )) if !step.last => {
+                // libp2p starts a bootstrap by itself whenever the routing
+                // table is small. Its first step, the lookup of the
+                // member's own key, makes the member known to its DHT
+                // neighbours; the bucket refreshes that follow look up a
+                // random key in every bucket, dialling peers all over the
+                // fleet that pruning closes again. The DHT only serves
+                // cell rendezvous here, so the refreshes are cut short:
+                // at 200 in-process members they were most of the dials
+                // of the start-up storm and kept it going for minutes.
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    query.finish();
+                }
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    result,
+                    stats,
+                    step,
+                    ..
+                },
+            )) if step.last => {
+                let kind = match result {
+                    kad::QueryResult::Bootstrap(_) => "bootstrap",
+                    kad::QueryResult::GetClosestPeers(_) => "closest",
+                    kad::QueryResult::GetProviders(_) => "providers",
+                    kad::QueryResult::StartProviding(_) => "provide",
+                    kad::QueryResult::RepublishProvider(_) => "republish",
+                    _ => "other",
+                };
+                metrics::counter!(KAD_QUERIES, "kind" => kind).increment(1);
+                metrics::counter!(KAD_REQUESTS, "kind" => kind)
+                    .increment(u64::from(stats.num_requests()));
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

@@ -5,9 +5,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{kad, Multiaddr, PeerId};
 
-use super::{EnrolMessage, Mesh, PEERS_REFUSED};
+use super::{EnrolMessage, Mesh, DHT_FULL, PEERS_REFUSED};
 use crate::admission::OnConnect;
 use crate::enrol::AdmissionError;
 
@@ -20,7 +20,6 @@ impl Mesh {
             self.drop_swim("refused");
         }
         tracing::warn!(%peer, reason, detail, "peer refused");
-        self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
         self.publish_dht_size();
         let _ = self.swarm.disconnect_peer_id(peer);
@@ -31,10 +30,24 @@ impl Mesh {
         });
     }
 
-    /// Only admitted peers are offered to others through the DHT.
+    /// Only admitted peers are offered to others through the DHT, and
+    /// only while their bucket has room (or already holds them). Into a
+    /// full bucket Kademlia would insert the peer as pending and dial the
+    /// bucket's oldest entry to see whether it is alive; pruning has
+    /// closed most entries' connections, so an admission could dial
+    /// someone, whose admission could dial someone else.
     pub(super) fn add_to_dht(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let full = kad.kbucket(peer).is_some_and(|bucket| {
+            bucket.num_entries() >= kad::K_VALUE.get()
+                && !bucket.iter().any(|e| *e.node.key.preimage() == peer)
+        });
+        if full {
+            metrics::counter!(DHT_FULL).increment(1);
+            return;
+        }
         for addr in addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            kad.add_address(&peer, addr);
         }
         self.publish_dht_size();
     }
@@ -69,16 +82,12 @@ impl Mesh {
                 if let Some(addrs) = self.identified.remove(&peer) {
                     self.add_to_dht(peer, addrs);
                 }
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .remove_blacklisted_peer(&peer);
                 self.view.send_modify(|v| {
                     v.admitted.insert(peer, id.clone());
                 });
                 self.flush_pending(peer);
                 let lonely = self.cell.as_ref().is_some_and(|c| c.membership.is_lonely());
-                if lonely {
+                if self.announce_on_admit.remove(&peer) || lonely {
                     self.announce_to(peer, &id);
                 }
             }

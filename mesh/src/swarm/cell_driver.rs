@@ -127,13 +127,15 @@ impl Mesh {
     /// Looks for the rest of the cell. A lonely member asks every admitted
     /// node and the DHT's providers of its cell key to let it in, and makes
     /// itself findable there in turn. A member with company still looks
-    /// the providers up now and then (often while the cell forms, rarely
-    /// after): members that joined through different peers at the same
-    /// moment can form separate fragments, and SWIM alone never merges
-    /// them. Any provider missing from the view gets an announce
+    /// the providers up now and then (often while the cell forms or while
+    /// it sees less than three quarters of the cell size it expects,
+    /// rarely after): members that joined through different peers at the
+    /// same moment can form separate fragments, and SWIM alone never
+    /// merges them. Any provider missing from the view gets an announce
     /// ([`Mesh::on_cell_providers`]).
     pub(super) fn find_cell(&mut self) {
         let spread = self.spread();
+        let short = !self.cell_mostly_known();
         let Some(cell) = self.cell.as_mut() else {
             return;
         };
@@ -147,7 +149,7 @@ impl Mesh {
         }
         let lonely = cell.membership.is_lonely();
         let now = Instant::now();
-        let every = if now.duration_since(cell.joined) < CELL_FORMING {
+        let every = if short || now.duration_since(cell.joined) < CELL_FORMING {
             CELL_FORMING_LOOKUP
         } else {
             CELL_LOOKUP_INTERVAL.mul_f64(1.0 + spread)
@@ -167,7 +169,10 @@ impl Mesh {
 
     /// Providers of the cell key found in the DHT: announce to each one
     /// this member does not count as a member (see [`Mesh::find_cell`]).
-    /// Returns whether there was any.
+    /// foca takes an announce only when it names its addressee, so an
+    /// admitted provider gets one now, under its enrolled name, and any
+    /// other is dialled and gets one at admission. Returns whether there
+    /// was any.
     pub(super) fn on_cell_providers(
         &mut self,
         providers: impl IntoIterator<Item = PeerId>,
@@ -180,13 +185,15 @@ impl Mesh {
             .into_iter()
             .filter(|p| *p != local && !cell.membership.has_peer(&p.to_bytes()))
             .collect();
-        let unnamed = PeerIdentity {
-            role: Role::Node,
-            name: String::new(),
-        };
         let news = !missing.is_empty();
         for peer in missing {
-            self.announce_to(peer, &unnamed);
+            if let Some(identity) = self.table.admitted(&peer).cloned() {
+                self.announce_to(peer, &identity);
+            } else if self.announce_on_admit.len() < MAX_PENDING_PEERS
+                && self.announce_on_admit.insert(peer)
+            {
+                self.dial_member(peer, None);
+            }
         }
         news
     }
@@ -337,16 +344,23 @@ impl Mesh {
         }
         let queue = self.pending.entry(peer).or_default();
         queue.push(message);
-        if !self.swarm.is_connected(&peer) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addr.into_iter().collect())
-                .extend_addresses_through_behaviour()
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            match self.swarm.dial(opts) {
-                Ok(()) => metrics::counter!(DIALS, "cause" => "member").increment(1),
-                Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
-            }
+        self.dial_member(peer, addr);
+    }
+
+    /// Dials a cell member (or a peer that may be one) unless connected
+    /// or dialling already; `addr` adds to what the DHT knows of it.
+    pub(super) fn dial_member(&mut self, peer: PeerId, addr: Option<Multiaddr>) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addr.into_iter().collect())
+            .extend_addresses_through_behaviour()
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => metrics::counter!(DIALS, "cause" => "member").increment(1),
+            Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
         }
     }
 

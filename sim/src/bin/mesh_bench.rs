@@ -78,8 +78,15 @@ fn start(
         sink_ingress: cell.is_none().then(|| "127.0.0.1:7400".to_owned()),
         ..Default::default()
     };
+    let span = tracing::info_span!("member", host = %enrolment.identity().name);
     let (mesh, view, _commands) = Mesh::start(enrolment, config)?;
-    Ok((view, tokio::spawn(mesh.run(stop.clone()))))
+    Ok((
+        view,
+        tokio::spawn(tracing::Instrument::instrument(
+            mesh.run(stop.clone()),
+            span,
+        )),
+    ))
 }
 
 /// Whether every member of each zone sees its whole zone and the same
@@ -138,6 +145,15 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Members' logs, each line under its member's span; off unless
+    // RUST_LOG asks (e.g. RUST_LOG=starling_mesh=info).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let dir = tempfile::tempdir()?;
     let ca = FleetCa::generate("bench", 30)?;
@@ -206,17 +222,33 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("          {}", counters(&metrics));
         }
         if Instant::now() > deadline {
-            let behind = members
+            let behind: Vec<String> = members
                 .iter()
-                .filter(|m| {
-                    m.view
-                        .borrow()
-                        .cell
-                        .as_ref()
-                        .is_none_or(|c| c.members.len() != sizes[&m.zone])
+                .filter_map(|m| {
+                    let v = m.view.borrow();
+                    let seen = v.cell.as_ref().map_or(0, |c| c.members.len());
+                    (seen != sizes[&m.zone]).then(|| {
+                        format!(
+                            "{} ({}: sees {seen}, {} admitted peers, {} in its DHT table, {} sinks)",
+                            m.host,
+                            m.zone,
+                            v.admitted.len(),
+                            v.dht_peers,
+                            v.sinks.len()
+                        )
+                    })
                 })
-                .count();
-            anyhow::bail!("no convergence within 300 s ({behind} members with partial views)");
+                .collect();
+            let shown = behind
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            anyhow::bail!(
+                "no convergence within 300 s ({} members with partial views: {shown})",
+                behind.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
