@@ -12,9 +12,10 @@
 //!
 //! The driver's parts: `admit` (enrolment exchange and refusals),
 //! `cell_driver` (membership and election), `connections` (bootstrap
-//! and pruning), `revocations` (the revocation list); this file holds the
-//! swarm, its configuration, the tick, the published view and the event
-//! dispatch.
+//! and pruning), `dht` (the routing table and Kademlia's queries),
+//! `dial_cause` (dials counted by who asked), `revocations` (the
+//! revocation list); this file holds the swarm, its configuration, the
+//! tick, the published view and the event dispatch.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 mod admit;
 mod cell_driver;
 mod connections;
+mod dht;
 mod dial_cause;
 mod revocations;
 
@@ -741,72 +743,7 @@ impl Mesh {
                 let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                 self.on_swim(peer, request);
             }
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
-                kad::Event::OutboundQueryProgressed {
-                    id,
-                    result:
-                        kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                            providers,
-                            ..
-                        })),
-                    ..
-                },
-            )) => {
-                // Every member of a cell provides its key, so one answer
-                // usually names enough of them, and walking on to the
-                // closest peers of the key dials across the fleet. A
-                // member of a small fragment walks on until an answer
-                // names someone it has not seen: the first answers may
-                // name only its own fragment, which left two members
-                // alone together for minutes at 200 members.
-                let news = self.on_cell_providers(providers);
-                if news || self.cell_mostly_known() {
-                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        query.finish();
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
-                kad::Event::OutboundQueryProgressed {
-                    id,
-                    result: kad::QueryResult::Bootstrap(_),
-                    step,
-                    ..
-                },
-            )) if !step.last => {
-                // libp2p starts a bootstrap by itself whenever the routing
-                // table is small. Its first step, the lookup of the
-                // member's own key, makes the member known to its DHT
-                // neighbours; the bucket refreshes that follow look up a
-                // random key in every bucket, dialling peers all over the
-                // fleet that pruning closes again. The DHT only serves
-                // cell rendezvous here, so the refreshes are cut short:
-                // at 200 in-process members they were most of the dials
-                // of the start-up storm and kept it going for minutes.
-                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                    query.finish();
-                }
-            }
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(
-                kad::Event::OutboundQueryProgressed {
-                    result,
-                    stats,
-                    step,
-                    ..
-                },
-            )) if step.last => {
-                let kind = match result {
-                    kad::QueryResult::Bootstrap(_) => "bootstrap",
-                    kad::QueryResult::GetClosestPeers(_) => "closest",
-                    kad::QueryResult::GetProviders(_) => "providers",
-                    kad::QueryResult::StartProviding(_) => "provide",
-                    kad::QueryResult::RepublishProvider(_) => "republish",
-                    _ => "other",
-                };
-                metrics::counter!(KAD_QUERIES, "kind" => kind).increment(1);
-                metrics::counter!(KAD_REQUESTS, "kind" => kind)
-                    .increment(u64::from(stats.num_requests()));
-            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

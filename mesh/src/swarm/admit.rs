@@ -1,13 +1,13 @@
 //! The admission half of the mesh driver: a new connection's enrolment
 //! exchange, the check of a peer's chain, refusing peers that fail it or
-//! take too long, and offering admitted peers to the DHT. Methods of
-//! [`Mesh`]; the checks are in `enrol`, the bookkeeping in `admission`.
+//! take too long. Methods of [`Mesh`]; the checks are in `enrol`, the
+//! bookkeeping in `admission`.
 
 use std::time::{Instant, SystemTime};
 
-use libp2p::{kad, Multiaddr, PeerId};
+use libp2p::PeerId;
 
-use super::{EnrolMessage, Mesh, DHT_FULL, PEERS_REFUSED};
+use super::{EnrolMessage, Mesh, PEERS_REFUSED};
 use crate::admission::OnConnect;
 use crate::enrol::AdmissionError;
 
@@ -28,39 +28,6 @@ impl Mesh {
             v.admitted.remove(&peer);
             v.rtt.remove(&peer);
         });
-    }
-
-    /// Only admitted peers are offered to others through the DHT, and
-    /// only while their bucket has room (or already holds them). Into a
-    /// full bucket Kademlia would insert the peer as pending and dial the
-    /// bucket's oldest entry to see whether it is alive; pruning has
-    /// closed most entries' connections, so an admission could dial
-    /// someone, whose admission could dial someone else.
-    pub(super) fn add_to_dht(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let full = kad.kbucket(peer).is_some_and(|bucket| {
-            bucket.num_entries() >= kad::K_VALUE.get()
-                && !bucket.iter().any(|e| *e.node.key.preimage() == peer)
-        });
-        if full {
-            metrics::counter!(DHT_FULL).increment(1);
-            return;
-        }
-        for addr in addrs {
-            kad.add_address(&peer, addr);
-        }
-        self.publish_dht_size();
-    }
-
-    pub(super) fn publish_dht_size(&mut self) {
-        let n = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
-        self.view.send_modify(|v| v.dht_peers = n);
     }
 
     pub(super) fn expire_pending(&mut self) {
