@@ -38,6 +38,15 @@ struct Args {
     /// as a fleet's configuration lists a few seed hosts.
     #[arg(long, default_value_t = 1)]
     seeds: usize,
+    /// Members started one by one into the running mesh after the
+    /// traffic window, as hosts boot into a fleet that is already up:
+    /// each one's time to attach is measured.
+    #[arg(long, default_value_t = 5)]
+    joiners: usize,
+    /// Seconds to wait for convergence before giving up and naming the
+    /// members still behind.
+    #[arg(long, default_value_t = 300)]
+    limit: u64,
 }
 
 struct Member {
@@ -142,6 +151,89 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
     )
 }
 
+/// CPU time (user and system, all threads) this process has used.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Resident memory of this process (VmRSS), 0 when /proc cannot tell.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts each remaining enrolment as a new member of the running mesh,
+/// one at a time, and returns how long each took until it saw its whole
+/// cell, the same aggregators as an older member of that cell, and a sink.
+async fn join_one_by_one(
+    enrolments: impl Iterator<Item = (String, Enrolment)>,
+    members: &mut Vec<Member>,
+    sizes: &mut std::collections::BTreeMap<String, usize>,
+    seeds: &[starling_mesh::Multiaddr],
+    cell_size: usize,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for (j, (host, enrolment)) in enrolments.enumerate() {
+        let zone = format!("cell-{}", j % sizes.len().max(1));
+        *sizes.entry(zone.clone()).or_insert(0) += 1;
+        let elder = members
+            .iter()
+            .position(|m| m.zone == zone)
+            .ok_or_else(|| anyhow::anyhow!("no member in {zone}"))?;
+        let at = Instant::now();
+        let (view, task) = start(
+            enrolment,
+            seeds.to_vec(),
+            Some((&zone, cell_size as u32)),
+            stop,
+        )?;
+        loop {
+            let attached = {
+                let v = view.borrow();
+                let elder_aggs = members[elder]
+                    .view
+                    .borrow()
+                    .cell
+                    .as_ref()
+                    .map(|c| c.aggregators.clone())
+                    .unwrap_or_default();
+                v.cell.as_ref().is_some_and(|c| {
+                    c.members.len() == sizes[&zone]
+                        && !c.aggregators.is_empty()
+                        && c.aggregators == elder_aggs
+                }) && !v.sinks.is_empty()
+            };
+            if attached {
+                break;
+            }
+            if at.elapsed() > Duration::from_secs(120) {
+                anyhow::bail!("{host} did not attach within 120 s of its start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        times.push(at.elapsed());
+        members.push(Member {
+            host,
+            zone,
+            view,
+            task,
+        });
+    }
+    Ok(times)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -160,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
     ca.pem().write(dir.path(), "ca")?;
     let (_stop_tx, stop) = watch::channel(false);
     let cells = args.nodes.div_ceil(args.cell_size.max(1));
-    let enrolments: Vec<(String, Enrolment)> = (0..args.nodes)
+    let enrolments: Vec<(String, Enrolment)> = (0..args.nodes + args.joiners)
         .map(|i| {
             let name = format!("b{i:04}");
             enrol(&ca, dir.path(), Role::Node, &name).map(|e| (name, e))
@@ -175,7 +267,8 @@ async fn main() -> anyhow::Result<()> {
     let mut members: Vec<Member> = Vec::new();
     let mut seed_addrs: Vec<starling_mesh::Multiaddr> = Vec::new();
     let mut sizes = std::collections::BTreeMap::new();
-    for (i, (host, enrolment)) in enrolments.into_iter().enumerate() {
+    let mut enrolments = enrolments.into_iter();
+    for (i, (host, enrolment)) in enrolments.by_ref().take(args.nodes).enumerate() {
         let zone = format!("cell-{}", i % cells);
         *sizes.entry(zone.clone()).or_insert(0) += 1;
         if args.ramp > 0.0 {
@@ -209,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop)?;
     let all_started = started.elapsed();
 
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(args.limit);
     let mut next_report = Instant::now();
     while !converged(&members, &sizes) {
         if Instant::now() >= next_report {
@@ -246,7 +339,8 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join("; ");
             anyhow::bail!(
-                "no convergence within 300 s ({} members with partial views: {shown})",
+                "no convergence within {} s ({} members with partial views: {shown})",
+                args.limit,
                 behind.len()
             );
         }
@@ -263,20 +357,46 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let (s0, g0) = bytes(&members);
+    let cpu0 = process_cpu();
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let (s1, g1) = bytes(&members);
+    let cores = (process_cpu() - cpu0).as_secs_f64() / args.window as f64;
     let per = |a: u64, b: u64| (b - a) as f64 / members.len() as f64 / args.window as f64;
     let peers = members
         .iter()
         .map(|m| m.view.borrow().admitted.len())
         .sum::<usize>() as f64
         / members.len() as f64;
+    let rss_mb = resident_bytes() as f64 / 1e6;
     println!(
-        "steady state ({} s after convergence), received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing); {peers:.1} connected peers per member",
+        "steady state ({} s after convergence), received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing); {peers:.1} connected peers per member; the process used {cores:.2} cores ({:.1} ms of CPU per member-second) and {rss_mb:.0} MB resident ({:.1} MB per member)",
         args.settle,
         per(s0, s1),
-        per(g0, g1)
+        per(g0, g1),
+        cores * 1000.0 / members.len() as f64,
+        rss_mb / members.len() as f64,
     );
+
+    let joined = join_one_by_one(
+        enrolments,
+        &mut members,
+        &mut sizes,
+        &seed_addrs,
+        args.cell_size,
+        &stop,
+    )
+    .await?;
+    if !joined.is_empty() {
+        println!(
+            "{} members started one by one into the running mesh: each knew its whole cell, its aggregators and a sink after {} s",
+            joined.len(),
+            joined
+                .iter()
+                .map(|t| format!("{:.1}", t.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
     // Kill (abort, no goodbye) an aggregator of the first cell.
     let zone = members[0].zone.clone();
