@@ -7,7 +7,8 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["exec"];
+/// Objects to build: sensor.bpf.c includes the program files of each area.
+const PROGRAMS: &[&str] = &["sensor"];
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));

@@ -50,6 +50,15 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// "address:port" of a socket end, with brackets around IPv6 addresses.
+fn endpoint(e: &Option<starling_proto::v1::SocketEndpoint>) -> String {
+    match e {
+        Some(e) if e.address.contains(':') => format!("[{}]:{}", sanitize(&e.address), e.port),
+        Some(e) => format!("{}:{}", sanitize(&e.address), e.port),
+        None => "?".into(),
+    }
+}
+
 /// One human-readable line for an event.
 pub fn event_row(e: &Event) -> String {
     let h = e.header.clone().unwrap_or_default();
@@ -76,6 +85,26 @@ pub fn event_row(e: &Event) -> String {
             }
             d
         }
+        Some(Body::ProcessFork(f)) => format!("child pid {}", f.child_pid),
+        Some(Body::ProcessExit(x)) => match x.signal {
+            0 => format!("exit code {}", x.exit_code),
+            sig if x.core_dumped => format!("killed by signal {sig} (core dumped)"),
+            sig => format!("killed by signal {sig}"),
+        },
+        Some(Body::TcpConnect(c)) => {
+            let mut d = format!("{} -> {}", endpoint(&c.local), endpoint(&c.remote));
+            if c.result != 0 {
+                d.push_str(&format!(
+                    "  failed: {}",
+                    std::io::Error::from_raw_os_error(-c.result)
+                ));
+            }
+            d
+        }
+        Some(Body::TcpAccept(a)) => {
+            format!("{} <- {}", endpoint(&a.local), endpoint(&a.remote))
+        }
+        Some(Body::TcpListen(l)) => format!("listening on {}", endpoint(&l.local)),
         None => String::from("(no body)"),
     };
     format!(

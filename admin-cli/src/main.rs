@@ -187,7 +187,8 @@ enum EventsCommand {
         /// Only events of this host.
         #[arg(long)]
         host: Option<String>,
-        /// Only events of this kind (process_exec, event_loss).
+        /// Only events of this kind (process_exec, process_fork,
+        /// process_exit, tcp_connect, tcp_accept, tcp_listen, event_loss).
         #[arg(long)]
         kind: Option<String>,
         /// One JSON object per line instead of a table.

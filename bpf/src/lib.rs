@@ -13,14 +13,31 @@ use std::io;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
+use starling_proto::v1::{
+    event::Body, Event, EventHeader, ProcessExec, ProcessExit, ProcessFork, SocketEndpoint,
+    TcpAccept, TcpConnect, TcpListen,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-pub use raw::{decode, ExecRecord, RawError, RawRecord};
+pub use raw::{
+    decode, ExecRecord, ExitRecord, ForkRecord, RawError, RawRecord, RecordHeader, TcpOp, TcpRecord,
+};
 
-/// The exec probe object, built from c/exec.bpf.c.
-static EXEC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exec.bpf.o"));
+/// The sensor's object, built from c/sensor.bpf.c.
+static SENSOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor.bpf.o"));
+
+/// Every program in the object and the tracepoint (category, name) it
+/// attaches to. docs/sensor.md says why each hook was chosen.
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("starling_exec", "sched", "sched_process_exec"),
+    ("starling_fork", "task", "task_newtask"),
+    ("starling_exit", "sched", "sched_process_exit"),
+    ("starling_tcp_state", "sock", "inet_sock_set_state"),
+    ("starling_accept", "syscalls", "sys_exit_accept"),
+    ("starling_accept4", "syscalls", "sys_exit_accept4"),
+];
 
 const LOSS_SLOT_RINGBUF_FULL: u32 = 0;
 
@@ -80,24 +97,25 @@ impl Sensor {
         ensure_tracefs();
         let mut bpf = EbpfLoader::new()
             .set_max_entries("events", size)
-            .load(EXEC_OBJECT)
+            .load(SENSOR_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
 
-        let program = "starling_exec";
-        let prog_err = |e| SensorError::Program {
-            program,
-            source: Box::new(e),
-        };
-        let tp: &mut TracePoint = bpf
-            .program_mut(program)
-            .ok_or(SensorError::Map {
-                map: "starling_exec",
-                detail: "program missing from the object".into(),
-            })?
-            .try_into()
-            .map_err(prog_err)?;
-        tp.load().map_err(prog_err)?;
-        tp.attach("sched", "sched_process_exec").map_err(prog_err)?;
+        for &(program, category, name) in PROGRAMS {
+            let prog_err = |e| SensorError::Program {
+                program,
+                source: Box::new(e),
+            };
+            let tp: &mut TracePoint = bpf
+                .program_mut(program)
+                .ok_or(SensorError::Map {
+                    map: program,
+                    detail: "program missing from the object".into(),
+                })?
+                .try_into()
+                .map_err(prog_err)?;
+            tp.load().map_err(prog_err)?;
+            tp.attach(category, name).map_err(prog_err)?;
+        }
 
         let ring_map = bpf.take_map("events").ok_or(SensorError::Map {
             map: "events",
@@ -258,29 +276,73 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
-/// Builds the proto event for an exec record. The header's host id,
+/// Builds the proto event for a kernel record. The header's host id,
 /// sequence number and exe paths are filled in later by the node.
-pub fn exec_event(r: ExecRecord, clock: &BootClock) -> Event {
+pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
+    let header = |h: RecordHeader| EventHeader {
+        host_id: String::new(),
+        seq: 0,
+        ktime_ns: h.ktime_ns,
+        time_unix_ns: clock.to_unix_ns(h.ktime_ns),
+        pid: h.tgid,
+        tid: h.tid,
+        ppid: h.ppid,
+        uid: h.uid,
+        gid: h.gid,
+        comm: h.comm,
+        exe: String::new(),
+        cgroup_id: h.cgroup_id,
+    };
+    let endpoint = |a: std::net::SocketAddr| {
+        Some(SocketEndpoint {
+            address: a.ip().to_string(),
+            port: u32::from(a.port()),
+        })
+    };
+    let (h, body) = match record {
+        RawRecord::Exec(r) => (
+            r.header,
+            Body::ProcessExec(ProcessExec {
+                filename: r.filename,
+                argv: r.argv,
+                argv_truncated: r.argv_truncated,
+                parent_exe: String::new(),
+            }),
+        ),
+        RawRecord::Fork(r) => (
+            r.header,
+            Body::ProcessFork(ProcessFork {
+                child_pid: r.child_tgid,
+            }),
+        ),
+        RawRecord::Exit(r) => {
+            let body = Body::ProcessExit(ProcessExit {
+                exit_code: r.exit_code().unwrap_or(0),
+                signal: r.signal().unwrap_or(0),
+                core_dumped: r.core_dumped(),
+            });
+            (r.header, body)
+        }
+        RawRecord::Tcp(r) => {
+            let body = match r.op {
+                TcpOp::Connect => Body::TcpConnect(TcpConnect {
+                    local: endpoint(r.local),
+                    remote: endpoint(r.remote),
+                    result: r.result,
+                }),
+                TcpOp::Accept => Body::TcpAccept(TcpAccept {
+                    local: endpoint(r.local),
+                    remote: endpoint(r.remote),
+                }),
+                TcpOp::Listen => Body::TcpListen(TcpListen {
+                    local: endpoint(r.local),
+                }),
+            };
+            (r.header, body)
+        }
+    };
     Event {
-        header: Some(EventHeader {
-            host_id: String::new(),
-            seq: 0,
-            ktime_ns: r.ktime_ns,
-            time_unix_ns: clock.to_unix_ns(r.ktime_ns),
-            pid: r.tgid,
-            tid: r.tid,
-            ppid: r.ppid,
-            uid: r.uid,
-            gid: r.gid,
-            comm: r.comm,
-            exe: String::new(),
-            cgroup_id: r.cgroup_id,
-        }),
-        body: Some(Body::ProcessExec(ProcessExec {
-            filename: r.filename,
-            argv: r.argv,
-            argv_truncated: r.argv_truncated,
-            parent_exe: String::new(),
-        })),
+        header: Some(header(h)),
+        body: Some(body),
     }
 }

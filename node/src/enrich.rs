@@ -90,13 +90,22 @@ impl ProcessCache {
         } else if h.exe.is_empty() && h.pid != 0 {
             h.exe = self.lookup(h.pid);
         }
+        match event.body.as_ref() {
+            // A forked child runs its parent's image until it execs.
+            Some(Body::ProcessFork(f)) => self.insert(f.child_pid, h.exe.clone()),
+            // The pid may be reused; the next process under it is new.
+            Some(Body::ProcessExit(_)) => {
+                self.exe.remove(&h.pid);
+            }
+            _ => {}
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starling_proto::v1::{EventHeader, ProcessExec};
+    use starling_proto::v1::{EventHeader, ProcessExec, ProcessExit, ProcessFork};
 
     #[test]
     fn exec_records_the_new_image_and_finds_the_parent() {
@@ -122,5 +131,25 @@ mod tests {
         assert_eq!(x.parent_exe, own_exe.to_string_lossy());
         assert_eq!(e.header.as_ref().unwrap().exe, "/usr/bin/env");
         assert_eq!(cache.lookup(9_999_991), "/usr/bin/env");
+    }
+
+    #[test]
+    fn a_fork_inherits_the_parent_image_and_an_exit_forgets_the_pid() {
+        let mut cache = ProcessCache::default();
+        cache.insert(500, "/usr/sbin/sshd".into());
+        let event = |pid: u32, body: Body| Event {
+            header: Some(EventHeader {
+                pid,
+                ..Default::default()
+            }),
+            body: Some(body),
+        };
+        let mut fork = event(500, Body::ProcessFork(ProcessFork { child_pid: 501 }));
+        cache.enrich(&mut fork);
+        assert_eq!(fork.header.as_ref().unwrap().exe, "/usr/sbin/sshd");
+        let mut exit = event(501, Body::ProcessExit(ProcessExit::default()));
+        cache.enrich(&mut exit);
+        assert_eq!(exit.header.as_ref().unwrap().exe, "/usr/sbin/sshd");
+        assert!(!cache.exe.contains_key(&501), "the exited pid is forgotten");
     }
 }

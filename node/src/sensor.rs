@@ -101,8 +101,8 @@ fn to_events(
     let mut decode_errors = 0u64;
     for r in records.drain(..) {
         match r {
-            Ok(RawRecord::Exec(x)) => {
-                let mut e = starling_bpf::exec_event(x, clock);
+            Ok(record) => {
+                let mut e = starling_bpf::to_event(record, clock);
                 cache.enrich(&mut e);
                 events.push(e);
             }

@@ -4,7 +4,14 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::v1::{event::Body, event_loss::Reason, Event};
+use crate::v1::{event::Body, event_loss::Reason, Event, SocketEndpoint};
+
+fn endpoint(e: &Option<SocketEndpoint>) -> Value {
+    match e {
+        Some(e) => json!({ "address": e.address, "port": e.port }),
+        None => Value::Null,
+    }
+}
 
 /// Maps an event to its JSON view.
 pub fn event_to_json(event: &Event) -> Value {
@@ -54,6 +61,38 @@ pub fn event_to_json(event: &Event) -> Value {
                     "last_seq": l.last_seq,
                 }),
             );
+        }
+        Some(Body::ProcessFork(f)) => {
+            out.insert("process_fork".into(), json!({ "child_pid": f.child_pid }));
+        }
+        Some(Body::ProcessExit(x)) => {
+            out.insert(
+                "process_exit".into(),
+                json!({
+                    "exit_code": x.exit_code,
+                    "signal": x.signal,
+                    "core_dumped": x.core_dumped,
+                }),
+            );
+        }
+        Some(Body::TcpConnect(c)) => {
+            out.insert(
+                "tcp_connect".into(),
+                json!({
+                    "local": endpoint(&c.local),
+                    "remote": endpoint(&c.remote),
+                    "result": c.result,
+                }),
+            );
+        }
+        Some(Body::TcpAccept(a)) => {
+            out.insert(
+                "tcp_accept".into(),
+                json!({ "local": endpoint(&a.local), "remote": endpoint(&a.remote) }),
+            );
+        }
+        Some(Body::TcpListen(l)) => {
+            out.insert("tcp_listen".into(), json!({ "local": endpoint(&l.local) }));
         }
         None => {}
     }

@@ -27,6 +27,11 @@ pub fn event_kind(event: &v1::Event) -> &'static str {
     match &event.body {
         Some(Body::ProcessExec(_)) => "process_exec",
         Some(Body::EventLoss(_)) => "event_loss",
+        Some(Body::ProcessFork(_)) => "process_fork",
+        Some(Body::ProcessExit(_)) => "process_exit",
+        Some(Body::TcpConnect(_)) => "tcp_connect",
+        Some(Body::TcpAccept(_)) => "tcp_accept",
+        Some(Body::TcpListen(_)) => "tcp_listen",
         None => "unknown",
     }
 }
