@@ -73,6 +73,15 @@ pub fn event_row(e: &Event) -> String {
             if !x.parent_exe.is_empty() {
                 d.push_str(&format!("  parent={}", sanitize(&x.parent_exe)));
             }
+            if !x.tty.is_empty() {
+                d.push_str(&format!("  tty={}", sanitize(&x.tty)));
+            }
+            match (x.stdin_is_socket, x.stdout_is_socket) {
+                (true, true) => d.push_str("  stdin+stdout=socket"),
+                (true, false) => d.push_str("  stdin=socket"),
+                (false, true) => d.push_str("  stdout=socket"),
+                (false, false) => {}
+            }
             d
         }
         Some(Body::EventLoss(l)) => {
@@ -283,12 +292,44 @@ mod tests {
                 argv: vec!["echo".into(), "hello world".into()],
                 argv_truncated: false,
                 parent_exe: "/bin/bash".into(),
+                tty: String::new(),
+                stdin_is_socket: true,
+                stdout_is_socket: true,
             })),
         };
         let row = event_row(&e);
         assert!(row.contains("web-01"), "{row}");
         assert!(row.contains("[echo 'hello world']"), "{row}");
         assert!(row.contains("parent=/bin/bash"), "{row}");
+        assert!(row.contains("stdin+stdout=socket"), "{row}");
         assert!(row.contains(" 42 "), "{row}");
+    }
+
+    #[test]
+    fn network_and_exit_rows_name_both_ends_and_the_outcome() {
+        use starling_proto::v1::{ProcessExit, SocketEndpoint, TcpConnect};
+        let ep = |address: &str, port| {
+            Some(SocketEndpoint {
+                address: address.into(),
+                port,
+            })
+        };
+        let event = |body| Event {
+            header: Some(EventHeader::default()),
+            body: Some(body),
+        };
+        let row = event_row(&event(Body::TcpConnect(TcpConnect {
+            local: ep("::1", 40000),
+            remote: ep("::1", 22),
+            result: -111,
+        })));
+        assert!(row.contains("[::1]:40000 -> [::1]:22"), "{row}");
+        assert!(row.contains("failed: Connection refused"), "{row}");
+        let row = event_row(&event(Body::ProcessExit(ProcessExit {
+            exit_code: 0,
+            signal: 11,
+            core_dumped: true,
+        })));
+        assert!(row.contains("killed by signal 11 (core dumped)"), "{row}");
     }
 }

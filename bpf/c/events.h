@@ -7,6 +7,8 @@
 #define STARLING_COMM_LEN 16
 /* Bytes of the exec filename captured. */
 #define STARLING_FILENAME_MAX 512
+/* Bytes of the controlling terminal's name captured (tty_struct.name). */
+#define STARLING_TTY_LEN 32
 /* Bytes of argv captured (NUL-separated strings); a power of two. */
 #define STARLING_ARGV_MAX 4096
 
@@ -43,7 +45,8 @@ struct starling_exec_record {
 	__u32 filename_len; /* bytes in filename, without the NUL */
 	__u32 argv_len;     /* bytes in argv */
 	__u32 argv_truncated;
-	__u32 _pad;
+	__u32 stdio;        /* bit 0: stdin is a socket, bit 1: stdout is */
+	char tty[STARLING_TTY_LEN]; /* controlling terminal ("pts0"), or empty */
 	char filename[STARLING_FILENAME_MAX];
 	char argv[STARLING_ARGV_MAX];
 };

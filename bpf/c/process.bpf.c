@@ -11,6 +11,22 @@ struct {
 /* clone(2) flag of a new thread, which is not a new process. */
 #define STARLING_CLONE_THREAD 0x00010000
 
+#define STARLING_S_IFMT 00170000
+#define STARLING_S_IFSOCK 0140000
+
+/* Whether the task's descriptor fd (0 or 1, always inside the fd table)
+ * is a socket: a shell whose stdin and stdout are sockets is the classic
+ * reverse shell. */
+static __always_inline __u32 fd_is_socket(struct task_struct *task, int fd)
+{
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	struct file *file = NULL;
+	if (!fds || bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
+		return 0;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	return (mode & STARLING_S_IFMT) == STARLING_S_IFSOCK;
+}
+
 /* One record per successful execve, at sched_process_exec, where the new
  * image's argv is in place. */
 SEC("tracepoint/sched/sched_process_exec")
@@ -42,6 +58,12 @@ int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (len > 0 && bpf_probe_read_user(r->argv, len, (void *)arg_start) < 0)
 		len = 0;
 	r->argv_len = len;
+
+	r->stdio = fd_is_socket(task, 0) | (fd_is_socket(task, 1) << 1);
+	r->tty[0] = 0;
+	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
+	if (tty)
+		bpf_core_read_str(r->tty, sizeof(r->tty), &tty->name);
 
 	/* Send only the used part of argv. */
 	__u64 size = offsetof(struct starling_exec_record, argv) + len;

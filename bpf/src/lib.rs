@@ -307,6 +307,9 @@ pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
                 argv: r.argv,
                 argv_truncated: r.argv_truncated,
                 parent_exe: String::new(),
+                tty: r.tty,
+                stdin_is_socket: r.stdin_is_socket,
+                stdout_is_socket: r.stdout_is_socket,
             }),
         ),
         RawRecord::Fork(r) => (

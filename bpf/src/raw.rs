@@ -19,7 +19,10 @@ const KIND_TCP_ACCEPT: u32 = 5;
 const KIND_TCP_LISTEN: u32 = 6;
 /// Size of struct starling_header, where every record's body starts.
 const HEADER_LEN: usize = 56;
-const OFF_FILENAME: usize = 72;
+/// Bytes of the terminal name the probe captures (STARLING_TTY_LEN).
+const TTY_LEN: usize = 32;
+const OFF_TTY: usize = 72;
+const OFF_FILENAME: usize = OFF_TTY + TTY_LEN;
 const OFF_ARGV: usize = OFF_FILENAME + FILENAME_MAX;
 const FORK_LEN: usize = HEADER_LEN + 8;
 const EXIT_LEN: usize = HEADER_LEN + 8;
@@ -60,6 +63,10 @@ pub struct ExecRecord {
     pub filename: String,
     pub argv: Vec<String>,
     pub argv_truncated: bool,
+    /// The controlling terminal ("pts0"), empty when there is none.
+    pub tty: String,
+    pub stdin_is_socket: bool,
+    pub stdout_is_socket: bool,
 }
 
 /// A new process; the header is its parent's.
@@ -240,6 +247,9 @@ fn decode_exec(b: &[u8], header: RecordHeader) -> Result<ExecRecord, RawError> {
             .into_owned(),
         argv: split_argv(&b[OFF_ARGV..OFF_ARGV + argv_len]),
         argv_truncated: u32_at(b, HEADER_LEN + 8) != 0,
+        tty: c_string(&b[OFF_TTY..OFF_FILENAME]),
+        stdin_is_socket: u32_at(b, HEADER_LEN + 12) & 1 != 0,
+        stdout_is_socket: u32_at(b, HEADER_LEN + 12) & 2 != 0,
     })
 }
 
@@ -295,6 +305,8 @@ pub(crate) mod tests {
         b[56..60].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
         b[60..64].copy_from_slice(&(argv.len() as u32).to_ne_bytes());
         b[64..68].copy_from_slice(&(truncated as u32).to_ne_bytes());
+        b[68..72].copy_from_slice(&2u32.to_ne_bytes());
+        b[OFF_TTY..OFF_TTY + 4].copy_from_slice(b"pts3");
         b[OFF_FILENAME..OFF_FILENAME + filename.len()].copy_from_slice(filename.as_bytes());
         b[OFF_ARGV..].copy_from_slice(argv);
         b
@@ -309,6 +321,8 @@ pub(crate) mod tests {
         assert_eq!(r.filename, "/bin/ls");
         assert_eq!(r.argv, ["ls", "-l", "/tmp"]);
         assert_eq!(r.header.comm, "bash");
+        assert_eq!(r.tty, "pts3");
+        assert!(!r.stdin_is_socket && r.stdout_is_socket);
         assert_eq!((r.header.tgid, r.header.tid, r.header.ppid), (100, 101, 1));
         assert!(!r.argv_truncated);
     }

@@ -291,3 +291,29 @@ async fn a_refused_connect_reports_econnrefused() {
     assert_eq!(connect.result, -ECONNREFUSED);
     assert_eq!(connect.header.tgid, std::process::id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reports_a_socket_on_stdin_and_the_terminal() {
+    use std::os::fd::OwnedFd;
+    let mut seen = Seen::load();
+    let marker = format!("stdio-marker-{}", std::process::id());
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    Command::new("/bin/true")
+        .arg(&marker)
+        .stdin(std::process::Stdio::from(OwnedFd::from(sock)))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("spawn true");
+    let x = seen.exec_with(&marker).await.expect("exec record");
+    assert!(x.stdin_is_socket, "stdin was a socket");
+    assert!(!x.stdout_is_socket, "stdout was /dev/null");
+    // The child's terminal is ours: none when this test runs without one.
+    let own_tty = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_owned();
+            after.split_whitespace().nth(4)?.parse::<i64>().ok()
+        })
+        .expect("tty_nr from /proc/self/stat");
+    assert_eq!(x.tty.is_empty(), own_tty == 0, "tty {:?}", x.tty);
+}

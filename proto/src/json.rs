@@ -45,6 +45,9 @@ pub fn event_to_json(event: &Event) -> Value {
                     "argv": e.argv,
                     "argv_truncated": e.argv_truncated,
                     "parent_exe": e.parent_exe,
+                    "tty": e.tty,
+                    "stdin_is_socket": e.stdin_is_socket,
+                    "stdout_is_socket": e.stdout_is_socket,
                 }),
             );
         }

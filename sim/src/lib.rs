@@ -78,6 +78,7 @@ pub fn sample_exec_event(i: u64) -> Event {
             ],
             argv_truncated: false,
             parent_exe: "/usr/bin/bash".into(),
+            ..Default::default()
         })),
     }
 }
