@@ -35,7 +35,7 @@ pub fn shell_quote(arg: &str) -> String {
 /// Header line of [`event_row`]'s table.
 pub fn table_header() -> String {
     format!(
-        "{:<24} {:<16} {:>8} {:<12} {:>7} {:>7} {:>5}  {}",
+        "{:<24} {:<16} {:>8} {:<16} {:>7} {:>7} {:>5}  {}",
         "TIME", "HOST", "SEQ", "KIND", "PID", "PPID", "UID", "DETAIL"
     )
 }
@@ -59,6 +59,18 @@ fn endpoint(e: &Option<starling_proto::v1::SocketEndpoint>) -> String {
     }
 }
 
+/// `detail`, followed by the error when `result` is a negated errno.
+fn with_result(detail: String, result: i32) -> String {
+    if result < 0 {
+        format!(
+            "{detail}  failed: {}",
+            std::io::Error::from_raw_os_error(-result)
+        )
+    } else {
+        detail
+    }
+}
+
 /// One human-readable line for an event.
 pub fn event_row(e: &Event) -> String {
     let h = e.header.clone().unwrap_or_default();
@@ -73,8 +85,16 @@ pub fn event_row(e: &Event) -> String {
             if !x.parent_exe.is_empty() {
                 d.push_str(&format!("  parent={}", sanitize(&x.parent_exe)));
             }
+            if !x.cwd.is_empty() {
+                d.push_str(&format!("  cwd={}", sanitize(&x.cwd)));
+            }
             if !x.tty.is_empty() {
                 d.push_str(&format!("  tty={}", sanitize(&x.tty)));
+            }
+            if x.exe_memfd {
+                d.push_str("  exe=memfd");
+            } else if x.exe_deleted {
+                d.push_str("  exe=deleted");
             }
             match (x.stdin_is_socket, x.stdout_is_socket) {
                 (true, true) => d.push_str("  stdin+stdout=socket"),
@@ -114,10 +134,82 @@ pub fn event_row(e: &Event) -> String {
             format!("{} <- {}", endpoint(&a.local), endpoint(&a.remote))
         }
         Some(Body::TcpListen(l)) => format!("listening on {}", endpoint(&l.local)),
+        Some(Body::FileOpen(f)) => {
+            let how = match (f.created, f.write) {
+                (true, _) => "created",
+                (false, true) => "opened for writing",
+                (false, false) => "opened",
+            };
+            format!("{}  {how}", sanitize(&f.path))
+        }
+        Some(Body::FileRename(f)) => with_result(
+            format!("{} -> {}", sanitize(&f.old_path), sanitize(&f.new_path)),
+            f.result,
+        ),
+        Some(Body::FileUnlink(f)) => with_result(sanitize(&f.path), f.result),
+        Some(Body::FileChmod(f)) => format!(
+            "{}  mode {:o} (directory {:o})",
+            sanitize(&f.path),
+            f.mode & 0o7777,
+            f.parent_mode & 0o7777
+        ),
+        Some(Body::DevFileWrite(f)) => {
+            format!("{}  regular file written on /dev", sanitize(&f.path))
+        }
+        Some(Body::PrivilegeChange(p)) => {
+            let ids = |c: &Option<starling_proto::v1::Credentials>| {
+                c.as_ref().map_or("?".to_owned(), |c| {
+                    format!(
+                        "uid={} euid={} gid={} egid={}",
+                        c.uid, c.euid, c.gid, c.egid
+                    )
+                })
+            };
+            format!(
+                "{}: {} -> {}",
+                sanitize(&p.call),
+                ids(&p.before),
+                ids(&p.after)
+            )
+        }
+        Some(Body::Ptrace(p)) => with_result(
+            format!("{} pid {}", sanitize(&p.request), p.target_pid),
+            p.result.min(0),
+        ),
+        Some(Body::MemfdCreate(m)) => {
+            with_result(format!("memfd {:?}", sanitize(&m.name)), m.result.min(0))
+        }
+        Some(Body::BpfProgramLoad(b)) => with_result(
+            format!(
+                "program {:?} type {} ({} instructions)",
+                sanitize(&b.prog_name),
+                b.prog_type,
+                b.insn_count
+            ),
+            b.result.min(0),
+        ),
         None => String::from("(no body)"),
     };
+    let context = match &h.container {
+        Some(c) if !c.pod_name.is_empty() => {
+            format!(
+                "  [pod {}/{} {}]",
+                sanitize(&c.pod_namespace),
+                sanitize(&c.pod_name),
+                sanitize(&c.container_name)
+            )
+        }
+        // Docker's short form of an id: its first 12 digits.
+        Some(c) => format!(
+            "  [{} {}]",
+            sanitize(&c.runtime),
+            sanitize(&c.id.chars().take(12).collect::<String>())
+        ),
+        None => String::new(),
+    };
+    let detail = detail + &context;
     format!(
-        "{:<24} {:<16} {:>8} {:<12} {:>7} {:>7} {:>5}  {}",
+        "{:<24} {:<16} {:>8} {:<16} {:>7} {:>7} {:>5}  {}",
         time.to_string(),
         truncate(&sanitize(&h.host_id), 16),
         h.seq,
@@ -295,14 +387,72 @@ mod tests {
                 tty: String::new(),
                 stdin_is_socket: true,
                 stdout_is_socket: true,
+                cwd: "/srv".into(),
+                exe_memfd: true,
+                ..Default::default()
             })),
         };
         let row = event_row(&e);
+        assert!(row.contains("cwd=/srv"), "{row}");
+        assert!(row.contains("exe=memfd"), "{row}");
         assert!(row.contains("web-01"), "{row}");
         assert!(row.contains("[echo 'hello world']"), "{row}");
         assert!(row.contains("parent=/bin/bash"), "{row}");
         assert!(row.contains("stdin+stdout=socket"), "{row}");
         assert!(row.contains(" 42 "), "{row}");
+    }
+
+    #[test]
+    fn file_privilege_and_tampering_rows_say_what_happened() {
+        use starling_proto::v1::{
+            BpfProgramLoad, Container, Credentials, FileRename, PrivilegeChange, Ptrace,
+        };
+        let event = |body: Body| Event {
+            header: Some(EventHeader {
+                container: Some(Container {
+                    id: "4c1b2e3f4c1b2e3f00".into(),
+                    runtime: "docker".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            body: Some(body),
+        };
+        let row = event_row(&event(Body::FileRename(FileRename {
+            old_path: "/tmp/x".into(),
+            new_path: "/etc/cron.d/x".into(),
+            result: -13,
+            path_truncated: false,
+        })));
+        assert!(row.contains("/tmp/x -> /etc/cron.d/x"), "{row}");
+        assert!(row.contains("failed: Permission denied"), "{row}");
+        assert!(row.contains("[docker 4c1b2e3f4c1b]"), "{row}");
+        let creds = |uid| Credentials {
+            uid,
+            euid: uid,
+            ..Default::default()
+        };
+        let row = event_row(&event(Body::PrivilegeChange(PrivilegeChange {
+            call: "setresuid".into(),
+            before: Some(creds(1000)),
+            after: Some(creds(0)),
+        })));
+        assert!(row.contains("setresuid: uid=1000 euid=1000"), "{row}");
+        assert!(row.contains("-> uid=0 euid=0"), "{row}");
+        let row = event_row(&event(Body::Ptrace(Ptrace {
+            request: "PTRACE_ATTACH".into(),
+            target_pid: 77,
+            result: 0,
+        })));
+        assert!(row.contains("PTRACE_ATTACH pid 77"), "{row}");
+        assert!(!row.contains("failed"), "{row}");
+        let row = event_row(&event(Body::BpfProgramLoad(BpfProgramLoad {
+            prog_type: 1,
+            prog_name: "x".into(),
+            insn_count: 2,
+            result: 5,
+        })));
+        assert!(row.contains("type 1 (2 instructions)"), "{row}");
     }
 
     #[test]

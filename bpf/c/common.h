@@ -1,4 +1,5 @@
-/* Maps and helpers every program of the sensor shares. */
+/* Maps and helpers every program of the sensor shares: the ring buffer,
+ * the drop counters, the runtime settings and the in-kernel filters. */
 #ifndef STARLING_COMMON_H
 #define STARLING_COMMON_H
 
@@ -12,16 +13,141 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STARLING_LOSS_SLOTS);
+	__uint(max_entries, STARLING_DROP_REASONS * STARLING_RECORD_KINDS);
 	__type(key, __u32);
 	__type(value, __u64);
-} losses SEC(".maps");
+} drops SEC(".maps");
 
-static __always_inline void count_loss(__u32 slot)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct starling_settings);
+} settings SEC(".maps");
+
+/* cgroup ids whose processes are not reported (configured noise). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} quiet_cgroups SEC(".maps");
+
+/* Executables whose processes are not reported (configured noise). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct starling_exe_key);
+	__type(value, __u8);
+} quiet_exes SEC(".maps");
+
+/* Per-CPU rate-limit state per kind: credit in ns and when it was set. */
+struct starling_bucket {
+	__u64 credit_ns;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STARLING_RECORD_KINDS);
+	__type(key, __u32);
+	__type(value, struct starling_bucket);
+} buckets SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason, __u32 kind)
 {
-	__u64 *n = bpf_map_lookup_elem(&losses, &slot);
+	__u32 slot = reason * STARLING_RECORD_KINDS + (kind & (STARLING_RECORD_KINDS - 1));
+	__u64 *n = bpf_map_lookup_elem(&drops, &slot);
 	if (n)
 		*n += 1;
+}
+
+static __always_inline struct starling_settings *get_settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/* Whether the current task's image is on the exe allow-list. */
+static __always_inline int exe_is_quiet(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	if (!inode)
+		return 0;
+	struct starling_exe_key key = {
+		.ino = BPF_CORE_READ(inode, i_ino),
+		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+	};
+	return bpf_map_lookup_elem(&quiet_exes, &key) != NULL;
+}
+
+/* One token from the kind's per-CPU bucket, if its rate allows. */
+static __always_inline int within_rate(struct starling_settings *s, __u32 kind)
+{
+	kind &= STARLING_RECORD_KINDS - 1;
+	__u64 cost = s->cost_ns[kind];
+	if (cost == 0)
+		return 1;
+	struct starling_bucket *b = bpf_map_lookup_elem(&buckets, &kind);
+	if (!b)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 credit = b->credit_ns + (now - b->last_ns);
+	if (b->last_ns == 0 || credit > s->burst_ns[kind])
+		credit = s->burst_ns[kind];
+	b->last_ns = now;
+	if (credit < cost) {
+		b->credit_ns = credit;
+		return 0;
+	}
+	b->credit_ns = credit - cost;
+	return 1;
+}
+
+/* Whether a record of this kind, caused by the current task, should be
+ * made: the kind is on and the task is neither the node itself nor
+ * allow-listed. Called before any expensive work. Filtered records are
+ * counted in "drops" (see admit_uncounted for hooks that run before they
+ * know whether there is a record at all). */
+static __always_inline int admit_counted(__u32 kind, int count)
+{
+	struct starling_settings *s = get_settings();
+	if (!s)
+		return 1;
+	if (s->kinds_off & (1u << (kind & 31)))
+		return 0;
+	if (s->own_tgid && (bpf_get_current_pid_tgid() >> 32) == s->own_tgid) {
+		if (count)
+			count_drop(STARLING_DROP_FILTERED, kind);
+		return 0;
+	}
+	if (s->quiet_cgroups) {
+		__u64 cg = bpf_get_current_cgroup_id();
+		if (bpf_map_lookup_elem(&quiet_cgroups, &cg)) {
+			if (count)
+				count_drop(STARLING_DROP_FILTERED, kind);
+			return 0;
+		}
+	}
+	if (s->quiet_exes && exe_is_quiet()) {
+		if (count)
+			count_drop(STARLING_DROP_FILTERED, kind);
+		return 0;
+	}
+	return 1;
+}
+
+static __always_inline int admit(__u32 kind)
+{
+	return admit_counted(kind, 1);
+}
+
+/* For hooks that filter before they know whether the call concerns a
+ * watched file at all (every open): filtering them is not counted. */
+static __always_inline int admit_uncounted(__u32 kind)
+{
+	return admit_counted(kind, 0);
 }
 
 /* Fills the header from the current task. */
@@ -42,11 +168,18 @@ static __always_inline void fill_header(struct starling_header *h, __u32 kind)
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
-/* Sends a fixed-size record, counting it as lost when the ring is full. */
+/* Sends a record (its header names its kind) if its kind is within its
+ * rate, counting it as limited, or as lost when the ring buffer is full. */
 static __always_inline void submit(void *record, __u64 size)
 {
+	__u32 kind = ((struct starling_header *)record)->kind;
+	struct starling_settings *s = get_settings();
+	if (s && !within_rate(s, kind)) {
+		count_drop(STARLING_DROP_RATE_LIMITED, kind);
+		return;
+	}
 	if (bpf_ringbuf_output(&events, record, size, 0) < 0)
-		count_loss(STARLING_LOSS_RINGBUF_FULL);
+		count_drop(STARLING_DROP_RINGBUF_FULL, kind);
 }
 
 #endif

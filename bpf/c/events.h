@@ -11,6 +11,10 @@
 #define STARLING_TTY_LEN 32
 /* Bytes of argv captured (NUL-separated strings); a power of two. */
 #define STARLING_ARGV_MAX 4096
+/* Bytes of a file path captured (cwd, watched files); a power of two. */
+#define STARLING_PATH_MAX 512
+/* Bytes of a memfd's name captured (the kernel allows 249). */
+#define STARLING_MEMFD_NAME_MAX 256
 
 enum starling_record_kind {
 	STARLING_RECORD_EXEC = 1,
@@ -19,12 +23,49 @@ enum starling_record_kind {
 	STARLING_RECORD_TCP_CONNECT = 4,
 	STARLING_RECORD_TCP_ACCEPT = 5,
 	STARLING_RECORD_TCP_LISTEN = 6,
+	STARLING_RECORD_FILE_OPEN = 7,
+	STARLING_RECORD_FILE_RENAME = 8,
+	STARLING_RECORD_FILE_UNLINK = 9,
+	STARLING_RECORD_FILE_CHMOD = 10,
+	STARLING_RECORD_DEV_WRITE = 11,
+	STARLING_RECORD_PRIVILEGE = 12,
+	STARLING_RECORD_PTRACE = 13,
+	STARLING_RECORD_MEMFD = 14,
+	STARLING_RECORD_BPF_LOAD = 15,
+	/* One more than the largest kind: the size of per-kind tables. */
+	STARLING_RECORD_KINDS = 16,
 };
 
-/* Loss counters, one slot per reason, in the per-CPU array "losses". */
-enum starling_loss_slot {
-	STARLING_LOSS_RINGBUF_FULL = 0,
-	STARLING_LOSS_SLOTS = 4,
+/* Why a record was not delivered. The per-CPU array "drops" has one
+ * counter per (reason, kind): slot reason * STARLING_RECORD_KINDS + kind. */
+enum starling_drop_reason {
+	STARLING_DROP_RINGBUF_FULL = 0, /* lost: userspace fell behind */
+	STARLING_DROP_RATE_LIMITED = 1, /* over the kind's configured rate */
+	STARLING_DROP_FILTERED = 2,     /* the node's own activity or an allow-list */
+	STARLING_DROP_REASONS = 3,
+};
+
+/* Runtime settings, written by the loader from the node's config into the
+ * one-element array "settings". All zero means: report everything. */
+struct starling_settings {
+	__u32 own_tgid;        /* records caused by this process are filtered */
+	__u32 kinds_off;       /* bit k set: records of kind k are not made */
+	__u32 quiet_cgroups;   /* nonzero: consult the quiet_cgroups map */
+	__u32 quiet_exes;      /* nonzero: consult the quiet_exes map */
+	__u32 quiet_paths;     /* nonzero: consult the quiet_paths trie */
+	__u32 _pad;
+	/* Per-CPU token buckets, per kind, in nanoseconds of credit: a record
+	 * costs cost_ns, credit accrues at 1 ns per ns up to burst_ns. 0 cost:
+	 * unlimited. */
+	__u64 cost_ns[16];
+	__u64 burst_ns[16];
+};
+
+/* An executable that is allow-listed (quiet_exes): its inode. */
+struct starling_exe_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
 };
 
 /* The task that caused the record (56 bytes). */
@@ -40,14 +81,27 @@ struct starling_header {
 	char comm[STARLING_COMM_LEN];
 };
 
+/* starling_exec_record.flags */
+#define STARLING_EXEC_STDIN_SOCKET 1
+#define STARLING_EXEC_STDOUT_SOCKET 2
+#define STARLING_EXEC_ARGV_TRUNCATED 4
+#define STARLING_EXEC_CWD_TRUNCATED 8
+/* The image is an unlinked file (nlink 0) ... */
+#define STARLING_EXEC_EXE_DELETED 16
+/* ... created by memfd_create (its name starts with "memfd:"). */
+#define STARLING_EXEC_EXE_MEMFD 32
+
 struct starling_exec_record {
 	struct starling_header h;
 	__u32 filename_len; /* bytes in filename, without the NUL */
 	__u32 argv_len;     /* bytes in argv */
-	__u32 argv_truncated;
-	__u32 stdio;        /* bit 0: stdin is a socket, bit 1: stdout is */
+	__u32 cwd_len;      /* bytes in cwd */
+	__u32 flags;        /* STARLING_EXEC_* */
+	__u32 euid;         /* effective ids after the exec (setuid files) */
+	__u32 egid;
 	char tty[STARLING_TTY_LEN]; /* controlling terminal ("pts0"), or empty */
 	char filename[STARLING_FILENAME_MAX];
+	char cwd[STARLING_PATH_MAX];
 	char argv[STARLING_ARGV_MAX];
 };
 
@@ -76,6 +130,76 @@ struct starling_tcp_record {
 	__u32 _pad2;
 	__u8 local_addr[16];  /* network order; IPv4 in the first 4 bytes */
 	__u8 remote_addr[16];
+};
+
+/* starling_file_record.flags */
+#define STARLING_FILE_WRITE 1        /* opened for writing */
+#define STARLING_FILE_CREATED 2      /* the open created the file */
+#define STARLING_FILE_TRUNCATED 4    /* a path was cut to fit */
+#define STARLING_FILE_PARENT_KNOWN 8 /* parent_mode is the parent directory's mode */
+
+/* An open of a watched path, a write-open of a regular file on /dev, a
+ * rename or unlink of a watched path, or a chmod that sets an execute bit. */
+struct starling_file_record {
+	struct starling_header h;
+	__s32 result;        /* 0 or -errno (open: the fd) */
+	__u32 flags;         /* STARLING_FILE_* */
+	__u32 mode;          /* open: the inode's mode; chmod: the mode set */
+	__u32 parent_mode;   /* chmod: the parent directory's mode, if known */
+	__u16 path_len;
+	__u16 path2_len;     /* rename: bytes in the new path */
+	__u32 _pad;
+	char path[STARLING_PATH_MAX];
+	char path2[STARLING_PATH_MAX]; /* rename: the new path; else not sent */
+};
+
+/* Which call changed credentials (starling_cred_record.op). */
+enum starling_cred_op {
+	STARLING_CRED_SETUID = 1,
+	STARLING_CRED_SETREUID = 2,
+	STARLING_CRED_SETRESUID = 3,
+	STARLING_CRED_SETGID = 4,
+	STARLING_CRED_SETREGID = 5,
+	STARLING_CRED_SETRESGID = 6,
+	STARLING_CRED_CAPSET = 7,
+	STARLING_CRED_EXEC = 8, /* exec of a set-user/group-id file */
+};
+
+/* A process gained root ids or capabilities. */
+struct starling_cred_record {
+	struct starling_header h;
+	__u32 op;            /* enum starling_cred_op */
+	__s32 result;
+	__u32 old_uid, old_euid, old_gid, old_egid;
+	__u32 new_uid, new_euid, new_gid, new_egid;
+	__u64 old_caps;      /* effective capabilities before */
+	__u64 new_caps;      /* and after */
+};
+
+/* ptrace() with a request that takes over or changes another process. */
+struct starling_ptrace_record {
+	struct starling_header h;
+	__s64 request;
+	__u32 target;        /* the pid argument */
+	__s32 result;
+};
+
+/* memfd_create(): an anonymous file that a payload can be exec'd from. */
+struct starling_memfd_record {
+	struct starling_header h;
+	__u32 flags;
+	__s32 result;        /* the fd or -errno */
+	char name[STARLING_MEMFD_NAME_MAX];
+};
+
+/* bpf(BPF_PROG_LOAD). */
+struct starling_bpf_record {
+	struct starling_header h;
+	__u32 prog_type;
+	__u32 insn_cnt;
+	__s32 result;        /* the program fd or -errno */
+	__u32 _pad;
+	char prog_name[16];
 };
 
 #endif

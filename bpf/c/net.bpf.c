@@ -49,6 +49,8 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	int old = ctx->oldstate, new = ctx->newstate;
 
 	if (old == STARLING_TCP_CLOSE && new == STARLING_TCP_SYN_SENT) {
+		if (!admit(STARLING_RECORD_TCP_CONNECT))
+			return 0;
 		struct starling_header h = {};
 		fill_header(&h, STARLING_RECORD_TCP_CONNECT);
 		bpf_map_update_elem(&connecting, &sk, &h, BPF_ANY);
@@ -68,6 +70,8 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			r.result = err > 0 ? -err : -STARLING_ECONNABORTED;
 		}
 	} else if (new == STARLING_TCP_LISTEN) {
+		if (!admit(STARLING_RECORD_TCP_LISTEN))
+			return 0;
 		fill_header(&r.h, STARLING_RECORD_TCP_LISTEN);
 	} else {
 		return 0;
@@ -84,15 +88,11 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
  * in the caller's context (the handshake itself completed in softirq). */
 static __always_inline int on_accept(long fd)
 {
-	if (fd < 0)
+	if (fd < 0 || !admit_uncounted(STARLING_RECORD_TCP_ACCEPT))
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *file = NULL;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
+	struct file *file = fd_file(task, fd);
+	if (!file)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 	struct sock *sk = BPF_CORE_READ(sock, sk);
@@ -122,14 +122,9 @@ static __always_inline int on_accept(long fd)
 	return 0;
 }
 
+/* Attached to sys_exit_accept and sys_exit_accept4. */
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int starling_accept4(struct trace_event_raw_sys_exit *ctx)
-{
-	return on_accept(ctx->ret);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int starling_accept(struct trace_event_raw_sys_exit *ctx)
+int starling_accept_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_accept(ctx->ret);
 }

@@ -19,12 +19,49 @@ struct {
  * reverse shell. */
 static __always_inline __u32 fd_is_socket(struct task_struct *task, int fd)
 {
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	struct file *file = NULL;
-	if (!fds || bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
+	struct file *file = fd_file(task, fd);
+	if (!file)
 		return 0;
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
 	return (mode & STARLING_S_IFMT) == STARLING_S_IFSOCK;
+}
+
+/* Flags for the exec's image: an unlinked file, and whether it came from
+ * memfd_create (the dentry of a memfd is named "memfd:<name>"). */
+static __always_inline __u32 exe_flags(struct task_struct *task)
+{
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	if (!exe)
+		return 0;
+	if (BPF_CORE_READ(exe, f_inode, i_nlink) != 0)
+		return 0;
+	char name[6] = {};
+	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(exe, f_path.dentry, d_name.name));
+	int memfd = name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 'f' &&
+		    name[4] == 'd' && name[5] == ':';
+	return STARLING_EXEC_EXE_DELETED | (memfd ? STARLING_EXEC_EXE_MEMFD : 0);
+}
+
+/* An exec of a set-user-id file that made a non-root user root. The ids
+ * before the exec are gone; the real ids are the caller's. */
+static __always_inline void report_setid_exec(struct starling_exec_record *e)
+{
+	int uid_gain = e->euid == 0 && e->h.uid != 0;
+	int gid_gain = e->egid == 0 && e->h.gid != 0;
+	if (!uid_gain && !gid_gain)
+		return;
+	struct starling_cred_record r = {
+		.op = STARLING_CRED_EXEC,
+		.old_uid = e->h.uid,
+		.old_euid = e->h.uid,
+		.old_gid = e->h.gid,
+		.old_egid = e->h.gid,
+	};
+	fill_new_creds(&r);
+	r.old_caps = r.new_caps;
+	r.h = e->h;
+	r.h.kind = STARLING_RECORD_PRIVILEGE;
+	submit(&r, sizeof(r));
 }
 
 /* One record per successful execve, at sched_process_exec, where the new
@@ -32,9 +69,12 @@ static __always_inline __u32 fd_is_socket(struct task_struct *task, int fd)
 SEC("tracepoint/sched/sched_process_exec")
 int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
+	if (!admit(STARLING_RECORD_EXEC))
+		return 0;
 	__u32 zero = 0;
 	struct starling_exec_record *r = bpf_map_lookup_elem(&exec_scratch, &zero);
-	if (!r)
+	struct path_scratch *s = get_path_scratch();
+	if (!r || !s)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	fill_header(&r->h, STARLING_RECORD_EXEC);
@@ -46,10 +86,10 @@ int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long arg_end = BPF_CORE_READ(task, mm, arg_end);
 	unsigned long len = arg_end > arg_start ? arg_end - arg_start : 0;
-	r->argv_truncated = 0;
+	r->flags = 0;
 	if (len > STARLING_ARGV_MAX) {
 		len = STARLING_ARGV_MAX;
-		r->argv_truncated = 1;
+		r->flags |= STARLING_EXEC_ARGV_TRUNCATED;
 	}
 	/* Mask for the verifier: len is now provably within the buffer. */
 	len &= (STARLING_ARGV_MAX - 1) | STARLING_ARGV_MAX;
@@ -59,17 +99,31 @@ int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 		len = 0;
 	r->argv_len = len;
 
-	r->stdio = fd_is_socket(task, 0) | (fd_is_socket(task, 1) << 1);
+	if (fd_is_socket(task, 0))
+		r->flags |= STARLING_EXEC_STDIN_SOCKET;
+	if (fd_is_socket(task, 1))
+		r->flags |= STARLING_EXEC_STDOUT_SOCKET;
+	r->flags |= exe_flags(task);
 	r->tty[0] = 0;
 	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
 	if (tty)
 		bpf_core_read_str(r->tty, sizeof(r->tty), &tty->name);
+
+	struct walked w = walk_path(s, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt));
+	if (w.truncated)
+		r->flags |= STARLING_EXEC_CWD_TRUNCATED;
+	r->cwd_len = copy_path(r->cwd, s, w.start, STARLING_PATH_MAX - w.start);
+
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	r->euid = BPF_CORE_READ(cred, euid.val);
+	r->egid = BPF_CORE_READ(cred, egid.val);
 
 	/* Send only the used part of argv. */
 	__u64 size = offsetof(struct starling_exec_record, argv) + len;
 	if (size > sizeof(*r))
 		size = sizeof(*r);
 	submit(r, size);
+	report_setid_exec(r);
 	return 0;
 }
 
@@ -79,6 +133,8 @@ SEC("tracepoint/task/task_newtask")
 int starling_fork(struct trace_event_raw_task_newtask *ctx)
 {
 	if (ctx->clone_flags & STARLING_CLONE_THREAD)
+		return 0;
+	if (!admit(STARLING_RECORD_FORK))
 		return 0;
 	struct starling_fork_record r = {};
 	fill_header(&r.h, STARLING_RECORD_FORK);
@@ -95,6 +151,8 @@ int starling_exit(void *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	if (!admit(STARLING_RECORD_EXIT))
 		return 0;
 	struct starling_exit_record r = {};
 	fill_header(&r.h, STARLING_RECORD_EXIT);

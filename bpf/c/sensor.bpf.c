@@ -9,8 +9,13 @@
 #include <bpf/bpf_tracing.h>
 
 #include "common.h"
+#include "path.h"
+#include "syscall.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
+#include "cred.bpf.c"
 #include "process.bpf.c"
 #include "net.bpf.c"
+#include "files.bpf.c"
+#include "tamper.bpf.c"

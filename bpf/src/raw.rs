@@ -10,6 +10,8 @@ use thiserror::Error;
 pub const FILENAME_MAX: usize = 512;
 /// Bytes of argv the probe captures (STARLING_ARGV_MAX).
 pub const ARGV_MAX: usize = 4096;
+/// Bytes of a path the probes capture (STARLING_PATH_MAX), with its NUL.
+pub const PATH_MAX: usize = 512;
 
 const KIND_EXEC: u32 = 1;
 const KIND_FORK: u32 = 2;
@@ -17,16 +19,83 @@ const KIND_EXIT: u32 = 3;
 const KIND_TCP_CONNECT: u32 = 4;
 const KIND_TCP_ACCEPT: u32 = 5;
 const KIND_TCP_LISTEN: u32 = 6;
+const KIND_FILE_OPEN: u32 = 7;
+const KIND_FILE_RENAME: u32 = 8;
+const KIND_FILE_UNLINK: u32 = 9;
+const KIND_FILE_CHMOD: u32 = 10;
+const KIND_DEV_WRITE: u32 = 11;
+const KIND_PRIVILEGE: u32 = 12;
+const KIND_PTRACE: u32 = 13;
+const KIND_MEMFD: u32 = 14;
+const KIND_BPF_LOAD: u32 = 15;
+/// Size of the kernel's per-kind tables (STARLING_RECORD_KINDS).
+pub const KINDS: usize = 16;
+
+/// Every record kind by number, with the name of the event it becomes
+/// (the `starling-kind` name), for config, counters and logs.
+pub const KIND_NAMES: [(u32, &str); 15] = [
+    (KIND_EXEC, "process_exec"),
+    (KIND_FORK, "process_fork"),
+    (KIND_EXIT, "process_exit"),
+    (KIND_TCP_CONNECT, "tcp_connect"),
+    (KIND_TCP_ACCEPT, "tcp_accept"),
+    (KIND_TCP_LISTEN, "tcp_listen"),
+    (KIND_FILE_OPEN, "file_open"),
+    (KIND_FILE_RENAME, "file_rename"),
+    (KIND_FILE_UNLINK, "file_unlink"),
+    (KIND_FILE_CHMOD, "file_chmod"),
+    (KIND_DEV_WRITE, "dev_file_write"),
+    (KIND_PRIVILEGE, "privilege_change"),
+    (KIND_PTRACE, "ptrace"),
+    (KIND_MEMFD, "memfd_create"),
+    (KIND_BPF_LOAD, "bpf_program_load"),
+];
+
+/// The kernel's number for a kind name of [`KIND_NAMES`].
+pub fn kind_number(name: &str) -> Option<u32> {
+    KIND_NAMES.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+}
+
+/// The name of a kernel kind number ("unknown" for numbers it never uses).
+pub fn kind_name(kind: u32) -> &'static str {
+    KIND_NAMES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("unknown", |(_, n)| n)
+}
+
 /// Size of struct starling_header, where every record's body starts.
 const HEADER_LEN: usize = 56;
 /// Bytes of the terminal name the probe captures (STARLING_TTY_LEN).
 const TTY_LEN: usize = 32;
-const OFF_TTY: usize = 72;
+const OFF_TTY: usize = 80;
 const OFF_FILENAME: usize = OFF_TTY + TTY_LEN;
-const OFF_ARGV: usize = OFF_FILENAME + FILENAME_MAX;
+const OFF_CWD: usize = OFF_FILENAME + FILENAME_MAX;
+const OFF_ARGV: usize = OFF_CWD + PATH_MAX;
 const FORK_LEN: usize = HEADER_LEN + 8;
 const EXIT_LEN: usize = HEADER_LEN + 8;
 const TCP_LEN: usize = HEADER_LEN + 48;
+const OFF_PATH: usize = HEADER_LEN + 24;
+const OFF_PATH2: usize = OFF_PATH + PATH_MAX;
+/// A file record without the second path (all but renames).
+const FILE_SHORT_LEN: usize = OFF_PATH2;
+const FILE_LONG_LEN: usize = OFF_PATH2 + PATH_MAX;
+const CRED_LEN: usize = HEADER_LEN + 56;
+const PTRACE_LEN: usize = HEADER_LEN + 16;
+const MEMFD_NAME_MAX: usize = 256;
+const MEMFD_LEN: usize = HEADER_LEN + 8 + MEMFD_NAME_MAX;
+const BPF_LEN: usize = HEADER_LEN + 32;
+
+const EXEC_STDIN_SOCKET: u32 = 1;
+const EXEC_STDOUT_SOCKET: u32 = 2;
+const EXEC_ARGV_TRUNCATED: u32 = 4;
+const EXEC_CWD_TRUNCATED: u32 = 8;
+const EXEC_EXE_DELETED: u32 = 16;
+const EXEC_EXE_MEMFD: u32 = 32;
+const FILE_WRITE: u32 = 1;
+const FILE_CREATED: u32 = 2;
+const FILE_TRUNCATED: u32 = 4;
+const FILE_PARENT_KNOWN: u32 = 8;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -67,6 +136,17 @@ pub struct ExecRecord {
     pub tty: String,
     pub stdin_is_socket: bool,
     pub stdout_is_socket: bool,
+    /// The working directory, as the process sees it.
+    pub cwd: String,
+    /// True when cwd was deeper than the kernel walks and lost its top.
+    pub cwd_truncated: bool,
+    /// Effective ids after the exec (differ from uid/gid for set-id files).
+    pub euid: u32,
+    pub egid: u32,
+    /// The image is a file with no links left (deleted, or anonymous).
+    pub exe_deleted: bool,
+    /// The image was created by memfd_create: it never had a path.
+    pub exe_memfd: bool,
 }
 
 /// A new process; the header is its parent's.
@@ -123,6 +203,126 @@ pub struct TcpRecord {
     pub result: i32,
 }
 
+/// What a file record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// An open of a watched path.
+    Open,
+    /// A rename from or to a watched path (`new_path` is set).
+    Rename,
+    /// An unlink of a watched path.
+    Unlink,
+    /// A chmod that set an execute bit.
+    Chmod,
+    /// A regular file on /dev opened for writing.
+    DevWrite,
+}
+
+/// A file event; which fields mean something depends on `op`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub header: RecordHeader,
+    pub op: FileOp,
+    /// Open: the fd. Rename and unlink: 0 or the negated errno.
+    pub result: i32,
+    /// Open: opened for writing.
+    pub write: bool,
+    /// Open: the open created the file.
+    pub created: bool,
+    /// A path was longer or deeper than the kernel captures.
+    pub truncated: bool,
+    /// Open: the inode's mode. Chmod: the mode set.
+    pub mode: u32,
+    /// Chmod: the parent directory's mode, when the kernel knew it.
+    pub parent_mode: Option<u32>,
+    pub path: String,
+    /// Rename: the new path; else empty.
+    pub new_path: String,
+}
+
+/// Which call changed credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredOp {
+    Setuid,
+    Setreuid,
+    Setresuid,
+    Setgid,
+    Setregid,
+    Setresgid,
+    Capset,
+    /// An exec of a set-user-id or set-group-id file.
+    Exec,
+}
+
+impl CredOp {
+    /// The call's name, as in the proto event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Setuid => "setuid",
+            Self::Setreuid => "setreuid",
+            Self::Setresuid => "setresuid",
+            Self::Setgid => "setgid",
+            Self::Setregid => "setregid",
+            Self::Setresgid => "setresgid",
+            Self::Capset => "capset",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// Real and effective ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ids {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+}
+
+/// A process gained root ids or new effective capabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredRecord {
+    pub header: RecordHeader,
+    pub op: CredOp,
+    pub old: Ids,
+    pub new: Ids,
+    /// Effective capability sets before and after (bit n: capability n).
+    pub old_caps: u64,
+    pub new_caps: u64,
+}
+
+/// A ptrace request that takes over or writes into a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PtraceRecord {
+    pub header: RecordHeader,
+    pub request: i64,
+    /// The pid the request named.
+    pub target: u32,
+    pub result: i32,
+}
+
+/// memfd_create(): an anonymous, executable-capable file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemfdRecord {
+    pub header: RecordHeader,
+    pub name: String,
+    pub flags: u32,
+    /// The fd, or the negated errno.
+    pub result: i32,
+}
+
+/// bpf(BPF_PROG_LOAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfLoadRecord {
+    pub header: RecordHeader,
+    /// enum bpf_prog_type (1 socket filter, 2 kprobe, 5 tracepoint, ...).
+    pub prog_type: u32,
+    pub insn_count: u32,
+    pub prog_name: String,
+    /// The program fd, or the negated errno.
+    pub result: i32,
+}
+
 /// Any record the kernel programs produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawRecord {
@@ -130,6 +330,11 @@ pub enum RawRecord {
     Fork(ForkRecord),
     Exit(ExitRecord),
     Tcp(TcpRecord),
+    File(FileRecord),
+    Cred(CredRecord),
+    Ptrace(PtraceRecord),
+    Memfd(MemfdRecord),
+    BpfLoad(BpfLoadRecord),
 }
 
 impl RawRecord {
@@ -140,6 +345,11 @@ impl RawRecord {
             Self::Fork(r) => &r.header,
             Self::Exit(r) => &r.header,
             Self::Tcp(r) => &r.header,
+            Self::File(r) => &r.header,
+            Self::Cred(r) => &r.header,
+            Self::Ptrace(r) => &r.header,
+            Self::Memfd(r) => &r.header,
+            Self::BpfLoad(r) => &r.header,
         }
     }
 }
@@ -150,6 +360,10 @@ fn u16_at(b: &[u8], off: usize) -> u16 {
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn i32_at(b: &[u8], off: usize) -> i32 {
+    u32_at(b, off) as i32
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -185,6 +399,12 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
         KIND_FORK => FORK_LEN,
         KIND_EXIT => EXIT_LEN,
         KIND_TCP_CONNECT | KIND_TCP_ACCEPT | KIND_TCP_LISTEN => TCP_LEN,
+        KIND_FILE_RENAME => FILE_LONG_LEN,
+        KIND_FILE_OPEN | KIND_FILE_UNLINK | KIND_FILE_CHMOD | KIND_DEV_WRITE => FILE_SHORT_LEN,
+        KIND_PRIVILEGE => CRED_LEN,
+        KIND_PTRACE => PTRACE_LEN,
+        KIND_MEMFD => MEMFD_LEN,
+        KIND_BPF_LOAD => BPF_LEN,
         k => return Err(RawError::UnknownKind(k)),
     };
     if b.len() < need {
@@ -201,14 +421,98 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
             header,
             status: u32_at(b, HEADER_LEN),
         }),
-        _ => {
-            let op = match kind {
-                KIND_TCP_CONNECT => TcpOp::Connect,
-                KIND_TCP_ACCEPT => TcpOp::Accept,
-                _ => TcpOp::Listen,
-            };
-            RawRecord::Tcp(decode_tcp(b, header, op)?)
+        KIND_TCP_CONNECT => RawRecord::Tcp(decode_tcp(b, header, TcpOp::Connect)?),
+        KIND_TCP_ACCEPT => RawRecord::Tcp(decode_tcp(b, header, TcpOp::Accept)?),
+        KIND_TCP_LISTEN => RawRecord::Tcp(decode_tcp(b, header, TcpOp::Listen)?),
+        KIND_FILE_OPEN => RawRecord::File(decode_file(b, header, FileOp::Open)?),
+        KIND_FILE_RENAME => RawRecord::File(decode_file(b, header, FileOp::Rename)?),
+        KIND_FILE_UNLINK => RawRecord::File(decode_file(b, header, FileOp::Unlink)?),
+        KIND_FILE_CHMOD => RawRecord::File(decode_file(b, header, FileOp::Chmod)?),
+        KIND_DEV_WRITE => RawRecord::File(decode_file(b, header, FileOp::DevWrite)?),
+        KIND_PRIVILEGE => RawRecord::Cred(decode_cred(b, header)?),
+        KIND_PTRACE => RawRecord::Ptrace(PtraceRecord {
+            header,
+            request: u64_at(b, HEADER_LEN) as i64,
+            target: u32_at(b, HEADER_LEN + 8),
+            result: i32_at(b, HEADER_LEN + 12),
+        }),
+        KIND_MEMFD => RawRecord::Memfd(MemfdRecord {
+            header,
+            flags: u32_at(b, HEADER_LEN),
+            result: i32_at(b, HEADER_LEN + 4),
+            name: c_string(&b[HEADER_LEN + 8..MEMFD_LEN]),
+        }),
+        _ => RawRecord::BpfLoad(BpfLoadRecord {
+            header,
+            prog_type: u32_at(b, HEADER_LEN),
+            insn_count: u32_at(b, HEADER_LEN + 4),
+            result: i32_at(b, HEADER_LEN + 8),
+            prog_name: c_string(&b[HEADER_LEN + 16..BPF_LEN]),
+        }),
+    })
+}
+
+/// A path field of `len` bytes at `off`, checked against the capture size.
+fn path_at(b: &[u8], off: usize, len: usize, field: &'static str) -> Result<String, RawError> {
+    if len >= PATH_MAX || off + len > b.len() {
+        return Err(RawError::BadLength { field, value: len });
+    }
+    Ok(String::from_utf8_lossy(&b[off..off + len]).into_owned())
+}
+
+fn decode_file(b: &[u8], header: RecordHeader, op: FileOp) -> Result<FileRecord, RawError> {
+    let flags = u32_at(b, HEADER_LEN + 4);
+    let path_len = u16_at(b, HEADER_LEN + 16) as usize;
+    let new_path = if op == FileOp::Rename {
+        let len = u16_at(b, HEADER_LEN + 18) as usize;
+        path_at(b, OFF_PATH2, len, "path2_len")?
+    } else {
+        String::new()
+    };
+    Ok(FileRecord {
+        header,
+        op,
+        result: i32_at(b, HEADER_LEN),
+        write: flags & FILE_WRITE != 0,
+        created: flags & FILE_CREATED != 0,
+        truncated: flags & FILE_TRUNCATED != 0,
+        mode: u32_at(b, HEADER_LEN + 8),
+        parent_mode: (flags & FILE_PARENT_KNOWN != 0).then(|| u32_at(b, HEADER_LEN + 12)),
+        path: path_at(b, OFF_PATH, path_len, "path_len")?,
+        new_path,
+    })
+}
+
+fn decode_cred(b: &[u8], header: RecordHeader) -> Result<CredRecord, RawError> {
+    let op = match u32_at(b, HEADER_LEN) {
+        1 => CredOp::Setuid,
+        2 => CredOp::Setreuid,
+        3 => CredOp::Setresuid,
+        4 => CredOp::Setgid,
+        5 => CredOp::Setregid,
+        6 => CredOp::Setresgid,
+        7 => CredOp::Capset,
+        8 => CredOp::Exec,
+        v => {
+            return Err(RawError::BadLength {
+                field: "cred op",
+                value: v as usize,
+            })
         }
+    };
+    let ids = |off: usize| Ids {
+        uid: u32_at(b, off),
+        euid: u32_at(b, off + 4),
+        gid: u32_at(b, off + 8),
+        egid: u32_at(b, off + 12),
+    };
+    Ok(CredRecord {
+        header,
+        op,
+        old: ids(HEADER_LEN + 8),
+        new: ids(HEADER_LEN + 24),
+        old_caps: u64_at(b, HEADER_LEN + 40),
+        new_caps: u64_at(b, HEADER_LEN + 48),
     })
 }
 
@@ -229,6 +533,8 @@ fn decode_header(b: &[u8]) -> RecordHeader {
 fn decode_exec(b: &[u8], header: RecordHeader) -> Result<ExecRecord, RawError> {
     let filename_len = u32_at(b, HEADER_LEN) as usize;
     let argv_len = u32_at(b, HEADER_LEN + 4) as usize;
+    let cwd_len = u32_at(b, HEADER_LEN + 8) as usize;
+    let flags = u32_at(b, HEADER_LEN + 12);
     if filename_len >= FILENAME_MAX {
         return Err(RawError::BadLength {
             field: "filename_len",
@@ -246,10 +552,16 @@ fn decode_exec(b: &[u8], header: RecordHeader) -> Result<ExecRecord, RawError> {
         filename: String::from_utf8_lossy(&b[OFF_FILENAME..OFF_FILENAME + filename_len])
             .into_owned(),
         argv: split_argv(&b[OFF_ARGV..OFF_ARGV + argv_len]),
-        argv_truncated: u32_at(b, HEADER_LEN + 8) != 0,
+        argv_truncated: flags & EXEC_ARGV_TRUNCATED != 0,
         tty: c_string(&b[OFF_TTY..OFF_FILENAME]),
-        stdin_is_socket: u32_at(b, HEADER_LEN + 12) & 1 != 0,
-        stdout_is_socket: u32_at(b, HEADER_LEN + 12) & 2 != 0,
+        stdin_is_socket: flags & EXEC_STDIN_SOCKET != 0,
+        stdout_is_socket: flags & EXEC_STDOUT_SOCKET != 0,
+        cwd: path_at(b, OFF_CWD, cwd_len, "cwd_len")?,
+        cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
+        euid: u32_at(b, HEADER_LEN + 16),
+        egid: u32_at(b, HEADER_LEN + 20),
+        exe_deleted: flags & EXEC_EXE_DELETED != 0,
+        exe_memfd: flags & EXEC_EXE_MEMFD != 0,
     })
 }
 
@@ -304,9 +616,11 @@ pub(crate) mod tests {
         let mut b = record(KIND_EXEC, OFF_ARGV + argv.len());
         b[56..60].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
         b[60..64].copy_from_slice(&(argv.len() as u32).to_ne_bytes());
-        b[64..68].copy_from_slice(&(truncated as u32).to_ne_bytes());
-        b[68..72].copy_from_slice(&2u32.to_ne_bytes());
+        b[64..68].copy_from_slice(&4u32.to_ne_bytes());
+        let flags = EXEC_STDOUT_SOCKET | if truncated { EXEC_ARGV_TRUNCATED } else { 0 };
+        b[68..72].copy_from_slice(&flags.to_ne_bytes());
         b[OFF_TTY..OFF_TTY + 4].copy_from_slice(b"pts3");
+        b[OFF_CWD..OFF_CWD + 4].copy_from_slice(b"/tmp");
         b[OFF_FILENAME..OFF_FILENAME + filename.len()].copy_from_slice(filename.as_bytes());
         b[OFF_ARGV..].copy_from_slice(argv);
         b
@@ -322,6 +636,7 @@ pub(crate) mod tests {
         assert_eq!(r.argv, ["ls", "-l", "/tmp"]);
         assert_eq!(r.header.comm, "bash");
         assert_eq!(r.tty, "pts3");
+        assert_eq!(r.cwd, "/tmp");
         assert!(!r.stdin_is_socket && r.stdout_is_socket);
         assert_eq!((r.header.tgid, r.header.tid, r.header.ppid), (100, 101, 1));
         assert!(!r.argv_truncated);
@@ -406,16 +721,127 @@ pub(crate) mod tests {
 
     #[test]
     fn every_kind_checks_its_length() {
-        for kind in [KIND_FORK, KIND_EXIT, KIND_TCP_CONNECT, KIND_EXEC] {
+        for (kind, _) in KIND_NAMES {
             let b = record(kind, HEADER_LEN);
             assert_eq!(decode(&b), Err(RawError::Short(HEADER_LEN)), "kind {kind}");
         }
     }
 
+    fn file_bytes(kind: u32, path: &str, new_path: &str, flags: u32) -> Vec<u8> {
+        let len = if kind == KIND_FILE_RENAME {
+            FILE_LONG_LEN
+        } else {
+            FILE_SHORT_LEN
+        };
+        let mut b = record(kind, len);
+        b[56..60].copy_from_slice(&(-2i32).to_ne_bytes());
+        b[60..64].copy_from_slice(&flags.to_ne_bytes());
+        b[64..68].copy_from_slice(&0o100644u32.to_ne_bytes());
+        b[68..72].copy_from_slice(&0o41777u32.to_ne_bytes());
+        b[72..74].copy_from_slice(&(path.len() as u16).to_ne_bytes());
+        b[74..76].copy_from_slice(&(new_path.len() as u16).to_ne_bytes());
+        b[OFF_PATH..OFF_PATH + path.len()].copy_from_slice(path.as_bytes());
+        if kind == KIND_FILE_RENAME {
+            b[OFF_PATH2..OFF_PATH2 + new_path.len()].copy_from_slice(new_path.as_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn decodes_file_records() {
+        let b = file_bytes(KIND_FILE_OPEN, "/etc/shadow", "", FILE_WRITE | FILE_CREATED);
+        let Ok(RawRecord::File(r)) = decode(&b) else {
+            panic!("not a file record")
+        };
+        assert_eq!((r.op, r.path.as_str()), (FileOp::Open, "/etc/shadow"));
+        assert!(r.write && r.created && !r.truncated);
+        assert_eq!((r.mode, r.parent_mode), (0o100644, None));
+        let b = file_bytes(KIND_FILE_RENAME, "/tmp/x", "/etc/cron.d/x", 0);
+        let Ok(RawRecord::File(r)) = decode(&b) else {
+            panic!("not a file record")
+        };
+        assert_eq!((r.op, r.result), (FileOp::Rename, -2));
+        assert_eq!(r.new_path, "/etc/cron.d/x");
+        let b = file_bytes(KIND_FILE_CHMOD, "/tmp/x", "", FILE_PARENT_KNOWN);
+        let Ok(RawRecord::File(r)) = decode(&b) else {
+            panic!("not a file record")
+        };
+        assert_eq!(r.parent_mode, Some(0o41777));
+        let mut b = file_bytes(KIND_FILE_UNLINK, "/etc/x", "", 0);
+        b[72..74].copy_from_slice(&600u16.to_ne_bytes());
+        assert!(matches!(decode(&b), Err(RawError::BadLength { .. })));
+        // A short record cannot carry the second path a rename needs.
+        let mut b = file_bytes(KIND_FILE_UNLINK, "/etc/x", "", 0);
+        b[0..4].copy_from_slice(&KIND_FILE_RENAME.to_ne_bytes());
+        assert_eq!(decode(&b), Err(RawError::Short(FILE_SHORT_LEN)));
+    }
+
+    #[test]
+    fn decodes_privilege_and_tampering_records() {
+        let mut b = record(KIND_PRIVILEGE, CRED_LEN);
+        b[56..60].copy_from_slice(&3u32.to_ne_bytes());
+        for (i, v) in [1000u32, 1000, 1000, 1000, 0, 0, 1000, 1000]
+            .iter()
+            .enumerate()
+        {
+            b[64 + 4 * i..68 + 4 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        b[104..112].copy_from_slice(&u64::MAX.to_ne_bytes());
+        let Ok(RawRecord::Cred(r)) = decode(&b) else {
+            panic!("not a cred record")
+        };
+        assert_eq!(r.op, CredOp::Setresuid);
+        assert_eq!(
+            (r.old.uid, r.new.uid, r.new.euid, r.new.gid),
+            (1000, 0, 0, 1000)
+        );
+        assert_eq!((r.old_caps, r.new_caps), (0, u64::MAX));
+        b[56..60].copy_from_slice(&99u32.to_ne_bytes());
+        assert!(decode(&b).is_err());
+
+        let mut b = record(KIND_MEMFD, MEMFD_LEN);
+        b[56..60].copy_from_slice(&1u32.to_ne_bytes());
+        b[60..64].copy_from_slice(&5i32.to_ne_bytes());
+        b[64..68].copy_from_slice(b"pay\0");
+        let Ok(RawRecord::Memfd(r)) = decode(&b) else {
+            panic!("not a memfd record")
+        };
+        assert_eq!((r.name.as_str(), r.flags, r.result), ("pay", 1, 5));
+
+        let mut b = record(KIND_BPF_LOAD, BPF_LEN);
+        b[56..60].copy_from_slice(&1u32.to_ne_bytes());
+        b[60..64].copy_from_slice(&2u32.to_ne_bytes());
+        b[64..68].copy_from_slice(&(-1i32).to_ne_bytes());
+        b[72..76].copy_from_slice(b"prog");
+        let Ok(RawRecord::BpfLoad(r)) = decode(&b) else {
+            panic!("not a bpf record")
+        };
+        assert_eq!((r.prog_type, r.insn_count, r.result), (1, 2, -1));
+        assert_eq!(r.prog_name, "prog");
+
+        let mut b = record(KIND_PTRACE, PTRACE_LEN);
+        b[56..64].copy_from_slice(&16i64.to_ne_bytes());
+        b[64..68].copy_from_slice(&4242u32.to_ne_bytes());
+        let Ok(RawRecord::Ptrace(r)) = decode(&b) else {
+            panic!("not a ptrace record")
+        };
+        assert_eq!((r.request, r.target, r.result), (16, 4242, 0));
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for (kind, name) in KIND_NAMES {
+            assert_eq!(kind_number(name), Some(kind));
+            assert_eq!(kind_name(kind), name);
+            assert!((kind as usize) < KINDS);
+        }
+        assert_eq!(kind_number("nope"), None);
+    }
+
     #[test]
     fn short_and_unknown_records_are_errors() {
         assert_eq!(decode(&[1, 0]), Err(RawError::Short(2)));
-        assert_eq!(decode(&[9, 0, 0, 0]), Err(RawError::UnknownKind(9)));
+        assert_eq!(decode(&[99, 0, 0, 0]), Err(RawError::UnknownKind(99)));
         assert!(matches!(decode(&[1, 0, 0, 0, 5]), Err(RawError::Short(5))));
     }
 }

@@ -7,75 +7,13 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
-use starling_bpf::{ExecRecord, RawRecord, Sensor, SensorConfig, TcpOp, TcpRecord};
+mod common;
+
+use common::{is_root, Seen};
+use starling_bpf::{DropReason, RawRecord, Sensor, SensorConfig, TcpOp};
 
 /// ECONNREFUSED on Linux.
 const ECONNREFUSED: i32 = 111;
-
-/// Everything the sensor delivered so far, so that one test can wait for
-/// several records in any order without dropping the ones it has not
-/// asked for yet.
-struct Seen {
-    sensor: Sensor,
-    records: Vec<RawRecord>,
-}
-
-impl Seen {
-    fn load() -> Self {
-        assert!(
-            is_root(),
-            "this test loads BPF programs and must run as root"
-        );
-        Self {
-            sensor: Sensor::load(&SensorConfig::default()).expect("sensor loads"),
-            records: Vec::new(),
-        }
-    }
-
-    /// The first record `want` accepts, reading for up to 10 s.
-    async fn find(&mut self, mut want: impl FnMut(&RawRecord) -> bool) -> Option<RawRecord> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut checked = 0;
-        loop {
-            if let Some(r) = self.records[checked..].iter().find(|r| want(r)) {
-                return Some(r.clone());
-            }
-            checked = self.records.len();
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            let mut batch = Vec::new();
-            let _ = tokio::time::timeout(
-                Duration::from_millis(500),
-                self.sensor.read(1024, &mut batch),
-            )
-            .await;
-            for r in batch {
-                self.records.push(r.expect("kernel records decode"));
-            }
-        }
-    }
-
-    async fn exec_with(&mut self, marker: &str) -> Option<ExecRecord> {
-        match self
-            .find(|r| matches!(r, RawRecord::Exec(x) if x.argv.iter().any(|a| a == marker)))
-            .await
-        {
-            Some(RawRecord::Exec(x)) => Some(x),
-            _ => None,
-        }
-    }
-
-    async fn tcp(&mut self, op: TcpOp, mut want: impl FnMut(&TcpRecord) -> bool) -> TcpRecord {
-        match self
-            .find(|r| matches!(r, RawRecord::Tcp(t) if t.op == op && want(t)))
-            .await
-        {
-            Some(RawRecord::Tcp(t)) => t,
-            _ => panic!("no {op:?} record"),
-        }
-    }
-}
 
 /// cgroup v2 id of this process: the inode of its cgroup2 directory
 /// (pure cgroup2 hosts mount it at /sys/fs/cgroup, hybrid ones at
@@ -116,7 +54,8 @@ async fn exec_record_has_argv_pid_parent_and_cgroup() {
     assert_eq!(h.uid, 0);
     let id = own_cgroup_id().expect("this host has a cgroup2 hierarchy");
     assert_eq!(h.cgroup_id, id, "cgroup id is the cgroup2 directory inode");
-    assert_eq!(seen.sensor.ring_buffer_losses().expect("loss map"), 0);
+    let drops = seen.sensor.drop_counts().expect("drop map");
+    assert_eq!(drops.total(DropReason::RingBufferFull), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,21 +81,11 @@ async fn long_argv_is_cut_at_the_limit_and_flagged() {
 fn bad_ring_buffer_size_is_refused_before_loading() {
     let err = Sensor::load(&SensorConfig {
         ring_buffer_bytes: 5000,
+        ..Default::default()
     })
     .err()
     .expect("refused");
     assert!(err.to_string().contains("power of two"), "{err}");
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +97,7 @@ async fn a_full_ring_buffer_drops_in_the_kernel_and_counts_every_loss() {
     // One page holds only a handful of exec records; nothing reads it.
     let mut sensor = Sensor::load(&SensorConfig {
         ring_buffer_bytes: 4096,
+        ..Default::default()
     })
     .expect("sensor loads");
     let execs = 50;
@@ -177,7 +107,11 @@ async fn a_full_ring_buffer_drops_in_the_kernel_and_counts_every_loss() {
             .status()
             .expect("spawn true");
     }
-    let lost = sensor.ring_buffer_losses().expect("loss map");
+    let exec_kind = starling_bpf::kind_number("process_exec").expect("a kind");
+    let lost = sensor
+        .drop_counts()
+        .expect("drop map")
+        .get(DropReason::RingBufferFull, exec_kind);
     // One read drains what the page holds (other tests' execs may add a
     // few, which only makes both sides larger).
     let mut records = Vec::new();

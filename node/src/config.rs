@@ -2,6 +2,7 @@
 //! documents every field). Unknown fields are errors, every field has a safe
 //! default, and validation names the field it rejects.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -93,6 +94,111 @@ pub struct SensorSection {
     pub enabled: bool,
     /// BPF ring-buffer size in bytes; a power of two, at least 4096.
     pub ring_buffer_bytes: u32,
+    /// Path prefixes whose opens, renames and unlinks are reported. Plain
+    /// string prefixes ("/etc/cron" covers /etc/crontab and /etc/cron.d/);
+    /// a trailing "*" is allowed and means the same; "~/" stands for every
+    /// home directory in /etc/passwd.
+    pub watch_paths: Vec<String>,
+    /// Prefixes under watched ones that are not reported.
+    pub quiet_paths: Vec<String>,
+    /// Executables whose processes are not reported at all.
+    pub quiet_exes: Vec<PathBuf>,
+    /// cgroup2 paths ("/system.slice/backup.service") whose processes are
+    /// not reported at all.
+    pub quiet_cgroups: Vec<String>,
+    /// Event kinds not reported (process_exec, file_open, ...).
+    pub disabled_kinds: Vec<String>,
+    /// Per-kind rate limits: `process_exec = { per_second = 5000, burst =
+    /// 20000 }`. What is over the limit is dropped in the kernel and
+    /// reported as an event_loss (RATE_LIMITED) with the count.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Leave out what the node itself does (its own opens, connects and
+    /// BPF calls would otherwise be reported about itself).
+    pub filter_own_activity: bool,
+    /// Executables larger than this are not hashed (exe_sha256 is empty).
+    pub hash_max_bytes: u64,
+}
+
+/// A rate limit for one event kind.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Events per second allowed on the host (split evenly across CPUs).
+    pub per_second: u64,
+    /// Events allowed at once after a quiet spell. Default: one second's.
+    pub burst: Option<u64>,
+}
+
+/// What the watch list covers when the config does not say: credentials,
+/// privilege configuration, persistence points and SSH keys.
+pub const DEFAULT_WATCH_PATHS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "/etc/cron",
+    "/var/spool/cron/",
+    "/etc/ld.so.preload",
+    "/etc/ssh/sshd_config",
+    "/root/",
+    "~/.ssh/",
+];
+
+impl SensorSection {
+    /// The kernel filters this section asks for, with "~/" expanded against
+    /// `homes` and trailing "*" removed. `own_pid` is the node's pid.
+    pub fn filters(&self, homes: &[PathBuf], own_pid: u32) -> starling_bpf::SensorFilters {
+        starling_bpf::SensorFilters {
+            own_pid: self.filter_own_activity.then_some(own_pid),
+            disabled_kinds: self.disabled_kinds.clone(),
+            watched_paths: expand_prefixes(&self.watch_paths, homes),
+            quiet_paths: expand_prefixes(&self.quiet_paths, homes),
+            quiet_exes: self.quiet_exes.clone(),
+            quiet_cgroups: self.quiet_cgroups.clone(),
+            rate_limits: self
+                .rate_limits
+                .iter()
+                .map(|(kind, l)| starling_bpf::RateLimit {
+                    kind: kind.clone(),
+                    per_second: l.per_second,
+                    burst: l.burst.unwrap_or(l.per_second),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Expands "~/" to each home directory and drops a trailing "*".
+fn expand_prefixes(prefixes: &[String], homes: &[PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in prefixes {
+        let p = p.strip_suffix('*').unwrap_or(p);
+        match p.strip_prefix("~/") {
+            Some(rest) => {
+                for home in homes {
+                    out.push(format!("{}/{rest}", home.display()));
+                }
+            }
+            None => out.push(p.to_owned()),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Home directories of the accounts in a passwd file that exist and are not
+/// "/" (system accounts often have "/" or /nonexistent).
+pub fn home_directories(passwd: &str) -> Vec<PathBuf> {
+    let mut homes: Vec<PathBuf> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(5))
+        .filter(|h| h.starts_with('/') && *h != "/")
+        .map(PathBuf::from)
+        .filter(|h| h.is_dir())
+        .collect();
+    homes.sort();
+    homes.dedup();
+    homes
 }
 
 /// Spool settings.
@@ -199,6 +305,14 @@ impl Default for SensorSection {
         Self {
             enabled: true,
             ring_buffer_bytes: 8 << 20,
+            watch_paths: DEFAULT_WATCH_PATHS.iter().map(|s| s.to_string()).collect(),
+            quiet_paths: Vec::new(),
+            quiet_exes: Vec::new(),
+            quiet_cgroups: Vec::new(),
+            disabled_kinds: Vec::new(),
+            rate_limits: BTreeMap::new(),
+            filter_own_activity: true,
+            hash_max_bytes: 64 << 20,
         }
     }
 }
@@ -286,6 +400,47 @@ impl NodeConfig {
                 "sensor.ring_buffer_bytes",
                 format!("{rb} is not a power of two of at least 4096"),
             ));
+        }
+        for kind in self
+            .sensor
+            .disabled_kinds
+            .iter()
+            .chain(self.sensor.rate_limits.keys())
+        {
+            if starling_bpf::kind_number(kind).is_none() {
+                let known: Vec<&str> = starling_bpf::KIND_NAMES.iter().map(|(_, n)| *n).collect();
+                return Err(invalid(
+                    "sensor",
+                    format!("unknown event kind {kind:?}; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        for (kind, l) in &self.sensor.rate_limits {
+            if l.per_second == 0 || l.burst == Some(0) {
+                return Err(invalid(
+                    "sensor.rate_limits",
+                    format!("{kind}: per_second and burst must be at least 1"),
+                ));
+            }
+        }
+        for p in self
+            .sensor
+            .watch_paths
+            .iter()
+            .chain(&self.sensor.quiet_paths)
+        {
+            let ok = (p.starts_with('/') || p.starts_with("~/"))
+                && p.len() <= starling_bpf::PREFIX_MAX - 64
+                && !p.contains('\0');
+            if !ok {
+                return Err(invalid(
+                    "sensor.watch_paths",
+                    format!(
+                        "{p:?}: a prefix is an absolute path or starts with ~/, at most {} bytes",
+                        starling_bpf::PREFIX_MAX - 64
+                    ),
+                ));
+            }
         }
         if self.spool.quota_bytes < 1 << 20 {
             return Err(invalid(
@@ -441,5 +596,53 @@ server_name = "sink-1"
         assert!(e.to_string().contains("drop_policy"), "{e}");
         let e = NodeConfig::parse(&format!("{MINIMAL}\nunknown_knob = 1\n")).unwrap_err();
         assert!(e.to_string().contains("unknown_knob"), "{e}");
+    }
+
+    #[test]
+    fn sensor_filters_expand_homes_and_globs() {
+        let c = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[sensor]\nwatch_paths = [\"/etc/cron*\", \"~/.ssh/\"]\n\
+             disabled_kinds = [\"tcp_accept\"]\n\
+             [sensor.rate_limits]\nprocess_exec = {{ per_second = 100 }}\n"
+        ))
+        .expect("valid");
+        let homes = [PathBuf::from("/root"), PathBuf::from("/home/ann")];
+        let f = c.sensor.filters(&homes, 42);
+        assert_eq!(
+            f.watched_paths,
+            ["/etc/cron", "/home/ann/.ssh/", "/root/.ssh/"]
+        );
+        assert_eq!(f.own_pid, Some(42));
+        assert_eq!(f.disabled_kinds, ["tcp_accept"]);
+        assert_eq!(f.rate_limits[0].kind, "process_exec");
+        assert_eq!(
+            (f.rate_limits[0].per_second, f.rate_limits[0].burst),
+            (100, 100)
+        );
+        assert!(home_directories("root:x:0:0::/root:/bin/sh\nbin:x:2:2::/:/bin/false\nno:x:3:3::/nonexistent-home:/bin/false\n")
+            .contains(&PathBuf::from("/root")));
+        assert_eq!(
+            home_directories("bin:x:2:2::/:/bin/false\n"),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_relative_prefixes_are_refused() {
+        let e = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[sensor]\ndisabled_kinds = [\"exec\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown event kind \"exec\""), "{e}");
+        let e = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[sensor]\nwatch_paths = [\"etc/shadow\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("sensor.watch_paths"), "{e}");
+        let e = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[sensor.rate_limits]\nfile_open = {{ per_second = 0 }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("sensor.rate_limits"), "{e}");
     }
 }

@@ -45,10 +45,38 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(config))
+        .block_on(run(config, args.config))
 }
 
-async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// The sensor filters of a config, with "~/" expanded against this host's
+/// accounts and the node's own pid.
+fn sensor_filters(config: &NodeConfig) -> starling_bpf::SensorFilters {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let homes = starling_node::config::home_directories(&passwd);
+    config.sensor.filters(&homes, std::process::id())
+}
+
+/// On SIGHUP, re-reads the config file and hands the sensor its new
+/// filters. Other sections need a restart; a config that does not load is
+/// logged and the running filters stay.
+async fn reload_on_sighup(path: PathBuf, filters: watch::Sender<starling_bpf::SensorFilters>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: sensor filters reload only on restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match NodeConfig::load(&path) {
+            Ok(config) => {
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the sensor filters (other settings need a restart)");
+                filters.send_replace(sensor_filters(&config));
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
+        }
+    }
+}
+
+async fn run(config: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     let host_id = config.resolve_host_id()?;
     check_certificate_names(&config, &host_id)?;
     let trust = DataPlaneTrust::load(&config.tls.files(), Some(config.tls.revocation_list()))
@@ -94,17 +122,30 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (spooled_tx, spooled_rx) = watch::channel(st.next_seq);
 
     let sensor_task = if config.sensor.enabled {
+        let filters = sensor_filters(&config);
         let sensor_config = starling_bpf::SensorConfig {
             ring_buffer_bytes: config.sensor.ring_buffer_bytes,
+            filters: filters.clone(),
         };
         match starling_bpf::Sensor::load(&sensor_config) {
             Ok(sensor) => {
-                tracing::info!("sensor loaded: process exec");
+                tracing::info!(
+                    watched_paths = filters.watched_paths.len(),
+                    missing_tracepoints = ?sensor.missing_tracepoints(),
+                    "sensor loaded"
+                );
                 metrics::gauge!(m::SENSOR_UP).set(1.0);
                 let spool = spool.clone();
                 let shutdown = shutdown_rx.clone();
+                let (filters_tx, filters_rx) = watch::channel(filters);
+                tokio::spawn(reload_on_sighup(config_path.clone(), filters_tx));
                 Some(tokio::spawn(starling_node::sensor::run(
-                    sensor, spool, spooled_tx, shutdown,
+                    sensor,
+                    spool,
+                    spooled_tx,
+                    filters_rx,
+                    config.sensor.hash_max_bytes,
+                    shutdown,
                 )))
             }
             Err(e) => {

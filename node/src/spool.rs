@@ -373,6 +373,7 @@ pub fn loss_event(reason: Reason, count: u64, first_seq: u64, last_seq: u64) -> 
             count,
             first_seq,
             last_seq,
+            kind: String::new(),
         })),
     }
 }

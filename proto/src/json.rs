@@ -4,7 +4,20 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::v1::{event::Body, event_loss::Reason, Event, SocketEndpoint};
+use crate::v1::{event::Body, event_loss::Reason, Credentials, Event, SocketEndpoint};
+
+fn credentials(c: &Option<Credentials>) -> Value {
+    match c {
+        Some(c) => json!({
+            "uid": c.uid,
+            "euid": c.euid,
+            "gid": c.gid,
+            "egid": c.egid,
+            "capabilities": c.capabilities,
+        }),
+        None => Value::Null,
+    }
+}
 
 fn endpoint(e: &Option<SocketEndpoint>) -> Value {
     match e {
@@ -48,6 +61,14 @@ pub fn event_to_json(event: &Event) -> Value {
                     "tty": e.tty,
                     "stdin_is_socket": e.stdin_is_socket,
                     "stdout_is_socket": e.stdout_is_socket,
+                    "cwd": e.cwd,
+                    "cwd_truncated": e.cwd_truncated,
+                    "euid": e.euid,
+                    "egid": e.egid,
+                    "exe_deleted": e.exe_deleted,
+                    "exe_memfd": e.exe_memfd,
+                    "ancestry": e.ancestry,
+                    "exe_sha256": e.exe_sha256,
                 }),
             );
         }
@@ -62,6 +83,7 @@ pub fn event_to_json(event: &Event) -> Value {
                     "count": l.count,
                     "first_seq": l.first_seq,
                     "last_seq": l.last_seq,
+                    "kind": l.kind,
                 }),
             );
         }
@@ -96,6 +118,85 @@ pub fn event_to_json(event: &Event) -> Value {
         }
         Some(Body::TcpListen(l)) => {
             out.insert("tcp_listen".into(), json!({ "local": endpoint(&l.local) }));
+        }
+        Some(Body::FileOpen(f)) => {
+            out.insert(
+                "file_open".into(),
+                json!({
+                    "path": f.path,
+                    "write": f.write,
+                    "created": f.created,
+                    "mode": f.mode,
+                    "path_truncated": f.path_truncated,
+                }),
+            );
+        }
+        Some(Body::FileRename(f)) => {
+            out.insert(
+                "file_rename".into(),
+                json!({
+                    "old_path": f.old_path,
+                    "new_path": f.new_path,
+                    "result": f.result,
+                    "path_truncated": f.path_truncated,
+                }),
+            );
+        }
+        Some(Body::FileUnlink(f)) => {
+            out.insert(
+                "file_unlink".into(),
+                json!({ "path": f.path, "result": f.result, "path_truncated": f.path_truncated }),
+            );
+        }
+        Some(Body::FileChmod(f)) => {
+            out.insert(
+                "file_chmod".into(),
+                json!({
+                    "path": f.path,
+                    "mode": f.mode,
+                    "parent_mode": f.parent_mode,
+                    "path_truncated": f.path_truncated,
+                }),
+            );
+        }
+        Some(Body::DevFileWrite(f)) => {
+            out.insert(
+                "dev_file_write".into(),
+                json!({ "path": f.path, "created": f.created, "path_truncated": f.path_truncated }),
+            );
+        }
+        Some(Body::PrivilegeChange(p)) => {
+            out.insert(
+                "privilege_change".into(),
+                json!({
+                    "call": p.call,
+                    "before": credentials(&p.before),
+                    "after": credentials(&p.after),
+                }),
+            );
+        }
+        Some(Body::Ptrace(p)) => {
+            out.insert(
+                "ptrace".into(),
+                json!({ "request": p.request, "target_pid": p.target_pid, "result": p.result }),
+            );
+        }
+        Some(Body::MemfdCreate(m)) => {
+            out.insert(
+                "memfd_create".into(),
+                json!({ "name": m.name, "flags": m.flags, "result": m.result }),
+            );
+        }
+        Some(Body::BpfProgramLoad(b)) => {
+            out.insert(
+                "bpf_program_load".into(),
+                json!({
+                    "prog_type": b.prog_type,
+                    "prog_name": b.prog_name,
+                    "insn_count": b.insn_count,
+                    "result": b.result,
+                }),
+            );
         }
         None => {}
     }
@@ -137,6 +238,7 @@ mod tests {
                 count: 3,
                 first_seq: 1,
                 last_seq: 3,
+                kind: String::new(),
             })),
         };
         assert_eq!(event_to_json(&e)["event_loss"]["reason"], "SPOOL_QUOTA");

@@ -32,6 +32,15 @@ pub fn event_kind(event: &v1::Event) -> &'static str {
         Some(Body::TcpConnect(_)) => "tcp_connect",
         Some(Body::TcpAccept(_)) => "tcp_accept",
         Some(Body::TcpListen(_)) => "tcp_listen",
+        Some(Body::FileOpen(_)) => "file_open",
+        Some(Body::FileRename(_)) => "file_rename",
+        Some(Body::FileUnlink(_)) => "file_unlink",
+        Some(Body::FileChmod(_)) => "file_chmod",
+        Some(Body::DevFileWrite(_)) => "dev_file_write",
+        Some(Body::PrivilegeChange(_)) => "privilege_change",
+        Some(Body::Ptrace(_)) => "ptrace",
+        Some(Body::MemfdCreate(_)) => "memfd_create",
+        Some(Body::BpfProgramLoad(_)) => "bpf_program_load",
         None => "unknown",
     }
 }

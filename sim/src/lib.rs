@@ -66,6 +66,9 @@ pub fn sample_exec_event(i: u64) -> Event {
             comm: "curl".into(),
             exe: "/usr/bin/curl".into(),
             cgroup_id: 4242,
+            user: "ann".into(),
+            cgroup_path: "/user.slice/user-1000.slice/session-3.scope".into(),
+            container: None,
         }),
         body: Some(Body::ProcessExec(ProcessExec {
             filename: "/usr/bin/curl".into(),
@@ -78,6 +81,16 @@ pub fn sample_exec_event(i: u64) -> Event {
             ],
             argv_truncated: false,
             parent_exe: "/usr/bin/bash".into(),
+            cwd: "/home/ann".into(),
+            tty: "pts0".into(),
+            euid: 1000,
+            egid: 1000,
+            ancestry: vec![
+                "1233:bash:/usr/bin/bash".into(),
+                "1200:sshd:/usr/sbin/sshd".into(),
+                "1:systemd:/usr/lib/systemd/systemd".into(),
+            ],
+            exe_sha256: "9f2c5b1e0d8a7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b".into(),
             ..Default::default()
         })),
     }

@@ -1,0 +1,225 @@
+/* Building a file's path in the kernel from its dentry and mount, and
+ * matching it against the watched prefixes (an LPM trie). There is no
+ * bpf_d_path for tracepoints, so the path is walked by hand, leaf to root,
+ * crossing mount points, and bounded in depth. */
+#ifndef STARLING_PATH_H
+#define STARLING_PATH_H
+
+#include "events.h"
+
+/* Components walked; deeper paths are reported with their top cut off
+ * and the truncated flag set. */
+#define STARLING_PATH_DEPTH 24
+#define STARLING_NAME_MAX 255
+/* Bytes of a path used for matching (the LPM trie's key limit). */
+#define STARLING_MATCH_MAX 256
+
+/* Scratch for building paths. A directory's path is written backwards so
+ * that it ends at buf[STARLING_PATH_MAX]; a name taken from a syscall
+ * argument can then be appended after it. Twice the size that is used, so
+ * that every masked offset plus length the verifier checks is inside. */
+struct path_scratch {
+	char buf[4 * STARLING_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct path_scratch);
+} path_scratch SEC(".maps");
+
+/* A path (or a prefix of one) as the LPM trie sees it: prefixlen in bits. */
+struct watch_key {
+	__u32 prefixlen;
+	char data[STARLING_MATCH_MAX];
+};
+
+/* A watch_key with room for any length the verifier lets through. */
+struct watch_key_buf {
+	__u32 prefixlen;
+	char data[2 * STARLING_MATCH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct watch_key_buf);
+} watch_key_scratch SEC(".maps");
+
+/* Watched path prefixes, filled by the loader from the node's config. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct watch_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} watched_paths SEC(".maps");
+
+/* Prefixes under which watched paths are not reported (configured noise). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct watch_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} quiet_paths SEC(".maps");
+
+/* Where a walked path lies in the scratch buffer. */
+struct walked {
+	__u32 start;        /* the path is buf[start .. STARLING_PATH_MAX) */
+	__u32 truncated;
+	__u32 mount_start;  /* the file's mount point is buf[start .. mount_start) */
+};
+
+/* Forces a bound the verifier can see: clang drops a mask it can prove
+ * redundant, and the verifier may not have kept that proof. */
+#define STARLING_BOUND(v, mask) asm volatile("%[x] &= " #mask : [x] "+r"(v))
+
+static __always_inline struct path_scratch *get_path_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&path_scratch, &zero);
+}
+
+/* The walk's state between steps of bpf_loop. */
+struct walk_state {
+	__u64 dentry;       /* struct dentry * */
+	__u64 mnt;          /* struct mount * */
+	__u32 pos;
+	__u32 mount_start;
+	__u32 crossed;
+	__u32 truncated;
+};
+
+/* One step of the walk: a path component, or a crossing to the parent
+ * mount. Returns 1 to stop (at the root, or out of room). */
+static long walk_step(__u64 index, void *ctx)
+{
+	struct walk_state *st = ctx;
+	struct path_scratch *s = get_path_scratch();
+	if (!s)
+		return 1;
+	struct dentry *dentry = (struct dentry *)st->dentry;
+	struct mount *mnt = (struct mount *)st->mnt;
+	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (!st->crossed)
+			st->mount_start = st->pos;
+		if (dentry != mnt_root || mnt == mnt_parent)
+			return 1;
+		st->crossed = 1;
+		st->dentry = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
+		st->mnt = (__u64)mnt_parent;
+		return 0;
+	}
+	struct qstr name = BPF_CORE_READ(dentry, d_name);
+	__u32 len = name.len;
+	__u32 pos = st->pos;
+	if (len > STARLING_NAME_MAX || len + 1 > pos) {
+		st->truncated = 1;
+		return 1;
+	}
+	STARLING_BOUND(len, 255);
+	pos -= len;
+	bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, name.name);
+	pos -= 1;
+	s->buf[pos & (STARLING_PATH_MAX - 1)] = '/';
+	st->pos = pos;
+	st->dentry = (__u64)parent;
+	return 0;
+}
+
+/* Writes the path of (dentry, vfsmnt) backwards into the path scratch,
+ * ending just before buf[STARLING_PATH_MAX]. The root gives an empty path
+ * (start == STARLING_PATH_MAX): callers add the "/" they need. Paths are
+ * relative to the task's mount namespace root, as the process sees them.
+ * bpf_loop keeps the verifier's work to one step, whatever the depth. */
+static __always_inline struct walked walk_path(struct path_scratch *s, struct dentry *dentry,
+					       struct vfsmount *vfsmnt)
+{
+	struct walk_state st = {
+		.dentry = (__u64)dentry,
+		.mnt = (__u64)container_of(vfsmnt, struct mount, mnt),
+		.pos = STARLING_PATH_MAX,
+	};
+	long steps = bpf_loop(STARLING_PATH_DEPTH, walk_step, &st, 0);
+	struct walked w = {
+		.start = st.pos,
+		.mount_start = st.crossed ? st.mount_start : st.pos,
+		.truncated = st.truncated || steps >= STARLING_PATH_DEPTH,
+	};
+	if (w.start > STARLING_PATH_MAX)
+		w.start = STARLING_PATH_MAX;
+	return w;
+}
+/* Appends the user string `name` after the walked directory ending at
+ * STARLING_PATH_MAX, with a "/" between; returns the bytes appended. */
+static __always_inline __u32 append_name(struct path_scratch *s, const char *name)
+{
+	s->buf[STARLING_PATH_MAX] = '/';
+	long n = bpf_probe_read_user_str(s->buf + STARLING_PATH_MAX + 1, STARLING_PATH_MAX - 1, name);
+	return n > 1 ? n : 1; /* n counts the NUL: "/" + name */
+}
+
+/* Whether buf[start .. start+len) lies under a watched prefix and not
+ * under a quiet one (counted as filtered for `kind`). */
+static __always_inline int path_is_watched(struct path_scratch *s, __u32 start, __u32 len, __u32 kind)
+{
+	__u32 zero = 0;
+	struct watch_key_buf *k = bpf_map_lookup_elem(&watch_key_scratch, &zero);
+	if (!k)
+		return 0;
+	if (len > STARLING_MATCH_MAX)
+		len = STARLING_MATCH_MAX;
+	STARLING_BOUND(len, 511);
+	if (len > STARLING_MATCH_MAX)
+		return 0;
+	STARLING_BOUND(start, 1023);
+	if (bpf_probe_read_kernel(k->data, len, s->buf + start) < 0)
+		return 0;
+	k->prefixlen = len * 8;
+	if (!bpf_map_lookup_elem(&watched_paths, k))
+		return 0;
+	struct starling_settings *st = get_settings();
+	if (st && st->quiet_paths && bpf_map_lookup_elem(&quiet_paths, k)) {
+		count_drop(STARLING_DROP_FILTERED, kind);
+		return 0;
+	}
+	return 1;
+}
+
+/* Copies buf[start .. start+len) into dst (STARLING_PATH_MAX bytes) and
+ * returns the bytes copied (the end of a longer path is cut off). */
+static __always_inline __u32 copy_path(char *dst, struct path_scratch *s, __u32 start, __u32 len)
+{
+	if (start > STARLING_PATH_MAX)
+		return 0;
+	if (len > STARLING_PATH_MAX - 1)
+		len = STARLING_PATH_MAX - 1;
+	STARLING_BOUND(start, 1023);
+	STARLING_BOUND(len, 511);
+	if (bpf_probe_read_kernel(dst, len, s->buf + start) < 0)
+		return 0;
+	return len;
+}
+
+/* The open file behind descriptor fd of the current task, or NULL. */
+static __always_inline struct file *fd_file(struct task_struct *task, long fd)
+{
+	if (fd < 0)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0)
+		return NULL;
+	return file;
+}
+
+#endif
