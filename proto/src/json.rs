@@ -46,6 +46,16 @@ pub fn event_to_json(event: &Event) -> Value {
                 "comm": h.comm,
                 "exe": h.exe,
                 "cgroup_id": h.cgroup_id,
+                "user": h.user,
+                "cgroup_path": h.cgroup_path,
+                "container": h.container.as_ref().map(|c| json!({
+                    "id": c.id,
+                    "runtime": c.runtime,
+                    "pod_uid": c.pod_uid,
+                    "pod_name": c.pod_name,
+                    "pod_namespace": c.pod_namespace,
+                    "container_name": c.container_name,
+                })),
             }),
         );
     }
@@ -225,6 +235,7 @@ mod tests {
         };
         let v = event_to_json(&e);
         assert_eq!(v["kind"], "process_exec");
+        assert!(v["header"]["container"].is_null(), "a host process");
         assert_eq!(v["header"]["seq"], 9);
         assert_eq!(v["process_exec"]["argv"][1], "-l");
     }
