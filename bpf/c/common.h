@@ -178,7 +178,15 @@ static __always_inline void submit(void *record, __u64 size)
 		count_drop(STARLING_DROP_RATE_LIMITED, kind);
 		return;
 	}
-	if (bpf_ringbuf_output(&events, record, size, 0) < 0)
+	/* Waking the reader costs more than the rest of a small program
+	 * (an irq_work and a wakeup per record): wake it only once a batch
+	 * is waiting; it polls on a timer for the rest. */
+	__u64 flags = 0;
+	if (s && s->wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= s->wakeup_bytes
+				? BPF_RB_FORCE_WAKEUP
+				: BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, record, size, flags) < 0)
 		count_drop(STARLING_DROP_RINGBUF_FULL, kind);
 }
 

@@ -53,7 +53,9 @@ struct starling_settings {
 	__u32 quiet_cgroups;   /* nonzero: consult the quiet_cgroups map */
 	__u32 quiet_exes;      /* nonzero: consult the quiet_exes map */
 	__u32 quiet_paths;     /* nonzero: consult the quiet_paths trie */
-	__u32 _pad;
+	/* Wake the reader only once this many bytes wait in the ring buffer
+	 * (it also polls on a timer); 0: wake it for every record. */
+	__u32 wakeup_bytes;
 	/* Per-CPU token buckets, per kind, in nanoseconds of credit: a record
 	 * costs cost_ns, credit accrues at 1 ns per ns up to burst_ns. 0 cost:
 	 * unlimited. */

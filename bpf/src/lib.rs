@@ -144,6 +144,13 @@ const ATTACHMENTS: &[Attachment] = &[
     at("starling_tamper_exit", "syscalls", "sys_exit_bpf"),
 ];
 
+/// Most bytes the kernel lets wait in the ring buffer before it wakes
+/// the reader.
+const MAX_WAKEUP_BYTES: u32 = 256 * 1024;
+/// How often the reader looks at the ring buffer without a wakeup: the
+/// most a record waits when records come slower than a wakeup's worth.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Bytes of a path prefix the kernel matches (its LPM trie key).
 pub const PREFIX_MAX: usize = 256;
 /// Most watched (and most quiet) path prefixes (the tries' sizes).
@@ -174,6 +181,14 @@ impl DropReason {
             Self::Filtered => "filtered",
         }
     }
+}
+
+/// How often one kernel program ran and for how long in total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_count: u64,
+    pub run_time: std::time::Duration,
 }
 
 /// Records dropped in the kernel since load, by reason and kind (index:
@@ -239,7 +254,7 @@ struct SettingsValue {
     quiet_cgroups: u32,
     quiet_exes: u32,
     quiet_paths: u32,
-    _pad: u32,
+    wakeup_bytes: u32,
     cost_ns: [u64; KINDS],
     burst_ns: [u64; KINDS],
 }
@@ -305,6 +320,8 @@ pub struct Sensor {
     drops: PerCpuArray<MapData, u64>,
     /// Tracepoints of optional attachments this kernel does not have.
     missing: Vec<String>,
+    /// Bytes waiting in the ring buffer before the kernel wakes the reader.
+    wakeup_bytes: u32,
     // Keeps the programs loaded and attached, and the filter maps.
     bpf: Ebpf,
 }
@@ -385,6 +402,9 @@ impl Sensor {
             ring,
             drops,
             missing,
+            // An eighth of the ring: a wakeup per batch, with room left for
+            // the bursts that come while the reader wakes.
+            wakeup_bytes: (size / 8).min(MAX_WAKEUP_BYTES),
             bpf,
         };
         sensor.install(&filters)?;
@@ -410,8 +430,9 @@ impl Sensor {
     }
 
     fn install(&mut self, c: &CompiledFilters) -> Result<(), SensorError> {
-        let (value, watched, quiet, exes, cgroups) =
+        let (mut value, watched, quiet, exes, cgroups) =
             (c.value, &c.watched, &c.quiet, &c.exes, &c.cgroups);
+        value.wakeup_bytes = self.wakeup_bytes;
         replace_prefixes(&mut self.bpf, "watched_paths", watched)?;
         replace_prefixes(&mut self.bpf, "quiet_paths", quiet)?;
         replace_hash_keys(&mut self.bpf, "quiet_exes", exes)?;
@@ -433,19 +454,26 @@ impl Sensor {
         max: usize,
         out: &mut Vec<Result<RawRecord, RawError>>,
     ) -> io::Result<()> {
+        let start = out.len();
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let start = out.len();
-            while out.len() - start < max {
-                match ring.next() {
-                    Some(item) => out.push(decode(&item)),
-                    None => break,
+            // The kernel wakes the reader once a batch waits; slower
+            // records are picked up by the poll.
+            match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while out.len() - start < max {
+                        match ring.next() {
+                            Some(item) => out.push(decode(&item)),
+                            None => break,
+                        }
+                    }
+                    if out.len() - start < max {
+                        // Drained: wait for the next wakeup.
+                        guard.clear_ready();
+                    }
                 }
-            }
-            if out.len() - start < max {
-                // Drained: wait for the next wakeup.
-                guard.clear_ready();
+                Err(_) => self.read_available(max, out),
             }
             if out.len() > start {
                 return Ok(());
@@ -463,6 +491,32 @@ impl Sensor {
                 None => break,
             }
         }
+    }
+
+    /// Run count and total run time of each program, from the kernel's
+    /// BPF statistics. They count only while statistics are enabled
+    /// (`aya::sys::enable_stats`, or the `kernel.bpf_stats_enabled`
+    /// sysctl), which costs a little per run: benchmarks turn them on.
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, SensorError> {
+        let mut out: Vec<ProgramStats> = Vec::new();
+        for a in ATTACHMENTS {
+            if out.iter().any(|p| p.program == a.program) {
+                continue;
+            }
+            let Some(program) = self.bpf.program(a.program) else {
+                continue;
+            };
+            let info = program.info().map_err(|e| SensorError::Program {
+                program: a.program,
+                source: Box::new(e),
+            })?;
+            out.push(ProgramStats {
+                program: a.program,
+                run_count: info.run_count(),
+                run_time: info.run_time(),
+            });
+        }
+        Ok(out)
     }
 
     /// Records the kernel dropped since the sensor was loaded, by reason

@@ -1,0 +1,189 @@
+//! `starling-sensor-bench`: what the sensor costs the host (run as root).
+//!
+//! * Kernel cost: the sensor loads with the default watch list, the
+//!   kernel's BPF statistics are switched on, and a mixed workload runs
+//!   (execs, loopback TCP connects and accepts, opens of watched and
+//!   unwatched files, unlinks) while a reader drains the ring buffer. Each
+//!   program's average run time is its total run time over its run count,
+//!   as the kernel measured them.
+//! * Exec storm: execs per second of `/bin/true` from one thread, without
+//!   the sensor, with it (draining), and without it again; the slowdown is
+//!   the rate with the sensor over the mean of the two without.
+//!
+//! Figures only; nothing asserts on speed.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use starling_bpf::{DropReason, Sensor, SensorConfig, SensorFilters};
+
+/// The sensor's kernel cost per program and its exec-storm slowdown.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds of mixed workload for the per-program kernel cost.
+    #[arg(long, default_value_t = 10)]
+    mixed_secs: u64,
+    /// Seconds of each exec-storm phase (without, with, without).
+    #[arg(long, default_value_t = 10)]
+    storm_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    kernel_cost(&rt, Duration::from_secs(args.mixed_secs))?;
+    exec_storm(&rt, Duration::from_secs(args.storm_secs))?;
+    Ok(())
+}
+
+/// The sensor as the node loads it: the default watch list, the bench's
+/// own activity filtered (its reader), its workload children reported.
+fn load_sensor(rt: &tokio::runtime::Runtime) -> anyhow::Result<Sensor> {
+    let watched = ["/etc/shadow", "/etc/sudoers", "/etc/cron", "/root/.ssh/"];
+    let config = SensorConfig {
+        filters: SensorFilters {
+            watched_paths: watched.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let _guard = rt.enter();
+    Sensor::load(&config).context("loading the sensor (run as root)")
+}
+
+/// Drains the ring buffer until `stop`, counting records.
+fn spawn_reader(
+    rt: &tokio::runtime::Runtime,
+    mut sensor: Sensor,
+    stop: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Sensor> {
+    rt.spawn(async move {
+        let mut batch = Vec::with_capacity(4096);
+        while !stop.load(Ordering::Relaxed) {
+            batch.clear();
+            let _ = tokio::time::timeout(Duration::from_millis(100), sensor.read(4096, &mut batch))
+                .await;
+            read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        sensor
+    })
+}
+
+fn kernel_cost(rt: &tokio::runtime::Runtime, duration: Duration) -> anyhow::Result<()> {
+    let sensor = load_sensor(rt)?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run-time statistics")?;
+    let before = sensor.program_stats()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let read = Arc::new(AtomicU64::new(0));
+    let reader = spawn_reader(rt, sensor, stop.clone(), read.clone());
+
+    let dir = tempfile::tempdir()?;
+    let unwatched = dir.path().join("plain");
+    std::fs::write(&unwatched, b"x")?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = listener.local_addr()?;
+    let end = Instant::now() + duration;
+    let accepting = Arc::new(AtomicBool::new(true));
+    let acceptor = {
+        let accepting = accepting.clone();
+        std::thread::spawn(move || {
+            listener.set_nonblocking(true).ok();
+            while accepting.load(Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        })
+    };
+    let mut counts = [0u64; 4];
+    while Instant::now() < end {
+        Command::new("/bin/true").arg("bench").status()?;
+        counts[0] += 1;
+        for _ in 0..10 {
+            drop(TcpStream::connect(server)?);
+            counts[1] += 1;
+        }
+        for _ in 0..50 {
+            drop(std::fs::File::open(&unwatched)?);
+            let _ = std::fs::File::open("/etc/shadow");
+            counts[2] += 2;
+        }
+        let f = dir.path().join("gone");
+        std::fs::write(&f, b"x")?;
+        std::fs::remove_file(&f)?;
+        counts[3] += 1;
+    }
+    accepting.store(false, Ordering::Relaxed);
+    let _ = acceptor.join();
+    stop.store(true, Ordering::Relaxed);
+    let sensor = rt.block_on(reader)?;
+    let after = sensor.program_stats()?;
+    println!(
+        "kernel cost over {:.0} s of mixed workload: {} execs, {} connects, {} opens, {} unlinks; {} records read",
+        duration.as_secs_f64(),
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        read.load(Ordering::Relaxed)
+    );
+    println!("{:<28} {:>10} {:>12}", "PROGRAM", "RUNS", "AVG NS/RUN");
+    for (a, b) in after.iter().zip(&before) {
+        let runs = a.run_count - b.run_count;
+        let ns = (a.run_time - b.run_time).as_nanos() as f64;
+        let avg = if runs > 0 { ns / runs as f64 } else { 0.0 };
+        println!("{:<28} {:>10} {:>12.0}", a.program, runs, avg);
+    }
+    let drops = sensor.drop_counts()?;
+    println!(
+        "ring buffer losses: {}",
+        drops.total(DropReason::RingBufferFull)
+    );
+    Ok(())
+}
+
+/// Execs of /bin/true per second from one thread for `duration`.
+fn exec_rate(duration: Duration) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        Command::new("/bin/true").status()?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn exec_storm(rt: &tokio::runtime::Runtime, duration: Duration) -> anyhow::Result<()> {
+    let without_1 = exec_rate(duration)?;
+    let sensor = load_sensor(rt)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let read = Arc::new(AtomicU64::new(0));
+    let reader = spawn_reader(rt, sensor, stop.clone(), read.clone());
+    let with = exec_rate(duration)?;
+    stop.store(true, Ordering::Relaxed);
+    let sensor = rt.block_on(reader)?;
+    let lost = sensor.drop_counts()?.total(DropReason::RingBufferFull);
+    drop(sensor);
+    let without_2 = exec_rate(duration)?;
+    let baseline = (without_1 + without_2) / 2.0;
+    println!(
+        "exec storm ({} s per phase, one thread): {without_1:.0}/s without, {with:.0}/s with the sensor, {without_2:.0}/s without again",
+        duration.as_secs()
+    );
+    println!(
+        "  slowdown: {:.1} % fewer execs per second ({} records read, {lost} lost)",
+        (1.0 - with / baseline) * 100.0,
+        read.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
