@@ -41,7 +41,7 @@ pub async fn run(
     mut sensor: Sensor,
     spool: Arc<Spool>,
     spooled: watch::Sender<u64>,
-    mut filters: watch::Receiver<SensorFilters>,
+    filters: watch::Receiver<SensorFilters>,
     hash_max_bytes: u64,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -50,6 +50,7 @@ pub async fn run(
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
     let mut records = Vec::with_capacity(READ_CHUNK);
     let mut reported = DropCounts::default();
+    let mut reloads = Some(filters);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         records.clear();
@@ -60,13 +61,12 @@ pub async fn run(
                 spooled.send_replace(spool.stats().next_seq);
                 continue;
             }
-            changed = filters.changed() => {
-                if changed.is_err() {
+            changed = wait_for_filters(&mut reloads) => {
+                let Some(new) = changed else {
                     // The sender is gone: no more reloads, keep running.
-                    filters = watch::channel(SensorFilters::default()).1;
+                    reloads = None;
                     continue;
-                }
-                let new = filters.borrow_and_update().clone();
+                };
                 match sensor.apply_filters(&new) {
                     Ok(warnings) => {
                         for w in warnings {
@@ -99,6 +99,20 @@ pub async fn run(
         let out = append(&spool, events)?;
         record_append(&spool, &out);
         spooled.send_replace(spool.stats().next_seq);
+    }
+}
+
+/// The next filters sent, or None once the sender is gone; waits forever
+/// when there is no receiver any more.
+async fn wait_for_filters(
+    reloads: &mut Option<watch::Receiver<SensorFilters>>,
+) -> Option<SensorFilters> {
+    match reloads {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 
