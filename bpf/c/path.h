@@ -156,6 +156,18 @@ static __always_inline struct walked walk_path(struct path_scratch *s, struct de
 		w.start = STARLING_PATH_MAX;
 	return w;
 }
+/* The path of an open file. */
+static __always_inline struct walked walk_file(struct path_scratch *s, struct file *file)
+{
+	return walk_path(s, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+}
+
+/* The task's working directory. */
+static __always_inline struct walked walk_cwd(struct path_scratch *s, struct task_struct *task)
+{
+	return walk_path(s, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt));
+}
+
 /* Appends the user string `name` after the walked directory ending at
  * STARLING_PATH_MAX, with a "/" between; returns the bytes appended. */
 static __always_inline __u32 append_name(struct path_scratch *s, const char *name)

@@ -109,7 +109,7 @@ int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (tty)
 		bpf_core_read_str(r->tty, sizeof(r->tty), &tty->name);
 
-	struct walked w = walk_path(s, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt));
+	struct walked w = walk_cwd(s, task);
 	if (w.truncated)
 		r->flags |= STARLING_EXEC_CWD_TRUNCATED;
 	r->cwd_len = copy_path(r->cwd, s, w.start, STARLING_PATH_MAX - w.start);

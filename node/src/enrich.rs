@@ -28,6 +28,12 @@ struct ProcessInfo {
     ppid: u32,
 }
 
+fn read_exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
 /// Reads /proc/<pid>: exe, comm and ppid. None when the process is gone.
 fn read_proc(pid: u32) -> Option<ProcessInfo> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -41,9 +47,7 @@ fn read_proc(pid: u32) -> Option<ProcessInfo> {
         .nth(1)?
         .parse()
         .ok()?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let exe = read_exe(pid).unwrap_or_default();
     Some(ProcessInfo { exe, comm, ppid })
 }
 
@@ -154,9 +158,12 @@ impl ProcessCache {
             // which replaces the whole group).
             x.parent_exe = self.lookup(h.ppid);
             x.ancestry = self.ancestry(h.ppid);
-            let exe = match read_proc(h.pid) {
-                Some(i) if !i.exe.is_empty() => i.exe,
-                _ => x.filename.clone(),
+            // An absolute filename is the image; only a relative one needs
+            // the kernel's view (one readlink, not on every exec).
+            let exe = if x.filename.starts_with('/') {
+                x.filename.clone()
+            } else {
+                read_exe(h.pid).unwrap_or_else(|| x.filename.clone())
             };
             x.exe_sha256 = self.hashes.sha256(h.pid, &exe);
             self.insert(
@@ -328,12 +335,13 @@ impl ExeHashes {
     /// large.
     fn sha256(&mut self, pid: u32, path: &str) -> String {
         let proc_exe = format!("/proc/{pid}/exe");
-        let file = std::fs::File::open(&proc_exe).or_else(|_| std::fs::File::open(path));
-        let Ok(mut file) = file else {
-            return String::new();
-        };
-        let Ok(m) = file.metadata() else {
-            return String::new();
+        // A stat decides: a known file is not opened again.
+        let (source, m) = match std::fs::metadata(&proc_exe) {
+            Ok(m) => (proc_exe.as_str(), m),
+            Err(_) => match std::fs::metadata(path) {
+                Ok(m) => (path, m),
+                Err(_) => return String::new(),
+            },
         };
         if m.len() > self.max_bytes {
             return String::new();
@@ -342,6 +350,9 @@ impl ExeHashes {
         if let Some(h) = self.known.get(&key) {
             return h.clone();
         }
+        let Ok(mut file) = std::fs::File::open(source) else {
+            return String::new();
+        };
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
         loop {

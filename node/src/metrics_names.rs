@@ -9,9 +9,9 @@ pub const EVENTS_ACKED: &str = "starling_node_events_acked_total";
 /// Events lost, by `reason` (ring_buffer_full, rate_limited, spool_quota,
 /// decode_error) and, for the kernel's reasons, `kind`.
 pub const EVENTS_DROPPED: &str = "starling_node_events_dropped_total";
-/// Events left out as configured, by `kind`: the node's own activity,
-/// allow-listed executables, cgroups and paths, and chmod +x outside
-/// world-writable directories.
+/// Events left out as configured, by `kind` and `by`: in the `kernel`
+/// (the node's own activity, allow-listed executables, cgroups and paths)
+/// or by the `node` (chmod +x outside world-writable directories).
 pub const EVENTS_FILTERED: &str = "starling_node_events_filtered_total";
 /// Events currently spooled.
 pub const SPOOL_EVENTS: &str = "starling_node_spool_events";

@@ -132,7 +132,8 @@ fn report_drops(sensor: &Sensor, spool: &Spool, reported: &mut DropCounts) -> an
             }
             match reason {
                 DropReason::Filtered => {
-                    metrics::counter!(m::EVENTS_FILTERED, "kind" => name).increment(delta);
+                    metrics::counter!(m::EVENTS_FILTERED, "kind" => name, "by" => "kernel")
+                        .increment(delta);
                 }
                 DropReason::RingBufferFull | DropReason::RateLimited => {
                     metrics::counter!(m::EVENTS_DROPPED, "reason" => reason.name(), "kind" => name)
@@ -215,7 +216,8 @@ fn to_events(
     }
     metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors + filtered);
     if filtered > 0 {
-        metrics::counter!(m::EVENTS_FILTERED, "kind" => "file_chmod").increment(filtered);
+        metrics::counter!(m::EVENTS_FILTERED, "kind" => "file_chmod", "by" => "node")
+            .increment(filtered);
     }
     if decode_errors > 0 {
         metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error").increment(decode_errors);
