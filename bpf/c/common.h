@@ -5,6 +5,10 @@
 
 #include "events.h"
 
+/* Forces a bound the verifier can see: clang drops a mask it can prove
+ * redundant, and the verifier may not have kept that proof. */
+#define STARLING_BOUND(v, mask) asm volatile("%[x] &= " #mask : [x] "+r"(v))
+
 /* Size is set by the loader from the node's config (ring_buffer_bytes). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -68,16 +72,23 @@ static __always_inline struct starling_settings *get_settings(void)
 	return bpf_map_lookup_elem(&settings, &zero);
 }
 
-/* Whether the current task's image is on the exe allow-list. */
-static __always_inline int exe_is_quiet(void)
+/* The current task as a BTF pointer: fields read through it are plain
+ * loads the verifier checks against BTF (no helper call each), which
+ * matters on kernels where every call pays for return-stack mitigations. */
+static __always_inline struct task_struct *current_task(void)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	return (struct task_struct *)bpf_get_current_task_btf();
+}
+
+/* Whether the current task's image is on the exe allow-list. */
+static __always_inline int exe_is_quiet(struct task_struct *task)
+{
+	struct inode *inode = task->mm->exe_file->f_inode;
 	if (!inode)
 		return 0;
 	struct starling_exe_key key = {
-		.ino = BPF_CORE_READ(inode, i_ino),
-		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+		.ino = inode->i_ino,
+		.dev = inode->i_sb->s_dev,
 	};
 	return bpf_map_lookup_elem(&quiet_exes, &key) != NULL;
 }
@@ -85,11 +96,13 @@ static __always_inline int exe_is_quiet(void)
 /* One token from the kind's per-CPU bucket, if its rate allows. */
 static __always_inline int within_rate(struct starling_settings *s, __u32 kind)
 {
-	kind &= STARLING_RECORD_KINDS - 1;
+	STARLING_BOUND(kind, 15); /* STARLING_RECORD_KINDS - 1 */
 	__u64 cost = s->cost_ns[kind];
 	if (cost == 0)
 		return 1;
-	struct starling_bucket *b = bpf_map_lookup_elem(&buckets, &kind);
+	/* A key of its own: kind's bound must survive the helper call. */
+	__u32 key = kind;
+	struct starling_bucket *b = bpf_map_lookup_elem(&buckets, &key);
 	if (!b)
 		return 1;
 	__u64 now = bpf_ktime_get_ns();
@@ -110,14 +123,14 @@ static __always_inline int within_rate(struct starling_settings *s, __u32 kind)
  * allow-listed. Called before any expensive work. Filtered records are
  * counted in "drops" (see admit_uncounted for hooks that run before they
  * know whether there is a record at all). */
-static __always_inline int admit_counted(__u32 kind, int count)
+static __always_inline int admit_counted(struct task_struct *task, __u32 kind, int count)
 {
 	struct starling_settings *s = get_settings();
 	if (!s)
 		return 1;
 	if (s->kinds_off & (1u << (kind & 31)))
 		return 0;
-	if (s->own_tgid && (bpf_get_current_pid_tgid() >> 32) == s->own_tgid) {
+	if (s->own_tgid && task->tgid == s->own_tgid) {
 		if (count)
 			count_drop(STARLING_DROP_FILTERED, kind);
 		return 0;
@@ -130,7 +143,7 @@ static __always_inline int admit_counted(__u32 kind, int count)
 			return 0;
 		}
 	}
-	if (s->quiet_exes && exe_is_quiet()) {
+	if (s->quiet_exes && exe_is_quiet(task)) {
 		if (count)
 			count_drop(STARLING_DROP_FILTERED, kind);
 		return 0;
@@ -138,34 +151,33 @@ static __always_inline int admit_counted(__u32 kind, int count)
 	return 1;
 }
 
-static __always_inline int admit(__u32 kind)
+static __always_inline int admit(struct task_struct *task, __u32 kind)
 {
-	return admit_counted(kind, 1);
+	return admit_counted(task, kind, 1);
 }
 
 /* For hooks that filter before they know whether the call concerns a
  * watched file at all (every open): filtering them is not counted. */
-static __always_inline int admit_uncounted(__u32 kind)
+static __always_inline int admit_uncounted(struct task_struct *task, __u32 kind)
 {
-	return admit_counted(kind, 0);
+	return admit_counted(task, kind, 0);
 }
 
-/* Fills the header from the current task. */
-static __always_inline void fill_header(struct starling_header *h, __u32 kind)
+/* Fills the header from the current task (task: current_task()). */
+static __always_inline void fill_header(struct starling_header *h, struct task_struct *task,
+					__u32 kind)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
+	const struct cred *cred = task->cred;
 
 	h->kind = kind;
-	h->tgid = pid_tgid >> 32;
-	h->tid = (__u32)pid_tgid;
-	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	h->uid = (__u32)uid_gid;
-	h->gid = uid_gid >> 32;
+	h->tgid = task->tgid;
+	h->tid = task->pid;
+	h->ppid = task->real_parent->tgid;
+	h->uid = cred->uid.val;
+	h->gid = cred->gid.val;
 	h->ktime_ns = bpf_ktime_get_boot_ns();
-	h->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(&h->comm, sizeof(h->comm));
+	h->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+	__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
 }
 
 /* Sends a record (its header names its kind) if its kind is within its

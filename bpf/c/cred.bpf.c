@@ -15,12 +15,11 @@ static __always_inline int gains_privilege(struct starling_cred_record *r)
 /* Fills the "new" side of a credential record from the current task. */
 static __always_inline void fill_new_creds(struct starling_cred_record *r)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	const struct cred *cred = BPF_CORE_READ(task, cred);
-	r->new_uid = BPF_CORE_READ(cred, uid.val);
-	r->new_euid = BPF_CORE_READ(cred, euid.val);
-	r->new_gid = BPF_CORE_READ(cred, gid.val);
-	r->new_egid = BPF_CORE_READ(cred, egid.val);
+	const struct cred *cred = current_task()->cred;
+	r->new_uid = cred->uid.val;
+	r->new_euid = cred->euid.val;
+	r->new_gid = cred->gid.val;
+	r->new_egid = cred->egid.val;
 	r->new_caps = caps_of(cred);
 }
 
@@ -52,7 +51,7 @@ int starling_cred_exit(struct trace_event_raw_sys_exit *ctx)
 	fill_new_creds(&r);
 	if (!gains_privilege(&r))
 		return 0;
-	fill_header(&r.h, STARLING_RECORD_PRIVILEGE);
+	fill_header(&r.h, current_task(), STARLING_RECORD_PRIVILEGE);
 	submit(&r, sizeof(r));
 	return 0;
 }

@@ -95,16 +95,16 @@ struct starling_header {
 
 struct starling_exec_record {
 	struct starling_header h;
-	__u32 filename_len; /* bytes in filename, without the NUL */
-	__u32 argv_len;     /* bytes in argv */
-	__u32 cwd_len;      /* bytes in cwd */
+	__u32 filename_len; /* bytes of filename (no NUL), < STARLING_FILENAME_MAX */
+	__u32 argv_len;     /* bytes of argv, <= STARLING_ARGV_MAX */
+	__u32 cwd_len;      /* bytes of cwd (no NUL), < STARLING_PATH_MAX */
 	__u32 flags;        /* STARLING_EXEC_* */
 	__u32 euid;         /* effective ids after the exec (setuid files) */
 	__u32 egid;
 	char tty[STARLING_TTY_LEN]; /* controlling terminal ("pts0"), or empty */
-	char filename[STARLING_FILENAME_MAX];
-	char cwd[STARLING_PATH_MAX];
-	char argv[STARLING_ARGV_MAX];
+	/* filename, cwd and argv, packed in that order: a record carries only
+	 * the bytes they use (most execs need a few hundred, not 5 KiB). */
+	char data[STARLING_FILENAME_MAX + STARLING_PATH_MAX + STARLING_ARGV_MAX];
 };
 
 /* A new process; the header is the parent's. */

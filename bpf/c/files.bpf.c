@@ -25,7 +25,7 @@ static __always_inline struct starling_file_record *new_file_record(__u32 kind, 
 	struct starling_file_record *r = bpf_map_lookup_elem(&file_scratch, &zero);
 	if (!r)
 		return NULL;
-	fill_header(&r->h, kind);
+	fill_header(&r->h, current_task(), kind);
 	r->result = result;
 	r->flags = 0;
 	r->mode = 0;
@@ -53,9 +53,9 @@ static __always_inline int on_open(long fd)
 {
 	if (fd < 0)
 		return 0;
-	if (!admit_uncounted(STARLING_RECORD_FILE_OPEN))
+	struct task_struct *task = current_task();
+	if (!admit_uncounted(task, STARLING_RECORD_FILE_OPEN))
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	struct file *file = fd_file(task, fd);
 	struct path_scratch *s = get_path_scratch();
 	if (!file || !s)
@@ -123,7 +123,7 @@ static __always_inline struct resolved resolve_at(struct path_scratch *s, long d
 		r.ok = 1;
 		return r;
 	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct walked w;
 	if (dirfd == STARLING_AT_FDCWD) {
 		w = walk_cwd(s, task);
@@ -218,7 +218,7 @@ static __always_inline int report_fchmod(long fd, __u32 mode, long ret)
 {
 	if (ret != 0 || !(mode & STARLING_S_IXALL))
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct file *file = fd_file(task, fd);
 	struct path_scratch *s = get_path_scratch();
 	if (!file || !s)

@@ -49,10 +49,10 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	int old = ctx->oldstate, new = ctx->newstate;
 
 	if (old == STARLING_TCP_CLOSE && new == STARLING_TCP_SYN_SENT) {
-		if (!admit(STARLING_RECORD_TCP_CONNECT))
+		if (!admit(current_task(), STARLING_RECORD_TCP_CONNECT))
 			return 0;
 		struct starling_header h = {};
-		fill_header(&h, STARLING_RECORD_TCP_CONNECT);
+		fill_header(&h, current_task(), STARLING_RECORD_TCP_CONNECT);
 		bpf_map_update_elem(&connecting, &sk, &h, BPF_ANY);
 		return 0;
 	}
@@ -70,9 +70,9 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			r.result = err > 0 ? -err : -STARLING_ECONNABORTED;
 		}
 	} else if (new == STARLING_TCP_LISTEN) {
-		if (!admit(STARLING_RECORD_TCP_LISTEN))
+		if (!admit(current_task(), STARLING_RECORD_TCP_LISTEN))
 			return 0;
-		fill_header(&r.h, STARLING_RECORD_TCP_LISTEN);
+		fill_header(&r.h, current_task(), STARLING_RECORD_TCP_LISTEN);
 	} else {
 		return 0;
 	}
@@ -88,9 +88,11 @@ int starling_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
  * in the caller's context (the handshake itself completed in softirq). */
 static __always_inline int on_accept(long fd)
 {
-	if (fd < 0 || !admit_uncounted(STARLING_RECORD_TCP_ACCEPT))
+	if (fd < 0)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
+	if (!admit_uncounted(task, STARLING_RECORD_TCP_ACCEPT))
+		return 0;
 	struct file *file = fd_file(task, fd);
 	if (!file)
 		return 0;
@@ -105,7 +107,7 @@ static __always_inline int on_accept(long fd)
 		return 0;
 
 	struct starling_tcp_record r = {};
-	fill_header(&r.h, STARLING_RECORD_TCP_ACCEPT);
+	fill_header(&r.h, task, STARLING_RECORD_TCP_ACCEPT);
 	r.family = family;
 	r.local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	r.remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));

@@ -73,10 +73,6 @@ struct walked {
 	__u32 mount_start;  /* the file's mount point is buf[start .. mount_start) */
 };
 
-/* Forces a bound the verifier can see: clang drops a mask it can prove
- * redundant, and the verifier may not have kept that proof. */
-#define STARLING_BOUND(v, mask) asm volatile("%[x] &= " #mask : [x] "+r"(v))
-
 static __always_inline struct path_scratch *get_path_scratch(void)
 {
 	__u32 zero = 0;
@@ -87,14 +83,37 @@ static __always_inline struct path_scratch *get_path_scratch(void)
 struct walk_state {
 	__u64 dentry;       /* struct dentry * */
 	__u64 mnt;          /* struct mount * */
+	__u64 mnt_root;     /* struct dentry *: the root of mnt */
 	__u32 pos;
 	__u32 mount_start;
 	__u32 crossed;
 	__u32 truncated;
 };
 
+/* A dentry's parent and name. */
+struct dentry_link {
+	struct dentry *parent;
+	struct qstr name;
+};
+
+/* Reads d_parent and d_name, in one helper call where they are adjacent
+ * (every kernel so far; the offsets are relocated at load, so the other
+ * branch is dead code the verifier drops). */
+static __always_inline void read_link(struct dentry_link *l, struct dentry *d)
+{
+	__u32 parent_off = bpf_core_field_offset(struct dentry, d_parent);
+	if (bpf_core_field_offset(struct dentry, d_name) == parent_off + sizeof(void *)) {
+		if (bpf_probe_read_kernel(l, sizeof(*l), (void *)d + parent_off) < 0)
+			l->parent = d; /* stop the walk as at a root */
+	} else {
+		l->parent = BPF_CORE_READ(d, d_parent);
+		l->name = BPF_CORE_READ(d, d_name);
+	}
+}
+
 /* One step of the walk: a path component, or a crossing to the parent
- * mount. Returns 1 to stop (at the root, or out of room). */
+ * mount. Returns 1 to stop (at the root, or out of room). Two helper
+ * calls per component: the link and the name. */
 static long walk_step(__u64 index, void *ctx)
 {
 	struct walk_state *st = ctx;
@@ -102,22 +121,22 @@ static long walk_step(__u64 index, void *ctx)
 	if (!s)
 		return 1;
 	struct dentry *dentry = (struct dentry *)st->dentry;
-	struct mount *mnt = (struct mount *)st->mnt;
-	struct dentry *mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-	if (dentry == mnt_root || dentry == parent) {
+	struct dentry_link link = {};
+	read_link(&link, dentry);
+	if (st->dentry == st->mnt_root || dentry == link.parent) {
+		struct mount *mnt = (struct mount *)st->mnt;
 		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 		if (!st->crossed)
 			st->mount_start = st->pos;
-		if (dentry != mnt_root || mnt == mnt_parent)
+		if (st->dentry != st->mnt_root || mnt == mnt_parent)
 			return 1;
 		st->crossed = 1;
 		st->dentry = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
 		st->mnt = (__u64)mnt_parent;
+		st->mnt_root = (__u64)BPF_CORE_READ(mnt_parent, mnt.mnt_root);
 		return 0;
 	}
-	struct qstr name = BPF_CORE_READ(dentry, d_name);
-	__u32 len = name.len;
+	__u32 len = link.name.len;
 	__u32 pos = st->pos;
 	if (len > STARLING_NAME_MAX || len + 1 > pos) {
 		st->truncated = 1;
@@ -125,11 +144,11 @@ static long walk_step(__u64 index, void *ctx)
 	}
 	STARLING_BOUND(len, 255);
 	pos -= len;
-	bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, name.name);
+	bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, link.name.name);
 	pos -= 1;
 	s->buf[pos & (STARLING_PATH_MAX - 1)] = '/';
 	st->pos = pos;
-	st->dentry = (__u64)parent;
+	st->dentry = (__u64)link.parent;
 	return 0;
 }
 
@@ -137,14 +156,18 @@ static long walk_step(__u64 index, void *ctx)
  * ending just before buf[STARLING_PATH_MAX]. The root gives an empty path
  * (start == STARLING_PATH_MAX): callers add the "/" they need. Paths are
  * relative to the task's mount namespace root, as the process sees them.
- * bpf_loop keeps the verifier's work to one step, whatever the depth. */
-static __always_inline struct walked walk_path(struct path_scratch *s, struct dentry *dentry,
-					       struct vfsmount *vfsmnt)
+ * bpf_loop keeps the verifier's work to one step, whatever the depth.
+ * `pos` is where the part already written starts (STARLING_PATH_MAX when
+ * nothing is). */
+static __always_inline struct walked walk_path_from(struct path_scratch *s, struct dentry *dentry,
+						    struct vfsmount *vfsmnt, struct dentry *mnt_root,
+						    __u32 pos)
 {
 	struct walk_state st = {
 		.dentry = (__u64)dentry,
 		.mnt = (__u64)container_of(vfsmnt, struct mount, mnt),
-		.pos = STARLING_PATH_MAX,
+		.mnt_root = (__u64)mnt_root,
+		.pos = pos,
 	};
 	long steps = bpf_loop(STARLING_PATH_DEPTH, walk_step, &st, 0);
 	struct walked w = {
@@ -159,13 +182,49 @@ static __always_inline struct walked walk_path(struct path_scratch *s, struct de
 /* The path of an open file. */
 static __always_inline struct walked walk_file(struct path_scratch *s, struct file *file)
 {
-	return walk_path(s, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+	struct vfsmount *mnt = BPF_CORE_READ(file, f_path.mnt);
+	return walk_path_from(s, BPF_CORE_READ(file, f_path.dentry), mnt, BPF_CORE_READ(mnt, mnt_root),
+			      STARLING_PATH_MAX);
 }
 
-/* The task's working directory. */
+/* Components of the working directory walked inline before walk_path. */
+#define STARLING_CWD_FAST_DEPTH 4
+
+/* The task's working directory. Every exec walks it, so its first
+ * components are walked here with typed loads (one helper call each, for
+ * the name); a deeper path, or a mount below the namespace root, is
+ * finished by walk_path from where this stopped. */
 static __always_inline struct walked walk_cwd(struct path_scratch *s, struct task_struct *task)
 {
-	return walk_path(s, BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt));
+	struct fs_struct *fs = task->fs;
+	struct vfsmount *vfsmnt = fs->pwd.mnt;
+	struct dentry *root = vfsmnt->mnt_root;
+	struct dentry *d = fs->pwd.dentry;
+	__u32 pos = STARLING_PATH_MAX;
+#pragma unroll
+	for (int i = 0; i < STARLING_CWD_FAST_DEPTH; i++) {
+		struct dentry *parent = d->d_parent;
+		if (d == root || d == parent)
+			break;
+		__u32 len = d->d_name.len;
+		if (len > STARLING_NAME_MAX || len + 1 > pos)
+			break; /* walk_path marks it truncated */
+		STARLING_BOUND(len, 255);
+		pos -= len;
+		bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, d->d_name.name);
+		pos -= 1;
+		s->buf[pos & (STARLING_PATH_MAX - 1)] = '/';
+		d = parent;
+	}
+	if (d == root) {
+		/* The root of the namespace's top mount: done, no loop. */
+		struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+		if (BPF_CORE_READ(mnt, mnt_parent) == mnt) {
+			struct walked w = {.start = pos, .mount_start = pos};
+			return w;
+		}
+	}
+	return walk_path_from(s, d, vfsmnt, root, pos);
 }
 
 /* Appends the user string `name` after the walked directory ending at
@@ -224,10 +283,11 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 {
 	if (fd < 0)
 		return NULL;
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	struct fdtable *fdt = task->files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
 		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	/* The array of pointers is not a BTF pointer: read it by helper. */
+	struct file **fds = fdt->fd;
 	struct file *file = NULL;
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0)
 		return NULL;

@@ -14,29 +14,52 @@ struct {
 #define STARLING_S_IFMT 00170000
 #define STARLING_S_IFSOCK 0140000
 
-/* Whether the task's descriptor fd (0 or 1, always inside the fd table)
- * is a socket: a shell whose stdin and stdout are sockets is the classic
- * reverse shell. */
-static __always_inline __u32 fd_is_socket(struct task_struct *task, int fd)
+/* Whether an open file is a socket. */
+static __always_inline __u32 is_socket(umode_t mode)
 {
-	struct file *file = fd_file(task, fd);
-	if (!file)
-		return 0;
-	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
 	return (mode & STARLING_S_IFMT) == STARLING_S_IFSOCK;
+}
+
+/* Whether stdin and stdout are sockets: a shell whose stdin and stdout are
+ * sockets is the classic reverse shell. Until a process opens more than
+ * 64 files its table is the fd_array inside files_struct, which BTF types:
+ * plain loads. A grown table is an untyped array, read by helper. */
+static __always_inline __u32 std_socket_flags(struct task_struct *task)
+{
+	struct files_struct *files = task->files;
+	if (!files)
+		return 0;
+	umode_t in = 0, out = 0;
+	struct file **fds = files->fdt->fd;
+	if ((__u64)fds == (__u64)&files->fd_array[0]) {
+		struct file *f0 = files->fd_array[0];
+		struct file *f1 = files->fd_array[1];
+		if (f0)
+			in = f0->f_inode->i_mode;
+		if (f1)
+			out = f1->f_inode->i_mode;
+	} else {
+		struct file *std[2] = {};
+		if (bpf_probe_read_kernel(std, sizeof(std), fds) < 0)
+			return 0;
+		if (std[0])
+			in = BPF_CORE_READ(std[0], f_inode, i_mode);
+		if (std[1])
+			out = BPF_CORE_READ(std[1], f_inode, i_mode);
+	}
+	return (is_socket(in) ? STARLING_EXEC_STDIN_SOCKET : 0) |
+	       (is_socket(out) ? STARLING_EXEC_STDOUT_SOCKET : 0);
 }
 
 /* Flags for the exec's image: an unlinked file, and whether it came from
  * memfd_create (the dentry of a memfd is named "memfd:<name>"). */
 static __always_inline __u32 exe_flags(struct task_struct *task)
 {
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
-	if (!exe)
-		return 0;
-	if (BPF_CORE_READ(exe, f_inode, i_nlink) != 0)
+	struct file *exe = task->mm->exe_file;
+	if (!exe || exe->f_inode->i_nlink != 0)
 		return 0;
 	char name[6] = {};
-	bpf_probe_read_kernel(name, sizeof(name), BPF_CORE_READ(exe, f_path.dentry, d_name.name));
+	bpf_probe_read_kernel(name, sizeof(name), exe->f_path.dentry->d_name.name);
 	int memfd = name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 'f' &&
 		    name[4] == 'd' && name[5] == ':';
 	return STARLING_EXEC_EXE_DELETED | (memfd ? STARLING_EXEC_EXE_MEMFD : 0);
@@ -65,61 +88,64 @@ static __always_inline void report_setid_exec(struct starling_exec_record *e)
 }
 
 /* One record per successful execve, at sched_process_exec, where the new
- * image's argv is in place. */
+ * image's argv is in place. The program runs on every exec of the host:
+ * fields come from typed loads where the kernel's BTF allows, and the
+ * record carries only the bytes its strings use. */
 SEC("tracepoint/sched/sched_process_exec")
 int starling_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	if (!admit(STARLING_RECORD_EXEC))
+	struct task_struct *task = current_task();
+	if (!admit(task, STARLING_RECORD_EXEC))
 		return 0;
 	__u32 zero = 0;
 	struct starling_exec_record *r = bpf_map_lookup_elem(&exec_scratch, &zero);
 	struct path_scratch *s = get_path_scratch();
 	if (!r || !s)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	fill_header(&r->h, STARLING_RECORD_EXEC);
+	fill_header(&r->h, task, STARLING_RECORD_EXEC);
+	r->flags = std_socket_flags(task) | exe_flags(task);
 
+	/* data: filename, then cwd, then argv. */
 	unsigned int off = ctx->__data_loc_filename & 0xFFFF;
-	long n = bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), (void *)ctx + off);
-	r->filename_len = n > 0 ? n - 1 : 0;
-
-	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
-	unsigned long arg_end = BPF_CORE_READ(task, mm, arg_end);
-	unsigned long len = arg_end > arg_start ? arg_end - arg_start : 0;
-	r->flags = 0;
-	if (len > STARLING_ARGV_MAX) {
-		len = STARLING_ARGV_MAX;
-		r->flags |= STARLING_EXEC_ARGV_TRUNCATED;
-	}
-	/* Mask for the verifier: len is now provably within the buffer. */
-	len &= (STARLING_ARGV_MAX - 1) | STARLING_ARGV_MAX;
-	if (len > STARLING_ARGV_MAX)
-		len = STARLING_ARGV_MAX;
-	if (len > 0 && bpf_probe_read_user(r->argv, len, (void *)arg_start) < 0)
-		len = 0;
-	r->argv_len = len;
-
-	if (fd_is_socket(task, 0))
-		r->flags |= STARLING_EXEC_STDIN_SOCKET;
-	if (fd_is_socket(task, 1))
-		r->flags |= STARLING_EXEC_STDOUT_SOCKET;
-	r->flags |= exe_flags(task);
-	r->tty[0] = 0;
-	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
-	if (tty)
-		bpf_core_read_str(r->tty, sizeof(r->tty), &tty->name);
+	long n = bpf_probe_read_kernel_str(r->data, STARLING_FILENAME_MAX, (void *)ctx + off);
+	__u32 filename_len = n > 0 ? n - 1 : 0;
+	STARLING_BOUND(filename_len, 511); /* STARLING_FILENAME_MAX - 1 */
+	r->filename_len = filename_len;
 
 	struct walked w = walk_cwd(s, task);
 	if (w.truncated)
 		r->flags |= STARLING_EXEC_CWD_TRUNCATED;
-	r->cwd_len = copy_path(r->cwd, s, w.start, STARLING_PATH_MAX - w.start);
+	__u32 cwd_len = copy_path(r->data + filename_len, s, w.start, STARLING_PATH_MAX - w.start);
+	STARLING_BOUND(cwd_len, 511); /* STARLING_PATH_MAX - 1 */
+	r->cwd_len = cwd_len;
 
-	const struct cred *cred = BPF_CORE_READ(task, cred);
-	r->euid = BPF_CORE_READ(cred, euid.val);
-	r->egid = BPF_CORE_READ(cred, egid.val);
+	struct mm_struct *mm = task->mm;
+	unsigned long arg_start = mm->arg_start;
+	unsigned long arg_end = mm->arg_end;
+	unsigned long len = arg_end > arg_start ? arg_end - arg_start : 0;
+	if (len > STARLING_ARGV_MAX) {
+		len = STARLING_ARGV_MAX;
+		r->flags |= STARLING_EXEC_ARGV_TRUNCATED;
+	}
+	STARLING_BOUND(len, 8191); /* (STARLING_ARGV_MAX - 1) | STARLING_ARGV_MAX */
+	if (len > STARLING_ARGV_MAX)
+		len = STARLING_ARGV_MAX;
+	__u32 argv_off = filename_len + cwd_len;
+	STARLING_BOUND(argv_off, 1023);
+	if (len > 0 && bpf_probe_read_user(r->data + argv_off, len, (void *)arg_start) < 0)
+		len = 0;
+	r->argv_len = len;
 
-	/* Send only the used part of argv. */
-	__u64 size = offsetof(struct starling_exec_record, argv) + len;
+	struct tty_struct *tty = task->signal->tty;
+	if (tty)
+		__builtin_memcpy(r->tty, tty->name, sizeof(r->tty));
+	else
+		r->tty[0] = 0;
+	const struct cred *cred = task->cred;
+	r->euid = cred->euid.val;
+	r->egid = cred->egid.val;
+
+	__u64 size = offsetof(struct starling_exec_record, data) + argv_off + len;
 	if (size > sizeof(*r))
 		size = sizeof(*r);
 	submit(r, size);
@@ -134,10 +160,11 @@ int starling_fork(struct trace_event_raw_task_newtask *ctx)
 {
 	if (ctx->clone_flags & STARLING_CLONE_THREAD)
 		return 0;
-	if (!admit(STARLING_RECORD_FORK))
+	struct task_struct *task = current_task();
+	if (!admit(task, STARLING_RECORD_FORK))
 		return 0;
 	struct starling_fork_record r = {};
-	fill_header(&r.h, STARLING_RECORD_FORK);
+	fill_header(&r.h, task, STARLING_RECORD_FORK);
 	r.child_tgid = ctx->pid;
 	submit(&r, sizeof(r));
 	return 0;
@@ -149,14 +176,14 @@ int starling_fork(struct trace_event_raw_task_newtask *ctx)
 SEC("tracepoint/sched/sched_process_exit")
 int starling_exit(void *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	struct task_struct *task = current_task();
+	if (task->signal->live.counter != 0)
 		return 0;
-	if (!admit(STARLING_RECORD_EXIT))
+	if (!admit(task, STARLING_RECORD_EXIT))
 		return 0;
 	struct starling_exit_record r = {};
-	fill_header(&r.h, STARLING_RECORD_EXIT);
-	r.status = BPF_CORE_READ(task, exit_code);
+	fill_header(&r.h, task, STARLING_RECORD_EXIT);
+	r.status = task->exit_code;
 	submit(&r, sizeof(r));
 	return 0;
 }

@@ -48,7 +48,7 @@ struct {
 static __always_inline __u64 caps_of(const struct cred *cred)
 {
 	__u64 caps = 0;
-	bpf_core_read(&caps, sizeof(caps), &cred->cap_effective);
+	__builtin_memcpy(&caps, &cred->cap_effective, sizeof(caps));
 	return caps;
 }
 
@@ -58,17 +58,16 @@ static __always_inline __u64 caps_of(const struct cred *cred)
 static __always_inline int keep_call(struct trace_event_raw_sys_enter *ctx, __u32 call, __u32 kind,
 				     int nargs)
 {
-	if (!admit(kind))
+	if (!admit(current_task(), kind))
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	const struct cred *cred = BPF_CORE_READ(task, cred);
+	const struct cred *cred = current_task()->cred;
 	struct pending_call p = {
 		.call = call,
 		.nr = (__u32)ctx->id,
-		.uid = BPF_CORE_READ(cred, uid.val),
-		.euid = BPF_CORE_READ(cred, euid.val),
-		.gid = BPF_CORE_READ(cred, gid.val),
-		.egid = BPF_CORE_READ(cred, egid.val),
+		.uid = cred->uid.val,
+		.euid = cred->euid.val,
+		.gid = cred->gid.val,
+		.egid = cred->egid.val,
 		.caps = caps_of(cred),
 	};
 	if (nargs > 0)

@@ -61,7 +61,7 @@ static __always_inline int report_ptrace(struct pending_call *c, long ret)
 		.target = c->args[1],
 		.result = ret,
 	};
-	fill_header(&r.h, STARLING_RECORD_PTRACE);
+	fill_header(&r.h, current_task(), STARLING_RECORD_PTRACE);
 	submit(&r, sizeof(r));
 	return 0;
 }
@@ -72,7 +72,7 @@ static __always_inline int report_memfd(struct pending_call *c, long ret)
 	struct starling_memfd_record *r = bpf_map_lookup_elem(&memfd_scratch, &zero);
 	if (!r)
 		return 0;
-	fill_header(&r->h, STARLING_RECORD_MEMFD);
+	fill_header(&r->h, current_task(), STARLING_RECORD_MEMFD);
 	r->flags = c->args[1];
 	r->result = ret;
 	r->name[0] = 0;
@@ -93,7 +93,7 @@ static __always_inline int report_bpf(struct pending_call *c, long ret)
 	r.insn_cnt = head[1];
 	if (c->args[2] >= 64)
 		bpf_probe_read_user(r.prog_name, sizeof(r.prog_name), attr + 48);
-	fill_header(&r.h, STARLING_RECORD_BPF_LOAD);
+	fill_header(&r.h, current_task(), STARLING_RECORD_BPF_LOAD);
 	submit(&r, sizeof(r));
 	return 0;
 }

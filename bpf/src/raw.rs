@@ -74,9 +74,8 @@ const HEADER_LEN: usize = 56;
 /// Bytes of the terminal name the probe captures (STARLING_TTY_LEN).
 const TTY_LEN: usize = 32;
 const OFF_TTY: usize = 80;
-const OFF_FILENAME: usize = OFF_TTY + TTY_LEN;
-const OFF_CWD: usize = OFF_FILENAME + FILENAME_MAX;
-const OFF_ARGV: usize = OFF_CWD + PATH_MAX;
+/// Where an exec record's packed filename, cwd and argv start.
+const OFF_EXEC_DATA: usize = OFF_TTY + TTY_LEN;
 const FORK_LEN: usize = HEADER_LEN + 8;
 const EXIT_LEN: usize = HEADER_LEN + 8;
 const TCP_LEN: usize = HEADER_LEN + 48;
@@ -158,7 +157,7 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
     }
     let kind = u32_at(b, 0);
     let need = match kind {
-        KIND_EXEC => OFF_ARGV,
+        KIND_EXEC => OFF_EXEC_DATA,
         KIND_FORK => FORK_LEN,
         KIND_EXIT => EXIT_LEN,
         KIND_TCP_CONNECT | KIND_TCP_ACCEPT | KIND_TCP_LISTEN => TCP_LEN,
@@ -298,28 +297,36 @@ fn decode_exec(b: &[u8], header: RecordHeader) -> Result<ExecRecord, RawError> {
     let argv_len = u32_at(b, HEADER_LEN + 4) as usize;
     let cwd_len = u32_at(b, HEADER_LEN + 8) as usize;
     let flags = u32_at(b, HEADER_LEN + 12);
+    // The strings are packed: filename, cwd, argv. Each length is checked
+    // against its kernel limit first, so the sums cannot overflow.
+    let bad = |field, value| RawError::BadLength { field, value };
     if filename_len >= FILENAME_MAX {
-        return Err(RawError::BadLength {
-            field: "filename_len",
-            value: filename_len,
-        });
+        return Err(bad("filename_len", filename_len));
     }
-    if argv_len > ARGV_MAX || OFF_ARGV + argv_len > b.len() {
-        return Err(RawError::BadLength {
-            field: "argv_len",
-            value: argv_len,
-        });
+    if cwd_len >= PATH_MAX {
+        return Err(bad("cwd_len", cwd_len));
+    }
+    let cwd_at = OFF_EXEC_DATA + filename_len;
+    let argv_at = cwd_at + cwd_len;
+    if argv_at > b.len() {
+        return Err(bad("cwd_len", cwd_len));
+    }
+    if argv_len > ARGV_MAX || argv_at + argv_len > b.len() {
+        return Err(bad("argv_len", argv_len));
     }
     Ok(ExecRecord {
         header,
-        filename: String::from_utf8_lossy(&b[OFF_FILENAME..OFF_FILENAME + filename_len])
-            .into_owned(),
-        argv: split_argv(&b[OFF_ARGV..OFF_ARGV + argv_len]),
+        filename: String::from_utf8_lossy(&b[OFF_EXEC_DATA..cwd_at]).into_owned(),
+        argv: split_argv(&b[argv_at..argv_at + argv_len]),
         argv_truncated: flags & EXEC_ARGV_TRUNCATED != 0,
-        tty: c_string(&b[OFF_TTY..OFF_FILENAME]),
+        tty: c_string(&b[OFF_TTY..OFF_EXEC_DATA]),
         stdin_is_socket: flags & EXEC_STDIN_SOCKET != 0,
         stdout_is_socket: flags & EXEC_STDOUT_SOCKET != 0,
-        cwd: path_at(b, OFF_CWD, cwd_len, "cwd_len")?,
+        // The kernel's walk gives the root as an empty path.
+        cwd: match &b[cwd_at..argv_at] {
+            [] => "/".to_owned(),
+            cwd => String::from_utf8_lossy(cwd).into_owned(),
+        },
         cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
         euid: u32_at(b, HEADER_LEN + 16),
         egid: u32_at(b, HEADER_LEN + 20),
@@ -376,16 +383,17 @@ pub(crate) mod tests {
 
     /// Builds an exec record the way the kernel program lays it out.
     pub(crate) fn exec_bytes(filename: &str, argv: &[u8], truncated: bool) -> Vec<u8> {
-        let mut b = record(KIND_EXEC, OFF_ARGV + argv.len());
+        let cwd = b"/tmp";
+        let mut b = record(KIND_EXEC, OFF_EXEC_DATA);
         b[56..60].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
         b[60..64].copy_from_slice(&(argv.len() as u32).to_ne_bytes());
-        b[64..68].copy_from_slice(&4u32.to_ne_bytes());
+        b[64..68].copy_from_slice(&(cwd.len() as u32).to_ne_bytes());
         let flags = EXEC_STDOUT_SOCKET | if truncated { EXEC_ARGV_TRUNCATED } else { 0 };
         b[68..72].copy_from_slice(&flags.to_ne_bytes());
         b[OFF_TTY..OFF_TTY + 4].copy_from_slice(b"pts3");
-        b[OFF_CWD..OFF_CWD + 4].copy_from_slice(b"/tmp");
-        b[OFF_FILENAME..OFF_FILENAME + filename.len()].copy_from_slice(filename.as_bytes());
-        b[OFF_ARGV..].copy_from_slice(argv);
+        b.extend_from_slice(filename.as_bytes());
+        b.extend_from_slice(cwd);
+        b.extend_from_slice(argv);
         b
     }
 
@@ -421,6 +429,14 @@ pub(crate) mod tests {
         assert!(matches!(decode(&b), Err(RawError::BadLength { .. })));
         let mut b = exec_bytes("/bin/ls", b"ls\0", false);
         b[56..60].copy_from_slice(&5000u32.to_ne_bytes());
+        assert!(matches!(decode(&b), Err(RawError::BadLength { .. })));
+        // Each length fits alone, but together they pass the end.
+        let mut b = exec_bytes("/bin/ls", b"ls\0", false);
+        b[64..68].copy_from_slice(&500u32.to_ne_bytes());
+        assert!(matches!(decode(&b), Err(RawError::BadLength { .. })));
+        let mut b = exec_bytes("/bin/ls", b"ls\0", false);
+        b[56..60].copy_from_slice(&511u32.to_ne_bytes());
+        b[64..68].copy_from_slice(&511u32.to_ne_bytes());
         assert!(matches!(decode(&b), Err(RawError::BadLength { .. })));
     }
 

@@ -51,20 +51,38 @@ impl Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_reports_its_working_directory() {
     let dir = temp_dir();
-    let cwd = dir.path().join("deep").join("er");
-    std::fs::create_dir_all(&cwd).expect("mkdir");
+    // Shallow and deep paths (the kernel walks the first components inline
+    // and the rest in a loop), a directory on a mount below another mount
+    // (/dev/shm on /dev), and the root.
+    let deep = dir.path().join("a/b/c/d/e/f");
+    let shm = tempfile::Builder::new()
+        .prefix("starling-cwd-")
+        .tempdir_in("/dev/shm")
+        .expect("a directory on /dev/shm");
+    let on_mount = shm.path().join("sub");
+    for d in [&deep, &on_mount] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let cases = [
+        dir.path(),
+        deep.as_path(),
+        on_mount.as_path(),
+        Path::new("/"),
+    ];
     let mut seen = Seen::load();
-    let marker = format!("cwd-marker-{}", std::process::id());
-    Command::new("/bin/true")
-        .arg(&marker)
-        .current_dir(&cwd)
-        .status()
-        .expect("spawn true");
-    let x = seen.exec_with(&marker).await.expect("exec record");
-    assert_eq!(Path::new(&x.cwd), cwd);
-    assert!(!x.cwd_truncated);
-    assert_eq!((x.euid, x.egid), (0, 0));
-    assert!(!x.exe_deleted && !x.exe_memfd);
+    for (i, cwd) in cases.iter().enumerate() {
+        let marker = format!("cwd-marker-{}-{i}", std::process::id());
+        Command::new("/bin/true")
+            .arg(&marker)
+            .current_dir(cwd)
+            .status()
+            .expect("spawn true");
+        let x = seen.exec_with(&marker).await.expect("exec record");
+        assert_eq!(Path::new(&x.cwd), *cwd);
+        assert!(!x.cwd_truncated);
+        assert_eq!((x.euid, x.egid), (0, 0));
+        assert!(!x.exe_deleted && !x.exe_memfd);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

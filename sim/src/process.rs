@@ -145,6 +145,10 @@ impl Managed {
         }
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn alive(&mut self) -> bool {
         self.child
             .as_mut()
@@ -165,16 +169,39 @@ impl Drop for Managed {
 /// Reads one metric from a Prometheus endpoint. `series` is the text before
 /// the value, e.g. `starling_sink_batches_total{status="PERSISTED"}`.
 pub fn scrape(port: u16, series: &str) -> Option<f64> {
+    samples(&metrics_page(port)?).find_map(|(name, value)| (name == series).then_some(value))
+}
+
+/// The sum of every series of a Prometheus endpoint whose text starts
+/// with `prefix` (e.g. all `kind`s of one drop reason); None when the
+/// endpoint does not answer, 0 when no series matches.
+pub fn scrape_sum(port: u16, prefix: &str) -> Option<f64> {
+    Some(
+        samples(&metrics_page(port)?)
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, value)| value)
+            .sum(),
+    )
+}
+
+fn metrics_page(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
+    Some(body)
+}
+
+/// (series, value) of each sample line of a metrics page.
+fn samples(page: &str) -> impl Iterator<Item = (&str, f64)> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name, value.parse().ok()?))
+        })
 }
 
 /// A `starling-sink` process.
@@ -297,6 +324,11 @@ impl SinkProcess {
         self.proc.terminate()
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// One metric of this sink.
     pub fn metric(&self, series: &str) -> Option<f64> {
         scrape(self.metrics_port, series)
@@ -349,7 +381,18 @@ impl NodeProcess {
         sinks: &[(String, String)],
         sensor: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_with(fleet, host_id, sinks, sensor, None)
+        Self::start_with(fleet, host_id, sinks, sensor, None, "")
+    }
+
+    /// Starts a node with its sensor on and `sensor_toml` (lines of the
+    /// `[sensor]` table, e.g. `watch_paths = [...]`) in its config.
+    pub fn start_with_sensor_config(
+        fleet: &Fleet,
+        host_id: &str,
+        sinks: &[(String, String)],
+        sensor_toml: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(fleet, host_id, sinks, true, None, sensor_toml)
     }
 
     /// Starts a mesh member: it finds its cell through `mesh.bootstrap` and
@@ -360,7 +403,7 @@ impl NodeProcess {
         mesh: &MeshOptions,
         sensor: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_with(fleet, host_id, &[], sensor, Some(mesh))
+        Self::start_with(fleet, host_id, &[], sensor, Some(mesh), "")
     }
 
     fn start_with(
@@ -369,13 +412,14 @@ impl NodeProcess {
         sinks: &[(String, String)],
         sensor: bool,
         mesh: Option<&MeshOptions>,
+        sensor_toml: &str,
     ) -> anyhow::Result<Self> {
         let (cert, key) = fleet.issue(Role::Node, host_id)?;
         let metrics_port = free_port();
         let dir = fleet.path().join(host_id);
         std::fs::create_dir_all(&dir)?;
         let mut config = format!(
-            "host_id = {host_id:?}\ndata_dir = {data:?}\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[sensor]\nenabled = {sensor}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            "host_id = {host_id:?}\ndata_dir = {data:?}\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[sensor]\nenabled = {sensor}\n{sensor_toml}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             data = dir.join("data"),
             ca = fleet.ca_cert(),
         );
@@ -444,6 +488,17 @@ impl NodeProcess {
     /// True while the process runs.
     pub fn alive(&mut self) -> bool {
         self.proc.alive()
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Its config file (rewrite it and send SIGHUP to reload the sensor
+    /// filters).
+    pub fn config_path(&self) -> &Path {
+        &self.proc.config
     }
 
     /// One metric of this node.

@@ -22,6 +22,8 @@ use anyhow::Context;
 use clap::Parser;
 use starling_bpf::{DropReason, Sensor, SensorConfig, SensorFilters};
 
+mod sustained;
+
 /// The sensor's kernel cost per program and its exec-storm slowdown.
 #[derive(Debug, Parser)]
 struct Args {
@@ -31,6 +33,37 @@ struct Args {
     /// Seconds of each exec-storm phase (without, with, without).
     #[arg(long, default_value_t = 10)]
     storm_secs: u64,
+    /// Seconds of the sustained-rate window.
+    #[arg(long, default_value_t = 60)]
+    sustained_secs: u64,
+    /// Events per second the sustained load aims at.
+    #[arg(long, default_value_t = 100_000.0)]
+    rate: f64,
+    /// Ring buffer size of the in-process sensor (kernel and storm phases).
+    #[arg(long, default_value_t = SensorConfig::default().ring_buffer_bytes)]
+    ring_buffer_bytes: u32,
+    /// Which measurements to run.
+    #[arg(long, value_delimiter = ',', default_values_t = [Phase::Kernel, Phase::Storm, Phase::Sustained])]
+    phases: Vec<Phase>,
+}
+
+/// One of the bench's measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Per-program kernel cost under a mixed workload.
+    Kernel,
+    /// Exec-storm slowdown.
+    Storm,
+    /// Sustained rate through a real node and sink.
+    Sustained,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let v = self.to_possible_value().ok_or(std::fmt::Error)?;
+        f.write_str(v.get_name())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,21 +72,39 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    kernel_cost(&rt, Duration::from_secs(args.mixed_secs))?;
-    exec_storm(&rt, Duration::from_secs(args.storm_secs))?;
+    if args.phases.contains(&Phase::Kernel) {
+        kernel_cost(
+            &rt,
+            Duration::from_secs(args.mixed_secs),
+            args.ring_buffer_bytes,
+        )?;
+    }
+    if args.phases.contains(&Phase::Storm) {
+        exec_storm(
+            &rt,
+            Duration::from_secs(args.storm_secs),
+            args.ring_buffer_bytes,
+        )?;
+    }
+    if args.phases.contains(&Phase::Sustained) {
+        sustained::run(&sustained::Plan {
+            rate: args.rate,
+            duration: Duration::from_secs(args.sustained_secs),
+        })?;
+    }
     Ok(())
 }
 
 /// The sensor as the node loads it: the default watch list, the bench's
 /// own activity filtered (its reader), its workload children reported.
-fn load_sensor(rt: &tokio::runtime::Runtime) -> anyhow::Result<Sensor> {
+fn load_sensor(rt: &tokio::runtime::Runtime, ring_buffer_bytes: u32) -> anyhow::Result<Sensor> {
     let watched = ["/etc/shadow", "/etc/sudoers", "/etc/cron", "/root/.ssh/"];
     let config = SensorConfig {
         filters: SensorFilters {
             watched_paths: watched.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
-        ..Default::default()
+        ring_buffer_bytes,
     };
     let _guard = rt.enter();
     Sensor::load(&config).context("loading the sensor (run as root)")
@@ -78,8 +129,12 @@ fn spawn_reader(
     })
 }
 
-fn kernel_cost(rt: &tokio::runtime::Runtime, duration: Duration) -> anyhow::Result<()> {
-    let sensor = load_sensor(rt)?;
+fn kernel_cost(
+    rt: &tokio::runtime::Runtime,
+    duration: Duration,
+    ring_buffer_bytes: u32,
+) -> anyhow::Result<()> {
+    let sensor = load_sensor(rt, ring_buffer_bytes)?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's BPF run-time statistics")?;
     let before = sensor.program_stats()?;
@@ -163,9 +218,13 @@ fn exec_rate(duration: Duration) -> anyhow::Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn exec_storm(rt: &tokio::runtime::Runtime, duration: Duration) -> anyhow::Result<()> {
+fn exec_storm(
+    rt: &tokio::runtime::Runtime,
+    duration: Duration,
+    ring_buffer_bytes: u32,
+) -> anyhow::Result<()> {
     let without_1 = exec_rate(duration)?;
-    let sensor = load_sensor(rt)?;
+    let sensor = load_sensor(rt, ring_buffer_bytes)?;
     let stop = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicU64::new(0));
     let reader = spawn_reader(rt, sensor, stop.clone(), read.clone());
