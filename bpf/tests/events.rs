@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{temp_dir, Seen};
+use common::{temp_dir, Seen, TestCgroup};
 use starling_bpf::{cgroup, CredOp, FileOp, FileRecord, RawRecord, SensorConfig, SensorFilters};
 
 fn watching(prefixes: &[&Path]) -> SensorConfig {
@@ -368,52 +368,17 @@ async fn a_bpf_program_load_is_reported_with_its_type_and_name() {
     assert_eq!(b.result as i64, fd);
 }
 
-/// A cgroup laid out as Docker's systemd driver names them, removed on drop.
-struct ContainerCgroup {
-    dir: std::path::PathBuf,
-}
-
-impl Drop for ContainerCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_in_a_container_cgroup_carries_its_id() {
     let mount = cgroup::cgroup2_mount().expect("a cgroup2 hierarchy");
     let id = format!("{:064x}", u64::from(std::process::id()) * 0x9e37_79b9);
-    let group = ContainerCgroup {
-        dir: mount.join(format!("docker-{id}.scope")),
-    };
-    std::fs::create_dir(&group.dir).expect("create the cgroup");
-    let procs = CString::new(
-        group
-            .dir
-            .join("cgroup.procs")
-            .to_string_lossy()
-            .into_owned(),
-    )
-    .expect("path");
+    // Laid out as Docker's systemd driver names them.
+    let group = TestCgroup::create(&format!("docker-{id}.scope"));
     let mut seen = Seen::load();
     let marker = format!("container-marker-{}", std::process::id());
     let mut cmd = Command::new("/bin/true");
     cmd.arg(&marker);
-    // SAFETY: open/write/close only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if n != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    group.run_in(&mut cmd);
     assert!(cmd.status().expect("spawn in the cgroup").success());
     let x = seen.exec_with(&marker).await.expect("exec record");
     let ino = std::fs::metadata(&group.dir).expect("cgroup dir").ino();

@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::{temp_dir, Seen};
+use common::{temp_dir, Seen, TestCgroup};
 use starling_bpf::{
     kind_number, DropReason, FileOp, RateLimit, RawRecord, SensorConfig, SensorFilters,
 };
@@ -155,6 +155,40 @@ async fn an_allow_listed_executable_is_not_reported() {
         !has_exec_with(&seen, &hidden),
         "the allow-listed exe was reported"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_in_a_quiet_cgroup_is_not_reported() {
+    let name = format!("starling-quiet-{}", std::process::id());
+    let group = TestCgroup::create(&name);
+    let config = SensorConfig {
+        filters: SensorFilters {
+            quiet_cgroups: vec![format!("/{name}")],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut seen = Seen::load_with(&config);
+    let hidden = format!("quiet-cgroup-{}", std::process::id());
+    let mut cmd = Command::new("/bin/true");
+    cmd.arg(&hidden);
+    group.run_in(&mut cmd);
+    assert!(cmd.status().expect("spawn in the cgroup").success());
+    let shown = format!("loud-cgroup-{}", std::process::id());
+    Command::new("/bin/true")
+        .arg(&shown)
+        .status()
+        .expect("spawn");
+    assert!(seen.exec_with(&shown).await.is_some());
+    assert!(
+        !has_exec_with(&seen, &hidden),
+        "a process in the quiet cgroup was reported"
+    );
+    let filtered = seen.sensor.drop_counts().expect("drop counts").get(
+        DropReason::Filtered,
+        kind_number("process_exec").expect("kind"),
+    );
+    assert!(filtered >= 1, "the filtered exec was not counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

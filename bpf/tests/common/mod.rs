@@ -114,3 +114,48 @@ pub fn temp_dir() -> tempfile::TempDir {
         .tempdir()
         .expect("a temporary directory")
 }
+
+/// A cgroup made under the cgroup2 hierarchy for one test, removed on drop
+/// (once the processes put in it are gone).
+pub struct TestCgroup {
+    pub dir: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `name` at the top of the cgroup2 hierarchy.
+    pub fn create(name: &str) -> Self {
+        let mount = starling_bpf::cgroup::cgroup2_mount().expect("a cgroup2 hierarchy");
+        let dir = mount.join(name);
+        std::fs::create_dir(&dir).expect("create the cgroup");
+        Self { dir }
+    }
+
+    /// Makes `cmd`'s process join this cgroup before it execs.
+    pub fn run_in(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").to_string_lossy().into_owned())
+                .expect("path");
+        // SAFETY: open/write/close only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
