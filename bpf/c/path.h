@@ -111,6 +111,23 @@ static __always_inline void read_link(struct dentry_link *l, struct dentry *d)
 	}
 }
 
+/* Writes "/" + name in front of what the walk wrote so far (which starts
+ * at *pos). Returns 0 when the name does not fit: the caller stops there. */
+static __always_inline int prepend_name(struct path_scratch *s, __u32 *pos, __u32 len,
+					const unsigned char *name)
+{
+	__u32 p = *pos;
+	if (len > STARLING_NAME_MAX || len + 1 > p)
+		return 0;
+	STARLING_BOUND(len, 255);
+	p -= len;
+	bpf_probe_read_kernel(s->buf + (p & (STARLING_PATH_MAX - 1)), len, name);
+	p -= 1;
+	s->buf[p & (STARLING_PATH_MAX - 1)] = '/';
+	*pos = p;
+	return 1;
+}
+
 /* One step of the walk: a path component, or a crossing to the parent
  * mount. Returns 1 to stop (at the root, or out of room). Two helper
  * calls per component: the link and the name. */
@@ -136,17 +153,11 @@ static long walk_step(__u64 index, void *ctx)
 		st->mnt_root = (__u64)BPF_CORE_READ(mnt_parent, mnt.mnt_root);
 		return 0;
 	}
-	__u32 len = link.name.len;
 	__u32 pos = st->pos;
-	if (len > STARLING_NAME_MAX || len + 1 > pos) {
+	if (!prepend_name(s, &pos, link.name.len, link.name.name)) {
 		st->truncated = 1;
 		return 1;
 	}
-	STARLING_BOUND(len, 255);
-	pos -= len;
-	bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, link.name.name);
-	pos -= 1;
-	s->buf[pos & (STARLING_PATH_MAX - 1)] = '/';
 	st->pos = pos;
 	st->dentry = (__u64)link.parent;
 	return 0;
@@ -187,13 +198,13 @@ static __always_inline struct walked walk_file(struct path_scratch *s, struct fi
 			      STARLING_PATH_MAX);
 }
 
-/* Components of the working directory walked inline before walk_path. */
+/* Components of the working directory walked inline before walk_path_from. */
 #define STARLING_CWD_FAST_DEPTH 4
 
 /* The task's working directory. Every exec walks it, so its first
  * components are walked here with typed loads (one helper call each, for
  * the name); a deeper path, or a mount below the namespace root, is
- * finished by walk_path from where this stopped. */
+ * finished by walk_path_from where this stopped. */
 static __always_inline struct walked walk_cwd(struct path_scratch *s, struct task_struct *task)
 {
 	struct fs_struct *fs = task->fs;
@@ -206,14 +217,8 @@ static __always_inline struct walked walk_cwd(struct path_scratch *s, struct tas
 		struct dentry *parent = d->d_parent;
 		if (d == root || d == parent)
 			break;
-		__u32 len = d->d_name.len;
-		if (len > STARLING_NAME_MAX || len + 1 > pos)
-			break; /* walk_path marks it truncated */
-		STARLING_BOUND(len, 255);
-		pos -= len;
-		bpf_probe_read_kernel(s->buf + (pos & (STARLING_PATH_MAX - 1)), len, d->d_name.name);
-		pos -= 1;
-		s->buf[pos & (STARLING_PATH_MAX - 1)] = '/';
+		if (!prepend_name(s, &pos, d->d_name.len, d->d_name.name))
+			break; /* walk_path_from marks it truncated */
 		d = parent;
 	}
 	if (d == root) {

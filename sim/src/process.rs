@@ -38,6 +38,61 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// CPU seconds (user, system) and RSS of one process, from /proc: what
+/// the benches report for a node, a sink or themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessUsage {
+    /// User CPU seconds.
+    pub user: f64,
+    /// System CPU seconds.
+    pub system: f64,
+    /// Resident memory now (VmRSS).
+    pub rss_bytes: u64,
+    /// The most it has been resident (VmHWM).
+    pub peak_rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// The figures of process `pid` now.
+    pub fn read(pid: u32) -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("/proc/pid/stat without a command name")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let field = |i: usize| -> anyhow::Result<f64> {
+            let v: u64 = fields
+                .get(i)
+                .context("short /proc/pid/stat")?
+                .parse()
+                .context("/proc/pid/stat field")?;
+            Ok(v as f64 / ticks)
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Ok(Self {
+            user: field(11)?,
+            system: field(12)?,
+            rss_bytes: kib("VmRSS:"),
+            peak_rss_bytes: kib("VmHWM:"),
+        })
+    }
+}
+
 /// A fleet CA and the credentials it issued, in a temporary directory.
 pub struct Fleet {
     dir: tempfile::TempDir,

@@ -12,6 +12,7 @@ use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
 use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_sim::process::ProcessUsage;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -159,18 +160,6 @@ fn process_cpu() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Resident memory of this process (VmRSS), 0 when /proc cannot tell.
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Starts each remaining enrolment as a new member of the running mesh,
@@ -367,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|m| m.view.borrow().admitted.len())
         .sum::<usize>() as f64
         / members.len() as f64;
-    let rss_mb = resident_bytes() as f64 / 1e6;
+    let rss_mb = ProcessUsage::read(std::process::id()).map_or(0, |u| u.rss_bytes) as f64 / 1e6;
     println!(
         "steady state ({} s after convergence), received per member: membership {:.0} B/s, gossip {:.0} B/s (payload bytes, before libp2p/QUIC framing); {peers:.1} connected peers per member; the process used {cores:.2} cores ({:.1} ms of CPU per member-second) and {rss_mb:.0} MB resident ({:.1} MB per member)",
         args.settle,

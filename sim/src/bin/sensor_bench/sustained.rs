@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use starling_sim::process::scrape_sum;
+use starling_sim::process::{scrape_sum, ProcessUsage};
 use starling_sim::{wait_for, Fleet, NodeProcess, SinkProcess};
 
 /// Execs per second in the mix (each is a fork, an exec and an exit).
@@ -55,55 +55,6 @@ impl Counters {
             rate_limited: get("starling_node_events_dropped_total{reason=\"rate_limited\"")?,
             spooled: get("starling_node_events_spooled_total")?,
             acked: get("starling_node_events_acked_total")?,
-        })
-    }
-}
-
-/// CPU seconds (user, system) and RSS of one process, from /proc.
-#[derive(Debug, Clone, Copy, Default)]
-struct ProcessUsage {
-    user: f64,
-    system: f64,
-    rss_bytes: u64,
-    peak_rss_bytes: u64,
-}
-
-impl ProcessUsage {
-    fn read(pid: u32) -> anyhow::Result<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces): state is
-        // field 3, utime 14, stime 15.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .context("/proc/pid/stat without a command name")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let field = |i: usize| -> anyhow::Result<f64> {
-            let v: u64 = fields
-                .get(i)
-                .context("short /proc/pid/stat")?
-                .parse()
-                .context("/proc/pid/stat field")?;
-            Ok(v as f64 / ticks)
-        };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("reading /proc/{pid}/status"))?;
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024
-        };
-        Ok(Self {
-            user: field(11)?,
-            system: field(12)?,
-            rss_bytes: kib("VmRSS:"),
-            peak_rss_bytes: kib("VmHWM:"),
         })
     }
 }
