@@ -188,6 +188,27 @@ pub fn event_row(e: &Event) -> String {
             ),
             b.result.min(0),
         ),
+        Some(Body::SocketBind(b)) => {
+            format!("{} bound to {}", sanitize(&b.protocol), endpoint(&b.local))
+        }
+        Some(Body::DnsQuery(d)) => {
+            let question = if d.error.is_empty() {
+                format!("{} {}", sanitize(&d.query_type), sanitize(&d.name))
+            } else {
+                format!("({})", sanitize(&d.error))
+            };
+            with_result(
+                format!("{question}  to {}", endpoint(&d.server)),
+                d.result.min(0),
+            )
+        }
+        Some(Body::ModuleLoad(m)) => {
+            format!(
+                "module {:?} loaded (taints {:#x})",
+                sanitize(&m.name),
+                m.taints
+            )
+        }
         None => String::from("(no body)"),
     };
     let context = match &h.container {
@@ -453,6 +474,54 @@ mod tests {
             result: 5,
         })));
         assert!(row.contains("type 1 (2 instructions)"), "{row}");
+    }
+
+    #[test]
+    fn dns_bind_and_module_rows_say_what_happened() {
+        use starling_proto::v1::{DnsQuery, ModuleLoad, SocketBind, SocketEndpoint};
+        let ep = |address: &str, port| {
+            Some(SocketEndpoint {
+                address: address.into(),
+                port,
+            })
+        };
+        let row = |body| {
+            event_row(&Event {
+                header: Some(Default::default()),
+                body: Some(body),
+            })
+        };
+        let dns = row(Body::DnsQuery(DnsQuery {
+            server: ep("::1", 53),
+            name: "evil.example".into(),
+            query_type: "TXT".into(),
+            result: 40,
+            ..Default::default()
+        }));
+        assert!(dns.contains("TXT evil.example  to [::1]:53"), "{dns}");
+        let broken = row(Body::DnsQuery(DnsQuery {
+            server: ep("10.0.0.1", 53),
+            error: "no question".into(),
+            result: -101,
+            ..Default::default()
+        }));
+        assert!(
+            broken.contains("(no question)  to 10.0.0.1:53  failed"),
+            "{broken}"
+        );
+        let bind = row(Body::SocketBind(SocketBind {
+            local: ep("0.0.0.0", 8080),
+            protocol: "udp".into(),
+        }));
+        assert!(bind.contains("udp bound to 0.0.0.0:8080"), "{bind}");
+        let module = row(Body::ModuleLoad(ModuleLoad {
+            name: "nf_x".into(),
+            taints: 0x3000,
+        }));
+        assert!(
+            module.contains("module \"nf_x\" loaded (taints 0x3000)"),
+            "{module}"
+        );
     }
 
     #[test]

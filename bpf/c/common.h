@@ -96,7 +96,7 @@ static __always_inline int exe_is_quiet(struct task_struct *task)
 /* One token from the kind's per-CPU bucket, if its rate allows. */
 static __always_inline int within_rate(struct starling_settings *s, __u32 kind)
 {
-	STARLING_BOUND(kind, 15); /* STARLING_RECORD_KINDS - 1 */
+	STARLING_BOUND(kind, 31); /* STARLING_RECORD_KINDS - 1 */
 	__u64 cost = s->cost_ns[kind];
 	if (cost == 0)
 		return 1;

@@ -15,6 +15,11 @@
 #define STARLING_PATH_MAX 512
 /* Bytes of a memfd's name captured (the kernel allows 249). */
 #define STARLING_MEMFD_NAME_MAX 256
+/* Bytes of a DNS query captured: the 12-byte header, the longest name
+ * (255) and the question's type and class (4), rounded up. */
+#define STARLING_DNS_CAPTURE 272
+/* Bytes of a module name captured (the kernel's MODULE_NAME_LEN is 56). */
+#define STARLING_MODULE_NAME_MAX 64
 
 enum starling_record_kind {
 	STARLING_RECORD_EXEC = 1,
@@ -32,8 +37,11 @@ enum starling_record_kind {
 	STARLING_RECORD_PTRACE = 13,
 	STARLING_RECORD_MEMFD = 14,
 	STARLING_RECORD_BPF_LOAD = 15,
-	/* One more than the largest kind: the size of per-kind tables. */
-	STARLING_RECORD_KINDS = 16,
+	STARLING_RECORD_SOCKET_BIND = 16,
+	STARLING_RECORD_DNS_QUERY = 17,
+	STARLING_RECORD_MODULE_LOAD = 18,
+	/* The size of per-kind tables: a power of two above the largest kind. */
+	STARLING_RECORD_KINDS = 32,
 };
 
 /* Why a record was not delivered. The per-CPU array "drops" has one
@@ -59,8 +67,8 @@ struct starling_settings {
 	/* Per-CPU token buckets, per kind, in nanoseconds of credit: a record
 	 * costs cost_ns, credit accrues at 1 ns per ns up to burst_ns. 0 cost:
 	 * unlimited. */
-	__u64 cost_ns[16];
-	__u64 burst_ns[16];
+	__u64 cost_ns[STARLING_RECORD_KINDS];
+	__u64 burst_ns[STARLING_RECORD_KINDS];
 };
 
 /* An executable that is allow-listed (quiet_exes): its inode. */
@@ -121,17 +129,35 @@ struct starling_exit_record {
 	__u32 _pad;
 };
 
-/* A TCP connect (completed or failed), accept or listen. */
-struct starling_tcp_record {
+/* Both ends of an inet socket: a TCP connect (completed or failed),
+ * accept or listen, a bind, and the front of a DNS query record. */
+struct starling_socket_record {
 	struct starling_header h;
 	__u16 family;       /* AF_INET or AF_INET6 */
 	__u16 local_port;   /* host byte order */
 	__u16 remote_port;  /* host byte order */
-	__u16 _pad;
-	__s32 result;       /* connect: 0 or -errno; else 0 */
-	__u32 _pad2;
+	__u16 protocol;     /* IPPROTO_TCP, IPPROTO_UDP, ... */
+	__s32 result;       /* connect: 0 or -errno; DNS: bytes sent or -errno; else 0 */
+	__u32 _pad;
 	__u8 local_addr[16];  /* network order; IPv4 in the first 4 bytes */
 	__u8 remote_addr[16];
+};
+
+/* A UDP datagram sent to port 53. The kernel copies the start of the
+ * payload; the node decodes the question. */
+struct starling_dns_record {
+	struct starling_socket_record s;
+	__u16 captured;     /* bytes of payload, <= STARLING_DNS_CAPTURE */
+	__u16 _pad[3];
+	__u8 payload[STARLING_DNS_CAPTURE];
+};
+
+/* A kernel module was loaded. */
+struct starling_module_record {
+	struct starling_header h;
+	__u32 taints;       /* the module's taint flags (TAINT_* bits) */
+	__u32 _pad;
+	char name[STARLING_MODULE_NAME_MAX];
 };
 
 /* starling_file_record.flags */

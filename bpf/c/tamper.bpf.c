@@ -1,7 +1,7 @@
 /* Tampering and evasion: ptrace that takes over or writes into another
  * process, memfd_create (a file with no path to exec a payload from; the
- * exec itself is flagged by process.bpf.c), and BPF program loads
- * (included by sensor.bpf.c). */
+ * exec itself is flagged by process.bpf.c), BPF program loads and kernel
+ * module loads (included by sensor.bpf.c). */
 
 #define STARLING_PTRACE_POKETEXT 4
 #define STARLING_PTRACE_POKEDATA 5
@@ -112,5 +112,31 @@ int starling_tamper_exit(struct trace_event_raw_sys_exit *ctx)
 	case STARLING_CALL_BPF:
 		return report_bpf(&c, ctx->ret);
 	}
+	return 0;
+}
+
+/* The record of module/module_load (include/trace/events/module.h): the
+ * taint flags, then the name as a __data_loc string. Declared here because
+ * kernels built without module support have no such type in their BTF. */
+struct starling_module_load_ctx {
+	__u64 common;
+	__u32 taints;
+	__u32 name_loc; /* offset (low 16 bits) and length of the name */
+};
+
+/* A module was loaded (init_module or finit_module succeeded as far as
+ * the kernel's loader), in the loading task. Attached only where the
+ * kernel has module support. */
+SEC("tracepoint/module/module_load")
+int starling_module_load(struct starling_module_load_ctx *ctx)
+{
+	struct task_struct *task = current_task();
+	if (!admit(task, STARLING_RECORD_MODULE_LOAD))
+		return 0;
+	struct starling_module_record r = {};
+	fill_header(&r.h, task, STARLING_RECORD_MODULE_LOAD);
+	r.taints = ctx->taints;
+	bpf_probe_read_kernel_str(r.name, sizeof(r.name), (void *)ctx + (ctx->name_loc & 0xFFFF));
+	submit(&r, sizeof(r));
 	return 0;
 }

@@ -35,6 +35,10 @@ pub(crate) const ATTACHMENTS: &[Attachment] = &[
     at("starling_tcp_state", "sock", "inet_sock_set_state"),
     at("starling_accept_exit", "syscalls", "sys_exit_accept"),
     at("starling_accept_exit", "syscalls", "sys_exit_accept4"),
+    at("starling_bind_exit", "syscalls", "sys_exit_bind"),
+    // Linux 6.3+; older kernels see DNS only from sendmmsg.
+    optional("starling_udp_send", "sock", "sock_send_length"),
+    at("starling_sendmmsg_exit", "syscalls", "sys_exit_sendmmsg"),
     at("starling_open_exit", "syscalls", "sys_exit_openat"),
     optional("starling_open_exit", "syscalls", "sys_exit_open"),
     optional("starling_open_exit", "syscalls", "sys_exit_creat"),
@@ -102,4 +106,6 @@ pub(crate) const ATTACHMENTS: &[Attachment] = &[
     at("starling_tamper_exit", "syscalls", "sys_exit_ptrace"),
     at("starling_tamper_exit", "syscalls", "sys_exit_memfd_create"),
     at("starling_tamper_exit", "syscalls", "sys_exit_bpf"),
+    // Only kernels built with module support have it.
+    optional("starling_module_load", "module", "module_load"),
 ];

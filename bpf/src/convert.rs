@@ -1,11 +1,13 @@
 //! Kernel records into proto events, with wall-clock times.
 
 use starling_proto::v1::{
-    event::Body, BpfProgramLoad, Credentials, DevFileWrite, Event, EventHeader, FileChmod,
-    FileOpen, FileRename, FileUnlink, MemfdCreate, PrivilegeChange, ProcessExec, ProcessExit,
-    ProcessFork, Ptrace, SocketEndpoint, TcpAccept, TcpConnect, TcpListen,
+    event::Body, BpfProgramLoad, Credentials, DevFileWrite, DnsQuery, Event, EventHeader,
+    FileChmod, FileOpen, FileRename, FileUnlink, MemfdCreate, ModuleLoad, PrivilegeChange,
+    ProcessExec, ProcessExit, ProcessFork, Ptrace, SocketBind, SocketEndpoint, TcpAccept,
+    TcpConnect, TcpListen,
 };
 
+use crate::dns;
 use crate::raw::{FileOp, Ids, RawRecord, RecordHeader, TcpOp};
 
 /// Converts kernel boot-time timestamps to wall-clock time.
@@ -190,10 +192,54 @@ pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
             });
             (r.header, body)
         }
+        RawRecord::Bind(r) => {
+            let body = Body::SocketBind(SocketBind {
+                local: endpoint(r.local),
+                protocol: protocol_name(r.protocol),
+            });
+            (r.header, body)
+        }
+        RawRecord::Dns(r) => {
+            let mut body = DnsQuery {
+                server: endpoint(r.server),
+                local: endpoint(r.local),
+                result: r.result,
+                ..Default::default()
+            };
+            match r.question {
+                Some(Ok(q)) => {
+                    body.name = q.name;
+                    body.query_type = dns::type_name(q.qtype);
+                    body.id = u32::from(q.id);
+                }
+                Some(Err(e)) => body.error = e.to_string(),
+                None => body.error = "not captured".into(),
+            }
+            (r.header, Body::DnsQuery(body))
+        }
+        RawRecord::ModuleLoad(r) => {
+            let body = Body::ModuleLoad(ModuleLoad {
+                name: r.name,
+                taints: r.taints,
+            });
+            (r.header, body)
+        }
     };
     Event {
         header: Some(header(h)),
         body: Some(body),
+    }
+}
+
+/// The name of an IP protocol a socket can be bound with.
+fn protocol_name(protocol: u16) -> String {
+    match protocol {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        136 => "udplite".into(),
+        262 => "mptcp".into(),
+        n => n.to_string(),
     }
 }
 

@@ -11,6 +11,7 @@
 mod attach;
 pub mod cgroup;
 mod convert;
+pub mod dns;
 mod filters;
 pub mod raw;
 mod records;
@@ -32,9 +33,9 @@ pub use filters::{RateLimit, SensorFilters, PREFIXES_MAX, PREFIX_MAX, QUIET_MAX}
 pub use stats::{DropCounts, DropReason, ProgramStats};
 
 pub use raw::{
-    decode, kind_name, kind_number, BpfLoadRecord, CredOp, CredRecord, ExecRecord, ExitRecord,
-    FileOp, FileRecord, ForkRecord, Ids, MemfdRecord, PtraceRecord, RawError, RawRecord,
-    RecordHeader, TcpOp, TcpRecord, KINDS, KIND_NAMES,
+    decode, kind_name, kind_number, BindRecord, BpfLoadRecord, CredOp, CredRecord, DnsRecord,
+    ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Ids, MemfdRecord, ModuleLoadRecord,
+    PtraceRecord, RawError, RawRecord, RecordHeader, TcpOp, TcpRecord, KINDS, KIND_NAMES,
 };
 
 /// The sensor's object, built from c/sensor.bpf.c.
@@ -109,7 +110,8 @@ pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Sens
 
 impl Sensor {
     /// Loads and attaches every program. Needs root (or CAP_BPF and
-    /// CAP_PERFMON) and kernel BTF.
+    /// CAP_PERFMON) and kernel BTF, and must run inside a Tokio runtime
+    /// (the ring buffer is registered with its reactor).
     pub fn load(config: &SensorConfig) -> Result<Self, SensorError> {
         let size = config.ring_buffer_bytes;
         if !size.is_power_of_two() || size < 4096 {

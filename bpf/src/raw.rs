@@ -6,9 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 
+use crate::dns;
 pub use crate::records::{
-    BpfLoadRecord, CredOp, CredRecord, ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Ids,
-    MemfdRecord, PtraceRecord, RawRecord, RecordHeader, TcpOp, TcpRecord,
+    BindRecord, BpfLoadRecord, CredOp, CredRecord, DnsRecord, ExecRecord, ExitRecord, FileOp,
+    FileRecord, ForkRecord, Ids, MemfdRecord, ModuleLoadRecord, PtraceRecord, RawRecord,
+    RecordHeader, TcpOp, TcpRecord,
 };
 
 /// Bytes of the exec filename the probe captures (STARLING_FILENAME_MAX).
@@ -33,12 +35,15 @@ const KIND_PRIVILEGE: u32 = 12;
 const KIND_PTRACE: u32 = 13;
 const KIND_MEMFD: u32 = 14;
 const KIND_BPF_LOAD: u32 = 15;
+const KIND_SOCKET_BIND: u32 = 16;
+const KIND_DNS_QUERY: u32 = 17;
+const KIND_MODULE_LOAD: u32 = 18;
 /// Size of the kernel's per-kind tables (STARLING_RECORD_KINDS).
-pub const KINDS: usize = 16;
+pub const KINDS: usize = 32;
 
 /// Every record kind by number, with the name of the event it becomes
 /// (the `starling-kind` name), for config, counters and logs.
-pub const KIND_NAMES: [(u32, &str); 15] = [
+pub const KIND_NAMES: [(u32, &str); 18] = [
     (KIND_EXEC, "process_exec"),
     (KIND_FORK, "process_fork"),
     (KIND_EXIT, "process_exit"),
@@ -54,6 +59,9 @@ pub const KIND_NAMES: [(u32, &str); 15] = [
     (KIND_PTRACE, "ptrace"),
     (KIND_MEMFD, "memfd_create"),
     (KIND_BPF_LOAD, "bpf_program_load"),
+    (KIND_SOCKET_BIND, "socket_bind"),
+    (KIND_DNS_QUERY, "dns_query"),
+    (KIND_MODULE_LOAD, "module_load"),
 ];
 
 /// The kernel's number for a kind name of [`KIND_NAMES`].
@@ -78,7 +86,14 @@ const OFF_TTY: usize = 80;
 const OFF_EXEC_DATA: usize = OFF_TTY + TTY_LEN;
 const FORK_LEN: usize = HEADER_LEN + 8;
 const EXIT_LEN: usize = HEADER_LEN + 8;
-const TCP_LEN: usize = HEADER_LEN + 48;
+/// struct starling_socket_record: TCP records and binds.
+const SOCKET_LEN: usize = HEADER_LEN + 48;
+/// Where a DNS record's payload starts (after its captured length).
+const OFF_DNS_PAYLOAD: usize = SOCKET_LEN + 8;
+/// Bytes of a DNS datagram the probe captures (STARLING_DNS_CAPTURE).
+const DNS_CAPTURE: usize = 272;
+const MODULE_NAME_MAX: usize = 64;
+const MODULE_LEN: usize = HEADER_LEN + 8 + MODULE_NAME_MAX;
 const OFF_PATH: usize = HEADER_LEN + 24;
 const OFF_PATH2: usize = OFF_PATH + PATH_MAX;
 /// A file record without the second path (all but renames).
@@ -160,13 +175,16 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
         KIND_EXEC => OFF_EXEC_DATA,
         KIND_FORK => FORK_LEN,
         KIND_EXIT => EXIT_LEN,
-        KIND_TCP_CONNECT | KIND_TCP_ACCEPT | KIND_TCP_LISTEN => TCP_LEN,
+        KIND_TCP_CONNECT | KIND_TCP_ACCEPT | KIND_TCP_LISTEN => SOCKET_LEN,
         KIND_FILE_RENAME => FILE_LONG_LEN,
         KIND_FILE_OPEN | KIND_FILE_UNLINK | KIND_FILE_CHMOD | KIND_DEV_WRITE => FILE_SHORT_LEN,
         KIND_PRIVILEGE => CRED_LEN,
         KIND_PTRACE => PTRACE_LEN,
         KIND_MEMFD => MEMFD_LEN,
         KIND_BPF_LOAD => BPF_LEN,
+        KIND_SOCKET_BIND => SOCKET_LEN,
+        KIND_DNS_QUERY => OFF_DNS_PAYLOAD,
+        KIND_MODULE_LOAD => MODULE_LEN,
         k => return Err(RawError::UnknownKind(k)),
     };
     if b.len() < need {
@@ -204,12 +222,26 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
             result: i32_at(b, HEADER_LEN + 4),
             name: c_string(&b[HEADER_LEN + 8..MEMFD_LEN]),
         }),
-        _ => RawRecord::BpfLoad(BpfLoadRecord {
+        KIND_BPF_LOAD => RawRecord::BpfLoad(BpfLoadRecord {
             header,
             prog_type: u32_at(b, HEADER_LEN),
             insn_count: u32_at(b, HEADER_LEN + 4),
             result: i32_at(b, HEADER_LEN + 8),
             prog_name: c_string(&b[HEADER_LEN + 16..BPF_LEN]),
+        }),
+        KIND_SOCKET_BIND => {
+            let (local, _) = socket_ends(b)?;
+            RawRecord::Bind(BindRecord {
+                header,
+                protocol: u16_at(b, HEADER_LEN + 6),
+                local,
+            })
+        }
+        KIND_DNS_QUERY => RawRecord::Dns(decode_dns(b, header)?),
+        _ => RawRecord::ModuleLoad(ModuleLoadRecord {
+            header,
+            taints: u32_at(b, HEADER_LEN),
+            name: c_string(&b[HEADER_LEN + 8..MODULE_LEN]),
         }),
     })
 }
@@ -335,7 +367,9 @@ fn decode_exec(b: &[u8], header: RecordHeader) -> Result<ExecRecord, RawError> {
     })
 }
 
-fn decode_tcp(b: &[u8], header: RecordHeader, op: TcpOp) -> Result<TcpRecord, RawError> {
+/// Both ends of a struct starling_socket_record; the caller has checked
+/// `b` holds one.
+fn socket_ends(b: &[u8]) -> Result<(SocketAddr, SocketAddr), RawError> {
     let family = u16_at(b, HEADER_LEN);
     let ip = |off: usize| -> Result<IpAddr, RawError> {
         match family {
@@ -353,12 +387,43 @@ fn decode_tcp(b: &[u8], header: RecordHeader, op: TcpOp) -> Result<TcpRecord, Ra
             f => Err(RawError::UnknownFamily(f)),
         }
     };
+    Ok((
+        SocketAddr::new(ip(HEADER_LEN + 16)?, u16_at(b, HEADER_LEN + 2)),
+        SocketAddr::new(ip(HEADER_LEN + 32)?, u16_at(b, HEADER_LEN + 4)),
+    ))
+}
+
+fn decode_tcp(b: &[u8], header: RecordHeader, op: TcpOp) -> Result<TcpRecord, RawError> {
+    let (local, remote) = socket_ends(b)?;
     Ok(TcpRecord {
         header,
         op,
-        local: SocketAddr::new(ip(HEADER_LEN + 16)?, u16_at(b, HEADER_LEN + 2)),
-        remote: SocketAddr::new(ip(HEADER_LEN + 32)?, u16_at(b, HEADER_LEN + 4)),
-        result: u32_at(b, HEADER_LEN + 8) as i32,
+        local,
+        remote,
+        result: i32_at(b, HEADER_LEN + 8),
+    })
+}
+
+fn decode_dns(b: &[u8], header: RecordHeader) -> Result<DnsRecord, RawError> {
+    let (local, server) = socket_ends(b)?;
+    let captured = u16_at(b, SOCKET_LEN) as usize;
+    if captured > DNS_CAPTURE || OFF_DNS_PAYLOAD + captured > b.len() {
+        return Err(RawError::BadLength {
+            field: "captured",
+            value: captured,
+        });
+    }
+    let payload = &b[OFF_DNS_PAYLOAD..OFF_DNS_PAYLOAD + captured];
+    Ok(DnsRecord {
+        header,
+        local,
+        server,
+        result: i32_at(b, HEADER_LEN + 8),
+        question: if payload.is_empty() {
+            None
+        } else {
+            Some(dns::parse_query(payload))
+        },
     })
 }
 
@@ -441,7 +506,7 @@ pub(crate) mod tests {
     }
 
     fn tcp_bytes(kind: u32, family: u16, local: &[u8], remote: &[u8], result: i32) -> Vec<u8> {
-        let mut b = record(kind, TCP_LEN);
+        let mut b = record(kind, SOCKET_LEN);
         b[56..58].copy_from_slice(&family.to_ne_bytes());
         b[58..60].copy_from_slice(&8080u16.to_ne_bytes());
         b[60..62].copy_from_slice(&40000u16.to_ne_bytes());
@@ -605,6 +670,67 @@ pub(crate) mod tests {
             panic!("not a ptrace record")
         };
         assert_eq!((r.request, r.target, r.result), (16, 4242, 0));
+    }
+
+    #[test]
+    fn decodes_bind_dns_and_module_records() {
+        let v6 = Ipv6Addr::LOCALHOST.octets();
+        let mut b = tcp_bytes(KIND_SOCKET_BIND, AF_INET6, &v6, &[0; 16], 0);
+        b[62..64].copy_from_slice(&17u16.to_ne_bytes());
+        let Ok(RawRecord::Bind(r)) = decode(&b) else {
+            panic!("not a bind record")
+        };
+        assert_eq!((r.protocol, r.local), (17, "[::1]:8080".parse().unwrap()));
+
+        let query = crate::dns::tests::query(0x0102, &[b"example", b"org"], 16);
+        let dns = |captured: u16, payload: &[u8]| {
+            let mut b = tcp_bytes(
+                KIND_DNS_QUERY,
+                AF_INET,
+                &[127, 0, 0, 1],
+                &[10, 0, 0, 53],
+                40,
+            );
+            b.extend_from_slice(&captured.to_ne_bytes());
+            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(payload);
+            b
+        };
+        let Ok(RawRecord::Dns(r)) = decode(&dns(query.len() as u16, &query)) else {
+            panic!("not a dns record")
+        };
+        assert_eq!(r.server, "10.0.0.53:40000".parse().unwrap());
+        assert_eq!(r.result, 40);
+        let Some(Ok(q)) = r.question else {
+            panic!("no question: {:?}", r.question)
+        };
+        assert_eq!(
+            (q.id, q.name.as_str(), q.qtype),
+            (0x0102, "example.org", 16)
+        );
+        // Nothing captured: a send the sensor does not read.
+        let Ok(RawRecord::Dns(r)) = decode(&dns(0, &[])) else {
+            panic!("not a dns record")
+        };
+        assert_eq!(r.question, None);
+        // A captured length past the record, or past the capture size.
+        assert!(matches!(
+            decode(&dns(query.len() as u16 + 1, &query)),
+            Err(RawError::BadLength { .. })
+        ));
+        let big = vec![0u8; DNS_CAPTURE + 1];
+        assert!(matches!(
+            decode(&dns(big.len() as u16, &big)),
+            Err(RawError::BadLength { .. })
+        ));
+
+        let mut b = record(KIND_MODULE_LOAD, MODULE_LEN);
+        b[56..60].copy_from_slice(&0x3000u32.to_ne_bytes());
+        b[64..70].copy_from_slice(b"nf_tab");
+        let Ok(RawRecord::ModuleLoad(r)) = decode(&b) else {
+            panic!("not a module record")
+        };
+        assert_eq!((r.name.as_str(), r.taints), ("nf_tab", 0x3000));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use crate::dns::{DnsError, DnsQuestion};
+
 /// The task that caused a record, as every record starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -215,6 +217,38 @@ pub struct BpfLoadRecord {
     pub result: i32,
 }
 
+/// A successful bind() of an inet socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindRecord {
+    pub header: RecordHeader,
+    /// IP protocol number (6 TCP, 17 UDP, ...).
+    pub protocol: u16,
+    /// The bound address; a requested port 0 is the port the kernel chose.
+    pub local: SocketAddr,
+}
+
+/// A UDP datagram sent to port 53.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    pub header: RecordHeader,
+    pub local: SocketAddr,
+    pub server: SocketAddr,
+    /// Bytes sent, or the negated errno.
+    pub result: i32,
+    /// The question, or why the datagram has none; `None` when the send
+    /// went through a call whose buffer the sensor does not read.
+    pub question: Option<Result<DnsQuestion, DnsError>>,
+}
+
+/// A kernel module was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLoadRecord {
+    pub header: RecordHeader,
+    pub name: String,
+    /// The module's taint flags (TAINT_* bits: 12 out-of-tree, 13 unsigned).
+    pub taints: u32,
+}
+
 /// Any record the kernel programs produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawRecord {
@@ -227,6 +261,9 @@ pub enum RawRecord {
     Ptrace(PtraceRecord),
     Memfd(MemfdRecord),
     BpfLoad(BpfLoadRecord),
+    Bind(BindRecord),
+    Dns(DnsRecord),
+    ModuleLoad(ModuleLoadRecord),
 }
 
 impl RawRecord {
@@ -242,6 +279,9 @@ impl RawRecord {
             Self::Ptrace(r) => &r.header,
             Self::Memfd(r) => &r.header,
             Self::BpfLoad(r) => &r.header,
+            Self::Bind(r) => &r.header,
+            Self::Dns(r) => &r.header,
+            Self::ModuleLoad(r) => &r.header,
         }
     }
 }

@@ -247,6 +247,102 @@ async fn setresuid_back_to_root_is_a_privilege_gain_and_the_drop_is_not() {
     assert_eq!(gains, 1, "dropping to 1000 is not reported");
 }
 
+/// struct __user_cap_header_struct.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// struct __user_cap_data_struct (two of them in version 3).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The effective capability set of this process, from /proc.
+fn own_effective_caps() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff line");
+    u64::from_str_radix(hex.trim(), 16).expect("hex")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capset_raising_effective_capabilities_is_a_gain_and_clearing_them_is_not() {
+    let mut seen = Seen::load();
+    let full = own_effective_caps();
+    assert_ne!(full, 0, "runs as root with capabilities");
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Clear the effective set (the permitted set stays), then
+            // raise it back: what a process that dropped its
+            // capabilities does to use them again.
+            let mut header = CapHeader {
+                version: CAP_VERSION_3,
+                pid: 0,
+            };
+            let mut caps = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capget, &mut header, caps.as_mut_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut cleared = caps;
+            cleared[0].effective = 0;
+            cleared[1].effective = 0;
+            for set in [&cleared, &caps] {
+                if libc::syscall(libc::SYS_capset, &header, set.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    assert!(child.wait().expect("ran").success());
+    let Some(RawRecord::Cred(r)) = seen
+        .find(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
+        .await
+    else {
+        panic!("no privilege record for the child")
+    };
+    assert_eq!(r.op, CredOp::Capset);
+    assert_eq!((r.old_caps, r.new_caps), (0, full));
+    assert_eq!((r.old.uid, r.new.uid), (0, 0), "ids did not change");
+    seen.barrier().await;
+    let gains = seen
+        .records
+        .iter()
+        .filter(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
+        .count();
+    assert_eq!(gains, 1, "clearing the set is not reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_loads_are_watched_where_the_kernel_has_modules() {
+    let seen = Seen::load();
+    // This host's kernel may be built without modules: then the hook is
+    // reported missing, and the sensor runs without it.
+    let has_hook = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| Path::new(t).join("events/module/module_load").exists());
+    let missing = seen
+        .sensor
+        .missing_tracepoints()
+        .iter()
+        .any(|t| t == "module/module_load");
+    assert_eq!(missing, !has_hook);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_of_a_setuid_root_file_by_a_user_is_a_privilege_gain() {
     let dir = temp_dir();

@@ -208,6 +208,32 @@ pub fn event_to_json(event: &Event) -> Value {
                 }),
             );
         }
+        Some(Body::SocketBind(b)) => {
+            out.insert(
+                "socket_bind".into(),
+                json!({ "local": endpoint(&b.local), "protocol": b.protocol }),
+            );
+        }
+        Some(Body::DnsQuery(d)) => {
+            out.insert(
+                "dns_query".into(),
+                json!({
+                    "server": endpoint(&d.server),
+                    "local": endpoint(&d.local),
+                    "name": d.name,
+                    "query_type": d.query_type,
+                    "id": d.id,
+                    "result": d.result,
+                    "error": d.error,
+                }),
+            );
+        }
+        Some(Body::ModuleLoad(m)) => {
+            out.insert(
+                "module_load".into(),
+                json!({ "name": m.name, "taints": m.taints }),
+            );
+        }
         None => {}
     }
     Value::Object(out)

@@ -41,6 +41,9 @@ pub fn event_kind(event: &v1::Event) -> &'static str {
         Some(Body::Ptrace(_)) => "ptrace",
         Some(Body::MemfdCreate(_)) => "memfd_create",
         Some(Body::BpfProgramLoad(_)) => "bpf_program_load",
+        Some(Body::SocketBind(_)) => "socket_bind",
+        Some(Body::DnsQuery(_)) => "dns_query",
+        Some(Body::ModuleLoad(_)) => "module_load",
         None => "unknown",
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Figures only; nothing asserts on speed.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,7 +160,13 @@ fn kernel_cost(
             }
         })
     };
-    let mut counts = [0u64; 4];
+    // UDP: datagrams to a local receiver (the send program's cheap path),
+    // and DNS queries to port 53, where nothing answers (its full path).
+    let udp_receiver = UdpSocket::bind("127.0.0.1:0")?;
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    let dns_query: &[u8] =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05bench\x08starling\x04test\x00\x00\x01\x00\x01";
+    let mut counts = [0u64; 6];
     while Instant::now() < end {
         Command::new("/bin/true").arg("bench").status()?;
         counts[0] += 1;
@@ -177,6 +183,12 @@ fn kernel_cost(
         std::fs::write(&f, b"x")?;
         std::fs::remove_file(&f)?;
         counts[3] += 1;
+        for _ in 0..10 {
+            udp.send_to(b"datagram", udp_receiver.local_addr()?)?;
+            counts[4] += 1;
+        }
+        udp.send_to(dns_query, "127.0.0.1:53")?;
+        counts[5] += 1;
     }
     accepting.store(false, Ordering::Relaxed);
     let _ = acceptor.join();
@@ -184,12 +196,14 @@ fn kernel_cost(
     let sensor = rt.block_on(reader)?;
     let after = sensor.program_stats()?;
     println!(
-        "kernel cost over {:.0} s of mixed workload: {} execs, {} connects, {} opens, {} unlinks; {} records read",
+        "kernel cost over {:.0} s of mixed workload: {} execs, {} connects, {} opens, {} unlinks, {} UDP sends, {} DNS queries; {} records read",
         duration.as_secs_f64(),
         counts[0],
         counts[1],
         counts[2],
         counts[3],
+        counts[4],
+        counts[5],
         read.load(Ordering::Relaxed)
     );
     println!("{:<28} {:>10} {:>12}", "PROGRAM", "RUNS", "AVG NS/RUN");
