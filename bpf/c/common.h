@@ -58,6 +58,15 @@ struct {
 	__type(value, struct starling_bucket);
 } buckets SEC(".maps");
 
+/* Records each CPU has submitted: when to ask the ring how full it is. */
+#define STARLING_WAKEUP_CHECK_EVERY 8
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} submit_count SEC(".maps");
+
 static __always_inline void count_drop(__u32 reason, __u32 kind)
 {
 	__u32 slot = reason * STARLING_RECORD_KINDS + (kind & (STARLING_RECORD_KINDS - 1));
@@ -194,10 +203,17 @@ static __always_inline void submit(void *record, __u64 size)
 	 * (an irq_work and a wakeup per record): wake it only once a batch
 	 * is waiting; it polls on a timer for the rest. */
 	__u64 flags = 0;
-	if (s && s->wakeup_bytes)
-		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= s->wakeup_bytes
-				? BPF_RB_FORCE_WAKEUP
-				: BPF_RB_NO_WAKEUP;
+	if (s && s->wakeup_bytes) {
+		/* Asking the ring how full it is is a helper call: each CPU
+		 * asks every STARLING_WAKEUP_CHECK_EVERY records, which delays
+		 * a wakeup by at most that many records. */
+		__u32 zero = 0;
+		__u32 *n = bpf_map_lookup_elem(&submit_count, &zero);
+		flags = BPF_RB_NO_WAKEUP;
+		if (n && (*n)++ % STARLING_WAKEUP_CHECK_EVERY == 0 &&
+		    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= s->wakeup_bytes)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
 	if (bpf_ringbuf_output(&events, record, size, flags) < 0)
 		count_drop(STARLING_DROP_RINGBUF_FULL, kind);
 }

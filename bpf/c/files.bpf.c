@@ -60,7 +60,7 @@ static __always_inline int on_open(long fd)
 	struct path_scratch *s = get_path_scratch();
 	if (!file || !s)
 		return 0;
-	struct walked w = walk_file(s, file);
+	struct walked w = walk_file(s, task, file);
 	__u32 len = STARLING_PATH_MAX - w.start;
 	__u32 fmode = BPF_CORE_READ(file, f_mode);
 	__u32 imode = BPF_CORE_READ(file, f_inode, i_mode);
@@ -131,7 +131,7 @@ static __always_inline struct resolved resolve_at(struct path_scratch *s, long d
 		struct file *dir = fd_file(task, dirfd);
 		if (!dir)
 			return r;
-		w = walk_file(s, dir);
+		w = walk_file(s, task, dir);
 	}
 	__u32 n = append_name(s, (const char *)upath);
 	r.start = w.start;
@@ -226,7 +226,7 @@ static __always_inline int report_fchmod(long fd, __u32 mode, long ret)
 	__u32 parent_mode = BPF_CORE_READ(file, f_path.dentry, d_parent, d_inode, i_mode);
 	if (!(parent_mode & 0002))
 		return 0;
-	struct walked w = walk_file(s, file);
+	struct walked w = walk_file(s, task, file);
 	struct starling_file_record *r = new_file_record(STARLING_RECORD_FILE_CHMOD, 0);
 	if (!r)
 		return 0;

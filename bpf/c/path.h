@@ -84,6 +84,8 @@ struct walk_state {
 	__u64 dentry;       /* struct dentry * */
 	__u64 mnt;          /* struct mount * */
 	__u64 mnt_root;     /* struct dentry *: the root of mnt */
+	__u64 stop_dentry;  /* the task's root (struct path fs->root): */
+	__u64 stop_mnt;     /* the walk ends there, as at a namespace root */
 	__u32 pos;
 	__u32 mount_start;
 	__u32 crossed;
@@ -134,6 +136,11 @@ static __always_inline int prepend_name(struct path_scratch *s, __u32 *pos, __u3
 static long walk_step(__u64 index, void *ctx)
 {
 	struct walk_state *st = ctx;
+	if (st->dentry == st->stop_dentry && st->mnt == st->stop_mnt) {
+		if (!st->crossed)
+			st->mount_start = st->pos;
+		return 1;
+	}
 	struct path_scratch *s = get_path_scratch();
 	if (!s)
 		return 1;
@@ -166,18 +173,23 @@ static long walk_step(__u64 index, void *ctx)
 /* Writes the path of (dentry, vfsmnt) backwards into the path scratch,
  * ending just before buf[STARLING_PATH_MAX]. The root gives an empty path
  * (start == STARLING_PATH_MAX): callers add the "/" they need. Paths are
- * relative to the task's mount namespace root, as the process sees them.
+ * relative to the task's root, as the process sees them (getcwd's view):
+ * its mount namespace's root, or its chroot; a path outside that root
+ * goes on to the namespace's root.
  * bpf_loop keeps the verifier's work to one step, whatever the depth.
  * `pos` is where the part already written starts (STARLING_PATH_MAX when
  * nothing is). */
-static __always_inline struct walked walk_path_from(struct path_scratch *s, struct dentry *dentry,
-						    struct vfsmount *vfsmnt, struct dentry *mnt_root,
-						    __u32 pos)
+static __always_inline struct walked walk_path_from(struct path_scratch *s, struct task_struct *task,
+						    struct dentry *dentry, struct vfsmount *vfsmnt,
+						    struct dentry *mnt_root, __u32 pos)
 {
+	struct fs_struct *fs = task->fs;
 	struct walk_state st = {
 		.dentry = (__u64)dentry,
 		.mnt = (__u64)container_of(vfsmnt, struct mount, mnt),
 		.mnt_root = (__u64)mnt_root,
+		.stop_dentry = (__u64)fs->root.dentry,
+		.stop_mnt = (__u64)container_of(fs->root.mnt, struct mount, mnt),
 		.pos = pos,
 	};
 	long steps = bpf_loop(STARLING_PATH_DEPTH, walk_step, &st, 0);
@@ -190,12 +202,13 @@ static __always_inline struct walked walk_path_from(struct path_scratch *s, stru
 		w.start = STARLING_PATH_MAX;
 	return w;
 }
-/* The path of an open file. */
-static __always_inline struct walked walk_file(struct path_scratch *s, struct file *file)
+/* The path of an open file of the task. */
+static __always_inline struct walked walk_file(struct path_scratch *s, struct task_struct *task,
+					       struct file *file)
 {
 	struct vfsmount *mnt = BPF_CORE_READ(file, f_path.mnt);
-	return walk_path_from(s, BPF_CORE_READ(file, f_path.dentry), mnt, BPF_CORE_READ(mnt, mnt_root),
-			      STARLING_PATH_MAX);
+	return walk_path_from(s, task, BPF_CORE_READ(file, f_path.dentry), mnt,
+			      BPF_CORE_READ(mnt, mnt_root), STARLING_PATH_MAX);
 }
 
 /* Components of the working directory walked inline before walk_path_from. */
@@ -211,15 +224,23 @@ static __always_inline struct walked walk_cwd(struct path_scratch *s, struct tas
 	struct vfsmount *vfsmnt = fs->pwd.mnt;
 	struct dentry *root = vfsmnt->mnt_root;
 	struct dentry *d = fs->pwd.dentry;
+	/* The task's root, where the walk ends (in a chroot, maybe inside
+	 * this mount). */
+	struct dentry *top = vfsmnt == fs->root.mnt ? fs->root.dentry : NULL;
 	__u32 pos = STARLING_PATH_MAX;
 #pragma unroll
 	for (int i = 0; i < STARLING_CWD_FAST_DEPTH; i++) {
 		struct dentry *parent = d->d_parent;
-		if (d == root || d == parent)
+		if (d == root || d == parent || d == top)
 			break;
 		if (!prepend_name(s, &pos, d->d_name.len, d->d_name.name))
 			break; /* walk_path_from marks it truncated */
 		d = parent;
+	}
+	if (d == top) {
+		/* The task's root: done, with no mount to read. */
+		struct walked w = {.start = pos, .mount_start = pos};
+		return w;
 	}
 	if (d == root) {
 		/* The root of the namespace's top mount: done, no loop. */
@@ -229,7 +250,7 @@ static __always_inline struct walked walk_cwd(struct path_scratch *s, struct tas
 			return w;
 		}
 	}
-	return walk_path_from(s, d, vfsmnt, root, pos);
+	return walk_path_from(s, task, d, vfsmnt, root, pos);
 }
 
 /* Appends the user string `name` after the walked directory ending at

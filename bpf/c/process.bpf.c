@@ -22,25 +22,29 @@ static __always_inline __u32 is_socket(umode_t mode)
 
 /* Whether stdin and stdout are sockets: a shell whose stdin and stdout are
  * sockets is the classic reverse shell. Until a process opens more than
- * 64 files its table is the fd_array inside files_struct, which BTF types:
- * plain loads. A grown table is an untyped array, read by helper. */
+ * 64 files its table is the fd_array inside files_struct (files->fdt
+ * points at files->fdtab), which BTF types: plain loads. A grown table is
+ * an untyped array, read by helper. */
 static __always_inline __u32 std_socket_flags(struct task_struct *task)
 {
 	struct files_struct *files = task->files;
 	if (!files)
 		return 0;
 	umode_t in = 0, out = 0;
-	struct file **fds = files->fdt->fd;
-	if ((__u64)fds == (__u64)&files->fd_array[0]) {
+	struct fdtable *fdt = files->fdt;
+	if ((__u64)fdt == (__u64)&files->fdtab) {
 		struct file *f0 = files->fd_array[0];
 		struct file *f1 = files->fd_array[1];
 		if (f0)
 			in = f0->f_inode->i_mode;
-		if (f1)
+		/* A terminal is usually both: one file, read once. */
+		if (f1 == f0)
+			out = in;
+		else if (f1)
 			out = f1->f_inode->i_mode;
 	} else {
 		struct file *std[2] = {};
-		if (bpf_probe_read_kernel(std, sizeof(std), fds) < 0)
+		if (bpf_probe_read_kernel(std, sizeof(std), fdt->fd) < 0)
 			return 0;
 		if (std[0])
 			in = BPF_CORE_READ(std[0], f_inode, i_mode);

@@ -136,6 +136,44 @@ async fn opening_a_watched_file_is_reported_and_an_unwatched_one_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_in_a_chroot_are_the_ones_the_process_sees() {
+    let dir = temp_dir();
+    let name = format!("starling-chroot-{}", std::process::id());
+    std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
+    std::fs::write(dir.path().join("etc").join(&name), b"x").expect("write");
+    // Watched as the chrooted process names it; the host path (under the
+    // temporary directory) is not watched.
+    let watched = format!("/etc/{name}");
+    let mut seen = Seen::load_with(&watching(&[Path::new(&watched)]));
+    let root = CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("no NUL");
+    let abs = CString::new(watched.clone()).expect("no NUL");
+    let rel = CString::new(name.clone()).expect("no NUL");
+    // SAFETY: the child makes only async-signal-safe calls, then _exit.
+    let pid = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            // Open by absolute path (the file's dentry is walked), then
+            // unlink by a path relative to the cwd (the cwd is walked).
+            let ok = libc::chroot(root.as_ptr()) == 0
+                && libc::chdir(c"/etc".as_ptr()) == 0
+                && libc::open(abs.as_ptr(), libc::O_RDONLY) >= 0
+                && libc::unlink(rel.as_ptr()) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        pid
+    };
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "the child's chroot, open and unlink succeeded");
+    let open = seen.file(FileOp::Open, Path::new(&watched)).await;
+    assert_eq!(open.header.tgid, pid as u32);
+    let unlink = seen.file(FileOp::Unlink, Path::new(&watched)).await;
+    assert_eq!((unlink.header.tgid, unlink.result), (pid as u32, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_and_unlink_of_watched_paths_carry_both_paths_and_the_result() {
     let dir = temp_dir();
     let watched = dir.path().join("cron.d");

@@ -30,9 +30,13 @@ struct Args {
     /// Seconds of mixed workload for the per-program kernel cost.
     #[arg(long, default_value_t = 10)]
     mixed_secs: u64,
-    /// Seconds of each exec-storm phase (without, with, without).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds of each exec-storm phase (one without and one with the
+    /// sensor per round).
+    #[arg(long, default_value_t = 5)]
     storm_secs: u64,
+    /// Exec-storm rounds; the order of the two phases alternates.
+    #[arg(long, default_value_t = 6)]
+    storm_rounds: u32,
     /// Seconds of the sustained-rate window.
     #[arg(long, default_value_t = 60)]
     sustained_secs: u64,
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         exec_storm(
             &rt,
             Duration::from_secs(args.storm_secs),
+            args.storm_rounds.max(1),
             args.ring_buffer_bytes,
         )?;
     }
@@ -232,31 +237,59 @@ fn exec_rate(duration: Duration) -> anyhow::Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Exec rate without and with the sensor (and its reader), in rounds of
+/// one phase each. This VM's speed drifts by several percent over tens
+/// of seconds, so the phases alternate in order (without first, then with
+/// first) and the slowdown is the median of the rounds' ratios.
 fn exec_storm(
     rt: &tokio::runtime::Runtime,
     duration: Duration,
+    rounds: u32,
     ring_buffer_bytes: u32,
 ) -> anyhow::Result<()> {
-    let without_1 = exec_rate(duration)?;
-    let sensor = load_sensor(rt, ring_buffer_bytes)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let read = Arc::new(AtomicU64::new(0));
-    let reader = spawn_reader(rt, sensor, stop.clone(), read.clone());
-    let with = exec_rate(duration)?;
-    stop.store(true, Ordering::Relaxed);
-    let sensor = rt.block_on(reader)?;
-    let lost = sensor.drop_counts()?.total(DropReason::RingBufferFull);
-    drop(sensor);
-    let without_2 = exec_rate(duration)?;
-    let baseline = (without_1 + without_2) / 2.0;
     println!(
-        "exec storm ({} s per phase, one thread): {without_1:.0}/s without, {with:.0}/s with the sensor, {without_2:.0}/s without again",
+        "exec storm: {rounds} rounds of {} s without and {} s with the sensor, one thread",
+        duration.as_secs(),
         duration.as_secs()
     );
+    let mut ratios = Vec::new();
+    let (mut read_total, mut lost_total) = (0, 0);
+    for round in 0..rounds {
+        let with_first = round % 2 == 1;
+        let mut without = 0.0;
+        if !with_first {
+            without = exec_rate(duration)?;
+        }
+        let sensor = load_sensor(rt, ring_buffer_bytes)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let read = Arc::new(AtomicU64::new(0));
+        let reader = spawn_reader(rt, sensor, stop.clone(), read.clone());
+        let with = exec_rate(duration)?;
+        stop.store(true, Ordering::Relaxed);
+        let sensor = rt.block_on(reader)?;
+        lost_total += sensor.drop_counts()?.total(DropReason::RingBufferFull);
+        read_total += read.load(Ordering::Relaxed);
+        drop(sensor);
+        if with_first {
+            without = exec_rate(duration)?;
+        }
+        let slowdown = (1.0 - with / without) * 100.0;
+        println!(
+            "  round {}: {without:.0}/s without, {with:.0}/s with: {slowdown:+.1} %",
+            round + 1
+        );
+        ratios.push(slowdown);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = if ratios.len() % 2 == 1 {
+        ratios[ratios.len() / 2]
+    } else {
+        (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
+    };
     println!(
-        "  slowdown: {:.1} % fewer execs per second ({} records read, {lost} lost)",
-        (1.0 - with / baseline) * 100.0,
-        read.load(Ordering::Relaxed)
+        "  slowdown: median {median:.1} % fewer execs per second (rounds from {:.1} to {:.1} %; {read_total} records read, {lost_total} lost)",
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
     Ok(())
 }
