@@ -143,12 +143,17 @@ struct starling_socket_record {
 	__u8 remote_addr[16];
 };
 
+/* starling_dns_record.flags: the payload was read (else the send went
+ * through a call whose buffer the sensor does not know). */
+#define STARLING_DNS_READ 1
+
 /* A UDP datagram sent to port 53. The kernel copies the start of the
  * payload; the node decodes the question. */
 struct starling_dns_record {
 	struct starling_socket_record s;
 	__u16 captured;     /* bytes of payload, <= STARLING_DNS_CAPTURE */
-	__u16 _pad[3];
+	__u16 flags;        /* STARLING_DNS_* */
+	__u16 _pad[2];
 	__u8 payload[STARLING_DNS_CAPTURE];
 };
 

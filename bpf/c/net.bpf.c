@@ -281,7 +281,10 @@ static __always_inline void report_dns(struct task_struct *task, struct sock *sk
 	STARLING_BOUND(n, 511);
 	if (n > STARLING_DNS_CAPTURE)
 		n = STARLING_DNS_CAPTURE;
-	if (!m->data || bpf_probe_read_user(r->payload, n, (void *)m->data) < 0)
+	r->flags = 0;
+	if (m->data && bpf_probe_read_user(r->payload, n, (void *)m->data) == 0)
+		r->flags = STARLING_DNS_READ;
+	else
 		n = 0;
 	r->captured = n;
 	submit(r, offsetof(struct starling_dns_record, payload) + n);

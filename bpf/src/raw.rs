@@ -92,6 +92,8 @@ const SOCKET_LEN: usize = HEADER_LEN + 48;
 const OFF_DNS_PAYLOAD: usize = SOCKET_LEN + 8;
 /// Bytes of a DNS datagram the probe captures (STARLING_DNS_CAPTURE).
 const DNS_CAPTURE: usize = 272;
+/// The DNS record's payload was read (STARLING_DNS_READ).
+const DNS_READ: u16 = 1;
 const MODULE_NAME_MAX: usize = 64;
 const MODULE_LEN: usize = HEADER_LEN + 8 + MODULE_NAME_MAX;
 const OFF_PATH: usize = HEADER_LEN + 24;
@@ -419,11 +421,7 @@ fn decode_dns(b: &[u8], header: RecordHeader) -> Result<DnsRecord, RawError> {
         local,
         server,
         result: i32_at(b, HEADER_LEN + 8),
-        question: if payload.is_empty() {
-            None
-        } else {
-            Some(dns::parse_query(payload))
-        },
+        question: (u16_at(b, SOCKET_LEN + 2) & DNS_READ != 0).then(|| dns::parse_query(payload)),
     })
 }
 
@@ -683,7 +681,7 @@ pub(crate) mod tests {
         assert_eq!((r.protocol, r.local), (17, "[::1]:8080".parse().unwrap()));
 
         let query = crate::dns::tests::query(0x0102, &[b"example", b"org"], 16);
-        let dns = |captured: u16, payload: &[u8]| {
+        let dns_read = |captured: u16, payload: &[u8], flags: u16| {
             let mut b = tcp_bytes(
                 KIND_DNS_QUERY,
                 AF_INET,
@@ -692,10 +690,12 @@ pub(crate) mod tests {
                 40,
             );
             b.extend_from_slice(&captured.to_ne_bytes());
-            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(&flags.to_ne_bytes());
+            b.extend_from_slice(&[0; 4]);
             b.extend_from_slice(payload);
             b
         };
+        let dns = |captured: u16, payload: &[u8]| dns_read(captured, payload, DNS_READ);
         let Ok(RawRecord::Dns(r)) = decode(&dns(query.len() as u16, &query)) else {
             panic!("not a dns record")
         };
@@ -708,11 +708,16 @@ pub(crate) mod tests {
             (q.id, q.name.as_str(), q.qtype),
             (0x0102, "example.org", 16)
         );
-        // Nothing captured: a send the sensor does not read.
-        let Ok(RawRecord::Dns(r)) = decode(&dns(0, &[])) else {
+        // Nothing read: a send the sensor does not read. An empty datagram
+        // that was read is not a query.
+        let Ok(RawRecord::Dns(r)) = decode(&dns_read(0, &[], 0)) else {
             panic!("not a dns record")
         };
         assert_eq!(r.question, None);
+        let Ok(RawRecord::Dns(r)) = decode(&dns(0, &[])) else {
+            panic!("not a dns record")
+        };
+        assert_eq!(r.question, Some(Err(crate::dns::DnsError::Short(0))));
         // A captured length past the record, or past the capture size.
         assert!(matches!(
             decode(&dns(query.len() as u16 + 1, &query)),

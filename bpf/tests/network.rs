@@ -8,7 +8,7 @@ use std::net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use common::Seen;
-use starling_bpf::dns::DnsQuestion;
+use starling_bpf::dns::{DnsError, DnsQuestion};
 use starling_bpf::{DnsRecord, RawRecord};
 
 /// A DNS query for `name` of type `qtype`, as a stub resolver sends it
@@ -232,6 +232,17 @@ async fn other_udp_ports_are_not_dns_and_junk_to_53_is_reported_as_such() {
         panic!("no record for the junk datagram")
     };
     assert!(matches!(d.question, Some(Err(_))), "{:?}", d.question);
+    // An empty datagram was read, and is not a query either.
+    let empty = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    empty.send_to(b"", "127.0.0.1:53").expect("sendto");
+    let empty_addr = empty.local_addr().unwrap();
+    let Some(RawRecord::Dns(d)) = seen
+        .find(|r| matches!(r, RawRecord::Dns(d) if d.local == empty_addr))
+        .await
+    else {
+        panic!("no record for the empty datagram")
+    };
+    assert_eq!(d.question, Some(Err(DnsError::Short(0))));
     seen.barrier().await;
     assert!(!seen.any(|r| matches!(r, RawRecord::Dns(d)
         if matches!(&d.question, Some(Ok(q)) if q.name == other))));
