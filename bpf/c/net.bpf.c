@@ -272,7 +272,16 @@ static __always_inline void report_dns(struct task_struct *task, struct sock *sk
 		r->s.remote_port = STARLING_DNS_PORT;
 		if (family == STARLING_AF_INET) {
 			__builtin_memset(r->s.remote_addr, 0, 16);
-			__builtin_memcpy(r->s.remote_addr, sa + 4, 4);
+			if (r->s.family == STARLING_AF_INET6) {
+				/* A dual-stack socket sending to an IPv4 address:
+				 * the record's family is the socket's, so the
+				 * address is written IPv4-mapped. */
+				r->s.remote_addr[10] = 0xff;
+				r->s.remote_addr[11] = 0xff;
+				__builtin_memcpy(r->s.remote_addr + 12, sa + 4, 4);
+			} else {
+				__builtin_memcpy(r->s.remote_addr, sa + 4, 4);
+			}
 		} else if (family == STARLING_AF_INET6) {
 			__builtin_memcpy(r->s.remote_addr, sa + 8, 16);
 		}

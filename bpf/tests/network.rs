@@ -96,6 +96,12 @@ async fn dns_queries_are_read_from_every_send_call() {
     v4.send_to(&dns_query(0x1111, &to, 1), "127.0.0.1:53")
         .expect("sendto");
 
+    // sendto() of an IPv4 address on a dual-stack IPv6 socket.
+    let dual = UdpSocket::bind("[::]:0").expect("bind");
+    let mapped = unique_name("mapped");
+    dual.send_to(&dns_query(0x1212, &mapped, 1), "127.0.0.1:53")
+        .expect("sendto");
+
     // send() on a connected IPv6 socket (sendto without an address).
     let v6 = UdpSocket::bind("[::1]:0").expect("bind");
     v6.connect("[::1]:53").expect("connect");
@@ -134,6 +140,12 @@ async fn dns_queries_are_read_from_every_send_call() {
     assert_eq!(d.server, "127.0.0.1:53".parse::<SocketAddr>().unwrap());
     assert_eq!(d.local, v4.local_addr().unwrap());
     assert_eq!(d.result as usize, dns_query(0x1111, &to, 1).len());
+
+    let d = seen.dns(&mapped).await;
+    assert_eq!(
+        d.server,
+        "[::ffff:127.0.0.1]:53".parse::<SocketAddr>().unwrap()
+    );
 
     let d = seen.dns(&sent).await;
     assert_eq!((question(&d).id, question(&d).qtype), (0x2222, 28));
