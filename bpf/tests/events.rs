@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{temp_dir, Seen, TestCgroup};
-use starling_bpf::{cgroup, CredOp, FileOp, FileRecord, RawRecord, SensorConfig, SensorFilters};
+use starling_bpf::{
+    cgroup, CredOp, CredRecord, FileOp, FileRecord, RawRecord, SensorConfig, SensorFilters,
+};
 
 fn watching(prefixes: &[&Path]) -> SensorConfig {
     SensorConfig {
@@ -264,25 +266,37 @@ async fn setresuid_back_to_root_is_a_privilege_gain_and_the_drop_is_not() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn");
-    let pid = child.id();
-    assert!(child.wait().expect("ran").success());
-    let Some(RawRecord::Cred(r)) = seen
-        .find(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
-        .await
-    else {
-        panic!("no privilege record for the child")
-    };
+    let r = seen
+        .sole_privilege_record(&mut cmd, "dropping to 1000")
+        .await;
     assert_eq!(r.op, CredOp::Setresuid);
     assert_eq!((r.old.uid, r.old.euid), (1000, 1000));
     assert_eq!((r.new.uid, r.new.euid), (0, 0));
-    seen.barrier().await;
-    let gains = seen
-        .records
-        .iter()
-        .filter(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
-        .count();
-    assert_eq!(gains, 1, "dropping to 1000 is not reported");
+}
+
+impl Seen {
+    /// Runs `cmd`, which must succeed, and returns the one privilege
+    /// record its process made; `not_reported` names what it also did
+    /// that must not have made a record.
+    async fn sole_privilege_record(&mut self, cmd: &mut Command, not_reported: &str) -> CredRecord {
+        let mut child = cmd.spawn().expect("spawn");
+        let pid = child.id();
+        assert!(child.wait().expect("ran").success());
+        let Some(RawRecord::Cred(r)) = self
+            .find(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
+            .await
+        else {
+            panic!("no privilege record for the child")
+        };
+        self.barrier().await;
+        let gains = self
+            .records
+            .iter()
+            .filter(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
+            .count();
+        assert_eq!(gains, 1, "{not_reported} is not reported");
+        r
+    }
 }
 
 /// struct __user_cap_header_struct.
@@ -344,25 +358,12 @@ async fn capset_raising_effective_capabilities_is_a_gain_and_clearing_them_is_no
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn");
-    let pid = child.id();
-    assert!(child.wait().expect("ran").success());
-    let Some(RawRecord::Cred(r)) = seen
-        .find(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
-        .await
-    else {
-        panic!("no privilege record for the child")
-    };
+    let r = seen
+        .sole_privilege_record(&mut cmd, "clearing the set")
+        .await;
     assert_eq!(r.op, CredOp::Capset);
     assert_eq!((r.old_caps, r.new_caps), (0, full));
     assert_eq!((r.old.uid, r.new.uid), (0, 0), "ids did not change");
-    seen.barrier().await;
-    let gains = seen
-        .records
-        .iter()
-        .filter(|r| matches!(r, RawRecord::Cred(c) if c.header.tgid == pid))
-        .count();
-    assert_eq!(gains, 1, "clearing the set is not reported");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

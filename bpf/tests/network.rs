@@ -34,6 +34,20 @@ fn unique_name(what: &str) -> String {
 }
 
 impl Seen {
+    /// The questions for `name` read so far, in the order they came.
+    fn questions(&self, name: &str) -> Vec<DnsQuestion> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                RawRecord::Dns(d) => match &d.question {
+                    Some(Ok(q)) if q.name == name => Some(q.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn dns(&mut self, name: &str) -> DnsRecord {
         let found = self
             .find(|r| {
@@ -162,15 +176,9 @@ async fn dns_queries_are_read_from_every_send_call() {
 
     seen.barrier().await;
     let mut ids: Vec<(u16, u16)> = seen
-        .records
+        .questions(&both)
         .iter()
-        .filter_map(|r| match r {
-            RawRecord::Dns(d) => match &d.question {
-                Some(Ok(q)) if q.name == both => Some((q.id, q.qtype)),
-                _ => None,
-            },
-            _ => None,
-        })
+        .map(|q| (q.id, q.qtype))
         .collect();
     ids.sort();
     assert_eq!(ids, [(0x5555, 1), (0x5556, 28)], "each message once");
@@ -209,17 +217,7 @@ async fn the_glibc_resolver_is_seen_with_both_questions() {
     assert_eq!(d.header.comm, "getent");
     assert_eq!(d.server, "127.0.0.1:53".parse::<SocketAddr>().unwrap());
     seen.barrier().await;
-    let mut types: Vec<u16> = seen
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            RawRecord::Dns(d) => match &d.question {
-                Some(Ok(q)) if q.name == name => Some(q.qtype),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+    let mut types: Vec<u16> = seen.questions(&name).iter().map(|q| q.qtype).collect();
     types.sort();
     types.dedup();
     assert_eq!(types, [1, 28], "A and AAAA");
@@ -256,8 +254,7 @@ async fn other_udp_ports_are_not_dns_and_junk_to_53_is_reported_as_such() {
     };
     assert_eq!(d.question, Some(Err(DnsError::Short(0))));
     seen.barrier().await;
-    assert!(!seen.any(|r| matches!(r, RawRecord::Dns(d)
-        if matches!(&d.question, Some(Ok(q)) if q.name == other))));
+    assert!(seen.questions(&other).is_empty());
 }
 
 /// A sockaddr_in for `to`.
