@@ -60,6 +60,16 @@ fn endpoint(e: &Option<starling_proto::v1::SocketEndpoint>) -> String {
 }
 
 /// `detail`, followed by the error when `result` is a negated errno.
+/// A path, and how the caller wrote it when that was different
+/// ("/etc/shadow (as /tmp/../etc/shadow)").
+fn as_written(path: &str, written: &str) -> String {
+    if written.is_empty() {
+        sanitize(path)
+    } else {
+        format!("{} (as {})", sanitize(path), sanitize(written))
+    }
+}
+
 fn with_result(detail: String, result: i32) -> String {
     if result < 0 {
         format!(
@@ -143,10 +153,14 @@ pub fn event_row(e: &Event) -> String {
             format!("{}  {how}", sanitize(&f.path))
         }
         Some(Body::FileRename(f)) => with_result(
-            format!("{} -> {}", sanitize(&f.old_path), sanitize(&f.new_path)),
+            format!(
+                "{} -> {}",
+                as_written(&f.old_path, &f.written_old_path),
+                as_written(&f.new_path, &f.written_new_path)
+            ),
             f.result,
         ),
-        Some(Body::FileUnlink(f)) => with_result(sanitize(&f.path), f.result),
+        Some(Body::FileUnlink(f)) => with_result(as_written(&f.path, &f.written_path), f.result),
         Some(Body::FileChmod(f)) => format!(
             "{}  mode {:o} (directory {:o})",
             sanitize(&f.path),
@@ -444,8 +458,13 @@ mod tests {
             new_path: "/etc/cron.d/x".into(),
             result: -13,
             path_truncated: false,
+            written_new_path: "/tmp/../etc/cron.d/x".into(),
+            ..Default::default()
         })));
-        assert!(row.contains("/tmp/x -> /etc/cron.d/x"), "{row}");
+        assert!(
+            row.contains("/tmp/x -> /etc/cron.d/x (as /tmp/../etc/cron.d/x)"),
+            "{row}"
+        );
         assert!(row.contains("failed: Permission denied"), "{row}");
         assert!(row.contains("[docker 4c1b2e3f4c1b]"), "{row}");
         let creds = |uid| Credentials {

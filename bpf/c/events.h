@@ -170,6 +170,9 @@ struct starling_module_record {
 #define STARLING_FILE_CREATED 2      /* the open created the file */
 #define STARLING_FILE_TRUNCATED 4    /* a path was cut to fit */
 #define STARLING_FILE_PARENT_KNOWN 8 /* parent_mode is the parent directory's mode */
+#define STARLING_FILE_UNMATCHED 16   /* a caller's path has ".", ".." or empty components:
+				      * not matched in the kernel, the node matches its
+				      * lexical form */
 
 /* An open of a watched path, a write-open of a regular file on /dev, a
  * rename or unlink of a watched path, or a chmod that sets an execute bit. */

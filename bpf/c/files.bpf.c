@@ -106,8 +106,9 @@ struct resolved {
 };
 
 /* Builds the path a *at() call named: the user's absolute path, or the
- * directory (dirfd, or the cwd) joined with the relative one. "." and ".."
- * are kept as the caller wrote them. */
+ * directory (dirfd, or the cwd) joined with the relative one. A leading
+ * "./" (common in scripts) is dropped; other "." and ".." components and
+ * empty ones are kept as the caller wrote them (path_is_plain). */
 static __always_inline struct resolved resolve_at(struct path_scratch *s, long dirfd, __u64 upath)
 {
 	struct resolved r = {};
@@ -123,6 +124,9 @@ static __always_inline struct resolved resolve_at(struct path_scratch *s, long d
 		r.ok = 1;
 		return r;
 	}
+	char second = 0;
+	if (first == '.' && bpf_probe_read_user(&second, 1, (void *)(upath + 1)) == 0 && second == '/')
+		upath += 2;
 	struct task_struct *task = current_task();
 	struct walked w;
 	if (dirfd == STARLING_AT_FDCWD) {
@@ -148,20 +152,26 @@ static __always_inline int report_unlink(long dirfd, __u64 upath, long ret)
 	if (!s)
 		return 0;
 	struct resolved p = resolve_at(s, dirfd, upath);
-	if (!p.ok || !path_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_UNLINK))
+	if (!p.ok)
+		return 0;
+	int plain = path_is_plain(p.start, p.len);
+	if (plain && !path_or_dir_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_UNLINK))
 		return 0;
 	struct starling_file_record *r = new_file_record(STARLING_RECORD_FILE_UNLINK, ret);
 	if (!r)
 		return 0;
 	if (p.truncated)
 		r->flags |= STARLING_FILE_TRUNCATED;
+	if (!plain)
+		r->flags |= STARLING_FILE_UNMATCHED;
 	r->path_len = copy_path(r->path, s, p.start, p.len);
 	submit(r, STARLING_FILE_SHORT);
 	return 0;
 }
 
 /* rename* from or to a watched path (moving a file into /etc/cron.d is
- * as interesting as moving /etc/shadow away), with both paths. */
+ * as interesting as moving /etc/shadow away), with both paths. When
+ * either path is not plain, the node decides (STARLING_FILE_UNMATCHED). */
 static __always_inline int report_rename(long olddir, __u64 oldpath, long newdir, __u64 newpath, long ret)
 {
 	struct path_scratch *s = get_path_scratch();
@@ -173,18 +183,22 @@ static __always_inline int report_rename(long olddir, __u64 oldpath, long newdir
 	struct resolved p = resolve_at(s, olddir, oldpath);
 	if (!p.ok)
 		return 0;
-	int watched = path_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_RENAME);
+	int plain = path_is_plain(p.start, p.len);
+	int watched = plain && path_or_dir_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_RENAME);
 	r->path_len = copy_path(r->path, s, p.start, p.len);
 	__u32 truncated = p.truncated;
 	p = resolve_at(s, newdir, newpath);
 	if (!p.ok)
 		return 0;
-	watched |= path_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_RENAME);
-	if (!watched)
+	int plain2 = path_is_plain(p.start, p.len);
+	watched |= plain2 && path_or_dir_is_watched(s, p.start, p.len, STARLING_RECORD_FILE_RENAME);
+	if (!watched && plain && plain2)
 		return 0;
 	r->path2_len = copy_path(r->path2, s, p.start, p.len);
 	if (truncated || p.truncated)
 		r->flags |= STARLING_FILE_TRUNCATED;
+	if (!plain || !plain2)
+		r->flags |= STARLING_FILE_UNMATCHED;
 	submit(r, sizeof(*r));
 	return 0;
 }

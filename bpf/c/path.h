@@ -262,31 +262,102 @@ static __always_inline __u32 append_name(struct path_scratch *s, const char *nam
 	return n > 1 ? n : 1; /* n counts the NUL: "/" + name */
 }
 
-/* Whether buf[start .. start+len) lies under a watched prefix and not
- * under a quiet one (counted as filtered for `kind`). */
-static __always_inline int path_is_watched(struct path_scratch *s, __u32 start, __u32 len, __u32 kind)
+/* How a path stands against the watch list. */
+enum watch_match {
+	STARLING_NOT_WATCHED = 0,
+	STARLING_WATCHED,
+	STARLING_QUIET, /* under a watched prefix and under a quiet one */
+};
+
+/* Matches buf[start .. start+len) against the watched and quiet prefixes. */
+static __always_inline enum watch_match match_path(struct path_scratch *s, __u32 start, __u32 len)
 {
 	__u32 zero = 0;
 	struct watch_key_buf *k = bpf_map_lookup_elem(&watch_key_scratch, &zero);
 	if (!k)
-		return 0;
+		return STARLING_NOT_WATCHED;
 	if (len > STARLING_MATCH_MAX)
 		len = STARLING_MATCH_MAX;
 	STARLING_BOUND(len, 511);
 	if (len > STARLING_MATCH_MAX)
-		return 0;
+		return STARLING_NOT_WATCHED;
 	STARLING_BOUND(start, 1023);
 	if (bpf_probe_read_kernel(k->data, len, s->buf + start) < 0)
-		return 0;
+		return STARLING_NOT_WATCHED;
 	k->prefixlen = len * 8;
 	if (!bpf_map_lookup_elem(&watched_paths, k))
-		return 0;
+		return STARLING_NOT_WATCHED;
 	struct starling_settings *st = get_settings();
-	if (st && st->quiet_paths && bpf_map_lookup_elem(&quiet_paths, k)) {
+	if (st && st->quiet_paths && bpf_map_lookup_elem(&quiet_paths, k))
+		return STARLING_QUIET;
+	return STARLING_WATCHED;
+}
+
+/* Whether buf[start .. start+len) lies under a watched prefix and not
+ * under a quiet one (counted as filtered for `kind`). */
+static __always_inline int path_is_watched(struct path_scratch *s, __u32 start, __u32 len, __u32 kind)
+{
+	enum watch_match m = match_path(s, start, len);
+	if (m == STARLING_QUIET)
 		count_drop(STARLING_DROP_FILTERED, kind);
-		return 0;
+	return m == STARLING_WATCHED;
+}
+
+/* path_is_watched, and for a path that is not: the same with a "/"
+ * after it. A rename or removal of a directory names it without the
+ * slash, and moving a whole directory to or from "/root/.ssh" must match
+ * a watched "/root/.ssh/". */
+static __always_inline int path_or_dir_is_watched(struct path_scratch *s, __u32 start, __u32 len,
+						  __u32 kind)
+{
+	enum watch_match m = match_path(s, start, len);
+	if (m == STARLING_NOT_WATCHED && start + len < sizeof(s->buf)) {
+		s->buf[(start + len) & (sizeof(s->buf) - 1)] = '/';
+		m = match_path(s, start, len + 1);
 	}
-	return 1;
+	if (m == STARLING_QUIET)
+		count_drop(STARLING_DROP_FILTERED, kind);
+	return m == STARLING_WATCHED;
+}
+
+/* path_is_plain's state between steps of bpf_loop: the last four bytes
+ * seen slide through `window`. */
+struct plain_scan {
+	__u32 end;
+	__u32 window;
+	__u32 plain;
+};
+
+static long plain_step(__u64 i, void *ctx)
+{
+	struct plain_scan *p = ctx;
+	__u32 at = STARLING_PATH_MAX + (__u32)i;
+	struct path_scratch *s = get_path_scratch();
+	if (at >= p->end || !s)
+		return 1;
+	__u32 w = (p->window << 8) | (__u8)s->buf[at & (sizeof(s->buf) - 1)];
+	p->window = w;
+	if ((w & 0xffff) == 0x2f2f || (w & 0xffffff) == 0x2f2e2f || w == 0x2f2e2e2f) {
+		p->plain = 0; /* "//", "/./", "/../" */
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether the caller's part of a resolved path (from STARLING_PATH_MAX,
+ * where resolve_at puts it; the walked directory before it comes from
+ * dentries and is plain) has no empty, "." or ".." component. Only a
+ * plain path can be matched as text: "/etc//shadow" and
+ * "/tmp/../etc/shadow" name /etc/shadow without starting with it. */
+static __always_inline int path_is_plain(__u32 start, __u32 len)
+{
+	struct plain_scan p = {.end = start + len, .plain = 1};
+	bpf_loop(STARLING_PATH_MAX, plain_step, &p, 0);
+	if (!p.plain)
+		return 0;
+	/* A path ending in "/." or "/.." ends in such a component too. */
+	__u32 w = (p.window << 8) | '/';
+	return (w & 0xffffff) != 0x2f2e2f && w != 0x2f2e2e2f;
 }
 
 /* Copies buf[start .. start+len) into dst (STARLING_PATH_MAX bytes) and

@@ -8,7 +8,23 @@ use starling_proto::v1::{
 };
 
 use crate::dns;
+use crate::filters::lexical_path;
 use crate::raw::{FileOp, Ids, RawRecord, RecordHeader, TcpOp};
+
+/// A rename or unlink path as it was matched against the watch list, and
+/// as written when that differs (the kernel left `unmatched` paths to the
+/// node, which matches their lexical form).
+fn as_matched(written: String, unmatched: bool) -> (String, String) {
+    if !unmatched {
+        return (written, String::new());
+    }
+    let lexical = lexical_path(&written);
+    if lexical == written {
+        (written, String::new())
+    } else {
+        (lexical, written)
+    }
+}
 
 /// Converts kernel boot-time timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -127,17 +143,27 @@ pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
                     mode: r.mode,
                     path_truncated: r.truncated,
                 }),
-                FileOp::Rename => Body::FileRename(FileRename {
-                    old_path: r.path,
-                    new_path: r.new_path,
-                    result: r.result,
-                    path_truncated: r.truncated,
-                }),
-                FileOp::Unlink => Body::FileUnlink(FileUnlink {
-                    path: r.path,
-                    result: r.result,
-                    path_truncated: r.truncated,
-                }),
+                FileOp::Rename => {
+                    let (old_path, written_old_path) = as_matched(r.path, r.unmatched);
+                    let (new_path, written_new_path) = as_matched(r.new_path, r.unmatched);
+                    Body::FileRename(FileRename {
+                        old_path,
+                        new_path,
+                        result: r.result,
+                        path_truncated: r.truncated,
+                        written_old_path,
+                        written_new_path,
+                    })
+                }
+                FileOp::Unlink => {
+                    let (path, written_path) = as_matched(r.path, r.unmatched);
+                    Body::FileUnlink(FileUnlink {
+                        path,
+                        result: r.result,
+                        path_truncated: r.truncated,
+                        written_path,
+                    })
+                }
                 FileOp::Chmod => Body::FileChmod(FileChmod {
                     path: r.path,
                     mode: r.mode,

@@ -51,6 +51,50 @@ pub struct SensorFilters {
     pub rate_limits: Vec<RateLimit>,
 }
 
+impl SensorFilters {
+    /// Whether `path` is under a watched prefix and not under a quiet one,
+    /// or, failing that, `path` with a "/" after it (a directory renamed
+    /// or removed is named without its slash): the kernel's test for
+    /// renames and unlinks, for the paths it leaves to the node
+    /// ([`crate::FileRecord::unmatched`]).
+    pub fn watches(&self, path: &str) -> bool {
+        let under = |prefixes: &[String], p: &str| prefixes.iter().any(|x| p.starts_with(x));
+        let dir = format!("{path}/");
+        let matched = [path, dir.as_str()]
+            .into_iter()
+            .find(|p| under(&self.watched_paths, p));
+        matched.is_some_and(|p| !under(&self.quiet_paths, p))
+    }
+}
+
+/// `path` with its empty and "." components dropped and each ".." taking
+/// off the component before it ("/tmp/../etc//shadow" is "/etc/shadow").
+/// This is text: where a ".." follows a symbolic link, the kernel goes to
+/// the link target's parent instead. The node matches this form of the
+/// paths the kernel could not match as the caller wrote them.
+pub fn lexical_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    if parts.is_empty() {
+        return "/".to_owned();
+    }
+    parts
+        .iter()
+        .fold(String::with_capacity(path.len()), |mut out, p| {
+            out.push('/');
+            out.push_str(p);
+            out
+        })
+}
+
 /// The kernel's settings record (struct starling_settings in events.h).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -256,4 +300,46 @@ fn replace_hash_keys<K: aya::Pod + PartialEq>(
         map.remove(k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_paths_drop_empty_and_dot_components_and_resolve_dot_dot() {
+        for (written, lexical) in [
+            ("/etc/shadow", "/etc/shadow"),
+            ("/etc//shadow", "/etc/shadow"),
+            ("/etc/./shadow", "/etc/shadow"),
+            ("/tmp/../etc/shadow", "/etc/shadow"),
+            ("/tmp/a/b/../../../etc/cron.d/x", "/etc/cron.d/x"),
+            ("/../../etc/shadow", "/etc/shadow"),
+            ("/root/.ssh/", "/root/.ssh"),
+            ("/root/.ssh/.", "/root/.ssh"),
+            ("/root/..", "/"),
+            ("/", "/"),
+            ("/a/...", "/a/..."),
+        ] {
+            assert_eq!(lexical_path(written), lexical, "{written}");
+        }
+    }
+
+    #[test]
+    fn watches_matches_prefixes_directories_without_their_slash_and_quiet_paths() {
+        let f = SensorFilters {
+            watched_paths: vec!["/etc/cron".into(), "/root/.ssh/".into()],
+            quiet_paths: vec!["/etc/cron.d/quiet".into()],
+            ..Default::default()
+        };
+        assert!(f.watches("/etc/crontab"));
+        assert!(f.watches("/etc/cron.d/job"));
+        assert!(f.watches("/root/.ssh/authorized_keys"));
+        // The directory itself, as rename(2) names it.
+        assert!(f.watches("/root/.ssh"));
+        assert!(!f.watches("/root/.sshx"));
+        assert!(!f.watches("/etc/passwd"));
+        assert!(!f.watches("/etc/cron.d/quiet-job"));
+        assert!(!SensorFilters::default().watches("/etc/shadow"));
+    }
 }

@@ -29,7 +29,7 @@ use tokio::io::Interest;
 use attach::ATTACHMENTS;
 pub use convert::{ptrace_request_name, to_event, BootClock};
 use filters::CompiledFilters;
-pub use filters::{RateLimit, SensorFilters, PREFIXES_MAX, PREFIX_MAX, QUIET_MAX};
+pub use filters::{lexical_path, RateLimit, SensorFilters, PREFIXES_MAX, PREFIX_MAX, QUIET_MAX};
 pub use stats::{DropCounts, DropReason, ProgramStats};
 
 pub use raw::{

@@ -117,6 +117,7 @@ const FILE_WRITE: u32 = 1;
 const FILE_CREATED: u32 = 2;
 const FILE_TRUNCATED: u32 = 4;
 const FILE_PARENT_KNOWN: u32 = 8;
+const FILE_UNMATCHED: u32 = 16;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -272,6 +273,7 @@ fn decode_file(b: &[u8], header: RecordHeader, op: FileOp) -> Result<FileRecord,
         write: flags & FILE_WRITE != 0,
         created: flags & FILE_CREATED != 0,
         truncated: flags & FILE_TRUNCATED != 0,
+        unmatched: flags & FILE_UNMATCHED != 0,
         mode: u32_at(b, HEADER_LEN + 8),
         parent_mode: (flags & FILE_PARENT_KNOWN != 0).then(|| u32_at(b, HEADER_LEN + 12)),
         path: path_at(b, OFF_PATH, path_len, "path_len")?,

@@ -125,6 +125,11 @@ pub struct FileRecord {
     pub created: bool,
     /// A path was longer or deeper than the kernel captures.
     pub truncated: bool,
+    /// Rename and unlink: a path as the caller wrote it has ".", ".." or
+    /// empty components, so the kernel did not match it against the watch
+    /// list; [`crate::SensorFilters::watches`] on its [`crate::lexical_path`]
+    /// decides.
+    pub unmatched: bool,
     /// Open: the inode's mode. Chmod: the mode set.
     pub mode: u32,
     /// Chmod: the parent directory's mode, when the kernel knew it.

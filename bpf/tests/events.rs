@@ -204,6 +204,66 @@ async fn rename_and_unlink_of_watched_paths_carry_both_paths_and_the_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_written_with_dots_or_double_slashes_are_left_to_the_node() {
+    let dir = temp_dir();
+    let keys = dir.path().join("keys");
+    let other = dir.path().join("other");
+    for d in [&keys, &other] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    for name in ["a", "b", "c"] {
+        std::fs::write(keys.join(name), b"k").expect("write a key");
+    }
+    std::fs::write(other.join("d"), b"x").expect("write");
+    // Watched as "~/.ssh/" is: the directory's contents.
+    let prefix = format!("{}/", keys.display());
+    let filters = SensorFilters {
+        watched_paths: vec![prefix.clone()],
+        ..Default::default()
+    };
+    let mut seen = Seen::load_with(&SensorConfig {
+        filters: filters.clone(),
+        ..Default::default()
+    });
+    let root = dir.path().display().to_string();
+    // Neither starts with the prefix as written, both name a watched file.
+    let dotted = format!("{root}/other/../keys/a");
+    let doubled = format!("{root}//keys/b");
+    std::fs::remove_file(&dotted).expect("unlink a");
+    std::fs::remove_file(&doubled).expect("unlink b");
+    // The kernel leaves an unwatched one to the node just the same.
+    let unwatched = format!("{root}/keys/../other/d");
+    std::fs::remove_file(&unwatched).expect("unlink d");
+    for written in [&dotted, &doubled, &unwatched] {
+        let r = seen.file(FileOp::Unlink, Path::new(written)).await;
+        assert!(r.unmatched, "{r:#?}");
+        let lexical = starling_bpf::lexical_path(&r.path);
+        assert_eq!(
+            filters.watches(&lexical),
+            written != &unwatched,
+            "{lexical}"
+        );
+    }
+    // A leading "./" is dropped in the kernel: the path is plain.
+    let status = Command::new("/bin/rm")
+        .arg("./c")
+        .current_dir(&keys)
+        .status()
+        .expect("spawn rm");
+    assert!(status.success());
+    let r = seen.file(FileOp::Unlink, &keys.join("c")).await;
+    assert!(!r.unmatched);
+    // The watched directory moved away, named without its slash.
+    let moved = dir.path().join("moved");
+    std::fs::rename(&keys, &moved).expect("rename the directory");
+    let r = seen.file(FileOp::Rename, &keys).await;
+    assert_eq!(
+        (Path::new(&r.new_path), r.unmatched),
+        (moved.as_path(), false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regular_file_written_on_dev_is_reported() {
     let mut seen = Seen::load();
     let path = Path::new("/dev").join(format!("starling-probe-{}", std::process::id()));

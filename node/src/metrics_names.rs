@@ -11,7 +11,8 @@ pub const EVENTS_ACKED: &str = "starling_node_events_acked_total";
 pub const EVENTS_DROPPED: &str = "starling_node_events_dropped_total";
 /// Events left out as configured, by `kind` and `by`: in the `kernel`
 /// (the node's own activity, allow-listed executables, cgroups and paths)
-/// or by the `node` (chmod +x outside world-writable directories).
+/// or by the `node` (chmod +x outside world-writable directories; renames
+/// and unlinks left to the node whose lexical paths are not watched).
 pub const EVENTS_FILTERED: &str = "starling_node_events_filtered_total";
 /// Events currently spooled.
 pub const SPOOL_EVENTS: &str = "starling_node_spool_events";

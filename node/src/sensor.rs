@@ -50,6 +50,8 @@ pub async fn run(
     tracing::info!(processes = cache.len(), "process cache seeded from /proc");
     let mut records = Vec::with_capacity(READ_CHUNK);
     let mut reported = DropCounts::default();
+    // What the node matches itself: the paths the kernel left to it.
+    let mut current = filters.borrow().clone();
     let mut reloads = Some(filters);
     let mut loss_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -77,6 +79,7 @@ pub async fn run(
                             disabled = ?new.disabled_kinds,
                             "sensor filters applied"
                         );
+                        current = new;
                     }
                     Err(e) => tracing::error!(error = %e, "sensor filters refused; the previous ones stay"),
                 }
@@ -87,7 +90,7 @@ pub async fn run(
                 // the last tick, goes to the spool too.
                 sensor.read_available(usize::MAX, &mut records);
                 if !records.is_empty() {
-                    let events = to_events(&mut records, &clock, &mut cache);
+                    let events = to_events(&mut records, &clock, &mut cache, &current);
                     let out = append(&spool, events)?;
                     record_append(&spool, &out);
                 }
@@ -95,7 +98,7 @@ pub async fn run(
                 return Ok(());
             }
         }
-        let events = to_events(&mut records, &clock, &mut cache);
+        let events = to_events(&mut records, &clock, &mut cache, &current);
         let out = append(&spool, events)?;
         record_append(&spool, &out);
         spooled.send_replace(spool.stats().next_seq);
@@ -187,12 +190,25 @@ fn chmod_is_reported(event: &mut starling_proto::v1::Event) -> bool {
     }
 }
 
-/// Decodes and enriches kernel records; undecodable ones become one loss
-/// event (and a counter).
+/// A rename or unlink the kernel could not match as written (".", ".."
+/// or empty components): kept when the filters watch a path's lexical
+/// form, which the event now carries.
+fn unmatched_path_is_reported(event: &starling_proto::v1::Event, filters: &SensorFilters) -> bool {
+    match &event.body {
+        Some(Body::FileUnlink(u)) => filters.watches(&u.path),
+        Some(Body::FileRename(r)) => filters.watches(&r.old_path) || filters.watches(&r.new_path),
+        _ => true,
+    }
+}
+
+/// Decodes and enriches kernel records, leaves out what the node filters
+/// (counted by kind); undecodable ones become one loss event (and a
+/// counter).
 fn to_events(
     records: &mut Vec<Result<RawRecord, starling_bpf::RawError>>,
     clock: &BootClock,
     cache: &mut ProcessCache,
+    filters: &SensorFilters,
 ) -> Vec<starling_proto::v1::Event> {
     let mut events = Vec::with_capacity(records.len() + 1);
     let mut decode_errors = 0u64;
@@ -200,8 +216,17 @@ fn to_events(
     for r in records.drain(..) {
         match r {
             Ok(record) => {
+                let unmatched = matches!(&record, RawRecord::File(f) if f.unmatched);
                 let mut e = starling_bpf::to_event(record, clock);
-                if !chmod_is_reported(&mut e) {
+                let reported = if unmatched {
+                    unmatched_path_is_reported(&e, filters)
+                } else {
+                    chmod_is_reported(&mut e)
+                };
+                if !reported {
+                    let kind = starling_proto::event_kind(&e);
+                    metrics::counter!(m::EVENTS_FILTERED, "kind" => kind, "by" => "node")
+                        .increment(1);
                     filtered += 1;
                     continue;
                 }
@@ -215,10 +240,6 @@ fn to_events(
         }
     }
     metrics::counter!(m::EVENTS_OBSERVED).increment(events.len() as u64 + decode_errors + filtered);
-    if filtered > 0 {
-        metrics::counter!(m::EVENTS_FILTERED, "kind" => "file_chmod", "by" => "node")
-            .increment(filtered);
-    }
     if decode_errors > 0 {
         metrics::counter!(m::EVENTS_DROPPED, "reason" => "decode_error").increment(decode_errors);
         events.push(loss_event(Reason::DecodeError, decode_errors, 0, 0));
@@ -230,4 +251,88 @@ fn append(spool: &Spool, events: Vec<starling_proto::v1::Event>) -> anyhow::Resu
     // RocksDB writes block (an fsync with sync_writes); keep them off the
     // async workers' fast path.
     Ok(tokio::task::block_in_place(|| spool.append(events))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_bpf::{FileOp, FileRecord, RecordHeader};
+
+    fn file_event(
+        op: FileOp,
+        path: &str,
+        new_path: &str,
+        unmatched: bool,
+    ) -> starling_proto::v1::Event {
+        let record = RawRecord::File(FileRecord {
+            header: RecordHeader {
+                tgid: 1,
+                tid: 1,
+                ppid: 0,
+                uid: 0,
+                gid: 0,
+                ktime_ns: 0,
+                cgroup_id: 0,
+                comm: "rm".into(),
+            },
+            op,
+            result: 0,
+            write: false,
+            created: false,
+            truncated: false,
+            unmatched,
+            mode: 0,
+            parent_mode: None,
+            path: path.into(),
+            new_path: new_path.into(),
+        });
+        starling_bpf::to_event(record, &BootClock::now())
+    }
+
+    fn watching_cron() -> SensorFilters {
+        SensorFilters {
+            watched_paths: vec!["/etc/cron".into(), "/root/.ssh/".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unmatched_unlinks_are_kept_when_their_lexical_path_is_watched() {
+        let filters = watching_cron();
+        let e = file_event(FileOp::Unlink, "/tmp/../etc//cron.d/job", "", true);
+        let Some(Body::FileUnlink(u)) = &e.body else {
+            panic!("not an unlink: {e:?}");
+        };
+        assert_eq!(u.path, "/etc/cron.d/job");
+        assert_eq!(u.written_path, "/tmp/../etc//cron.d/job");
+        assert!(unmatched_path_is_reported(&e, &filters));
+        let e = file_event(FileOp::Unlink, "/etc/cron.d/../passwd", "", true);
+        assert!(!unmatched_path_is_reported(&e, &filters));
+    }
+
+    #[test]
+    fn unmatched_renames_are_kept_when_either_lexical_path_is_watched() {
+        let filters = watching_cron();
+        // A directory moved into place under a watched "dir/" prefix.
+        let e = file_event(FileOp::Rename, "/tmp/./keys", "/root/x/../.ssh", true);
+        let Some(Body::FileRename(r)) = &e.body else {
+            panic!("not a rename: {e:?}");
+        };
+        assert_eq!(
+            (r.old_path.as_str(), r.new_path.as_str()),
+            ("/tmp/keys", "/root/.ssh")
+        );
+        assert_eq!(r.written_new_path, "/root/x/../.ssh");
+        assert!(unmatched_path_is_reported(&e, &filters));
+        let e = file_event(FileOp::Rename, "/tmp/./a", "/tmp/b", true);
+        assert!(!unmatched_path_is_reported(&e, &filters));
+        // A plain path is left as written.
+        let Some(Body::FileRename(r)) = &e.body else {
+            panic!("not a rename: {e:?}");
+        };
+        assert_eq!(
+            (r.written_old_path.as_str(), r.written_new_path.as_str()),
+            ("/tmp/./a", "")
+        );
+    }
 }

@@ -149,13 +149,20 @@ pub fn event_to_json(event: &Event) -> Value {
                     "new_path": f.new_path,
                     "result": f.result,
                     "path_truncated": f.path_truncated,
+                    "written_old_path": f.written_old_path,
+                    "written_new_path": f.written_new_path,
                 }),
             );
         }
         Some(Body::FileUnlink(f)) => {
             out.insert(
                 "file_unlink".into(),
-                json!({ "path": f.path, "result": f.result, "path_truncated": f.path_truncated }),
+                json!({
+                    "path": f.path,
+                    "result": f.result,
+                    "path_truncated": f.path_truncated,
+                    "written_path": f.written_path,
+                }),
             );
         }
         Some(Body::FileChmod(f)) => {
