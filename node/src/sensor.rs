@@ -297,6 +297,27 @@ mod tests {
     }
 
     #[test]
+    fn chmod_by_path_is_kept_only_in_a_world_writable_or_vanished_directory() {
+        let chmod = |path: &str| starling_proto::v1::Event {
+            body: Some(Body::FileChmod(starling_proto::v1::FileChmod {
+                path: path.into(),
+                mode: 0o755,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut e = chmod("/tmp/payload");
+        assert!(chmod_is_reported(&mut e));
+        let Some(Body::FileChmod(c)) = &e.body else {
+            panic!("not a chmod: {e:?}");
+        };
+        assert_eq!(c.parent_mode & 0o002, 0o002, "/tmp's mode was filled in");
+        assert!(!chmod_is_reported(&mut chmod("/etc/payload")));
+        // A parent gone by the time the node looks keeps the event.
+        assert!(chmod_is_reported(&mut chmod("/nonexistent-starling-dir/x")));
+    }
+
+    #[test]
     fn unmatched_unlinks_are_kept_when_their_lexical_path_is_watched() {
         let filters = watching_cron();
         let e = file_event(FileOp::Unlink, "/tmp/../etc//cron.d/job", "", true);
