@@ -293,14 +293,19 @@ static __always_inline enum watch_match match_path(struct path_scratch *s, __u32
 	return STARLING_WATCHED;
 }
 
+/* Whether a match reports: a quiet path is counted as filtered for `kind`. */
+static __always_inline int reports(enum watch_match m, __u32 kind)
+{
+	if (m == STARLING_QUIET)
+		count_drop(STARLING_DROP_FILTERED, kind);
+	return m == STARLING_WATCHED;
+}
+
 /* Whether buf[start .. start+len) lies under a watched prefix and not
  * under a quiet one (counted as filtered for `kind`). */
 static __always_inline int path_is_watched(struct path_scratch *s, __u32 start, __u32 len, __u32 kind)
 {
-	enum watch_match m = match_path(s, start, len);
-	if (m == STARLING_QUIET)
-		count_drop(STARLING_DROP_FILTERED, kind);
-	return m == STARLING_WATCHED;
+	return reports(match_path(s, start, len), kind);
 }
 
 /* path_is_watched, and for a path that is not: the same with a "/"
@@ -315,9 +320,7 @@ static __always_inline int path_or_dir_is_watched(struct path_scratch *s, __u32 
 		s->buf[(start + len) & (sizeof(s->buf) - 1)] = '/';
 		m = match_path(s, start, len + 1);
 	}
-	if (m == STARLING_QUIET)
-		count_drop(STARLING_DROP_FILTERED, kind);
-	return m == STARLING_WATCHED;
+	return reports(m, kind);
 }
 
 /* path_is_plain's state between steps of bpf_loop: the last four bytes

@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::{temp_dir, Seen, TestCgroup};
+use common::{run_true, temp_dir, Seen, TestCgroup};
 use starling_bpf::{
     kind_number, DropReason, FileOp, RateLimit, RawRecord, SensorConfig, SensorFilters,
 };
@@ -25,10 +25,7 @@ async fn a_disabled_kind_is_not_reported_and_comes_back_when_enabled_at_runtime(
     };
     seen.sensor.apply_filters(&off).expect("filters apply");
     let hidden = format!("kind-off-{}", std::process::id());
-    Command::new("/bin/true")
-        .arg(&hidden)
-        .status()
-        .expect("spawn");
+    run_true(&hidden);
     seen.barrier().await;
     assert!(!has_exec_with(&seen, &hidden), "exec records were off");
 
@@ -36,10 +33,7 @@ async fn a_disabled_kind_is_not_reported_and_comes_back_when_enabled_at_runtime(
         .apply_filters(&SensorFilters::default())
         .expect("filters apply");
     let shown = format!("kind-on-{}", std::process::id());
-    Command::new("/bin/true")
-        .arg(&shown)
-        .status()
-        .expect("spawn");
+    run_true(&shown);
     assert!(
         seen.exec_with(&shown).await.is_some(),
         "exec records are on again"
@@ -63,10 +57,7 @@ async fn a_rate_limited_kind_is_cut_and_every_cut_record_counted() {
     let execs = 20;
     let prefix = format!("limited-{}-", std::process::id());
     for i in 0..execs {
-        Command::new("/bin/true")
-            .arg(format!("{prefix}{i}"))
-            .status()
-            .expect("spawn");
+        run_true(&format!("{prefix}{i}"));
     }
     seen.barrier().await;
     let delivered = seen
@@ -107,10 +98,7 @@ async fn the_nodes_own_activity_is_filtered_and_counted_but_its_children_are_not
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let marker = format!("own-child-{me}");
-    Command::new("/bin/true")
-        .arg(&marker)
-        .status()
-        .expect("spawn");
+    run_true(&marker);
     assert!(
         seen.exec_with(&marker).await.is_some(),
         "a child's exec is not the node's own"
@@ -146,10 +134,7 @@ async fn an_allow_listed_executable_is_not_reported() {
     let hidden = format!("quiet-exe-{}", std::process::id());
     Command::new(&quiet).arg(&hidden).status().expect("spawn");
     let shown = format!("loud-exe-{}", std::process::id());
-    Command::new("/bin/true")
-        .arg(&shown)
-        .status()
-        .expect("spawn");
+    run_true(&shown);
     assert!(seen.exec_with(&shown).await.is_some());
     assert!(
         !has_exec_with(&seen, &hidden),
@@ -175,10 +160,7 @@ async fn a_process_in_a_quiet_cgroup_is_not_reported() {
     group.run_in(&mut cmd);
     assert!(cmd.status().expect("spawn in the cgroup").success());
     let shown = format!("loud-cgroup-{}", std::process::id());
-    Command::new("/bin/true")
-        .arg(&shown)
-        .status()
-        .expect("spawn");
+    run_true(&shown);
     assert!(seen.exec_with(&shown).await.is_some());
     assert!(
         !has_exec_with(&seen, &hidden),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{is_root, Seen};
+use common::{is_root, run_true, Seen};
 use starling_bpf::{DropReason, RawRecord, Sensor, SensorConfig, TcpOp};
 
 /// ECONNREFUSED on Linux.
@@ -102,10 +102,7 @@ async fn a_full_ring_buffer_drops_in_the_kernel_and_counts_every_loss() {
     .expect("sensor loads");
     let execs = 50;
     for i in 0..execs {
-        Command::new("/bin/true")
-            .arg(format!("fill-{i}"))
-            .status()
-            .expect("spawn true");
+        run_true(&format!("fill-{i}"));
     }
     let exec_kind = starling_bpf::kind_number("process_exec").expect("a kind");
     let lost = sensor

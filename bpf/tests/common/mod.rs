@@ -75,6 +75,15 @@ impl Seen {
     }
 }
 
+/// Runs `/bin/true marker` to its end: an exec a test can find by its argv.
+pub fn run_true(marker: &str) {
+    let status = std::process::Command::new("/bin/true")
+        .arg(marker)
+        .status()
+        .expect("spawn /bin/true");
+    assert!(status.success(), "/bin/true {marker} failed");
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
