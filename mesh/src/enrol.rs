@@ -28,7 +28,7 @@ use crate::identity::{
 /// Most certificates a presented chain may hold.
 pub const MAX_CHAIN_LEN: usize = 4;
 /// Largest single certificate accepted from a peer.
-pub const MAX_CERT_BYTES: usize = 16 * 1024;
+pub const MAX_CERT_BYTES: usize = starling_proto::limits::MAX_CERTIFICATE_BYTES;
 
 /// Why a peer was not admitted.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

@@ -23,8 +23,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 
-/// ALPN protocol id of the Starling data plane, version 1.
-pub const DATA_PLANE_ALPN: &[u8] = b"starling-data/1";
+/// ALPN protocol id of the Starling data plane, version 2 (origin-signed
+/// batches and sink receipts; version 1 had neither). A peer of another
+/// version fails the handshake instead of misreading batches.
+pub const DATA_PLANE_ALPN: &[u8] = b"starling-data/2";
 
 /// Errors while making, loading or checking fleet credentials.
 #[derive(Debug, Error)]

@@ -12,6 +12,9 @@
 //!   driver that carries membership, election and sink adverts
 //!   ([`adverts`]) over it; [`admission`] is its gate, [`view`] what it
 //!   publishes, [`status`] what it shows people, [`net`] address helpers.
+//! * [`trust`], [`origin`]: trust on the QUIC data plane: TLS that follows
+//!   the revocation list, origin signatures on batches and sink receipts,
+//!   so aggregators relay without being trusted.
 
 pub mod admission;
 pub mod adverts;
@@ -23,6 +26,7 @@ pub mod health;
 pub mod identity;
 pub mod membership;
 pub mod net;
+pub mod origin;
 pub mod status;
 pub mod swarm;
 pub mod trust;

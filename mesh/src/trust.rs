@@ -245,6 +245,39 @@ impl DataPlaneTrust {
         }
     }
 
+    /// Number of the revocation list in force (0: none yet).
+    pub fn list_number(&self) -> u64 {
+        *self.inner.number.borrow()
+    }
+
+    /// Checks a certificate chain presented beside a signature (not in a
+    /// handshake) as the handshakes check it: issued by the fleet CA,
+    /// valid at `now`, for TLS client and server use, and not revoked by
+    /// the list in force.
+    pub fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), TlsError> {
+        self.in_force()
+            .client
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ())
+    }
+
+    /// This host's enrolment key and certificate, for signing batches
+    /// (nodes) and receipts (sinks).
+    pub fn host_key(&self) -> Result<crate::origin::HostKey, crate::origin::SignError> {
+        let leaf = self
+            .inner
+            .chain
+            .first()
+            .cloned()
+            .ok_or(crate::origin::SignError::UnsupportedKey)?;
+        crate::origin::HostKey::new(&self.inner.key, leaf)
+    }
+
     /// Whether the list in force names `cert`.
     pub fn is_revoked(&self, cert: &CertificateDer<'_>) -> bool {
         let Ok(serial) = serial_of(cert) else {

@@ -37,3 +37,11 @@ pub const RELAY_REFUSED: &str = "starling_node_relay_refused_total";
 pub const RELAY_BATCHES: &str = "starling_node_relay_batches_total";
 /// Events relayed and persisted by a sink.
 pub const RELAY_EVENTS: &str = "starling_node_relay_events_total";
+/// Times the uplink left a path it could not trust, by `kind`:
+/// `forged_receipt` (an ack no sink signed for the batch sent), `altered`
+/// (a sink signed that the batch arrived changed), `unproven` (failures in
+/// a row without a sink's word).
+pub const PATH_FAULTS: &str = "starling_node_uplink_path_faults_total";
+/// The sink's clock minus this host's, in milliseconds, from the last
+/// signed receipt; batch headers are signed with the sink's time.
+pub const SINK_CLOCK_OFFSET: &str = "starling_node_sink_clock_offset_ms";

@@ -9,11 +9,12 @@
 //! multiplexes many nodes' batches as streams of one sink connection: the
 //! sink sees one connection per aggregator, not one per host.
 //!
-//! Trust: the relay checks that each batch names the host of the
-//! connection it came in on (the check the sink makes for direct
-//! connections), and the sink accepts relayed batches from enrolled nodes.
-//! docs/mesh.md records the limit of this and the planned per-batch
-//! signatures.
+//! Trust: the relay is not trusted by either end. Every batch carries its
+//! origin's signature, which the sink checks, and every sink answer a
+//! receipt the sink signed, which the node checks (`starling_mesh::origin`),
+//! so a relay that drops, forges or alters is found out and left. The
+//! relay still refuses a batch that names another host than the
+//! connection it came in on: it would be refused at the sink anyway.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,9 +25,9 @@ use starling_mesh::attach::{Attachment, Candidate};
 use starling_mesh::identity::{peer_identity, PeerIdentity, Role};
 use starling_mesh::swarm::MeshView;
 use starling_mesh::trust::DataPlaneTrust;
-use starling_proto::batch::decode_ack;
+use starling_proto::batch::{decode_ack, open_batch};
 use starling_proto::limits::{MAX_ACK_BYTES, MAX_BATCH_BYTES};
-use starling_proto::v1::{batch_ack::Status, Batch, BatchAck};
+use starling_proto::v1::{batch_ack::Status, BatchAck};
 use tokio::sync::watch;
 
 use crate::metrics_names as m;
@@ -198,9 +199,10 @@ impl Relay {
     }
 
     async fn relay(&self, peer: &PeerIdentity, bytes: Vec<u8>) -> BatchAck {
-        // The envelope only: the payload goes on to the sink unopened.
-        let (batch_id, host_id, events) = match Batch::decode(bytes.as_slice()) {
-            Ok(b) => (b.batch_id, b.host_id, b.event_count),
+        // The envelope and header only: the payload goes on to the sink
+        // unopened, and the sink checks the signature.
+        let (batch_id, host_id, events) = match open_batch(&bytes) {
+            Ok(b) => (b.header.batch_id, b.header.host_id, b.header.event_count),
             Err(e) => return ack(0, Status::Rejected, format!("batch does not decode: {e}")),
         };
         if host_id != peer.name {
@@ -239,12 +241,10 @@ impl Relay {
     }
 }
 
+/// The relay's own answer: it signs nothing, so the node treats it as
+/// unproven.
 fn ack(batch_id: u64, status: Status, detail: String) -> BatchAck {
-    BatchAck {
-        batch_id,
-        status: status as i32,
-        detail,
-    }
+    BatchAck::unsigned(batch_id, status, detail)
 }
 
 async fn forward(sink: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<BatchAck> {

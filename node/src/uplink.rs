@@ -1,31 +1,38 @@
 //! Async driver of the uplink: connects to a sink, or to the aggregator of
 //! its cell, over QUIC with mutual TLS, sends spooled batches (one
-//! bidirectional stream per batch), and applies acks to the spool through
-//! [`UplinkState`]. Acks mean the same through an aggregator: the sink's
-//! PERSISTED, relayed unchanged.
+//! bidirectional stream per batch, each signed with this host's key), and
+//! applies the answers to the spool through [`UplinkState`]. Answers mean
+//! the same through an aggregator: the sink signs a receipt, relayed
+//! unchanged, and only such a receipt deletes events.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use starling_mesh::identity::{peer_identity, Role};
+use starling_mesh::origin::{check_receipt, sha256, AckProof, CredentialCache, HostKey};
 use starling_mesh::trust::DataPlaneTrust;
 use starling_proto::batch::{decode_ack, EventListBuilder};
 use starling_proto::limits::MAX_ACK_BYTES;
 use starling_proto::v1::batch_ack::Status;
-use starling_proto::v1::BatchAck;
+use starling_proto::v1::{BatchAck, RejectReason};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{SinkAddress, UplinkSection};
 use crate::metrics_names as m;
 use crate::spool::Spool;
-use crate::uplink_state::{AckAction, NextRead, SeqRange, UplinkState};
+use crate::uplink_state::{AckAction, Answer, NextRead, PathFault, SeqRange, UplinkState};
 
 /// Pause before re-sending a batch the sink rejected.
 const REJECT_PAUSE: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the uplink waits for the mesh to offer another target than
+/// the one it just left for a fault (the chooser's first back-off).
+const RETARGET_WAIT: Duration = Duration::from_secs(6);
+/// Sink certificates remembered once verified.
+const SINK_CREDENTIALS: usize = 64;
 
 /// Why a single batch got no ack.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +53,59 @@ enum SendError {
 
 /// Everything the uplink needs.
 pub struct Uplink {
+    /// This host's id: in every batch header, and what receipts must name.
     pub host_id: String,
+    /// Batch sizes, window and timeouts.
     pub config: UplinkSection,
+    /// Where the events wait until a sink persisted them.
     pub spool: Arc<Spool>,
-    /// The fleet CA and revocation list the uplink checks servers with.
+    /// The fleet CA and revocation list the uplink checks servers and
+    /// receipts with, and this host's key that signs batches.
     pub trust: DataPlaneTrust,
+}
+
+/// What became of one batch on the wire.
+enum Outcome {
+    /// An answer came; its receipt is checked.
+    Answered {
+        answer: Answer,
+        /// The sink's clock, from a signed receipt.
+        sink_time_ms: Option<u64>,
+    },
+    /// No answer (timeout, broken stream).
+    Failed(SendError),
+}
+
+/// The sink's clock as this node estimates it from signed receipts: the
+/// signing time in batch headers, so a host with a wrong clock is not
+/// refused for ever (docs/mesh.md, "Data-plane trust").
+#[derive(Debug, Default)]
+struct SinkClock {
+    offset_ms: i64,
+}
+
+impl SinkClock {
+    fn local_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    fn now_ms(&self) -> u64 {
+        (Self::local_ms() + self.offset_ms).max(0) as u64
+    }
+
+    fn observe(&mut self, sink_ms: u64) {
+        let offset = sink_ms as i64 - Self::local_ms();
+        if (offset - self.offset_ms).abs() > 1000 {
+            tracing::warn!(
+                offset_ms = offset,
+                "this host's clock differs from the sink's; batches are signed with the sink's time"
+            );
+        }
+        self.offset_ms = offset;
+        metrics::gauge!(m::SINK_CLOCK_OFFSET).set(offset as f64);
+    }
 }
 
 /// Where the uplink sends: a sink, or the aggregator of the node's cell.
@@ -81,6 +136,7 @@ impl Targets {
     async fn next(
         &mut self,
         index: &mut usize,
+        avoid: Option<&Target>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Target> {
         match self {
@@ -95,8 +151,25 @@ impl Targets {
             }
             Targets::Mesh { current, .. } => {
                 let mut warned = None::<Instant>;
+                let patience = tokio::time::sleep(RETARGET_WAIT);
+                tokio::pin!(patience);
+                let mut avoid = avoid;
                 loop {
-                    if let Some(t) = current.borrow_and_update().clone() {
+                    let offered = current.borrow_and_update().clone();
+                    if let Some(t) = offered.filter(|t| Some(t) != avoid) {
+                        return Some(t);
+                    }
+                    if avoid.is_some() {
+                        // Left for a fault: give the chooser time to offer
+                        // another before going back to the same one.
+                        tokio::select! {
+                            r = current.changed() => if r.is_err() { return None },
+                            _ = &mut patience => avoid = None,
+                            _ = shutdown.changed() => return None,
+                        }
+                        continue;
+                    }
+                    if let Some(t) = current.borrow().clone() {
                         return Some(t);
                     }
                     metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
@@ -158,14 +231,21 @@ impl Uplink {
         client.transport_config(Arc::new(transport()));
         endpoint.set_default_client_config(client);
 
+        let key = Arc::new(self.trust.host_key()?);
+        let sinks = Arc::new(CredentialCache::new(self.trust.clone(), SINK_CREDENTIALS));
+        let mut clock = SinkClock::default();
         let mut backoff = Duration::from_millis(200);
         let mut index = 0;
         let mut warned_since = None::<Instant>;
+        let mut faulty: Option<Target> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let Some(target) = targets.next(&mut index, &mut shutdown).await else {
+            let Some(target) = targets
+                .next(&mut index, faulty.take().as_ref(), &mut shutdown)
+                .await
+            else {
                 break;
             };
             match connect(&endpoint, &target).await {
@@ -175,8 +255,13 @@ impl Uplink {
                     warned_since = None;
                     tracing::info!(to = %target.server_name, address = %target.address, role = %target.role, "uplink connected");
                     metrics::gauge!(m::UPLINK_CONNECTED).set(1.0);
+                    let via = Path {
+                        conn: &conn,
+                        key: &key,
+                        sinks: &sinks,
+                    };
                     let done = tokio::select! {
-                        done = self.serve(&conn, &mut spooled, &mut shutdown) => done,
+                        done = self.serve(via, &mut clock, &mut spooled, &mut shutdown) => done,
                         _ = targets.changed_from(&target) => Ok(Stop::Retarget),
                     };
                     metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
@@ -190,6 +275,19 @@ impl Uplink {
                             tracing::warn!(to = %target.server_name, %reason, "uplink connection lost; spooling and reconnecting");
                             targets.retry_same(&mut index);
                             targets.report_unavailable(&target).await;
+                        }
+                        Ok(Stop::PathFault(fault, why)) => {
+                            metrics::counter!(m::PATH_FAULTS, "kind" => fault.as_str())
+                                .increment(1);
+                            tracing::warn!(
+                                to = %target.server_name,
+                                role = %target.role,
+                                fault = fault.as_str(),
+                                %why,
+                                "path to the sink not trusted; unacknowledged events will be resent another way"
+                            );
+                            targets.report_unavailable(&target).await;
+                            faulty = Some(target.clone());
                         }
                         Err(e) => return Err(e),
                     }
@@ -222,15 +320,17 @@ impl Uplink {
 
     async fn serve(
         &self,
-        conn: &quinn::Connection,
+        via: Path<'_>,
+        clock: &mut SinkClock,
         spooled: &mut watch::Receiver<u64>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Stop> {
+        let conn = via.conn;
+        let own_certificate = sha256(via.key.certificate());
         let cfg = &self.config;
         let mut state = UplinkState::new(cfg.max_in_flight);
         state.on_connected(self.spool.stats().first_seq);
-        let (ack_tx, mut ack_rx) =
-            mpsc::channel::<(u64, Result<BatchAck, SendError>)>(cfg.max_in_flight * 2);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Outcome)>(cfg.max_in_flight * 2);
         let ack_timeout = Duration::from_secs(cfg.ack_timeout_secs);
         let mut paused_until: Option<Instant> = None;
         loop {
@@ -253,7 +353,7 @@ impl Uplink {
                         first = *seq;
                     }
                     last = *seq;
-                    builder.push_encoded(bytes);
+                    builder.push_encoded(*seq, bytes);
                 }
                 if builder.is_empty() {
                     match read {
@@ -266,16 +366,28 @@ impl Uplink {
                 }
                 let range = SeqRange { first, last };
                 let id = state.on_sent(read, range);
-                let bytes = builder.finish(&self.host_id, id);
+                let sealed = via
+                    .key
+                    .seal(builder.finish(&self.host_id, id, clock.now_ms()))?;
                 let conn = conn.clone();
                 let tx = ack_tx.clone();
+                let sinks = via.sinks.clone();
+                let host = self.host_id.clone();
                 tokio::spawn(async move {
-                    let result =
-                        match tokio::time::timeout(ack_timeout, send_batch(&conn, &bytes)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(SendError::Timeout(ack_timeout)),
-                        };
-                    let _ = tx.send((id, result)).await;
+                    let sent = tokio::time::timeout(ack_timeout, send_batch(&conn, &sealed.bytes));
+                    let outcome = match sent.await {
+                        Ok(Ok(ack)) => classify(
+                            &sinks,
+                            &ack,
+                            id,
+                            &host,
+                            &sealed.header_digest,
+                            &own_certificate,
+                        ),
+                        Ok(Err(e)) => Outcome::Failed(e),
+                        Err(_) => Outcome::Failed(SendError::Timeout(ack_timeout)),
+                    };
+                    let _ = tx.send((id, outcome)).await;
                 });
             }
 
@@ -286,46 +398,59 @@ impl Uplink {
                 }
             };
             tokio::select! {
-                Some((id, result)) = ack_rx.recv() => match result {
-                    Ok(ack) if ack.batch_id == id => {
-                        let status = Status::try_from(ack.status).unwrap_or(Status::Unspecified);
-                        match state.on_ack(id, status, &ack.detail) {
-                            AckAction::Delete(r) => {
-                                let spool = self.spool.clone();
-                                let n = tokio::task::block_in_place(|| spool.ack(r.first, r.last))?;
-                                metrics::counter!(m::EVENTS_ACKED).increment(n);
-                                metrics::counter!(m::BATCHES, "result" => "persisted").increment(1);
-                                let st = self.spool.stats();
-                                metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
-                                metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
+                Some((id, outcome)) = ack_rx.recv() => {
+                    let action = match outcome {
+                        Outcome::Answered { answer, sink_time_ms } => {
+                            if let Some(t) = sink_time_ms {
+                                clock.observe(t);
                             }
-                            AckAction::Resend(r) => {
-                                metrics::counter!(m::BATCHES, "result" => "retry").increment(1);
-                                tracing::debug!(first = r.first, last = r.last, detail = %ack.detail, "sink asked to retry");
-                                paused_until = Some(Instant::now() + Duration::from_millis(500));
-                            }
-                            AckAction::Rejected(r, detail) => {
-                                metrics::counter!(m::BATCHES, "result" => "rejected").increment(1);
-                                tracing::error!(first = r.first, last = r.last, %detail, "sink rejected a batch; it stays spooled");
-                                paused_until = Some(Instant::now() + REJECT_PAUSE);
-                            }
-                            AckAction::Ignore => {}
+                            state.on_answer(id, answer)
                         }
-                    }
-                    Ok(ack) => {
-                        tracing::warn!(expected = id, got = ack.batch_id, "ack for the wrong batch");
-                        state.on_batch_failed(id);
-                    }
-                    Err(e) => {
-                        metrics::counter!(m::BATCHES, "result" => "failed").increment(1);
-                        if let Some(reason) = conn.close_reason() {
+                        Outcome::Failed(e) => {
+                            metrics::counter!(m::BATCHES, "result" => "failed").increment(1);
+                            if let Some(reason) = conn.close_reason() {
+                                state.on_connection_lost();
+                                return Ok(Stop::ConnectionLost(reason.to_string()));
+                            }
+                            tracing::warn!(batch = id, error = %e, "batch got no ack; will resend");
+                            match state.on_batch_failed(id) {
+                                Some(action) => action,
+                                None => continue,
+                            }
+                        }
+                    };
+                    match action {
+                        AckAction::Delete(r) => {
+                            let spool = self.spool.clone();
+                            let n = tokio::task::block_in_place(|| spool.ack(r.first, r.last))?;
+                            metrics::counter!(m::EVENTS_ACKED).increment(n);
+                            metrics::counter!(m::BATCHES, "result" => "persisted").increment(1);
+                            let st = self.spool.stats();
+                            metrics::gauge!(m::SPOOL_EVENTS).set(st.events as f64);
+                            metrics::gauge!(m::SPOOL_BYTES).set(st.bytes as f64);
+                        }
+                        AckAction::Resend(r) => {
+                            metrics::counter!(m::BATCHES, "result" => "retry").increment(1);
+                            tracing::debug!(first = r.first, last = r.last, "sink or relay asked to retry");
+                            paused_until = Some(Instant::now() + Duration::from_millis(500));
+                        }
+                        AckAction::ClockRejected(r) => {
+                            metrics::counter!(m::BATCHES, "result" => "retry").increment(1);
+                            tracing::warn!(first = r.first, last = r.last, "sink refused the signing time; signing again with the sink's");
+                        }
+                        AckAction::Rejected(r, detail) => {
+                            metrics::counter!(m::BATCHES, "result" => "rejected").increment(1);
+                            tracing::error!(first = r.first, last = r.last, %detail, "sink rejected a batch; it stays spooled");
+                            paused_until = Some(Instant::now() + REJECT_PAUSE);
+                        }
+                        AckAction::MoveOn(_, fault, why) => {
+                            metrics::counter!(m::BATCHES, "result" => "failed").increment(1);
                             state.on_connection_lost();
-                            return Ok(Stop::ConnectionLost(reason.to_string()));
+                            return Ok(Stop::PathFault(fault, why));
                         }
-                        tracing::warn!(batch = id, error = %e, "batch got no ack; will resend");
-                        state.on_batch_failed(id);
+                        AckAction::Ignore => {}
                     }
-                },
+                }
                 r = spooled.changed() => {
                     if r.is_err() {
                         // The sensor is gone; keep draining what is spooled.
@@ -347,6 +472,58 @@ enum Stop {
     Shutdown,
     Retarget,
     ConnectionLost(String),
+    /// The path proved untrustworthy: leave it for another.
+    PathFault(PathFault, String),
+}
+
+/// The connection batches go out on, the key that signs them, and the
+/// sink certificates receipts are checked with.
+#[derive(Clone, Copy)]
+struct Path<'a> {
+    conn: &'a quinn::Connection,
+    key: &'a Arc<HostKey>,
+    sinks: &'a Arc<CredentialCache>,
+}
+
+/// What an ack to batch `id` amounts to, once its receipt is checked.
+fn classify(
+    sinks: &CredentialCache,
+    ack: &BatchAck,
+    id: u64,
+    host: &str,
+    header_digest: &[u8; 32],
+    own_certificate: &[u8; 32],
+) -> Outcome {
+    let status = Status::try_from(ack.status).unwrap_or(Status::Unspecified);
+    match check_receipt(sinks, ack, host, header_digest, SystemTime::now()) {
+        AckProof::Signed(receipt) => Outcome::Answered {
+            answer: Answer::Signed {
+                status,
+                reason: RejectReason::try_from(receipt.reason).unwrap_or_default(),
+                own_certificate: receipt.certificate_sha256.as_slice() == own_certificate,
+                detail: ack.detail.clone(),
+            },
+            sink_time_ms: Some(receipt.sink_time_unix_ms),
+        },
+        AckProof::Unsigned if ack.batch_id != id => Outcome::Answered {
+            answer: Answer::Unsigned {
+                status: Status::Retry,
+                detail: format!("ack for batch {} instead of {id}", ack.batch_id),
+            },
+            sink_time_ms: None,
+        },
+        AckProof::Unsigned => Outcome::Answered {
+            answer: Answer::Unsigned {
+                status,
+                detail: ack.detail.clone(),
+            },
+            sink_time_ms: None,
+        },
+        AckProof::Invalid(why) => Outcome::Answered {
+            answer: Answer::Forged(why),
+            sink_time_ms: None,
+        },
+    }
 }
 
 /// Keep-alives make a dead sink or aggregator visible within four seconds

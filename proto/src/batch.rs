@@ -1,67 +1,106 @@
-//! Encoding and checked decoding of data-plane batches.
+//! Encoding and checked decoding of data-plane batches and their acks.
 //!
 //! A batch's events are kept as already-encoded `Event` bytes from the
 //! spool; [`EventListBuilder`] frames them into an `EventList` without
-//! decoding and re-encoding them.
+//! decoding and re-encoding them, and [`UnsignedBatch`] is what the origin
+//! signs. A receiver checks in two steps: [`open_batch`] reads the envelope
+//! and the signed header (cheap: a relay stops there), and
+//! [`OpenedBatch::unseal`] decompresses the payload and checks it against
+//! the header, after the caller has checked the signature.
+//!
+//! The signatures themselves are made and checked in
+//! `starling_mesh::origin`; this module fixes the bytes they cover.
 
 use prost::Message;
 
 use crate::limits::{
-    MAX_ACK_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_UNCOMPRESSED_BYTES,
-    MAX_EVENT_BYTES, MAX_HOST_ID_LEN,
+    MAX_ACK_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_HEADER_BYTES,
+    MAX_BATCH_UNCOMPRESSED_BYTES, MAX_CERTIFICATE_BYTES, MAX_EVENT_BYTES, MAX_HOST_ID_LEN,
+    MAX_RECEIPT_BYTES, MAX_SIGNATURE_BYTES,
 };
-use crate::v1::{Batch, BatchAck, Compression, Event};
+use crate::v1::{Batch, BatchAck, BatchHeader, BatchReceipt, Compression};
 
-/// Why a batch or ack from the network was refused.
+/// Prefix of what an origin signs for a batch: the header bytes follow.
+pub const BATCH_SIGNING_DOMAIN: &[u8] = b"starling.v1.batch\0";
+/// Prefix of what a sink signs for a receipt: the receipt bytes follow.
+pub const RECEIPT_SIGNING_DOMAIN: &[u8] = b"starling.v1.receipt\0";
+
+/// Why a batch, an ack or a receipt from the network was refused. Only the
+/// message at fault is affected; nothing else in flight is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Larger than its limit; refused before it was decoded.
     #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { len: usize, limit: usize },
+    TooLarge {
+        /// Its size, or the size it declares.
+        len: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// Not valid protobuf for its message type.
     #[error("invalid protobuf: {0}")]
     Protobuf(String),
+    /// A compression this version does not know.
     #[error("unknown compression {0}")]
     UnknownCompression(i32),
+    /// The payload is not valid LZ4.
     #[error("decompression failed: {0}")]
     Decompress(String),
-    #[error("decompressed size {actual} differs from the declared {declared}")]
-    LengthMismatch { declared: usize, actual: usize },
+    /// The header contradicts itself or breaks a limit.
+    #[error("bad batch header: {0}")]
+    BadHeader(String),
+    /// The payload is not what the signed header describes: altered on
+    /// the way, if the signature was good.
+    #[error("payload does not match the signed header: {0}")]
+    PayloadMismatch(String),
+    /// The list holds another number of events than its header declares.
     #[error("batch declares {declared} events but carries {actual}")]
-    CountMismatch { declared: usize, actual: usize },
-    #[error("batch carries {0} events, more than the limit of {MAX_BATCH_EVENTS}")]
-    TooManyEvents(usize),
+    CountMismatch {
+        /// What the header says.
+        declared: usize,
+        /// What the list holds.
+        actual: usize,
+    },
+    /// A host id that is empty, too long or not printable.
     #[error("invalid host id {0:?}")]
     BadHostId(String),
+    /// One event is malformed or does not belong in this batch.
     #[error("event {index}: {reason}")]
-    BadEvent { index: usize, reason: String },
+    BadEvent {
+        /// Its position in the batch.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// A batch that passed every check: all events belong to `host_id`, carry a
-/// header and a non-zero sequence number, and fit the size limits.
-///
-/// It keeps each event's bytes exactly as the node encoded them, so a sink
-/// forwards what the node spooled without re-encoding it (fields added by a
-/// newer node survive an older sink).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckedBatch {
-    pub host_id: String,
-    pub batch_id: u64,
-    pub events: Vec<Event>,
-    plain: Vec<u8>,
-    spans: Vec<(usize, usize)>,
+impl DecodeError {
+    /// True when a payload does not match its signed header's length or
+    /// digest: once the signature is good, the payload was changed after
+    /// signing, on the way. Other errors of [`OpenedBatch::unseal`] are the
+    /// origin's own (the digest matched what it signed).
+    pub fn is_altered(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::PayloadMismatch(_) | DecodeError::Decompress(_)
+        )
+    }
 }
 
-impl CheckedBatch {
-    /// The encoded bytes of event `i`, as the node sent them.
-    pub fn encoded(&self, i: usize) -> Option<&[u8]> {
-        self.spans.get(i).map(|&(a, b)| &self.plain[a..b])
-    }
+/// The bytes an origin signs for a batch header.
+pub fn header_signing_bytes(header: &[u8]) -> Vec<u8> {
+    [BATCH_SIGNING_DOMAIN, header].concat()
+}
 
-    /// Every event with its encoded bytes.
-    pub fn iter_encoded(&self) -> impl Iterator<Item = (&Event, &[u8])> {
-        self.events
-            .iter()
-            .zip(self.spans.iter().map(|&(a, b)| &self.plain[a..b]))
-    }
+/// The bytes a sink signs for a receipt.
+pub fn receipt_signing_bytes(receipt: &[u8]) -> Vec<u8> {
+    [RECEIPT_SIGNING_DOMAIN, receipt].concat()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 /// Frames encoded `Event`s into an encoded `EventList` (field 1, repeated).
@@ -69,15 +108,19 @@ impl CheckedBatch {
 pub struct EventListBuilder {
     buf: Vec<u8>,
     count: usize,
+    first_seq: u64,
+    last_seq: u64,
 }
 
 impl EventListBuilder {
-    /// Appends one encoded `Event`.
-    pub fn push_encoded(&mut self, event: &[u8]) {
-        // Field 1, wire type 2 (length-delimited).
-        self.buf.push(0x0a);
-        prost::encoding::encode_varint(event.len() as u64, &mut self.buf);
-        self.buf.extend_from_slice(event);
+    /// Appends one encoded `Event` whose sequence number is `seq` (above
+    /// every one appended before).
+    pub fn push_encoded(&mut self, seq: u64, event: &[u8]) {
+        frame_event(&mut self.buf, event);
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.last_seq = seq;
         self.count += 1;
     }
 
@@ -96,23 +139,101 @@ impl EventListBuilder {
         self.buf.len()
     }
 
-    /// Compresses the list and wraps it into an encoded `Batch`.
-    pub fn finish(self, host_id: &str, batch_id: u64) -> Vec<u8> {
-        let compressed = lz4_flex::block::compress(&self.buf);
-        let batch = Batch {
+    /// Compresses the list and writes the header the origin signs.
+    pub fn finish(self, host_id: &str, batch_id: u64, signed_at_unix_ms: u64) -> UnsignedBatch {
+        let header = BatchHeader {
             host_id: host_id.to_owned(),
             batch_id,
-            compression: Compression::Lz4 as i32,
-            uncompressed_len: self.buf.len() as u32,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
             event_count: self.count as u32,
-            payload: compressed,
+            list_len: self.buf.len() as u32,
+            list_sha256: sha256(&self.buf),
+            signed_at_unix_ms,
         };
-        batch.encode_to_vec()
+        UnsignedBatch {
+            header_bytes: header.encode_to_vec(),
+            header,
+            payload: lz4_flex::block::compress(&self.buf),
+        }
     }
 }
 
-/// Decodes and checks a batch received from the network.
-pub fn decode_batch(bytes: &[u8]) -> Result<CheckedBatch, DecodeError> {
+/// Appends `event` to `list` as field 1 of an `EventList`: how a batch's
+/// list is built, and how a consumer rebuilds it to check a signature.
+pub fn frame_event(list: &mut Vec<u8>, event: &[u8]) {
+    // Field 1, wire type 2 (length-delimited).
+    list.push(0x0a);
+    prost::encoding::encode_varint(event.len() as u64, list);
+    list.extend_from_slice(event);
+}
+
+/// A batch with its header written and not yet signed.
+#[derive(Debug, Clone)]
+pub struct UnsignedBatch {
+    header: BatchHeader,
+    header_bytes: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl UnsignedBatch {
+    /// The same events under another batch id and signing time, without
+    /// compressing and hashing them again: for a sender that sends one
+    /// list many times over (a benchmark).
+    pub fn renumbered(&self, batch_id: u64, signed_at_unix_ms: u64) -> UnsignedBatch {
+        let header = BatchHeader {
+            batch_id,
+            signed_at_unix_ms,
+            ..self.header.clone()
+        };
+        UnsignedBatch {
+            header_bytes: header.encode_to_vec(),
+            header,
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// The encoded header, as it will be signed and sent.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.header_bytes
+    }
+
+    /// What the origin signs.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        header_signing_bytes(&self.header_bytes)
+    }
+
+    /// The encoded `Batch`, with the origin's signature and certificate.
+    pub fn into_wire(self, signature: Vec<u8>, certificate: Vec<u8>) -> Vec<u8> {
+        Batch {
+            header: self.header_bytes,
+            signature,
+            certificate,
+            compression: Compression::Lz4 as i32,
+            payload: self.payload,
+        }
+        .encode_to_vec()
+    }
+}
+
+/// A batch whose envelope and header passed their checks; its signature
+/// and payload are not checked yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedBatch {
+    /// The signed header, decoded.
+    pub header: BatchHeader,
+    header_bytes: Vec<u8>,
+    /// The origin's signature over [`OpenedBatch::signing_bytes`].
+    pub signature: Vec<u8>,
+    /// The origin's certificate (DER), as sent.
+    pub certificate: Vec<u8>,
+    compression: Compression,
+    payload: Vec<u8>,
+}
+
+/// Reads a batch's envelope and signed header and checks them against
+/// the limits; the payload stays compressed.
+pub fn open_batch(bytes: &[u8]) -> Result<OpenedBatch, DecodeError> {
     if bytes.len() > MAX_BATCH_BYTES {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -120,65 +241,205 @@ pub fn decode_batch(bytes: &[u8]) -> Result<CheckedBatch, DecodeError> {
         });
     }
     let batch = Batch::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    check_host_id(&batch.host_id)?;
-    let declared = batch.uncompressed_len as usize;
-    if declared > MAX_BATCH_UNCOMPRESSED_BYTES {
-        return Err(DecodeError::TooLarge {
-            len: declared,
-            limit: MAX_BATCH_UNCOMPRESSED_BYTES,
-        });
-    }
-    if batch.event_count as usize > MAX_BATCH_EVENTS {
-        return Err(DecodeError::TooManyEvents(batch.event_count as usize));
-    }
-    let plain = match Compression::try_from(batch.compression) {
-        Ok(Compression::None) => batch.payload,
-        Ok(Compression::Lz4) => {
-            // decompress() allocates exactly `declared` bytes, which is bounded above.
-            lz4_flex::block::decompress(&batch.payload, declared)
-                .map_err(|e| DecodeError::Decompress(e.to_string()))?
+    for (len, limit) in [
+        (batch.header.len(), MAX_BATCH_HEADER_BYTES),
+        (batch.signature.len(), MAX_SIGNATURE_BYTES),
+        (batch.certificate.len(), MAX_CERTIFICATE_BYTES),
+    ] {
+        if len > limit {
+            return Err(DecodeError::TooLarge { len, limit });
         }
-        Err(_) => return Err(DecodeError::UnknownCompression(batch.compression)),
-    };
-    if plain.len() != declared {
-        return Err(DecodeError::LengthMismatch {
-            declared,
-            actual: plain.len(),
-        });
     }
-    let declared_count = batch.event_count as usize;
-    let spans = split_event_list(&plain, declared_count)?;
-    let mut events = Vec::with_capacity(spans.len());
-    for (index, &(a, b)) in spans.iter().enumerate() {
-        let event = Event::decode(&plain[a..b]).map_err(|e| DecodeError::BadEvent {
-            index,
-            reason: e.to_string(),
-        })?;
-        check_event(&event, &batch.host_id, b - a)
-            .map_err(|reason| DecodeError::BadEvent { index, reason })?;
-        events.push(event);
-    }
-    Ok(CheckedBatch {
-        host_id: batch.host_id,
-        batch_id: batch.batch_id,
-        events,
-        plain,
-        spans,
+    let header = BatchHeader::decode(batch.header.as_slice())
+        .map_err(|e| DecodeError::BadHeader(e.to_string()))?;
+    check_header(&header)?;
+    let compression = Compression::try_from(batch.compression)
+        .map_err(|_| DecodeError::UnknownCompression(batch.compression))?;
+    Ok(OpenedBatch {
+        header,
+        header_bytes: batch.header,
+        signature: batch.signature,
+        certificate: batch.certificate,
+        compression,
+        payload: batch.payload,
     })
 }
 
-/// Splits an encoded `EventList` into the byte ranges of its events. Only
-/// field 1 (length-delimited) is allowed; anything else is malformed.
-fn split_event_list(plain: &[u8], declared: usize) -> Result<Vec<(usize, usize)>, DecodeError> {
-    let mut spans = Vec::with_capacity(declared.min(MAX_BATCH_EVENTS));
+fn check_header(h: &BatchHeader) -> Result<(), DecodeError> {
+    check_host_id(&h.host_id)?;
+    let bad = |why: String| Err(DecodeError::BadHeader(why));
+    let count = h.event_count as usize;
+    if count == 0 || count > MAX_BATCH_EVENTS {
+        return bad(format!("{count} events (1 to {MAX_BATCH_EVENTS} allowed)"));
+    }
+    if h.list_len as usize > MAX_BATCH_UNCOMPRESSED_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: h.list_len as usize,
+            limit: MAX_BATCH_UNCOMPRESSED_BYTES,
+        });
+    }
+    if h.first_seq == 0 || h.last_seq < h.first_seq {
+        return bad(format!(
+            "sequence range {}..={} (numbers start at 1)",
+            h.first_seq, h.last_seq
+        ));
+    }
+    if h.last_seq - h.first_seq < count as u64 - 1 {
+        return bad(format!(
+            "{count} increasing sequence numbers cannot fit in {}..={}",
+            h.first_seq, h.last_seq
+        ));
+    }
+    if h.list_sha256.len() != 32 {
+        return bad(format!("list digest of {} bytes", h.list_sha256.len()));
+    }
+    Ok(())
+}
+
+impl OpenedBatch {
+    /// The header bytes exactly as signed.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.header_bytes
+    }
+
+    /// What the origin's signature must cover.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        header_signing_bytes(&self.header_bytes)
+    }
+
+    /// Decompresses the payload and checks it against the header: its
+    /// length and digest, and every event's host, sequence number and
+    /// kind. Call it once the signature is checked.
+    pub fn unseal(self) -> Result<CheckedBatch, DecodeError> {
+        let declared = self.header.list_len as usize;
+        let plain = match self.compression {
+            Compression::None => self.payload,
+            // decompress() allocates exactly `declared` bytes, bounded by
+            // check_header.
+            Compression::Lz4 => lz4_flex::block::decompress(&self.payload, declared)
+                .map_err(|e| DecodeError::Decompress(e.to_string()))?,
+        };
+        if plain.len() != declared {
+            return Err(DecodeError::PayloadMismatch(format!(
+                "{} bytes, the header says {declared}",
+                plain.len()
+            )));
+        }
+        if sha256(&plain) != self.header.list_sha256 {
+            return Err(DecodeError::PayloadMismatch(
+                "the event list's SHA-256 differs from the signed one".into(),
+            ));
+        }
+        let events = check_event_list(&plain, &self.header)?;
+        Ok(CheckedBatch {
+            host_id: self.header.host_id,
+            batch_id: self.header.batch_id,
+            first_seq: self.header.first_seq,
+            last_seq: self.header.last_seq,
+            events,
+            plain,
+            seal: Seal {
+                header: self.header_bytes,
+                signature: self.signature,
+                certificate: self.certificate,
+            },
+        })
+    }
+}
+
+/// One event of a checked batch: what the sink routes it by, and where its
+/// bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedEvent {
+    /// Its sequence number (within the batch's signed range, increasing).
+    pub seq: u64,
+    /// Its kind (`starling-kind`), from the body's field number.
+    pub kind: &'static str,
+    start: usize,
+    end: usize,
+}
+
+/// A batch that passed every check: signed by its origin (checked by the
+/// caller before [`OpenedBatch::unseal`]), payload as signed, every event
+/// of `host_id` with an increasing sequence number in the signed range,
+/// a known kind, and within the size limits.
+///
+/// It keeps each event's bytes exactly as the node encoded them, so a sink
+/// forwards what the node spooled without re-encoding it (fields added by a
+/// newer node survive an older sink), and a consumer can check the
+/// origin's signature over them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedBatch {
+    /// The origin host.
+    pub host_id: String,
+    /// The sender's batch id.
+    pub batch_id: u64,
+    /// The signed sequence range.
+    pub first_seq: u64,
+    /// The signed sequence range.
+    pub last_seq: u64,
+    /// The events, in order.
+    pub events: Vec<CheckedEvent>,
+    plain: Vec<u8>,
+    /// What proves its origin, for consumers that check it themselves.
+    pub seal: Seal,
+}
+
+/// The origin's signed header, its signature and its certificate, as they
+/// arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// The encoded `BatchHeader`.
+    pub header: Vec<u8>,
+    /// The signature over [`header_signing_bytes`] of it.
+    pub signature: Vec<u8>,
+    /// The origin's certificate (DER).
+    pub certificate: Vec<u8>,
+}
+
+impl CheckedBatch {
+    /// The encoded bytes of event `i`, as the node sent them.
+    pub fn encoded(&self, i: usize) -> Option<&[u8]> {
+        self.events.get(i).map(|e| &self.plain[e.start..e.end])
+    }
+
+    /// Every event with its encoded bytes.
+    pub fn iter_encoded(&self) -> impl Iterator<Item = (&CheckedEvent, &[u8])> {
+        self.events.iter().map(|e| (e, &self.plain[e.start..e.end]))
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True when it holds no event (never, once checked).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// Splits an encoded `EventList` into its events and checks each against
+/// the header. Only field 1 (length-delimited) is allowed in the list.
+fn check_event_list(plain: &[u8], header: &BatchHeader) -> Result<Vec<CheckedEvent>, DecodeError> {
+    let declared = header.event_count as usize;
+    let mut events = Vec::with_capacity(declared.min(MAX_BATCH_EVENTS));
     let mut rest = plain;
+    let mut previous = 0u64;
     while !rest.is_empty() {
+        let index = events.len();
         let tag = prost::encoding::decode_varint(&mut rest)
             .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
         if tag != 0x0a {
             return Err(DecodeError::Protobuf(format!(
                 "unexpected field tag {tag} in EventList"
             )));
+        }
+        if index == declared {
+            return Err(DecodeError::CountMismatch {
+                declared,
+                actual: index + 1,
+            });
         }
         let len = prost::encoding::decode_varint(&mut rest)
             .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
@@ -187,19 +448,150 @@ fn split_event_list(plain: &[u8], declared: usize) -> Result<Vec<(usize, usize)>
             .filter(|&l| l <= rest.len())
             .ok_or_else(|| DecodeError::Protobuf("event length beyond the list".into()))?;
         let start = plain.len() - rest.len();
-        spans.push((start, start + len));
-        if spans.len() > declared {
-            break;
+        let bad = |reason: String| DecodeError::BadEvent { index, reason };
+        if len > MAX_EVENT_BYTES {
+            return Err(bad(format!("{len} bytes, limit {MAX_EVENT_BYTES}")));
         }
+        let keys = scan_event(&rest[..len]).map_err(bad)?;
+        if keys.host_id != header.host_id.as_bytes() {
+            return Err(bad(format!(
+                "host id {:?} differs from the batch's",
+                String::from_utf8_lossy(&keys.host_id[..keys.host_id.len().min(64)])
+            )));
+        }
+        let seq = keys.seq;
+        let in_range = seq >= header.first_seq && seq <= header.last_seq && seq > previous;
+        let at_ends = (index != 0 || seq == header.first_seq)
+            && (index + 1 != declared || seq == header.last_seq);
+        if !in_range || !at_ends {
+            return Err(bad(format!(
+                "sequence number {seq} out of place in {}..={}",
+                header.first_seq, header.last_seq
+            )));
+        }
+        previous = seq;
+        events.push(CheckedEvent {
+            seq,
+            kind: keys.kind,
+            start,
+            end: start + len,
+        });
         rest = &rest[len..];
     }
-    if spans.len() != declared {
+    if events.len() != declared {
         return Err(DecodeError::CountMismatch {
             declared,
-            actual: spans.len(),
+            actual: events.len(),
         });
     }
-    Ok(spans)
+    Ok(events)
+}
+
+/// The fields of an encoded `Event` a sink routes by.
+struct EventKeys<'a> {
+    host_id: &'a [u8],
+    seq: u64,
+    kind: &'static str,
+}
+
+/// Reads an encoded `Event`'s host id, sequence number and kind without
+/// decoding the rest: every top-level field must be well-formed protobuf,
+/// the header present, the sequence number above 0, and exactly one body
+/// of a known kind. The body's contents are the origin's signed bytes and
+/// are passed on as they are.
+fn scan_event(mut buf: &[u8]) -> Result<EventKeys<'_>, String> {
+    let (mut host_id, mut seq, mut kind) = (None, 0u64, None);
+    while !buf.is_empty() {
+        let (field, value) = next_field(&mut buf)?;
+        match (field, value) {
+            (1, FieldValue::Bytes(mut header)) => {
+                while !header.is_empty() {
+                    match next_field(&mut header)? {
+                        (1, FieldValue::Bytes(h)) => host_id = Some(h),
+                        (2, FieldValue::Varint(s)) => seq = s,
+                        (1 | 2, _) => return Err("header field of the wrong type".into()),
+                        _ => {}
+                    }
+                }
+                host_id.get_or_insert(&[]);
+            }
+            (1, _) => return Err("header of the wrong type".into()),
+            (f, v) => {
+                if let Some(k) = crate::kind_of_body_field(f) {
+                    if !matches!(v, FieldValue::Bytes(_)) {
+                        return Err(format!("body {k} of the wrong type"));
+                    }
+                    if kind.replace(k).is_some_and(|was| was != k) {
+                        return Err("more than one body".into());
+                    }
+                }
+            }
+        }
+    }
+    let host_id = host_id.ok_or("missing header")?;
+    if seq == 0 {
+        return Err("sequence number 0".into());
+    }
+    let kind = kind.ok_or("missing body")?;
+    Ok(EventKeys { host_id, seq, kind })
+}
+
+/// A top-level protobuf field's value, as far as [`scan_event`] cares.
+enum FieldValue<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// Reads one field (key and value) off `buf`.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, FieldValue<'a>), String> {
+    let key = prost::encoding::decode_varint(buf).map_err(|e| e.to_string())?;
+    let field = u32::try_from(key >> 3)
+        .ok()
+        .filter(|&f| f > 0)
+        .ok_or("invalid field number")?;
+    let value = match key & 7 {
+        0 => FieldValue::Varint(prost::encoding::decode_varint(buf).map_err(|e| e.to_string())?),
+        1 => {
+            take(buf, 8)?;
+            FieldValue::Fixed
+        }
+        2 => {
+            let len = prost::encoding::decode_varint(buf).map_err(|e| e.to_string())?;
+            let len = usize::try_from(len).map_err(|_| "length overflows")?;
+            FieldValue::Bytes(take(buf, len)?)
+        }
+        5 => {
+            take(buf, 4)?;
+            FieldValue::Fixed
+        }
+        w => return Err(format!("wire type {w} not allowed")),
+    };
+    Ok((field, value))
+}
+
+/// Takes the next `n` bytes off `buf`.
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if buf.len() < n {
+        return Err("field runs past the event".into());
+    }
+    let (head, tail) = buf.split_at(n);
+    *buf = tail;
+    Ok(head)
+}
+
+impl BatchAck {
+    /// An answer without a receipt: what a relay says of its own accord,
+    /// or a sink about a batch whose header it could not read. An origin
+    /// never deletes events on such an answer.
+    pub fn unsigned(batch_id: u64, status: crate::v1::batch_ack::Status, detail: String) -> Self {
+        BatchAck {
+            batch_id,
+            status: status as i32,
+            detail,
+            ..Default::default()
+        }
+    }
 }
 
 /// Decodes an ack received from the network.
@@ -211,6 +603,17 @@ pub fn decode_ack(bytes: &[u8]) -> Result<BatchAck, DecodeError> {
         });
     }
     BatchAck::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))
+}
+
+/// Decodes a receipt carried in an ack (after its signature was checked).
+pub fn decode_receipt(bytes: &[u8]) -> Result<BatchReceipt, DecodeError> {
+    if bytes.len() > MAX_RECEIPT_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_RECEIPT_BYTES,
+        });
+    }
+    BatchReceipt::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))
 }
 
 /// Checks that a host id is printable, bounded and non-empty. Host ids end up
@@ -228,30 +631,10 @@ pub fn check_host_id(host_id: &str) -> Result<(), DecodeError> {
     }
 }
 
-fn check_event(event: &Event, host_id: &str, len: usize) -> Result<(), String> {
-    let header = event.header.as_ref().ok_or("missing header")?;
-    if header.host_id != host_id {
-        return Err(format!(
-            "host id {:?} differs from the batch's",
-            header.host_id.chars().take(64).collect::<String>()
-        ));
-    }
-    if header.seq == 0 {
-        return Err("sequence number 0".into());
-    }
-    if event.body.is_none() {
-        return Err("missing body".into());
-    }
-    if len > MAX_EVENT_BYTES {
-        return Err(format!("{len} bytes, limit {MAX_EVENT_BYTES}"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{event::Body, EventHeader, ProcessExec};
+    use crate::v1::{event::Body, Event, EventHeader, ProcessExec};
 
     fn event(host: &str, seq: u64) -> Event {
         Event {
@@ -269,24 +652,64 @@ mod tests {
         }
     }
 
+    /// A batch as the origin builds it, with a placeholder signature (the
+    /// signature is checked in `starling_mesh::origin`, not here).
+    fn wire(list: EventListBuilder, host: &str) -> Vec<u8> {
+        list.finish(host, 7, 1).into_wire(vec![1; 64], vec![2; 100])
+    }
+
     fn encode(events: &[Event], host: &str) -> Vec<u8> {
         let mut b = EventListBuilder::default();
         for e in events {
-            b.push_encoded(&e.encode_to_vec());
+            let seq = e.header.as_ref().map_or(0, |h| h.seq);
+            b.push_encoded(seq, &e.encode_to_vec());
         }
-        b.finish(host, 7)
+        wire(b, host)
+    }
+
+    fn unseal(bytes: &[u8]) -> Result<CheckedBatch, DecodeError> {
+        open_batch(bytes)?.unseal()
+    }
+
+    /// Re-encodes `bytes` with its header changed by `edit`.
+    fn with_header(bytes: &[u8], edit: impl FnOnce(&mut BatchHeader)) -> Vec<u8> {
+        let mut batch = Batch::decode(bytes).unwrap();
+        let mut header = BatchHeader::decode(batch.header.as_slice()).unwrap();
+        edit(&mut header);
+        batch.header = header.encode_to_vec();
+        batch.encode_to_vec()
     }
 
     #[test]
     fn round_trip_keeps_every_event() {
         let events: Vec<_> = (1..=100).map(|s| event("h1", s)).collect();
-        let checked = decode_batch(&encode(&events, "h1")).expect("valid batch");
+        let bytes = encode(&events, "h1");
+        let opened = open_batch(&bytes).expect("valid envelope");
+        assert_eq!(opened.header.first_seq, 1);
+        assert_eq!(opened.header.last_seq, 100);
+        assert_eq!(opened.signature, vec![1; 64]);
+        assert!(opened.signing_bytes().starts_with(BATCH_SIGNING_DOMAIN));
+        let checked = opened.unseal().expect("valid batch");
         assert_eq!(checked.batch_id, 7);
         assert_eq!(checked.host_id, "h1");
-        assert_eq!(checked.events, events);
+        assert_eq!(checked.len(), 100);
         for (i, e) in events.iter().enumerate() {
             assert_eq!(checked.encoded(i), Some(e.encode_to_vec().as_slice()));
+            assert_eq!(checked.events[i].seq, i as u64 + 1);
+            assert_eq!(checked.events[i].kind, "process_exec");
         }
+    }
+
+    #[test]
+    fn the_signed_digest_covers_the_list_a_consumer_rebuilds() {
+        let events: Vec<_> = (5..=9).map(|s| event("h1", s)).collect();
+        let opened = open_batch(&encode(&events, "h1")).unwrap();
+        let mut list = Vec::new();
+        for e in &events {
+            frame_event(&mut list, &e.encode_to_vec());
+        }
+        assert_eq!(opened.header.list_sha256, sha256(&list));
+        assert_eq!(opened.header.list_len as usize, list.len());
     }
 
     #[test]
@@ -295,30 +718,57 @@ mod tests {
         let mut bytes = event("h1", 1).encode_to_vec();
         bytes.extend_from_slice(&[0xb8, 0x3e, 0x07]); // field 999, varint 7
         let mut b = EventListBuilder::default();
-        b.push_encoded(&bytes);
-        let checked = decode_batch(&b.finish("h1", 1)).expect("valid batch");
+        b.push_encoded(1, &bytes);
+        let checked = unseal(&wire(b, "h1")).expect("valid batch");
         assert_eq!(checked.encoded(0), Some(bytes.as_slice()));
     }
 
     #[test]
-    fn foreign_fields_in_the_list_are_rejected() {
-        let mut b = EventListBuilder::default();
-        b.push_encoded(&event("h1", 1).encode_to_vec());
-        let mut batch = Batch::decode(b.finish("h1", 1).as_slice()).unwrap();
+    fn an_altered_payload_is_refused_as_a_mismatch() {
+        let events: Vec<_> = (1..=3).map(|s| event("h1", s)).collect();
+        let mut batch = Batch::decode(encode(&events, "h1").as_slice()).unwrap();
+        let header = BatchHeader::decode(batch.header.as_slice()).unwrap();
         let mut plain =
-            lz4_flex::block::decompress(&batch.payload, batch.uncompressed_len as usize).unwrap();
-        plain.extend_from_slice(&[0x10, 0x01]); // field 2, varint
-        batch.uncompressed_len = plain.len() as u32;
-        batch.event_count = 1;
+            lz4_flex::block::decompress(&batch.payload, header.list_len as usize).unwrap();
+        let last = plain.len() - 1;
+        plain[last] ^= 1;
         batch.payload = lz4_flex::block::compress(&plain);
-        let err = decode_batch(&batch.encode_to_vec()).unwrap_err();
+        let err = unseal(&batch.encode_to_vec()).unwrap_err();
+        assert!(matches!(err, DecodeError::PayloadMismatch(_)), "{err}");
+        assert!(err.is_altered());
+    }
+
+    #[test]
+    fn foreign_fields_in_the_list_are_rejected() {
+        // A list with a stray field 2 after the event, signed as it is.
+        let mut plain = Vec::new();
+        frame_event(&mut plain, &event("h1", 1).encode_to_vec());
+        plain.extend_from_slice(&[0x10, 0x01]); // field 2, varint
+        let header = BatchHeader {
+            host_id: "h1".into(),
+            batch_id: 1,
+            first_seq: 1,
+            last_seq: 1,
+            event_count: 1,
+            list_len: plain.len() as u32,
+            list_sha256: sha256(&plain),
+            signed_at_unix_ms: 1,
+        };
+        let bytes = Batch {
+            header: header.encode_to_vec(),
+            compression: Compression::Lz4 as i32,
+            payload: lz4_flex::block::compress(&plain),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let err = unseal(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
     }
 
     #[test]
     fn event_of_another_host_is_rejected() {
         let events = vec![event("h1", 1), event("h2", 2)];
-        let err = decode_batch(&encode(&events, "h1")).unwrap_err();
+        let err = unseal(&encode(&events, "h1")).unwrap_err();
         assert!(
             matches!(err, DecodeError::BadEvent { index: 1, .. }),
             "{err}"
@@ -326,55 +776,151 @@ mod tests {
     }
 
     #[test]
-    fn zero_sequence_is_rejected() {
-        let err = decode_batch(&encode(&[event("h1", 0)], "h1")).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::BadEvent { index: 0, .. }),
-            "{err}"
-        );
+    fn sequence_numbers_must_match_the_signed_range() {
+        // Zero, a repeat, a decrease, and one outside the signed range.
+        let cases: [(&[u64], u64, u64); 4] = [
+            (&[0], 1, 1),
+            (&[3, 3], 3, 4),
+            (&[4, 3], 3, 4),
+            (&[1, 9], 1, 5),
+        ];
+        for (seqs, first, last) in cases {
+            let mut b = EventListBuilder::default();
+            for &s in seqs {
+                b.push_encoded(s, &event("h1", s).encode_to_vec());
+            }
+            let bytes = with_header(&wire(b, "h1"), |h| {
+                h.first_seq = first;
+                h.last_seq = last;
+            });
+            // The list digest still matches; the events do not fit.
+            let err = open_batch(&bytes)
+                .and_then(OpenedBatch::unseal)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DecodeError::BadEvent { .. } | DecodeError::BadHeader(_)
+                ),
+                "{seqs:?} in {first}..={last}: {err}"
+            );
+        }
     }
 
     #[test]
     fn oversized_input_is_rejected_before_decoding() {
         let big = vec![0u8; MAX_BATCH_BYTES + 1];
         assert!(matches!(
-            decode_batch(&big),
+            open_batch(&big),
             Err(DecodeError::TooLarge { .. })
         ));
     }
 
     #[test]
     fn declared_length_bomb_is_rejected() {
-        let batch = Batch {
-            host_id: "h1".into(),
-            batch_id: 1,
-            compression: Compression::Lz4 as i32,
-            uncompressed_len: u32::MAX,
-            event_count: 1,
-            payload: vec![0; 10],
-        };
-        let err = decode_batch(&batch.encode_to_vec()).unwrap_err();
+        let bytes = with_header(&encode(&[event("h1", 1)], "h1"), |h| h.list_len = u32::MAX);
+        let err = open_batch(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
     }
 
     #[test]
     fn count_mismatch_is_rejected() {
-        let mut b = EventListBuilder::default();
-        b.push_encoded(&event("h1", 1).encode_to_vec());
-        let mut batch = Batch::decode(b.finish("h1", 1).as_slice()).unwrap();
-        batch.event_count = 2;
-        let err = decode_batch(&batch.encode_to_vec()).unwrap_err();
+        let bytes = with_header(&encode(&[event("h1", 1)], "h1"), |h| {
+            h.event_count = 2;
+            h.last_seq = 2;
+        });
+        let err = unseal(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::CountMismatch { .. }), "{err}");
+        assert!(!err.is_altered(), "the list is as signed");
+    }
+
+    #[test]
+    fn header_limits_are_enforced() {
+        let ok = encode(&[event("h1", 1)], "h1");
+        let mut batch = Batch::decode(ok.as_slice()).unwrap();
+        batch.certificate = vec![0; MAX_CERTIFICATE_BYTES + 1];
+        assert!(matches!(
+            open_batch(&batch.encode_to_vec()),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let empty = with_header(&ok, |h| h.event_count = 0);
+        assert!(matches!(open_batch(&empty), Err(DecodeError::BadHeader(_))));
+        let short = with_header(&ok, |h| h.list_sha256.truncate(16));
+        assert!(matches!(open_batch(&short), Err(DecodeError::BadHeader(_))));
+        let host = with_header(&ok, |h| h.host_id = "a b".into());
+        assert!(matches!(open_batch(&host), Err(DecodeError::BadHostId(_))));
+    }
+
+    #[test]
+    fn events_without_header_or_body_are_rejected() {
+        let no_body = Event {
+            body: None,
+            ..event("h1", 1)
+        };
+        let no_header = Event {
+            header: None,
+            ..event("h1", 1)
+        };
+        for e in [no_body, no_header] {
+            let mut b = EventListBuilder::default();
+            b.push_encoded(1, &e.encode_to_vec());
+            let err = unseal(&wire(b, "h1")).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::BadEvent { index: 0, .. }),
+                "{err}"
+            );
+        }
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for seed in 0u8..=255 {
+        // Junk as a whole batch, as an event list under a valid header, and
+        // as an ack: each must be refused with an error.
+        for seed in 1u8..=255 {
             let junk: Vec<u8> = (0..512u32)
                 .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
                 .collect();
-            let _ = decode_batch(&junk);
-            let _ = decode_ack(&junk);
+            let as_batch = open_batch(&junk).and_then(OpenedBatch::unseal);
+            assert!(as_batch.is_err(), "seed {seed}: junk batch accepted");
+            let mut b = EventListBuilder::default();
+            b.push_encoded(1, &junk);
+            let as_event = unseal(&wire(b, "h1"));
+            assert!(as_event.is_err(), "seed {seed}: junk event accepted");
+            if let Ok(ack) = decode_ack(&junk) {
+                // Junk that happens to parse must not look like a receipt
+                // a node would act on without checking its signature.
+                assert!(ack.receipt.len() <= junk.len());
+            }
+        }
+        assert!(decode_ack(&vec![0u8; MAX_ACK_BYTES + 1]).is_err());
+        assert!(decode_receipt(&vec![0u8; MAX_RECEIPT_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn every_body_field_maps_to_its_kind() {
+        // Decode an empty body under each field number with prost, and
+        // check the scanner names the same kind: a kind added to the schema
+        // but not to the table fails here.
+        for field in 2u32..=200 {
+            let mut bytes = Vec::new();
+            let header = EventHeader {
+                host_id: "h1".into(),
+                seq: 1,
+                ..Default::default()
+            };
+            prost::encoding::message::encode(1, &header, &mut bytes);
+            prost::encoding::encode_key(
+                field,
+                prost::encoding::WireType::LengthDelimited,
+                &mut bytes,
+            );
+            bytes.push(0);
+            let decoded = Event::decode(bytes.as_slice()).unwrap();
+            let scanned = scan_event(&bytes).map(|k| k.kind);
+            match decoded.body {
+                Some(_) => assert_eq!(scanned, Ok(crate::event_kind(&decoded)), "field {field}"),
+                None => assert!(scanned.is_err(), "field {field} is no body"),
+            }
         }
     }
 

@@ -14,3 +14,12 @@ pub const MAX_ACK_BYTES: usize = 64 * 1024;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest host id accepted.
 pub const MAX_HOST_ID_LEN: usize = 253;
+/// Largest signed batch header (a host id and a handful of numbers).
+pub const MAX_BATCH_HEADER_BYTES: usize = 1024;
+/// Largest signature beside a batch or a receipt (Ed25519: 64 bytes,
+/// ECDSA P-256: at most 72).
+pub const MAX_SIGNATURE_BYTES: usize = 512;
+/// Largest certificate beside a signature.
+pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
+/// Largest receipt inside an ack.
+pub const MAX_RECEIPT_BYTES: usize = 1024;

@@ -1,13 +1,57 @@
 //! A raw data-plane client that sends whatever bytes a test gives it: the
-//! tool for checking how the sink treats hostile or broken peers.
+//! tool for checking how the sink treats hostile or broken peers. Batches
+//! are signed with [`signed_batch`], by the production signing code, with
+//! whatever key a test holds (its own host's, or another's to forge).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
+use prost::Message;
 use starling_mesh::identity::{TlsFiles, DATA_PLANE_ALPN};
+use starling_mesh::origin::HostKey;
 use starling_mesh::trust::DataPlaneTrust;
-use starling_proto::batch::decode_ack;
-use starling_proto::v1::BatchAck;
+use starling_proto::batch::{decode_ack, EventListBuilder};
+use starling_proto::v1::{BatchAck, Event};
+
+/// The signing key of the host whose credentials are `files`.
+pub fn host_key(files: &TlsFiles) -> anyhow::Result<HostKey> {
+    Ok(DataPlaneTrust::load(files, None)?.host_key()?)
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An encoded batch of `events` naming `host`, signed with `key` now, as
+/// the node's uplink makes them. Events go in as given (their own host ids
+/// and sequence numbers).
+pub fn signed_batch(
+    key: &HostKey,
+    host: &str,
+    batch_id: u64,
+    events: &[Event],
+) -> anyhow::Result<Vec<u8>> {
+    let mut list = EventListBuilder::default();
+    for e in events {
+        let seq = e.header.as_ref().map_or(0, |h| h.seq);
+        list.push_encoded(seq, &e.encode_to_vec());
+    }
+    signed_list(key, host, batch_id, list)
+}
+
+/// Signs an event list that a caller built itself.
+pub fn signed_list(
+    key: &HostKey,
+    host: &str,
+    batch_id: u64,
+    list: EventListBuilder,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(key.seal(list.finish(host, batch_id, unix_ms()))?.bytes)
+}
 
 /// Which credentials the client presents.
 pub enum Credentials {

@@ -15,9 +15,21 @@ use starling_proto::v1::{event::Body, Event};
 /// One message of the topic, decoded.
 #[derive(Debug, Clone)]
 pub struct ConsumedEvent {
+    /// The message key (the host id).
     pub key: String,
-    pub headers: BTreeMap<String, String>,
+    /// Every header, as the bytes the sink wrote.
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// The payload, decoded.
     pub event: Event,
+    /// The payload as it arrived.
+    pub payload: Vec<u8>,
+}
+
+impl ConsumedEvent {
+    /// A header as text (None when absent or not UTF-8).
+    pub fn header(&self, key: &str) -> Option<&str> {
+        std::str::from_utf8(self.headers.get(key)?).ok()
+    }
 }
 
 /// The argv of an exec event (empty for any other kind): tests find their
@@ -123,18 +135,16 @@ impl KafkaReader {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        let v = hd
-                            .value
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default();
-                        headers.insert(hd.key.to_owned(), v);
+                        headers.insert(hd.key.to_owned(), hd.value.unwrap_or_default().to_vec());
                     }
                 }
-                match Event::decode(m.payload().unwrap_or_default()) {
+                let payload = m.payload().unwrap_or_default();
+                match Event::decode(payload) {
                     Ok(event) => self.records.push(ConsumedEvent {
                         key,
                         headers,
                         event,
+                        payload: payload.to_vec(),
                     }),
                     Err(_) => self.undecodable += 1,
                 }

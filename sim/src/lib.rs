@@ -6,13 +6,14 @@
 
 pub mod broker;
 pub mod client;
+pub mod hostile_relay;
 pub mod kafka;
 pub mod netns;
 pub mod netsim;
 pub mod process;
 
 pub use broker::Broker;
-pub use process::{Fleet, MeshOptions, NodeProcess, SinkProcess};
+pub use process::{local_metric, Fleet, MeshOptions, NodeProcess, SinkProcess};
 
 use std::time::{Duration, Instant};
 

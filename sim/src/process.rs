@@ -227,6 +227,22 @@ pub fn scrape(port: u16, series: &str) -> Option<f64> {
     samples(&metrics_page(port)?).find_map(|(name, value)| (name == series).then_some(value))
 }
 
+/// One metric of this test process itself, for tests that run a daemon's
+/// library parts in process: a Prometheus recorder is installed on first
+/// use (once per process) and read back.
+pub fn local_metric(series: &str) -> Option<f64> {
+    static RECORDER: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    let handle = RECORDER.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok()
+    });
+    let page = handle.as_ref()?.render();
+    let value = samples(&page).find_map(|(name, value)| (name == series).then_some(value));
+    value
+}
+
 /// The sum of every series of a Prometheus endpoint whose text starts
 /// with `prefix` (e.g. all `kind`s of one drop reason); None when the
 /// endpoint does not answer, 0 when no series matches.

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use prost::Message;
 use starling_mesh::identity::{Role, TlsFiles};
-use starling_proto::batch::EventListBuilder;
+use starling_mesh::origin::HostKey;
 use starling_proto::v1::batch_ack::Status;
-use starling_proto::v1::{event::Body, Batch, Compression, Event, EventHeader, ProcessExec};
-use starling_sim::client::{send_on, Credentials, RawClient};
+use starling_proto::v1::{
+    event::Body, Batch, BatchHeader, Compression, Event, EventHeader, ProcessExec,
+};
+use starling_sim::client::{host_key, send_on, signed_batch, Credentials, RawClient};
 use starling_sim::{wait_for, Fleet, SinkProcess};
 use starling_sink::local_store::LocalStoreReader;
 
@@ -115,8 +117,12 @@ async fn the_sink_cuts_off_a_node_when_its_certificate_is_revoked() -> anyhow::R
     let connect =
         |creds: TlsFiles| RawClient::connect(&addr, "sink-1", Credentials::Certificate(creds));
 
+    let web01_key = host_key(&web01)?;
+    let web02_key = host_key(&web02)?;
     let revoked = connect(web01.clone()).await?;
-    let ack = revoked.send(&batch("web-01", 1, 1..=3)).await?;
+    let ack = revoked
+        .send(&batch(&web01_key, "web-01", 1, 1..=3)?)
+        .await?;
     assert_eq!(ack.status(), Status::Persisted);
 
     fleet.revoke("web-01")?;
@@ -133,7 +139,7 @@ async fn the_sink_cuts_off_a_node_when_its_certificate_is_revoked() -> anyhow::R
     assert!(again.is_err(), "a revoked node was served again");
 
     let other = connect(web02).await?;
-    let ack = other.send(&batch("web-02", 1, 1..=1)).await?;
+    let ack = other.send(&batch(&web02_key, "web-02", 1, 1..=1)?).await?;
     assert_eq!(
         ack.status(),
         Status::Persisted,
@@ -168,12 +174,15 @@ fn exec_event(host: &str, seq: u64) -> Event {
     }
 }
 
-fn batch(host: &str, id: u64, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
-    let mut b = EventListBuilder::default();
-    for s in seqs {
-        b.push_encoded(&exec_event(host, s).encode_to_vec());
-    }
-    b.finish(host, id)
+/// A batch of exec events numbered `seqs`, signed by `key` for `host`.
+fn batch(
+    key: &HostKey,
+    host: &str,
+    id: u64,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<Vec<u8>> {
+    let events: Vec<Event> = seqs.map(|s| exec_event(host, s)).collect();
+    signed_batch(key, host, id, &events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,34 +190,37 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
 {
     let fleet = Fleet::new()?;
     let sink = SinkProcess::start(&fleet, "sink-1", None)?;
-    let node = fleet.issue(Role::Node, "fuzz-host")?;
-    let client = RawClient::connect(
-        &sink.address(),
-        "sink-1",
-        Credentials::Certificate(files(&fleet, node)),
-    )
-    .await?;
+    let node = files(&fleet, fleet.issue(Role::Node, "fuzz-host")?);
+    let key = host_key(&node)?;
+    let client =
+        RawClient::connect(&sink.address(), "sink-1", Credentials::Certificate(node)).await?;
 
     let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let oversized = vec![0x42u8; 5 * 1024 * 1024];
     let bomb = Batch {
-        host_id: "fuzz-host".into(),
-        batch_id: 99,
+        header: BatchHeader {
+            host_id: "fuzz-host".into(),
+            batch_id: 99,
+            first_seq: 1,
+            last_seq: 1,
+            event_count: 1,
+            list_len: u32::MAX,
+            list_sha256: vec![0; 32],
+            signed_at_unix_ms: starling_sim::client::unix_ms(),
+        }
+        .encode_to_vec(),
         compression: Compression::Lz4 as i32,
-        uncompressed_len: u32::MAX,
-        event_count: 1,
         payload: vec![0xff; 64],
+        ..Default::default()
     }
     .encode_to_vec();
-    // (A batch for another host is not hostile here: an aggregator relays
-    // other hosts' batches, and checks each against its node's certificate;
-    // sim/tests/mesh.rs covers that check.)
-    let bad_seq = batch("fuzz-host", 97, 0..=0);
+    // Signed by the host, but its event's sequence number is 0.
+    let bad_seq = batch(&key, "fuzz-host", 97, 0..=0)?;
 
     // Valid batches are interleaved with the hostile ones, all in flight at once.
     let valid: Vec<Vec<u8>> = (0..8)
-        .map(|i| batch("fuzz-host", i + 1, (i * 10 + 1)..=(i * 10 + 10)))
-        .collect();
+        .map(|i| batch(&key, "fuzz-host", i + 1, (i * 10 + 1)..=(i * 10 + 10)))
+        .collect::<anyhow::Result<_>>()?;
     let hostile = [garbage, oversized, bomb, bad_seq];
     let (valid_acks, hostile_acks) = tokio::join!(
         futures_join(&client, &valid),
@@ -253,7 +265,7 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
         .events
         .iter()
         .all(|(_, e)| e.header.as_ref().is_some_and(|h| h.host_id == "fuzz-host")));
-    let again = client.send(&batch("fuzz-host", 50, 81..=81)).await?;
+    let again = client.send(&batch(&key, "fuzz-host", 50, 81..=81)?).await?;
     assert_eq!(again.status(), Status::Persisted);
     client.close().await;
     Ok(())

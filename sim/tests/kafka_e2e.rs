@@ -72,15 +72,9 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
         assert_eq!(h.host_id, "e2e-host");
         assert!(h.seq > 0 && h.time_unix_ns > 0 && h.ktime_ns > 0 && h.cgroup_id > 0);
         assert_eq!(rec.key, "e2e-host", "message key is the host id");
-        assert_eq!(
-            rec.headers.get("starling-kind").map(String::as_str),
-            Some("process_exec")
-        );
-        assert_eq!(
-            rec.headers.get("starling-schema").map(String::as_str),
-            Some("starling.v1.Event")
-        );
-        assert_eq!(rec.headers.get("starling-seq"), Some(&h.seq.to_string()));
+        assert_eq!(rec.header("starling-kind"), Some("process_exec"));
+        assert_eq!(rec.header("starling-schema"), Some("starling.v1.Event"));
+        assert_eq!(rec.header("starling-seq"), Some(h.seq.to_string().as_str()));
     }
     assert_eq!(reader.undecodable, 0);
     Ok(())

@@ -1,42 +1,48 @@
-//! The sink's Kafka writer survives a fatal producer error (an idempotent
-//! producer fenced after timeouts never recovers by itself): the failing
-//! batch is answered RETRY, the producer is replaced, and every event of a
-//! resent batch arrives. Needs tansu (scripts/setup installs it).
+//! The sink survives a fatal producer error (an idempotent producer fenced
+//! after timeouts never recovers by itself): the batch that hit it is
+//! answered RETRY on the wire, the producer is replaced and counted, and
+//! the node's resend arrives. The sink runs in this process (its real
+//! ingress and Kafka writer on a real QUIC endpoint), because the fault is
+//! injected with librdkafka's test hook on its producer; the node is a
+//! real process. Needs tansu (scripts/setup installs it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
-use starling_proto::batch::{decode_batch, CheckedBatch, EventListBuilder};
-use starling_proto::v1::{event::Body, Event, EventHeader, ProcessExec};
+use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::trust::DataPlaneTrust;
+use starling_node::spool::{DropPolicy, Spool};
 use starling_sim::kafka::KafkaReader;
-use starling_sim::Broker;
-use starling_sink::config::KafkaSection;
-use starling_sink::kafka::KafkaWriter;
+use starling_sim::{local_metric, sample_exec_event, wait_for, Broker, Fleet, NodeProcess};
+use starling_sink::backend::Backend;
+use starling_sink::config::{KafkaSection, OriginSection};
+use starling_sink::ingress::{self, Ingress};
+use starling_sink::kafka::{KafkaWriter, PRODUCER_RESTARTS};
+use tokio::sync::watch;
 
 const TOPIC: &str = "fatal.recovery";
-
-fn batch(seqs: std::ops::RangeInclusive<u64>) -> CheckedBatch {
-    let mut b = EventListBuilder::default();
-    for seq in seqs {
-        let e = Event {
-            header: Some(EventHeader {
-                host_id: "h1".into(),
-                seq,
-                ..Default::default()
-            }),
-            body: Some(Body::ProcessExec(ProcessExec {
-                filename: "/bin/true".into(),
-                ..Default::default()
-            })),
-        };
-        b.push_encoded(&e.encode_to_vec());
-    }
-    decode_batch(&b.finish("h1", 1)).expect("valid batch")
-}
+const HOST: &str = "recovery-host";
+const EVENTS: u64 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fatal_producer_error_is_recovered_and_nothing_is_lost() -> anyhow::Result<()> {
+async fn a_fatal_producer_error_is_answered_retry_and_recovered() -> anyhow::Result<()> {
+    // Installs this process's recorder before the sink's first metric.
+    assert_eq!(local_metric(PRODUCER_RESTARTS), None);
     let broker = Broker::start()?;
+    let fleet = Fleet::new()?;
+
+    // The sink, in process.
+    let (cert, key) = fleet.issue(Role::Sink, "sink-1")?;
+    let trust = DataPlaneTrust::load(
+        &TlsFiles {
+            ca_cert: fleet.ca_cert(),
+            cert,
+            key,
+        },
+        None,
+    )?;
+    let mut server = trust.server_config()?;
+    server.transport_config(Arc::new(ingress::transport(64)));
     let writer = KafkaWriter::new(&KafkaSection {
         brokers: broker.bootstrap(),
         topic: TOPIC.into(),
@@ -44,29 +50,64 @@ async fn a_fatal_producer_error_is_recovered_and_nothing_is_lost() -> anyhow::Re
         partitions: 1,
         replication_factor: 1,
         delivery_timeout_ms: 10_000,
+        origin_proof: false,
         properties: Default::default(),
     })
     .await?;
+    let backend = Arc::new(Backend::Kafka(writer));
+    let sink = Ingress::new(backend.clone(), 16, trust, &OriginSection::default())?;
+    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    let address = endpoint.local_addr()?.to_string();
+    let (stop, stop_rx) = watch::channel(false);
+    let serving = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { sink.serve(&endpoint, stop_rx, Duration::from_secs(5)).await })
+    };
 
-    writer.persist(&batch(1..=5)).await?;
+    // The node's events wait in its spool before it starts.
+    let spool_dir = fleet.path().join(HOST).join("data/spool");
+    std::fs::create_dir_all(&spool_dir)?;
+    {
+        let spool = Spool::open(&spool_dir, HOST, u64::MAX, DropPolicy::DropNewest, false)?;
+        spool.append((0..EVENTS).map(sample_exec_event).collect())?;
+    }
+    // The producer dies before the first batch arrives.
+    let Backend::Kafka(writer) = &*backend else {
+        unreachable!()
+    };
     writer.simulate_fatal_error();
-    let second = batch(6..=10);
-    let failed = writer.persist(&second).await;
-    assert!(failed.is_err(), "a dead producer cannot persist");
-    // The node resends the batch it got RETRY for.
-    writer.persist(&second).await?;
 
-    let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
-    let mut seqs = std::collections::BTreeSet::new();
-    let all = tokio::task::block_in_place(|| {
-        reader.poll_until(Duration::from_secs(30), |recs| {
-            seqs = recs
-                .iter()
-                .filter_map(|r| r.event.header.as_ref().map(|h| h.seq))
-                .collect();
-            (1..=10).all(|s| seqs.contains(&s))
+    let node = NodeProcess::start(&fleet, HOST, &[(address, "sink-1".into())], false)?;
+    let acked = tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(60), || {
+            let n = node.metric("starling_node_events_acked_total")?;
+            (n as u64 >= EVENTS).then_some(())
         })
     });
-    assert!(all, "events missing after recovery: have {seqs:?}");
+    assert!(
+        acked.is_some(),
+        "the node's events were never acked\n{}",
+        node.log()
+    );
+    let retried = node
+        .metric("starling_node_batches_total{result=\"retry\"}")
+        .unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "the batch that hit the dead producer was answered RETRY on the wire"
+    );
+    assert_eq!(
+        local_metric(PRODUCER_RESTARTS),
+        Some(1.0),
+        "one producer replaced, and counted"
+    );
+
+    let mut reader = KafkaReader::new(&broker.bootstrap(), TOPIC)?;
+    let all = tokio::task::block_in_place(|| {
+        reader.wait_for_sequence(HOST, EVENTS, Duration::from_secs(30))
+    });
+    assert_eq!(all, Ok(()), "sequence numbers missing from Kafka");
+    let _ = stop.send(true);
+    let _ = serving.await;
     Ok(())
 }

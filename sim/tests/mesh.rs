@@ -10,15 +10,24 @@ use std::time::{Duration, Instant};
 use starling_mesh::election::{elect, ElectionParams, Member};
 use starling_mesh::identity::{Role, TlsFiles};
 use starling_mesh::status::MeshStatus;
-use starling_proto::batch::EventListBuilder;
 use starling_proto::v1::batch_ack::Status;
-use starling_sim::client::{Credentials, RawClient};
+use starling_sim::client::{host_key, signed_batch, Credentials, RawClient};
 use starling_sim::kafka::is_marked_exec;
 use starling_sim::{free_port, is_root, wait_for, Fleet, MeshOptions, NodeProcess, SinkProcess};
 use starling_sink::local_store::LocalStoreReader;
 
 const NODES: usize = 12;
 const ZONE: &str = "mesh-test";
+
+/// An exec event as `host` would report it.
+fn forged_exec(host: &str, seq: u64) -> starling_proto::v1::Event {
+    let mut e = starling_sim::sample_exec_event(seq);
+    if let Some(h) = e.header.as_mut() {
+        h.host_id = host.into();
+        h.seq = seq;
+    }
+    e
+}
 
 fn exec_marked(marker: &str, n: usize) {
     for _ in 0..n {
@@ -217,21 +226,21 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         .and_then(|c| c.members.iter().find(|m| m.host == aggregator.host))
         .map(|m| m.relay.clone())
         .expect("the aggregator's relay address");
+    // An enrolled host sends, through a real aggregator, a well-formed
+    // batch it signed for another host.
     let impostor = fleet.issue(Role::Node, "impostor")?;
+    let impostor = TlsFiles {
+        ca_cert: fleet.ca_cert(),
+        cert: impostor.0,
+        key: impostor.1,
+    };
+    let victim = &sensor_hosts[0];
+    let forged = signed_batch(&host_key(&impostor)?, victim, 1, &[forged_exec(victim, 1)])?;
     let ack = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = RawClient::connect(
-            &relay,
-            &aggregator.host,
-            Credentials::Certificate(TlsFiles {
-                ca_cert: fleet.ca_cert(),
-                cert: impostor.0,
-                key: impostor.1,
-            }),
-        )
-        .await?;
-        let mut b = EventListBuilder::default();
-        b.push_encoded(&[]);
-        client.send(&b.finish(&sensor_hosts[0], 1)).await
+        let client =
+            RawClient::connect(&relay, &aggregator.host, Credentials::Certificate(impostor))
+                .await?;
+        client.send(&forged).await
     })?;
     assert_eq!(ack.status(), Status::Rejected, "{}", ack.detail);
     assert!(ack.detail.contains("impostor"), "{}", ack.detail);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use starling_proto::batch::CheckedBatch;
+use starling_proto::batch::{CheckedBatch, Seal};
 
 use crate::kafka::{KafkaWriteError, KafkaWriter};
 use crate::local_store::{LocalStore, StoreError};
@@ -11,6 +11,16 @@ use crate::local_store::{LocalStore, StoreError};
 pub enum Backend {
     Kafka(KafkaWriter),
     Local(LocalStore),
+}
+
+/// Who vouched for a batch: the certificate whose signature the sink
+/// checked, and the seal itself for consumers that check it again.
+#[derive(Debug, Clone, Copy)]
+pub struct Provenance<'a> {
+    /// Lowercase hex SHA-256 of the origin's certificate.
+    pub fingerprint: &'a str,
+    /// The signed header, the signature and the certificate.
+    pub seal: &'a Seal,
 }
 
 /// A persist failure; the batch is answered RETRY.
@@ -25,9 +35,13 @@ pub enum PersistError {
 impl Backend {
     /// Persists every event of the batch, as the node encoded it; Ok only
     /// when all of them are durable.
-    pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), PersistError> {
+    pub async fn persist(
+        &self,
+        batch: &CheckedBatch,
+        provenance: &Provenance<'_>,
+    ) -> Result<(), PersistError> {
         match self {
-            Backend::Kafka(k) => Ok(k.persist(batch).await?),
+            Backend::Kafka(k) => Ok(k.persist(batch, provenance).await?),
             Backend::Local(s) => Ok(tokio::task::block_in_place(|| {
                 s.persist(batch.iter_encoded().map(|(_, bytes)| bytes))
             })?),

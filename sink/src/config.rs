@@ -36,8 +36,36 @@ pub struct SinkConfig {
     pub kafka: Option<KafkaSection>,
     pub local_store: LocalStoreSection,
     pub limits: LimitsSection,
+    pub origin: OriginSection,
     pub mesh: MeshSection,
     pub metrics: MetricsSection,
+}
+
+/// How the sink checks that the host a batch names signed it
+/// (docs/mesh.md, "Data-plane trust").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    /// A batch signed longer ago than this, or this far ahead of the
+    /// sink's clock, is refused (REJECT_CLOCK; the node corrects its clock
+    /// from the receipt and signs again). Persisted batches are remembered
+    /// for at least this long, so a replay within it is recognised.
+    pub max_batch_age_secs: u64,
+    /// Most persisted batches remembered to recognise replays (about 40
+    /// bytes each).
+    pub replay_window_batches: usize,
+    /// Host certificates remembered once verified (per generation of two).
+    pub credential_cache: usize,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        Self {
+            max_batch_age_secs: 600,
+            replay_window_batches: 1_000_000,
+            credential_cache: starling_mesh::origin::DEFAULT_CREDENTIAL_CACHE,
+        }
+    }
 }
 
 /// Mesh membership: the sink announces itself so aggregators find it.
@@ -100,6 +128,11 @@ pub struct KafkaSection {
     /// answered RETRY (the node then sends it again).
     #[serde(default = "default_delivery_timeout")]
     pub delivery_timeout_ms: u32,
+    /// Also write the origin's signed header, signature and certificate in
+    /// every message's headers, so consumers can check the signature
+    /// themselves (docs/events.md, "Checking the origin").
+    #[serde(default)]
+    pub origin_proof: bool,
     /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*, ...).
     /// `enable.idempotence` and `acks` cannot be weakened here.
     #[serde(default)]
@@ -157,6 +190,7 @@ impl Default for SinkConfig {
             kafka: None,
             local_store: LocalStoreSection::default(),
             limits: LimitsSection::default(),
+            origin: OriginSection::default(),
             mesh: MeshSection::default(),
             metrics: MetricsSection::default(),
         }
@@ -302,6 +336,21 @@ impl SinkConfig {
                 "limits.max_streams_per_connection",
                 "must be between 1 and 1024",
             ));
+        }
+        if !(10..=86_400).contains(&self.origin.max_batch_age_secs) {
+            return Err(invalid(
+                "origin.max_batch_age_secs",
+                "must be between 10 and 86400",
+            ));
+        }
+        if self.origin.replay_window_batches < 1000 {
+            return Err(invalid(
+                "origin.replay_window_batches",
+                "must be at least 1000",
+            ));
+        }
+        if self.origin.credential_cache == 0 {
+            return Err(invalid("origin.credential_cache", "must be at least 1"));
         }
         if self.mesh.enabled {
             for (field, list) in [

@@ -18,6 +18,7 @@ use rdkafka::ClientContext;
 use starling_proto::batch::CheckedBatch;
 use tokio::sync::Notify;
 
+use crate::backend::Provenance;
 use crate::config::KafkaSection;
 
 /// Kafka header naming the payload's protobuf message type.
@@ -28,6 +29,17 @@ pub const HEADER_KIND: &str = "starling-kind";
 pub const HEADER_HOST: &str = "starling-host";
 /// Kafka header with the event's per-host sequence number (decimal).
 pub const HEADER_SEQ: &str = "starling-seq";
+/// Kafka header with the lowercase hex SHA-256 of the certificate whose
+/// signature over the event's batch the sink checked: the event is the
+/// origin host's own (docs/events.md, "Checking the origin").
+pub const HEADER_ORIGIN: &str = "starling-origin";
+/// With `kafka.origin_proof`: the batch's signed header (an encoded
+/// `starling.v1.BatchHeader`).
+pub const HEADER_BATCH_HEADER: &str = "starling-batch-header";
+/// With `kafka.origin_proof`: the origin's signature over the header.
+pub const HEADER_BATCH_SIGNATURE: &str = "starling-batch-signature";
+/// With `kafka.origin_proof`: the origin's certificate (DER).
+pub const HEADER_ORIGIN_CERTIFICATE: &str = "starling-origin-certificate";
 
 /// Why a batch could not be persisted to Kafka (the node will resend).
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +150,8 @@ pub struct KafkaWriter {
     producer: RwLock<Arc<SinkProducer>>,
     config: ClientConfig,
     topic: String,
+    /// Write the origin's seal into every message's headers.
+    origin_proof: bool,
 }
 
 fn client_config(cfg: &KafkaSection) -> ClientConfig {
@@ -169,6 +183,7 @@ impl KafkaWriter {
             producer: RwLock::new(Arc::new(producer)),
             config: c,
             topic: cfg.topic.clone(),
+            origin_proof: cfg.origin_proof,
         })
     }
 
@@ -234,10 +249,14 @@ impl KafkaWriter {
 
     /// Produces every event of the batch (the node's own bytes) and waits
     /// until all are PERSISTED.
-    pub async fn persist(&self, batch: &CheckedBatch) -> Result<(), KafkaWriteError> {
+    pub async fn persist(
+        &self,
+        batch: &CheckedBatch,
+        provenance: &Provenance<'_>,
+    ) -> Result<(), KafkaWriteError> {
         let producer = self.current();
-        let reports = BatchReports::new(batch.events.len());
-        let result = self.produce(&producer, batch, &reports).await;
+        let reports = BatchReports::new(batch.len());
+        let result = self.produce(&producer, batch, provenance, &reports).await;
         if result.is_err() {
             let lost = reports.identity_lost.load(Ordering::Acquire);
             self.replace_if_dead(&producer, lost);
@@ -249,30 +268,51 @@ impl KafkaWriter {
         &self,
         producer: &SinkProducer,
         batch: &CheckedBatch,
+        provenance: &Provenance<'_>,
         reports: &Arc<BatchReports>,
     ) -> Result<(), KafkaWriteError> {
         let mut seq_text = String::new();
         for (e, payload) in batch.iter_encoded() {
-            let seq = e.header.as_ref().map_or(0, |h| h.seq);
             seq_text.clear();
-            write!(seq_text, "{seq}").ok();
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: HEADER_SCHEMA,
-                    value: Some(starling_proto::SCHEMA_NAME),
-                })
-                .insert(Header {
-                    key: HEADER_KIND,
-                    value: Some(starling_proto::event_kind(e)),
-                })
-                .insert(Header {
-                    key: HEADER_HOST,
-                    value: Some(batch.host_id.as_str()),
-                })
-                .insert(Header {
-                    key: HEADER_SEQ,
-                    value: Some(seq_text.as_str()),
-                });
+            write!(seq_text, "{}", e.seq).ok();
+            let mut headers =
+                OwnedHeaders::new_with_capacity(if self.origin_proof { 8 } else { 5 })
+                    .insert(Header {
+                        key: HEADER_SCHEMA,
+                        value: Some(starling_proto::SCHEMA_NAME),
+                    })
+                    .insert(Header {
+                        key: HEADER_KIND,
+                        value: Some(e.kind),
+                    })
+                    .insert(Header {
+                        key: HEADER_HOST,
+                        value: Some(batch.host_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_SEQ,
+                        value: Some(seq_text.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_ORIGIN,
+                        value: Some(provenance.fingerprint),
+                    });
+            if self.origin_proof {
+                let seal = provenance.seal;
+                headers = headers
+                    .insert(Header {
+                        key: HEADER_BATCH_HEADER,
+                        value: Some(seal.header.as_slice()),
+                    })
+                    .insert(Header {
+                        key: HEADER_BATCH_SIGNATURE,
+                        value: Some(seal.signature.as_slice()),
+                    })
+                    .insert(Header {
+                        key: HEADER_ORIGIN_CERTIFICATE,
+                        value: Some(seal.certificate.as_slice()),
+                    });
+            }
             let mut record = BaseRecord::with_opaque_to(&self.topic, reports.clone())
                 .key(batch.host_id.as_str())
                 .payload(payload)

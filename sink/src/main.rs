@@ -89,7 +89,13 @@ async fn run(config: SinkConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let trust_task = tokio::spawn(trust.clone().watch(shutdown_rx.clone()));
-    let ingress = Ingress::new(backend.clone(), config.limits.max_connections, trust);
+    let ingress = Ingress::new(
+        backend.clone(),
+        config.limits.max_connections,
+        trust,
+        &config.origin,
+    )
+    .context("loading this sink's key to sign receipts")?;
     let mesh_task = if config.mesh.enabled {
         Some(start_mesh(
             &config,

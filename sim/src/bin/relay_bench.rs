@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::origin::HostKey;
 use starling_mesh::trust::DataPlaneTrust;
 use starling_node::relay::{self, Relay};
 use starling_node::uplink;
-use starling_proto::batch::EventListBuilder;
+use starling_proto::batch::{EventListBuilder, UnsignedBatch};
 use starling_proto::v1::batch_ack::Status;
-use starling_sim::client::send_on;
+use starling_sim::client::{send_on, unix_ms};
 use starling_sim::{sample_exec_event, Fleet};
 use starling_sink::backend::Backend;
+use starling_sink::config::OriginSection;
 use starling_sink::ingress::{self, Ingress};
 use starling_sink::local_store::LocalStore;
 use tokio::sync::watch;
@@ -178,10 +180,11 @@ impl Window {
     }
 }
 
-/// An encoded batch of `n` sample events from `host`. Each carries a
-/// random 64-character argument (a token, a hash), so that LZ4 cannot
-/// squeeze the batch much further than it would a real host's events.
-fn batch(host: &str, n: usize) -> Vec<u8> {
+/// `n` sample events from `host`, compressed and ready to sign. Each
+/// carries a random 64-character argument (a token, a hash), so that LZ4
+/// cannot squeeze the batch much further than it would a real host's
+/// events.
+fn batch(host: &str, n: usize) -> UnsignedBatch {
     use rand::{RngExt, SeedableRng};
     use std::fmt::Write;
     let seed = host
@@ -202,14 +205,37 @@ fn batch(host: &str, n: usize) -> Vec<u8> {
             }
             x.argv.push(token);
         }
-        list.push_encoded(&prost::Message::encode_to_vec(&e));
+        list.push_encoded(i + 1, &prost::Message::encode_to_vec(&e));
     }
-    list.finish(host, 1)
+    list.finish(host, 1, unix_ms())
 }
 
-/// Sends `bytes` and counts the outcome.
-async fn send_counted(conn: &quinn::Connection, bytes: &[u8], events: u64, counts: &Counts) {
-    match send_on(conn, bytes).await {
+/// One sender: its key, and the list it sends again and again, each time
+/// under a new batch id and signature as a node's uplink would (the sink
+/// answers a batch it already persisted without writing it again).
+struct Sender {
+    key: HostKey,
+    list: UnsignedBatch,
+    next_id: AtomicU64,
+}
+
+impl Sender {
+    fn next(&self) -> anyhow::Result<Vec<u8>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(self.key.seal(self.list.renumbered(id, unix_ms()))?.bytes)
+    }
+}
+
+/// Signs the sender's next batch, sends it and counts the outcome.
+async fn send_counted(conn: &quinn::Connection, sender: &Sender, events: u64, counts: &Counts) {
+    let bytes = match sender.next() {
+        Ok(b) => b,
+        Err(_) => {
+            counts.not_persisted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    match send_on(conn, &bytes).await {
         Ok(ack) if ack.status == Status::Persisted as i32 => {
             counts.events.fetch_add(events, Ordering::Relaxed);
         }
@@ -227,7 +253,7 @@ async fn attach_nodes(
     relay: SocketAddr,
     prefix: &str,
     n: usize,
-) -> anyhow::Result<Vec<(String, quinn::Connection)>> {
+) -> anyhow::Result<Vec<(String, quinn::Connection, HostKey)>> {
     let mut connecting = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{prefix}-{i:05}");
@@ -237,14 +263,16 @@ async fn attach_nodes(
             cert,
             key,
         };
-        let mut config = DataPlaneTrust::load(&files, None)?.client_config()?;
+        let trust = DataPlaneTrust::load(&files, None)?;
+        let mut config = trust.client_config()?;
         config.transport_config(Arc::new(uplink::transport()));
-        connecting.push((name, endpoint.connect_with(config, relay, RELAY_NAME)?));
+        let key = trust.host_key()?;
+        connecting.push((name, endpoint.connect_with(config, relay, RELAY_NAME)?, key));
     }
     let mut nodes = Vec::with_capacity(n);
-    for (name, c) in connecting {
+    for (name, c, key) in connecting {
         let conn = c.await.with_context(|| format!("{name}: handshake"))?;
-        nodes.push((name, conn));
+        nodes.push((name, conn, key));
     }
     Ok(nodes)
 }
@@ -270,7 +298,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = LocalStore::open(&fleet.path().join("sink-store"), STORE_EVENTS)?;
     let sink_trust = DataPlaneTrust::load(&files(Role::Sink, SINK_NAME)?, None)?;
     let mut server = sink_trust.server_config()?;
-    let sink = Ingress::new(Arc::new(Backend::Local(store)), 10_000, sink_trust);
+    let sink = Ingress::new(
+        Arc::new(Backend::Local(store)),
+        10_000,
+        sink_trust,
+        &OriginSection::default(),
+    )?;
     server.transport_config(Arc::new(ingress::transport(64)));
     let sink_endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
     let sink_addr = sink_endpoint.local_addr()?;
@@ -308,15 +341,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut wire = 0;
-        for (name, conn) in &senders {
-            let bytes = Arc::new(batch(name, n));
-            wire = bytes.len() / n.max(1);
+        for (name, conn, key) in &senders {
+            let sender = Arc::new(Sender {
+                key: key.clone(),
+                list: batch(name, n),
+                next_id: AtomicU64::new(1),
+            });
+            wire = sender.next()?.len() / n.max(1);
             for _ in 0..args.in_flight {
-                let (conn, bytes, counts, stop) =
-                    (conn.clone(), bytes.clone(), counts.clone(), stop.clone());
+                let (conn, sender, counts, stop) =
+                    (conn.clone(), sender.clone(), counts.clone(), stop.clone());
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        send_counted(&conn, &bytes, n as u64, &counts).await;
+                        send_counted(&conn, &sender, n as u64, &counts).await;
                     }
                 }));
             }
@@ -335,7 +372,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             counts.not_persisted.load(Ordering::Relaxed)
         );
     }
-    for (_, conn) in &senders {
+    for (_, conn, _) in &senders {
         conn.close(0u32.into(), b"done");
     }
 
@@ -365,8 +402,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (i, (name, conn)) in nodes.iter().enumerate() {
-        let bytes = Arc::new(batch(name, args.node_rate));
+    for (i, (name, conn, key)) in nodes.iter().enumerate() {
+        let sender = Sender {
+            key: key.clone(),
+            list: batch(name, args.node_rate),
+            next_id: AtomicU64::new(1),
+        };
         let (conn, counts, stop) = (conn.clone(), counts.clone(), stop.clone());
         let events = args.node_rate as u64;
         // Spread the nodes over the second, as independent hosts would be.
@@ -377,7 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
                 every.tick().await;
-                send_counted(&conn, &bytes, events, &counts).await;
+                send_counted(&conn, &sender, events, &counts).await;
             }
         }));
     }
@@ -401,7 +442,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.fan_in_nodes as f64 / busy.relay_load().max(1e-9)
     );
 
-    for (_, conn) in &nodes {
+    for (_, conn, _) in &nodes {
         conn.close(0u32.into(), b"done");
     }
     relay.stop()?;
