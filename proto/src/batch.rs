@@ -141,6 +141,7 @@ impl EventListBuilder {
 
     /// Compresses the list and writes the header the origin signs.
     pub fn finish(self, host_id: &str, batch_id: u64, signed_at_unix_ms: u64) -> UnsignedBatch {
+        let payload = lz4_flex::block::compress(&self.buf);
         let header = BatchHeader {
             host_id: host_id.to_owned(),
             batch_id,
@@ -150,11 +151,12 @@ impl EventListBuilder {
             list_len: self.buf.len() as u32,
             list_sha256: sha256(&self.buf),
             signed_at_unix_ms,
+            payload_sha256: sha256(&payload),
         };
         UnsignedBatch {
             header_bytes: header.encode_to_vec(),
             header,
-            payload: lz4_flex::block::compress(&self.buf),
+            payload,
         }
     }
 }
@@ -201,6 +203,11 @@ impl UnsignedBatch {
     /// What the origin signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
         header_signing_bytes(&self.header_bytes)
+    }
+
+    /// The compressed event list, as it will be sent.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
     }
 
     /// The encoded `Batch`, with the origin's signature and certificate.
@@ -290,8 +297,12 @@ fn check_header(h: &BatchHeader) -> Result<(), DecodeError> {
             h.first_seq, h.last_seq
         ));
     }
-    if h.list_sha256.len() != 32 {
-        return bad(format!("list digest of {} bytes", h.list_sha256.len()));
+    if h.list_sha256.len() != 32 || h.payload_sha256.len() != 32 {
+        return bad(format!(
+            "digests of {} and {} bytes (32 expected)",
+            h.list_sha256.len(),
+            h.payload_sha256.len()
+        ));
     }
     Ok(())
 }
@@ -307,10 +318,21 @@ impl OpenedBatch {
         header_signing_bytes(&self.header_bytes)
     }
 
-    /// Decompresses the payload and checks it against the header: its
-    /// length and digest, and every event's host, sequence number and
-    /// kind. Call it once the signature is checked.
+    /// Checks the payload against the header's digest, decompresses it,
+    /// and checks the list: its length, and every event's host, sequence
+    /// number and kind. Call it once the signature is checked.
+    ///
+    /// The list's own digest (`list_sha256`) is not checked here: the
+    /// payload digest already proves the list is what the origin sent, and
+    /// the list digest is there for consumers that check events end to
+    /// end. An origin that signs a list digest that does not fit its list
+    /// only makes its own events fail that check.
     pub fn unseal(self) -> Result<CheckedBatch, DecodeError> {
+        if sha256(&self.payload) != self.header.payload_sha256 {
+            return Err(DecodeError::PayloadMismatch(
+                "the payload's SHA-256 differs from the signed one".into(),
+            ));
+        }
         let declared = self.header.list_len as usize;
         let plain = match self.compression {
             Compression::None => self.payload,
@@ -324,11 +346,6 @@ impl OpenedBatch {
                 "{} bytes, the header says {declared}",
                 plain.len()
             )));
-        }
-        if sha256(&plain) != self.header.list_sha256 {
-            return Err(DecodeError::PayloadMismatch(
-                "the event list's SHA-256 differs from the signed one".into(),
-            ));
         }
         let events = check_event_list(&plain, &self.header)?;
         Ok(CheckedBatch {
@@ -505,15 +522,19 @@ fn scan_event(mut buf: &[u8]) -> Result<EventKeys<'_>, String> {
         let (field, value) = next_field(&mut buf)?;
         match (field, value) {
             (1, FieldValue::Bytes(mut header)) => {
-                while !header.is_empty() {
+                // The node writes host_id and seq first; the rest of the
+                // header is the origin's, passed on as it is.
+                let (mut host, mut number) = (None, None);
+                while !header.is_empty() && (host.is_none() || number.is_none()) {
                     match next_field(&mut header)? {
-                        (1, FieldValue::Bytes(h)) => host_id = Some(h),
-                        (2, FieldValue::Varint(s)) => seq = s,
+                        (1, FieldValue::Bytes(h)) => host = Some(h),
+                        (2, FieldValue::Varint(s)) => number = Some(s),
                         (1 | 2, _) => return Err("header field of the wrong type".into()),
                         _ => {}
                     }
                 }
-                host_id.get_or_insert(&[]);
+                host_id = Some(host.unwrap_or(&[]));
+                seq = number.unwrap_or(0);
             }
             (1, _) => return Err("header of the wrong type".into()),
             (f, v) => {
@@ -753,6 +774,7 @@ mod tests {
             list_len: plain.len() as u32,
             list_sha256: sha256(&plain),
             signed_at_unix_ms: 1,
+            payload_sha256: sha256(&lz4_flex::block::compress(&plain)),
         };
         let bytes = Batch {
             header: header.encode_to_vec(),

@@ -300,7 +300,20 @@ impl SinkProcess {
     /// Prepares credentials, config and ports without starting the process
     /// (nodes can be pointed at a sink that is not up yet).
     pub fn create(fleet: &Fleet, name: &str, kafka: Option<(&str, &str)>) -> anyhow::Result<Self> {
-        Self::create_in_mesh(fleet, name, kafka, None)
+        Self::create_in_mesh(fleet, name, kafka, None, "")
+    }
+
+    /// Starts a sink writing to Kafka with `kafka_toml` (lines of the
+    /// `[kafka]` table, e.g. `origin_proof = true`) in its config.
+    pub fn start_with_kafka_config(
+        fleet: &Fleet,
+        name: &str,
+        kafka: (&str, &str),
+        kafka_toml: &str,
+    ) -> anyhow::Result<Self> {
+        let mut sink = Self::create_in_mesh(fleet, name, Some(kafka), None, kafka_toml)?;
+        sink.restart()?;
+        Ok(sink)
     }
 
     /// Like [`SinkProcess::start`], and the sink joins the mesh through
@@ -311,7 +324,7 @@ impl SinkProcess {
         kafka: Option<(&str, &str)>,
         bootstrap: &[String],
     ) -> anyhow::Result<Self> {
-        let mut sink = Self::create_in_mesh(fleet, name, kafka, Some(bootstrap))?;
+        let mut sink = Self::create_in_mesh(fleet, name, kafka, Some(bootstrap), "")?;
         sink.restart()?;
         Ok(sink)
     }
@@ -321,6 +334,7 @@ impl SinkProcess {
         name: &str,
         kafka: Option<(&str, &str)>,
         mesh: Option<&[String]>,
+        kafka_toml: &str,
     ) -> anyhow::Result<Self> {
         let (cert, key) = fleet.issue(Role::Sink, name)?;
         let port = free_port();
@@ -334,7 +348,7 @@ impl SinkProcess {
         );
         if let Some((brokers, topic)) = kafka {
             config.push_str(&format!(
-                "[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\npartitions = 3\ndelivery_timeout_ms = 10000\n"
+                "[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\npartitions = 3\ndelivery_timeout_ms = 10000\n{kafka_toml}\n"
             ));
         }
         if let Some(bootstrap) = mesh {

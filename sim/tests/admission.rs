@@ -207,6 +207,7 @@ async fn malformed_and_oversized_batches_are_rejected_and_lose_nothing_else() ->
             list_len: u32::MAX,
             list_sha256: vec![0; 32],
             signed_at_unix_ms: starling_sim::client::unix_ms(),
+            payload_sha256: vec![0; 32],
         }
         .encode_to_vec(),
         compression: Compression::Lz4 as i32,

@@ -50,6 +50,14 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
         sink.log()
     );
 
+    // The sink checked each batch's origin signature with this node's
+    // certificate, and says so in every message.
+    let cert = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(fleet.path().join("pki/e2e-host.pem"))?
+    };
+    let fingerprint = starling_mesh::origin::hex(&starling_mesh::origin::sha256(&cert));
+
     let me = std::process::id();
     let my_exe = std::env::current_exe()?.to_string_lossy().into_owned();
     for (pid, arg) in &expected {
@@ -75,6 +83,11 @@ fn exec_events_reach_kafka_with_argv_pid_and_parent() -> anyhow::Result<()> {
         assert_eq!(rec.header("starling-kind"), Some("process_exec"));
         assert_eq!(rec.header("starling-schema"), Some("starling.v1.Event"));
         assert_eq!(rec.header("starling-seq"), Some(h.seq.to_string().as_str()));
+        assert_eq!(rec.header("starling-origin"), Some(fingerprint.as_str()));
+        assert!(
+            !rec.headers.contains_key("starling-batch-signature"),
+            "the proof itself only with kafka.origin_proof"
+        );
     }
     assert_eq!(reader.undecodable, 0);
     Ok(())

@@ -18,6 +18,9 @@ use starling_sink::kafka::KafkaWriter;
 use starling_sink::local_store::LocalStore;
 use tokio::sync::watch;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Starling sink: QUIC ingress from nodes -> Kafka (or the embedded local store).
 #[derive(Debug, Parser)]
 #[command(version)]
