@@ -178,18 +178,18 @@ enum EventsCommand {
             default_value = "/var/lib/starling/sink/store"
         )]
         store: PathBuf,
-        /// How many recent events to show first.
+        /// How many recent events to show first (at most what the store
+        /// keeps; a large number reads the whole store, nothing more).
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
         /// Keep printing new events as they arrive.
         #[arg(short, long)]
         follow: bool,
-        /// Only events of this host.
+        /// Only events of this host (read through the store's host index).
         #[arg(long)]
         host: Option<String>,
-        /// Only events of this kind (process_exec, process_fork,
-        /// process_exit, tcp_connect, tcp_accept, tcp_listen, event_loss).
-        #[arg(long)]
+        /// Only events of this kind.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::EVENT_KINDS))]
         kind: Option<String>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
@@ -337,19 +337,13 @@ fn tail(
             println!("{}", event_row(e));
         }
     };
-    // Filtering happens after reading, so read generously when filtering.
-    let scan = if host.is_some() || kind.is_some() {
-        lines.saturating_mul(50).max(10_000)
-    } else {
-        lines
-    };
-    let (recent, bad) = reader.tail(scan)?;
-    let shown: Vec<_> = recent.iter().filter(|(_, e)| wanted(e)).collect();
-    let skip = shown.len().saturating_sub(lines);
+    let kind_matches =
+        |e: &starling_proto::v1::Event| kind.is_none_or(|k| starling_proto::event_kind(e) == k);
+    let (shown, bad) = reader.tail_where(host, lines, kind_matches)?;
     if !json {
         println!("{}", table_header());
     }
-    for (_, e) in &shown[skip..] {
+    for (_, e) in &shown {
         print(e);
     }
     if bad > 0 {
@@ -358,12 +352,20 @@ fn tail(
     if !follow {
         return Ok(());
     }
-    let mut last = recent.last().map(|(a, _)| *a).unwrap_or(0);
+    // Follow from the newest event shown, or the store's newest when none
+    // matched (arrival numbers are the store's, whichever host).
+    let mut last = match shown.last() {
+        Some((a, _)) => *a,
+        None => reader.tail(1)?.0.last().map_or(0, |(a, _)| *a),
+    };
     loop {
         std::thread::sleep(Duration::from_millis(250));
         reader.refresh()?;
         loop {
-            let page = reader.after(last, 1000)?;
+            let page = match host {
+                Some(h) => reader.after_host(h, last, 1000)?,
+                None => reader.after(last, 1000)?,
+            };
             if page.undecodable > 0 {
                 eprintln!(
                     "warning: {} stored entries could not be decoded and were skipped",

@@ -40,6 +40,8 @@ enum starling_record_kind {
 	STARLING_RECORD_SOCKET_BIND = 16,
 	STARLING_RECORD_DNS_QUERY = 17,
 	STARLING_RECORD_MODULE_LOAD = 18,
+	/* Not an event: a cgroup's id and path for the node's resolver. */
+	STARLING_RECORD_CGROUP_MKDIR = 19,
 	/* The size of per-kind tables: a power of two above the largest kind. */
 	STARLING_RECORD_KINDS = 32,
 };
@@ -163,6 +165,20 @@ struct starling_module_record {
 	__u32 taints;       /* the module's taint flags (TAINT_* bits) */
 	__u32 _pad;
 	char name[STARLING_MODULE_NAME_MAX];
+};
+
+/* Bytes of a cgroup path captured, with its NUL (a Kubernetes container's
+ * cgroup path is about 200). */
+#define STARLING_CGROUP_PATH_MAX 512
+
+/* A cgroup was created in the cgroup2 hierarchy. The header is the task
+ * that created it (the runtime); the node only remembers id and path. */
+struct starling_cgroup_record {
+	struct starling_header h;
+	__u64 id;           /* cgroup2 id: what bpf_get_current_cgroup_id() returns */
+	__s32 path_len;     /* bytes read with the NUL, or a negative errno */
+	__u32 level;        /* depth below the hierarchy's root */
+	char path[STARLING_CGROUP_PATH_MAX];
 };
 
 /* starling_file_record.flags */

@@ -191,3 +191,42 @@ int starling_exit(void *ctx)
 	submit(&r, sizeof(r));
 	return 0;
 }
+
+/* The record of cgroup/cgroup_mkdir (include/trace/events/cgroup.h): the
+ * hierarchy's id, the new cgroup's level and id, its path (__data_loc). */
+struct starling_cgroup_mkdir_ctx {
+	__u64 common;
+	int root;
+	int level;
+	__u64 id;
+	__u32 path_loc; /* offset (low 16 bits) and length of the path */
+};
+
+/* A cgroup was created: its id and path are sent while it exists, so the
+ * node can name the cgroup of a process that ran in one removed within a
+ * second (a Kubernetes Job's pod), when a later lookup finds nothing.
+ * Only the cgroup2 hierarchy (the one cgroup ids refer to), and never
+ * filtered: the node needs every one, and they are rare. Written straight
+ * into the ring (the record is larger than the stack). */
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int starling_cgroup_mkdir(struct starling_cgroup_mkdir_ctx *ctx)
+{
+	struct task_struct *task = current_task();
+	if (ctx->root != task->cgroups->dfl_cgrp->root->hierarchy_id)
+		return 0;
+	struct starling_cgroup_record *r =
+		bpf_ringbuf_reserve(&events, sizeof(struct starling_cgroup_record), 0);
+	if (!r) {
+		count_drop(STARLING_DROP_RINGBUF_FULL, STARLING_RECORD_CGROUP_MKDIR);
+		return 0;
+	}
+	fill_header(&r->h, task, STARLING_RECORD_CGROUP_MKDIR);
+	r->id = ctx->id;
+	r->level = ctx->level;
+	r->path_len = bpf_probe_read_kernel_str(r->path, sizeof(r->path),
+						(void *)ctx + (ctx->path_loc & 0xFFFF));
+	/* The reader is woken by the next batch, or its 20 ms poll; the
+	 * ring keeps this record ahead of any exec in the new cgroup. */
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	return 0;
+}

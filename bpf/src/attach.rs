@@ -106,6 +106,7 @@ pub(crate) const ATTACHMENTS: &[Attachment] = &[
     at("starling_tamper_exit", "syscalls", "sys_exit_ptrace"),
     at("starling_tamper_exit", "syscalls", "sys_exit_memfd_create"),
     at("starling_tamper_exit", "syscalls", "sys_exit_bpf"),
+    at("starling_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
     // Only kernels built with module support have it.
     optional("starling_module_load", "module", "module_load"),
 ];

@@ -58,9 +58,10 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
-/// Builds the proto event for a kernel record. The header's host id,
-/// sequence number and exe paths are filled in later by the node.
-pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
+/// Builds the proto event for a kernel record; None for a record that is
+/// no event (a cgroup's creation). The header's host id, sequence number
+/// and exe paths are filled in later by the node.
+pub fn to_event(record: RawRecord, clock: &BootClock) -> Option<Event> {
     let header = |h: RecordHeader| EventHeader {
         host_id: String::new(),
         seq: 0,
@@ -250,11 +251,12 @@ pub fn to_event(record: RawRecord, clock: &BootClock) -> Event {
             });
             (r.header, body)
         }
+        RawRecord::CgroupCreated(_) => return None,
     };
-    Event {
+    Some(Event {
         header: Some(header(h)),
         body: Some(body),
-    }
+    })
 }
 
 /// The name of an IP protocol a socket can be bound with.

@@ -33,9 +33,10 @@ pub use filters::{lexical_path, RateLimit, SensorFilters, PREFIXES_MAX, PREFIX_M
 pub use stats::{DropCounts, DropReason, ProgramStats};
 
 pub use raw::{
-    decode, kind_name, kind_number, BindRecord, BpfLoadRecord, CredOp, CredRecord, DnsRecord,
-    ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Ids, MemfdRecord, ModuleLoadRecord,
-    PtraceRecord, RawError, RawRecord, RecordHeader, TcpOp, TcpRecord, KINDS, KIND_NAMES,
+    decode, kind_name, kind_number, BindRecord, BpfLoadRecord, CgroupRecord, CredOp, CredRecord,
+    DnsRecord, ExecRecord, ExitRecord, FileOp, FileRecord, ForkRecord, Ids, MemfdRecord,
+    ModuleLoadRecord, PtraceRecord, RawError, RawRecord, RecordHeader, TcpOp, TcpRecord, KINDS,
+    KIND_NAMES,
 };
 
 /// The sensor's object, built from c/sensor.bpf.c.

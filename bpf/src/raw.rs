@@ -8,8 +8,8 @@ use thiserror::Error;
 
 use crate::dns;
 pub use crate::records::{
-    BindRecord, BpfLoadRecord, CredOp, CredRecord, DnsRecord, ExecRecord, ExitRecord, FileOp,
-    FileRecord, ForkRecord, Ids, MemfdRecord, ModuleLoadRecord, PtraceRecord, RawRecord,
+    BindRecord, BpfLoadRecord, CgroupRecord, CredOp, CredRecord, DnsRecord, ExecRecord, ExitRecord,
+    FileOp, FileRecord, ForkRecord, Ids, MemfdRecord, ModuleLoadRecord, PtraceRecord, RawRecord,
     RecordHeader, TcpOp, TcpRecord,
 };
 
@@ -38,6 +38,9 @@ const KIND_BPF_LOAD: u32 = 15;
 const KIND_SOCKET_BIND: u32 = 16;
 const KIND_DNS_QUERY: u32 = 17;
 const KIND_MODULE_LOAD: u32 = 18;
+/// A cgroup's creation: not an event kind, so not in [`KIND_NAMES`] (it
+/// cannot be disabled or rate-limited).
+const KIND_CGROUP_MKDIR: u32 = 19;
 /// Size of the kernel's per-kind tables (STARLING_RECORD_KINDS).
 pub const KINDS: usize = 32;
 
@@ -71,6 +74,9 @@ pub fn kind_number(name: &str) -> Option<u32> {
 
 /// The name of a kernel kind number ("unknown" for numbers it never uses).
 pub fn kind_name(kind: u32) -> &'static str {
+    if kind == KIND_CGROUP_MKDIR {
+        return "cgroup_mkdir";
+    }
     KIND_NAMES
         .iter()
         .find(|(k, _)| *k == kind)
@@ -106,6 +112,9 @@ const PTRACE_LEN: usize = HEADER_LEN + 16;
 const MEMFD_NAME_MAX: usize = 256;
 const MEMFD_LEN: usize = HEADER_LEN + 8 + MEMFD_NAME_MAX;
 const BPF_LEN: usize = HEADER_LEN + 32;
+/// Bytes of a cgroup path the probe captures (STARLING_CGROUP_PATH_MAX).
+const CGROUP_PATH_MAX: usize = 512;
+const CGROUP_LEN: usize = HEADER_LEN + 16 + CGROUP_PATH_MAX;
 
 const EXEC_STDIN_SOCKET: u32 = 1;
 const EXEC_STDOUT_SOCKET: u32 = 2;
@@ -188,6 +197,7 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
         KIND_SOCKET_BIND => SOCKET_LEN,
         KIND_DNS_QUERY => OFF_DNS_PAYLOAD,
         KIND_MODULE_LOAD => MODULE_LEN,
+        KIND_CGROUP_MKDIR => CGROUP_LEN,
         k => return Err(RawError::UnknownKind(k)),
     };
     if b.len() < need {
@@ -241,6 +251,23 @@ pub fn decode(b: &[u8]) -> Result<RawRecord, RawError> {
             })
         }
         KIND_DNS_QUERY => RawRecord::Dns(decode_dns(b, header)?),
+        KIND_CGROUP_MKDIR => {
+            // The length read includes the NUL; a full buffer means the
+            // path was cut, and a cut path is no path.
+            let read = i32_at(b, HEADER_LEN + 8);
+            let path = usize::try_from(read)
+                .ok()
+                .filter(|&n| (2..CGROUP_PATH_MAX).contains(&n))
+                .map(|n| {
+                    String::from_utf8_lossy(&b[HEADER_LEN + 16..HEADER_LEN + 15 + n]).into_owned()
+                })
+                .filter(|p| p.starts_with('/'));
+            RawRecord::CgroupCreated(CgroupRecord {
+                header,
+                id: u64_at(b, HEADER_LEN),
+                path,
+            })
+        }
         _ => RawRecord::ModuleLoad(ModuleLoadRecord {
             header,
             taints: u32_at(b, HEADER_LEN),

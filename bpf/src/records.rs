@@ -254,6 +254,19 @@ pub struct ModuleLoadRecord {
     pub taints: u32,
 }
 
+/// A cgroup was created in the cgroup2 hierarchy. Not an event: the node
+/// remembers its path for the processes that will run in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRecord {
+    /// The task that created it.
+    pub header: RecordHeader,
+    /// Its cgroup2 id (what event headers carry as `cgroup_id`).
+    pub id: u64,
+    /// Its path from the hierarchy's root ("/kubepods.slice/..."); None
+    /// when it was longer than the sensor captures.
+    pub path: Option<String>,
+}
+
 /// Any record the kernel programs produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawRecord {
@@ -269,6 +282,8 @@ pub enum RawRecord {
     Bind(BindRecord),
     Dns(DnsRecord),
     ModuleLoad(ModuleLoadRecord),
+    /// Not an event; [`crate::to_event`] gives none for it.
+    CgroupCreated(CgroupRecord),
 }
 
 impl RawRecord {
@@ -287,6 +302,7 @@ impl RawRecord {
             Self::Bind(r) => &r.header,
             Self::Dns(r) => &r.header,
             Self::ModuleLoad(r) => &r.header,
+            Self::CgroupCreated(r) => &r.header,
         }
     }
 }

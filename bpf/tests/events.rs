@@ -567,21 +567,72 @@ async fn a_bpf_program_load_is_reported_with_its_type_and_name() {
 async fn a_process_in_a_container_cgroup_carries_its_id() {
     let mount = cgroup::cgroup2_mount().expect("a cgroup2 hierarchy");
     let id = format!("{:064x}", u64::from(std::process::id()) * 0x9e37_79b9);
-    // Laid out as Docker's systemd driver names them.
-    let group = TestCgroup::create(&format!("docker-{id}.scope"));
     let mut seen = Seen::load();
+    // Laid out as Docker's systemd driver names them; made after the
+    // sensor loaded, so its creation is reported too.
+    let group = TestCgroup::create(&format!("docker-{id}.scope"));
+    let ino = std::fs::metadata(&group.dir).expect("cgroup dir").ino();
     let marker = format!("container-marker-{}", std::process::id());
     let mut cmd = Command::new("/bin/true");
     cmd.arg(&marker);
     group.run_in(&mut cmd);
     assert!(cmd.status().expect("spawn in the cgroup").success());
     let x = seen.exec_with(&marker).await.expect("exec record");
-    let ino = std::fs::metadata(&group.dir).expect("cgroup dir").ino();
     assert_eq!(x.header.cgroup_id, ino);
     let path = cgroup::path_of(&mount, x.header.cgroup_id).expect("the id's path");
     let container = cgroup::container_of(&path).expect("a container path");
     assert_eq!(
         (container.id.as_str(), container.runtime),
         (id.as_str(), "docker")
+    );
+    // The creation came first, with the id and the path the walk finds.
+    let created = seen
+        .records
+        .iter()
+        .position(|r| matches!(r, RawRecord::CgroupCreated(c) if c.id == ino))
+        .expect("the cgroup's creation was reported");
+    let exec = seen
+        .records
+        .iter()
+        .position(|r| matches!(r, RawRecord::Exec(e) if e.argv.contains(&marker)))
+        .expect("the exec record");
+    assert!(created < exec, "the creation arrives before the exec in it");
+    let RawRecord::CgroupCreated(c) = &seen.records[created] else {
+        unreachable!()
+    };
+    assert_eq!(c.path.as_deref(), Some(path.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_cgroups_of_the_cgroup2_hierarchy_are_reported() {
+    // On a hybrid host the v1 hierarchies fire the same tracepoint; their
+    // ids are of another tree and must not be taken for cgroup2 ids.
+    let v1 = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let target = f.nth(1)?;
+            (f.next()? == "cgroup").then(|| std::path::PathBuf::from(target))
+        })
+        .find(|p| p.join("cgroup.procs").exists());
+    let Some(v1) = v1 else {
+        // A pure cgroup2 host (most production hosts): nothing to confuse.
+        eprintln!("no cgroup v1 hierarchy mounted: only cgroup2 exists here");
+        return;
+    };
+    let mut seen = Seen::load();
+    let dir = v1.join(format!("starling-v1-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("a v1 cgroup");
+    let v2 = TestCgroup::create(&format!("starling-v2-{}", std::process::id()));
+    let v2_ino = std::fs::metadata(&v2.dir).expect("cgroup dir").ino();
+    let _ = std::fs::remove_dir(&dir);
+    seen.find(|r| matches!(r, RawRecord::CgroupCreated(c) if c.id == v2_ino))
+        .await
+        .expect("the cgroup2 creation");
+    let name = format!("/starling-v1-{}", std::process::id());
+    assert!(
+        !seen.any(|r| matches!(r, RawRecord::CgroupCreated(c) if c.path.as_deref() == Some(&name))),
+        "a cgroup v1 creation was reported"
     );
 }

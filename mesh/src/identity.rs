@@ -254,9 +254,32 @@ impl FleetCa {
         let cert = params.signed_by(&key, &issuer, &self.key)?;
         Ok(PemPair {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: ed25519_pkcs8_v1_pem(&key)?,
         })
     }
+}
+
+/// The DER of an Ed25519 private key in PKCS#8 version 1 (RFC 8410: the
+/// 32-byte seed, no public key) is this prefix and the seed.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// An Ed25519 key as PEM in PKCS#8 version 1. rcgen (through ring) writes
+/// version 2, with the public key, which OpenSSL 3.0 and other common
+/// stacks refuse; every reader takes version 1, ring and rustls included.
+fn ed25519_pkcs8_v1_pem(key: &KeyPair) -> Result<String, IdentityError> {
+    // In ring's version-2 encoding the seed is the OCTET STRING inside the
+    // privateKey OCTET STRING: `04 22 04 20` and 32 bytes.
+    let der = key.serialize_der();
+    let seed = der
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .and_then(|i| der.get(i + 4..i + 36))
+        .ok_or_else(|| IdentityError::Verifier("unexpected Ed25519 private key encoding".into()))?;
+    let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", v1)))
 }
 
 /// Serial numbers revoked so far and the number of the list that says
@@ -531,6 +554,51 @@ mod tests {
                 name: "web-01".into()
             }
         );
+    }
+
+    #[test]
+    fn openssl_reads_issued_keys_and_finds_the_certificates_key() {
+        // OpenSSL 3.0 refused the PKCS#8 version 2 that rcgen writes.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("test", 30).unwrap();
+        let pair = ca.issue(Role::Node, "web-01", &[], &[], 30).unwrap();
+        let (cert, key) = pair.write(dir.path(), "web-01").unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&key)
+            .output()
+            .expect("openssl is installed (scripts/setup)");
+        assert!(
+            out.status.success(),
+            "openssl pkey refused the key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use x509_parser::prelude::FromDer;
+        let der = CertificateDer::from_pem_file(&cert).unwrap();
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+        assert_eq!(
+            out.stdout, parsed.tbs_certificate.subject_pki.raw,
+            "the key's public half is the certificate's"
+        );
+        // rustls (which the data plane signs with) takes it too.
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        assert!(rustls::crypto::ring::sign::any_supported_type(&key).is_ok());
+    }
+
+    #[test]
+    fn keys_written_in_pkcs8_version_2_before_still_load() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let v2 = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+        let v1 = ed25519_pkcs8_v1_pem(&key).unwrap();
+        let v1 = PrivateKeyDer::from_pem_slice(v1.as_bytes()).unwrap();
+        for der in [v2, v1] {
+            let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+            assert_eq!(
+                signer.public_key().map(|k| k.as_ref().to_vec()),
+                Some(key.public_key_der()),
+                "both encodings hold the same key"
+            );
+        }
     }
 
     #[test]

@@ -141,6 +141,13 @@ impl ProcessCache {
         out
     }
 
+    /// Remembers the path of a cgroup the kernel reported created.
+    pub fn learn_cgroup(&mut self, record: starling_bpf::CgroupRecord) {
+        if let Some(path) = record.path {
+            self.cgroups.learn(record.id, path);
+        }
+    }
+
     /// Fills the header's exe, user, cgroup path and container; for execs,
     /// the parent's exe, the ancestry and the exe hash; and keeps the
     /// cache right for execs, forks and exits.
@@ -245,6 +252,25 @@ struct CgroupResolver {
     known: HashMap<u64, (String, Option<Container>)>,
 }
 
+/// The container a cgroup path belongs to, with its Kubernetes names when
+/// the kubelet's log links give them.
+fn container_of(path: &str) -> Option<Container> {
+    starling_bpf::cgroup::container_of(path).map(|c| {
+        let mut out = Container {
+            id: c.id,
+            runtime: c.runtime.to_owned(),
+            pod_uid: c.pod_uid.unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some((pod, ns, name)) = kubelet_names(Path::new(KUBELET_CONTAINER_LOGS), &out.id) {
+            out.pod_name = pod;
+            out.pod_namespace = ns;
+            out.container_name = name;
+        }
+        out
+    })
+}
+
 /// Where the kubelet links container logs, named
 /// `<pod>_<namespace>_<container>-<container id>.log`.
 const KUBELET_CONTAINER_LOGS: &str = "/var/log/containers";
@@ -273,23 +299,16 @@ impl CgroupResolver {
             self.remember(id, (String::new(), None));
             return (String::new(), None);
         };
-        let container = starling_bpf::cgroup::container_of(&path).map(|c| {
-            let mut out = Container {
-                id: c.id,
-                runtime: c.runtime.to_owned(),
-                pod_uid: c.pod_uid.unwrap_or_default(),
-                ..Default::default()
-            };
-            if let Some((pod, ns, name)) = kubelet_names(Path::new(KUBELET_CONTAINER_LOGS), &out.id)
-            {
-                out.pod_name = pod;
-                out.pod_namespace = ns;
-                out.container_name = name;
-            }
-            out
-        });
+        let container = container_of(&path);
         self.remember(id, (path.clone(), container.clone()));
         (path, container)
+    }
+
+    /// A cgroup the kernel reported created: remembered while it exists,
+    /// so a process that ran in it is named even after it is gone.
+    fn learn(&mut self, id: u64, path: String) {
+        let container = container_of(&path);
+        self.remember(id, (path, container));
     }
 
     fn remember(&mut self, id: u64, v: (String, Option<Container>)) {

@@ -14,6 +14,9 @@ pub const EVENTS_DROPPED: &str = "starling_node_events_dropped_total";
 /// or by the `node` (chmod +x outside world-writable directories; renames
 /// and unlinks left to the node whose lexical paths are not watched).
 pub const EVENTS_FILTERED: &str = "starling_node_events_filtered_total";
+/// cgroups the kernel reported created, whose paths the node remembers
+/// (kernel records that are not events, so not in `observed`).
+pub const CGROUPS_LEARNED: &str = "starling_node_cgroups_learned_total";
 /// Events currently spooled.
 pub const SPOOL_EVENTS: &str = "starling_node_spool_events";
 /// Logical bytes currently spooled.

@@ -215,9 +215,16 @@ fn to_events(
     let mut filtered = 0u64;
     for r in records.drain(..) {
         match r {
+            Ok(RawRecord::CgroupCreated(c)) => {
+                // Not an event: the resolver remembers the path.
+                metrics::counter!(m::CGROUPS_LEARNED).increment(1);
+                cache.learn_cgroup(c);
+            }
             Ok(record) => {
                 let unmatched = matches!(&record, RawRecord::File(f) if f.unmatched);
-                let mut e = starling_bpf::to_event(record, clock);
+                let Some(mut e) = starling_bpf::to_event(record, clock) else {
+                    continue;
+                };
                 let reported = if unmatched {
                     unmatched_path_is_reported(&e, filters)
                 } else {
@@ -286,7 +293,7 @@ mod tests {
             path: path.into(),
             new_path: new_path.into(),
         });
-        starling_bpf::to_event(record, &BootClock::now())
+        starling_bpf::to_event(record, &BootClock::now()).expect("a file record is an event")
     }
 
     fn watching_cron() -> SensorFilters {

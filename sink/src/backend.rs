@@ -43,7 +43,7 @@ impl Backend {
         match self {
             Backend::Kafka(k) => Ok(k.persist(batch, provenance).await?),
             Backend::Local(s) => Ok(tokio::task::block_in_place(|| {
-                s.persist(batch.iter_encoded().map(|(_, bytes)| bytes))
+                s.persist(&batch.host_id, batch.iter_encoded().map(|(_, bytes)| bytes))
             })?),
         }
     }
