@@ -168,3 +168,37 @@ impl Drop for TestCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Creates (and closes) `n` memfds named `prefix0`, `prefix1`, ...:
+/// records of a kind no other process on these hosts makes, so a test can
+/// count exactly what became of its own.
+pub fn make_memfds(prefix: &str, n: u64) {
+    for i in 0..n {
+        let name = std::ffi::CString::new(format!("{prefix}{i}")).expect("name");
+        // SAFETY: a valid NUL-terminated name; the fd is closed at once.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: fd was just returned to us.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Of the memfd records in `records`: how many are this process's with a
+/// name starting with `prefix`, and how many are anyone else's.
+pub fn count_memfds<'a>(
+    records: impl IntoIterator<Item = &'a RawRecord>,
+    prefix: &str,
+) -> (u64, u64) {
+    let me = std::process::id();
+    let (mut ours, mut others) = (0, 0);
+    for r in records {
+        if let RawRecord::Memfd(m) = r {
+            if m.header.tgid == me && m.name.starts_with(prefix) {
+                ours += 1;
+            } else {
+                others += 1;
+            }
+        }
+    }
+    (ours, others)
+}
