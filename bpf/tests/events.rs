@@ -441,16 +441,24 @@ async fn module_loads_are_reported_where_the_kernel_has_modules() {
         assert!(missing, "the module hook is reported missing");
         return;
     }
-    assert!(!missing, "a kernel with modules has the module_load tracepoint");
+    assert!(
+        !missing,
+        "a kernel with modules has the module_load tracepoint"
+    );
     // A module the kernel does not hold yet (STARLING_TEST_MODULE, or the
     // dummy network driver every distribution kernel builds).
     let module = std::env::var("STARLING_TEST_MODULE").unwrap_or_else(|_| "dummy".into());
     let loaded = std::fs::read_to_string("/proc/modules").unwrap_or_default();
     assert!(
-        !loaded.lines().any(|l| l.split_whitespace().next() == Some(module.as_str())),
+        !loaded
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(module.as_str())),
         "{module} is loaded already; set STARLING_TEST_MODULE to one that is not"
     );
-    let status = Command::new("modprobe").arg(&module).status().expect("run modprobe");
+    let status = Command::new("modprobe")
+        .arg(&module)
+        .status()
+        .expect("run modprobe");
     assert!(status.success(), "modprobe {module} failed");
     let found = seen
         .find(|r| matches!(r, RawRecord::ModuleLoad(m) if m.name == module))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{count_memfds, is_root, make_memfds, run_true, Seen};
+use common::{count_memfds, is_root, make_memfds, Seen};
 use starling_bpf::{DropReason, RawRecord, Sensor, SensorConfig, TcpOp};
 
 /// ECONNREFUSED on Linux.
@@ -116,14 +116,18 @@ async fn a_full_ring_buffer_drops_in_the_kernel_and_counts_every_loss() {
         // Read until the ring stays empty for half a second.
         while let Ok(Ok(())) =
             tokio::time::timeout(Duration::from_millis(500), sensor.read(1024, &mut records)).await
-        {}
+        {
+        }
         let records: Vec<RawRecord> = records.into_iter().filter_map(Result::ok).collect();
         let (delivered, others) = count_memfds(&records, &prefix);
         if others > 0 && attempt < 3 {
             continue;
         }
         assert!(lost > 0, "nothing was counted as lost");
-        assert!(delivered < made, "the page cannot have held {delivered} records");
+        assert!(
+            delivered < made,
+            "the page cannot have held {delivered} records"
+        );
         assert_eq!(
             lost + delivered,
             made,

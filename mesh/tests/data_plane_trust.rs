@@ -11,8 +11,9 @@ use common::Fleet;
 use starling_mesh::identity::Role;
 use starling_mesh::trust::{DataPlaneTrust, REVOKED_CLOSE_CODE};
 
-/// A server endpoint that accepts every connection and keeps it open
-/// until the peer or its guard closes it.
+/// A server endpoint that accepts every connection, answers one byte on
+/// each stream it is sent (so a client knows it was served), and keeps the
+/// connection open until the peer or its guard closes it.
 fn serve(trust: &DataPlaneTrust) -> (quinn::Endpoint, SocketAddr) {
     let endpoint = quinn::Endpoint::server(
         trust.server_config().expect("server config"),
@@ -27,6 +28,16 @@ fn serve(trust: &DataPlaneTrust) -> (quinn::Endpoint, SocketAddr) {
             let trust = trust.clone();
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
+                    let answering = conn.clone();
+                    tokio::spawn(async move {
+                        while let Ok((mut send, mut recv)) = answering.accept_bi().await {
+                            let mut byte = [0u8; 1];
+                            if recv.read_exact(&mut byte).await.is_ok() {
+                                let _ = send.write_all(b"y").await;
+                                let _ = send.finish();
+                            }
+                        }
+                    });
                     trust.guard(conn).await;
                 }
             });
@@ -55,12 +66,17 @@ async fn connect(
         .await
         .map_err(|e| e.to_string())?;
     // A TLS 1.3 server refuses a client certificate after the client
-    // thinks the handshake is done: use the connection to find out.
-    let (mut send, _recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    // thinks the handshake is done: only the server's answer on a stream
+    // shows it served the connection (a refusal closes it instead).
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(b"x").await.map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_millis(500), conn.closed()).await {
-        Ok(reason) => Err(reason.to_string()),
-        Err(_) => Ok(conn),
+    let mut answer = [0u8; 1];
+    match recv.read_exact(&mut answer).await {
+        Ok(()) => Ok(conn),
+        Err(e) => Err(conn
+            .close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| e.to_string())),
     }
 }
 

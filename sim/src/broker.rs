@@ -1,8 +1,9 @@
 //! A real Kafka-protocol broker for tests: tansu with in-memory storage,
-//! installed by scripts/setup (`cargo install tansu`).
+//! or SQLite storage on disk for tests that kill and restart it, installed
+//! by scripts/setup (`cargo install tansu`).
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use crate::{free_port, wait_for};
 pub struct Broker {
     child: Child,
     port: u16,
-    _log_dir: tempfile::TempDir,
+    bin: PathBuf,
+    storage: String,
+    dir: tempfile::TempDir,
 }
 
 fn tansu_binary() -> anyhow::Result<PathBuf> {
@@ -35,39 +38,72 @@ fn tansu_binary() -> anyhow::Result<PathBuf> {
 
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it listens.
+    /// What it stores is in memory: gone when it stops.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with("memory://tansu/")
+    }
+
+    /// Starts a broker that keeps what it acknowledged in a SQLite file, so
+    /// it survives [`Broker::kill9`] and [`Broker::restart`] as a real
+    /// Kafka broker's log does.
+    pub fn start_durable() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        // tansu reads the URL's path as relative: it runs in `dir`.
+        Self::start_in(dir, "sqlite://tansu.db".into())
+    }
+
+    fn start_with(storage: &str) -> anyhow::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, storage.to_owned())
+    }
+
+    fn start_in(dir: tempfile::TempDir, storage: String) -> anyhow::Result<Self> {
         let bin = tansu_binary()?;
         let port = free_port();
-        let log_dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(log_dir.path().join("tansu.log"))?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = spawn(&bin, port, &storage, dir.path())?;
         let mut broker = Self {
             child,
             port,
-            _log_dir: log_dir,
+            bin,
+            storage,
+            dir,
         };
+        broker.wait_listening()?;
+        Ok(broker)
+    }
+
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let port = self.port;
         let up = wait_for(Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
         if up.is_none() {
-            let _ = broker.child.kill();
-            bail!("tansu did not start listening on port {port}");
+            let _ = self.child.kill();
+            bail!(
+                "tansu did not start listening on port {port}:\n{}",
+                self.log()
+            );
         }
-        Ok(broker)
+        Ok(())
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage after
+    /// [`Broker::kill9`], and waits until it listens.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.child = spawn(&self.bin, self.port, &self.storage, self.dir.path())?;
+        self.wait_listening()
+    }
+
+    /// What the broker logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
     /// bootstrap.servers for clients.
@@ -87,6 +123,30 @@ impl Broker {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
     }
+}
+
+fn spawn(bin: &Path, port: u16, storage: &str, dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            storage,
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 impl Drop for Broker {

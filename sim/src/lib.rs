@@ -8,12 +8,16 @@ pub mod broker;
 pub mod client;
 pub mod hostile_relay;
 pub mod kafka;
+pub mod load;
 pub mod netns;
 pub mod netsim;
 pub mod process;
 
 pub use broker::Broker;
-pub use process::{local_metric, Fleet, MeshOptions, NodeProcess, SinkProcess};
+pub use load::ExecLoad;
+pub use process::{
+    local_metric, predicted_aggregators, Fleet, MeshOptions, NodeProcess, SinkProcess,
+};
 
 use std::time::{Duration, Instant};
 
@@ -33,15 +37,35 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// A free port on 127.0.0.1 (TCP and UDP both unused at the time of asking).
+/// A free port on 127.0.0.1 for a child process to listen on, TCP and UDP
+/// both unused when asked.
+///
+/// Asking the kernel for port 0 and handing the number on races: the kernel
+/// gives the same ephemeral range to every outgoing connection and every
+/// other `bind(0)` on the host, so the port can be taken before the child
+/// binds it. Ports here come from below the ephemeral range (which the
+/// kernel never hands out by itself), start at an offset drawn from the
+/// process id so two test binaries rarely probe the same ports, and are
+/// never handed out twice by one process.
 pub fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
-        let port = tcp.local_addr().expect("local addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    use std::sync::Mutex;
+    // 20000..32768: under Linux's default ip_local_port_range (32768-60999).
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_768;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offset = next.unwrap_or_else(|| (std::process::id() % u32::from(SPAN)) as u16);
+    for _ in 0..SPAN {
+        let port = FIRST + offset;
+        offset = (offset + 1) % SPAN;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// True when the tests run as root (needed to load BPF programs).

@@ -450,6 +450,27 @@ pub struct MeshOptions {
     pub expected_cell_size: u32,
 }
 
+/// The aggregators a cell of `names` in `zone` elects when every member is
+/// eligible and idle: the election is deterministic, so a test knows them
+/// before it starts the members.
+pub fn predicted_aggregators(zone: &str, names: &[String]) -> Vec<String> {
+    use starling_mesh::election::{elect, ElectionParams, Member};
+    let members: Vec<Member> = names
+        .iter()
+        .map(|n| Member {
+            id: n.clone(),
+            eligible: true,
+            incumbent: false,
+            load: 0.0,
+        })
+        .collect();
+    elect(
+        &format!("zone:{zone}"),
+        &members,
+        &ElectionParams::default(),
+    )
+}
+
 impl MeshOptions {
     /// The multiaddr a node started with these options listens on.
     pub fn listen_addr(&self) -> String {
@@ -601,6 +622,29 @@ impl NodeProcess {
     /// Its data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// True once every record the sensor has read is in the spool (or was
+    /// filtered by the node, or undecodable), read from one metrics page so
+    /// the counters agree in time: the sensor counts a chunk as observed
+    /// before it writes it and as spooled after. Loss events count as
+    /// spooled, so a run with kernel drops may see this a chunk early.
+    pub fn spool_caught_up(&self) -> Option<bool> {
+        let page = metrics_page(self.metrics_port)?;
+        let (mut observed, mut spooled, mut left_out) = (0.0, 0.0, 0.0);
+        for (name, value) in samples(&page) {
+            if name == "starling_node_events_observed_total" {
+                observed = value;
+            } else if name == "starling_node_events_spooled_total" {
+                spooled = value;
+            } else if (name.starts_with("starling_node_events_filtered_total")
+                && name.contains("by=\"node\""))
+                || name.starts_with("starling_node_events_dropped_total{reason=\"decode_error\"")
+            {
+                left_out += value;
+            }
+        }
+        Some(spooled + left_out >= observed)
     }
 
     /// Highest sequence number assigned so far.

@@ -4,54 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use starling_proto::v1::Event;
 use starling_sim::kafka::{is_marked_exec, KafkaReader};
-use starling_sim::{is_root, wait_for, Broker, Fleet, NodeProcess, SinkProcess};
+use starling_sim::{is_root, wait_for, Broker, ExecLoad, Fleet, NodeProcess, SinkProcess};
 use starling_sink::local_store::LocalStoreReader;
 
 const TOPIC: &str = "starling.events";
-
-/// Runs short processes in a loop until stopped: a steady stream of execs.
-struct ExecLoad {
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ExecLoad {
-    fn start(marker: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let (s, c, m) = (stop.clone(), count.clone(), marker.to_owned());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(mut child) = Command::new("/bin/true").arg(&m).spawn() {
-                    let _ = child.wait();
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Self {
-            stop,
-            count,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.count.load(Ordering::Relaxed)
-    }
-}
 
 fn missing(seqs: &BTreeSet<u64>, last: u64) -> Vec<u64> {
     (1..=last).filter(|s| !seqs.contains(s)).take(20).collect()
@@ -74,11 +35,37 @@ fn sink_killed_while_events_flow_loses_no_sequence_number() -> anyhow::Result<()
     )?;
 
     let load = ExecLoad::start("sink-crash-load");
-    std::thread::sleep(Duration::from_secs(2));
+    // Each phase waits for the state it needs: events acknowledged before
+    // the kill, events spooled while the sink is gone, and acknowledged
+    // again after it is back.
+    let acked = || node.metric("starling_node_events_acked_total");
+    let flowing = wait_for(Duration::from_secs(30), || (acked()? >= 20.0).then_some(()));
+    assert!(flowing.is_some(), "no events acknowledged\n{}", node.log());
     sink.kill9();
-    std::thread::sleep(Duration::from_secs(2));
+    let observed_at_kill = node
+        .metric("starling_node_events_observed_total")
+        .unwrap_or(0.0);
+    let spooled_while_down = wait_for(Duration::from_secs(30), || {
+        let disconnected = node.metric("starling_node_uplink_connected")? == 0.0;
+        let observed = node.metric("starling_node_events_observed_total")?;
+        (disconnected && observed >= observed_at_kill + 20.0).then_some(())
+    });
+    assert!(
+        spooled_while_down.is_some(),
+        "the node neither lost its sink nor kept spooling\n{}",
+        node.log()
+    );
     sink.restart()?;
-    std::thread::sleep(Duration::from_secs(2));
+    let acked_at_restart = acked().unwrap_or(0.0);
+    let resumed = wait_for(Duration::from_secs(60), || {
+        (acked()? >= acked_at_restart + 20.0).then_some(())
+    });
+    assert!(
+        resumed.is_some(),
+        "nothing acknowledged after the sink came back\nnode log:\n{}\nsink log:\n{}",
+        node.log(),
+        sink.log()
+    );
     let execs = load.stop();
     assert!(execs > 50, "the load ran ({execs} execs)");
     let last = node.last_seq().expect("node metrics");
@@ -120,19 +107,30 @@ fn exec_marked(marker: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the node has observed at least `n` more records than `before`,
-/// then a little longer for the spool write to land.
-fn wait_spooled(node: &NodeProcess, before: f64, n: usize) {
-    let seen = wait_for(Duration::from_secs(20), || {
-        let now = node.metric("starling_node_events_observed_total")?;
-        (now >= before + n as f64).then_some(())
+/// Waits until the node has written to its spool every record the kernel
+/// made before this call (the test's execs just before it).
+///
+/// The sensor reads the ring buffer in the order records were reserved, so
+/// once the node has handled a record made after the execs, it has read
+/// the execs too. That record is an unlink through `..` of an unwatched
+/// file: the kernel leaves such a path to the node, which drops it and
+/// counts it (`events_filtered_total{kind="file_unlink",by="node"}`). Then
+/// the node's counters must show everything it read in the spool.
+fn wait_spooled(node: &NodeProcess) {
+    let series = "starling_node_events_filtered_total{kind=\"file_unlink\",by=\"node\"}";
+    let before = node.metric(series).unwrap_or(0.0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("a")).expect("mkdir");
+    std::fs::write(dir.path().join("b"), b"x").expect("write");
+    std::fs::remove_file(dir.path().join("a/../b")).expect("unlink through ..");
+    let spooled = wait_for(Duration::from_secs(20), || {
+        (node.metric(series)? > before && node.spool_caught_up()?).then_some(())
     });
     assert!(
-        seen.is_some(),
-        "node did not observe the execs\n{}",
+        spooled.is_some(),
+        "node did not read and spool the execs\n{}",
         node.log()
     );
-    std::thread::sleep(Duration::from_millis(500));
 }
 
 #[test]
@@ -147,20 +145,14 @@ fn node_killed_keeps_its_spool_and_never_reuses_a_sequence_number() -> anyhow::R
     let sinks = [(sink.address(), sink.name.clone())];
     let mut node = NodeProcess::start(&fleet, "crash-node-host", &sinks, true)?;
 
-    let before = node
-        .metric("starling_node_events_observed_total")
-        .unwrap_or(0.0);
     exec_marked("first-life", 5)?;
-    wait_spooled(&node, before, 5);
+    wait_spooled(&node);
     let last_first_life = node.last_seq().expect("node metrics");
     node.kill9();
 
     node.restart()?;
-    let before = node
-        .metric("starling_node_events_observed_total")
-        .unwrap_or(0.0);
     exec_marked("second-life", 5)?;
-    wait_spooled(&node, before, 5);
+    wait_spooled(&node);
     node.kill9();
 
     sink.restart()?;
@@ -234,11 +226,8 @@ fn kafka_unavailable_means_retry_and_nothing_is_lost() -> anyhow::Result<()> {
     )?;
 
     broker.freeze();
-    let before = node
-        .metric("starling_node_events_observed_total")
-        .unwrap_or(0.0);
     exec_marked("while-kafka-is-down", 5)?;
-    wait_spooled(&node, before, 5);
+    wait_spooled(&node);
     // The harness's sinks give up on a delivery after 10 s: the batch is
     // answered RETRY and must stay in the node's spool.
     let retried = wait_for(Duration::from_secs(40), || {

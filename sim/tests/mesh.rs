@@ -7,13 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use starling_mesh::election::{elect, ElectionParams, Member};
 use starling_mesh::identity::{Role, TlsFiles};
 use starling_mesh::status::MeshStatus;
 use starling_proto::v1::batch_ack::Status;
 use starling_sim::client::{host_key, signed_batch, Credentials, RawClient};
 use starling_sim::kafka::is_marked_exec;
-use starling_sim::{free_port, is_root, wait_for, Fleet, MeshOptions, NodeProcess, SinkProcess};
+use starling_sim::{
+    free_port, is_root, predicted_aggregators, wait_for, Fleet, MeshOptions, NodeProcess,
+    SinkProcess,
+};
 use starling_sink::local_store::LocalStoreReader;
 
 const NODES: usize = 12;
@@ -78,19 +80,7 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
     // The election is deterministic: the test knows the aggregators in
     // advance and puts sensors on nodes that are not.
     let cell = format!("zone:{ZONE}");
-    let predicted = elect(
-        &cell,
-        &names
-            .iter()
-            .map(|n| Member {
-                id: n.clone(),
-                eligible: true,
-                incumbent: false,
-                load: 0.0,
-            })
-            .collect::<Vec<_>>(),
-        &ElectionParams::default(),
-    );
+    let predicted = predicted_aggregators(ZONE, &names);
     let sensor_hosts: Vec<String> = names
         .iter()
         .filter(|n| !predicted.contains(n))

@@ -1,0 +1,264 @@
+//! Chaos: a marked exec load flows from a real node through a local mesh
+//! (the node ships through an elected aggregator to two sinks, which write
+//! to a broker) while the node's aggregator, each sink, the node itself and
+//! the broker are killed with SIGKILL and restarted, one after another in
+//! a random order. Every sequence number the node assigned reaches Kafka.
+//! (The broker is killed only with STARLING_CHAOS_WITH_BROKER=1: see below.)
+//!
+//! The order comes from a seed that the test prints; STARLING_CHAOS_SEED=N
+//! replays it. Needs root (BPF) and tansu with SQLite storage (a broker
+//! whose acknowledged writes survive its own crash, as Kafka's do).
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use starling_sim::kafka::{is_marked_exec, KafkaReader};
+use starling_sim::{
+    free_port, is_root, predicted_aggregators, wait_for, Broker, ExecLoad, Fleet, MeshOptions,
+    NodeProcess, SinkProcess,
+};
+
+const TOPIC: &str = "starling.events";
+const ZONE: &str = "chaos";
+const MEMBERS: usize = 4;
+const MARKER: &str = "chaos-load";
+
+/// What is killed, in the order the seed draws.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    /// Whichever aggregator the loaded node ships through at that moment.
+    Aggregator,
+    Sink(usize),
+    Node,
+    Broker,
+}
+
+struct Mesh {
+    broker: Broker,
+    members: Vec<NodeProcess>,
+    sinks: Vec<SinkProcess>,
+    /// Index in `members` of the node with the sensor and the load.
+    loaded: usize,
+}
+
+impl Mesh {
+    fn node(&self) -> &NodeProcess {
+        &self.members[self.loaded]
+    }
+
+    fn acked(&self) -> f64 {
+        self.node()
+            .metric("starling_node_events_acked_total")
+            .unwrap_or(0.0)
+    }
+
+    /// The aggregator the loaded node ships through, once it ships through
+    /// one (not straight to a sink).
+    fn current_aggregator(&self) -> Option<usize> {
+        let to = self.node().mesh_status()?.uplink?.to;
+        self.members.iter().position(|m| m.host_id == to)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("node log:\n{}\n", self.node().log());
+        for s in &self.sinks {
+            out.push_str(&format!("{} log:\n{}\n", s.name, s.log()));
+        }
+        out
+    }
+
+    /// Kills `victim` with SIGKILL, leaves it down for `down`, starts it
+    /// again, and returns what was killed.
+    fn kill_and_restart(&mut self, victim: Victim, down: Duration) -> anyhow::Result<String> {
+        match victim {
+            Victim::Aggregator => {
+                let at = wait_for(Duration::from_secs(60), || self.current_aggregator())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("the node ships through no aggregator\n{}", self.logs())
+                    })?;
+                let m = &mut self.members[at];
+                m.kill9();
+                std::thread::sleep(down);
+                m.restart()?;
+                Ok(format!("aggregator {}", m.host_id))
+            }
+            Victim::Sink(i) => {
+                let s = &mut self.sinks[i];
+                s.kill9();
+                std::thread::sleep(down);
+                s.restart()?;
+                Ok(s.name.clone())
+            }
+            Victim::Node => {
+                let n = &mut self.members[self.loaded];
+                n.kill9();
+                std::thread::sleep(down);
+                n.restart()?;
+                Ok(format!("node {}", n.host_id))
+            }
+            Victim::Broker => {
+                self.broker.kill9();
+                std::thread::sleep(down);
+                self.broker.restart()?;
+                Ok("broker".into())
+            }
+        }
+    }
+}
+
+fn start_mesh(fleet: &Fleet, with_broker: bool) -> anyhow::Result<Mesh> {
+    // Only a broker that is killed needs its records on disk.
+    let broker = if with_broker {
+        Broker::start_durable()?
+    } else {
+        Broker::start()?
+    };
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("chaos-{i:02}")).collect();
+    // The election is deterministic: the loaded node is one that is not
+    // elected, so its events cross an aggregator.
+    let predicted = predicted_aggregators(ZONE, &names);
+    let loaded = names
+        .iter()
+        .position(|n| !predicted.contains(n))
+        .expect("a member that is not an aggregator");
+    let seed = MeshOptions {
+        bootstrap: Vec::new(),
+        zone: ZONE.into(),
+        aggregator: true,
+        listen_port: free_port(),
+        expected_cell_size: MEMBERS as u32,
+    };
+    let seed_addr = seed.listen_addr();
+    let others = MeshOptions {
+        bootstrap: vec![seed_addr.clone()],
+        listen_port: 0,
+        ..seed.clone()
+    };
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let opts = if i == 0 { &seed } else { &others };
+        members.push(NodeProcess::start_in_mesh(fleet, name, opts, i == loaded)?);
+    }
+    let kafka = Some((broker.bootstrap(), TOPIC));
+    let sinks = ["chaos-sink-a", "chaos-sink-b"]
+        .into_iter()
+        .map(|name| {
+            SinkProcess::start_in_mesh(
+                fleet,
+                name,
+                kafka.as_ref().map(|(b, t)| (b.as_str(), *t)),
+                std::slice::from_ref(&seed_addr),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Mesh {
+        broker,
+        members,
+        sinks,
+        loaded,
+    })
+}
+
+#[test]
+fn every_sequence_number_reaches_kafka_while_each_part_is_killed_and_restarted(
+) -> anyhow::Result<()> {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    let seed: u64 = match std::env::var("STARLING_CHAOS_SEED") {
+        Ok(s) => s.parse()?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    };
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut order = vec![
+        Victim::Aggregator,
+        Victim::Sink(0),
+        Victim::Sink(1),
+        Victim::Node,
+    ];
+    // Not yet by default: with tansu 0.6's SQLite storage (which a broker
+    // that is killed needs) the first sequence numbers were missing from
+    // what the test read back from Kafka, even in a run that did not kill
+    // the broker; whether tansu loses them or serves them differently is
+    // still to be found (issue 18). STARLING_CHAOS_WITH_BROKER=1 puts the
+    // broker in.
+    let with_broker = std::env::var_os("STARLING_CHAOS_WITH_BROKER").is_some();
+    if with_broker {
+        order.push(Victim::Broker);
+    }
+    order.shuffle(&mut rng);
+    println!("chaos seed {seed} (STARLING_CHAOS_SEED={seed} replays it): {order:?}");
+
+    let fleet = Fleet::new()?;
+    let mut mesh = start_mesh(&fleet, with_broker)?;
+    let attached = wait_for(Duration::from_secs(120), || {
+        let s = mesh.node().mesh_status()?;
+        (s.sinks.len() == 2 && mesh.current_aggregator().is_some()).then_some(())
+    });
+    assert!(
+        attached.is_some(),
+        "the loaded node never shipped through an aggregator with both sinks known: {:#?}\n{}",
+        mesh.node().mesh_status(),
+        mesh.logs()
+    );
+
+    let load = ExecLoad::start(MARKER);
+    let flowing = wait_for(Duration::from_secs(60), || {
+        (mesh.acked() >= 20.0).then_some(())
+    });
+    assert!(flowing.is_some(), "no events acknowledged\n{}", mesh.logs());
+
+    let started = Instant::now();
+    for victim in order {
+        // The outage itself is the chaos: random, not a synchronisation.
+        let down = Duration::from_millis(rng.random_range(500..3000));
+        let what = mesh.kill_and_restart(victim, down)?;
+        // Before the next kill, events must be acknowledged again: each
+        // failure is recovered from on its own, not hidden by the next.
+        let base = mesh.acked();
+        let resumed = wait_for(Duration::from_secs(120), || {
+            (mesh.acked() >= base + 20.0).then_some(())
+        });
+        assert!(
+            resumed.is_some(),
+            "nothing acknowledged after {what} was killed and restarted\n{}",
+            mesh.logs()
+        );
+        println!(
+            "{:>6.1} s  {what} killed, down {} ms, restarted; events acknowledged again",
+            started.elapsed().as_secs_f64(),
+            down.as_millis()
+        );
+    }
+    let execs = load.stop();
+    let node = mesh.node();
+    let last = node.last_seq().expect("node metrics");
+
+    let mut reader = KafkaReader::new(&mesh.broker.bootstrap(), TOPIC)?;
+    let delivered = reader.wait_for_sequence(&node.host_id, last, Duration::from_secs(120));
+    assert!(
+        delivered.is_ok(),
+        "sequence numbers missing from Kafka (last {last}): {:?}\n{}",
+        delivered.err(),
+        mesh.logs()
+    );
+    let marked = reader
+        .records
+        .iter()
+        .filter(|r| r.key == node.host_id && is_marked_exec(&r.event, MARKER))
+        .count();
+    assert!(
+        marked > 100,
+        "the load reached Kafka ({marked} marked execs of {execs} run)"
+    );
+    println!(
+        "{last} sequence numbers from {} all in Kafka; {marked} marked execs of {execs} run (the rest ran while the node was down)",
+        node.host_id
+    );
+    Ok(())
+}
