@@ -1,5 +1,6 @@
 //! Sans-I/O admission bookkeeping of the swarm: which connected peers
-//! are pending, admitted or blocked (docs/mesh.md, "Admission").
+//! are pending, admitted or blocked, and how many it admits at once
+//! (docs/mesh.md, "Admission" and "Starting all at once").
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -9,18 +10,42 @@ use libp2p::PeerId;
 use crate::enrol::AdmissionError;
 use crate::identity::PeerIdentity;
 
-/// Connections waiting for their enrolment proof at once. Each holds a
-/// connection and its buffers for up to the admission timeout, so a flood
-/// of connections that never prove anything must not grow this without
-/// bound; a real start-up storm stays far below it (a member is connected
-/// to its cell, about 50 peers, and a few more).
-pub const MAX_PENDING_ADMISSIONS: usize = 512;
+/// Peers a member admits at once. A connection that comes in beyond this
+/// is kept only long enough to tell its dialer to come back later
+/// ([`OnConnect::Defer`]): under a start-up storm the handshakes queue
+/// behind each other, and one admitted late is worth more than two that
+/// time out.
+pub const MAX_ADMITTING: usize = 64;
+/// Connections waiting for their enrolment proof at once, deferred ones
+/// included. Each holds a connection and its buffers until it proves its
+/// enrolment or its time runs out, so a flood of connections that never
+/// prove anything must not grow this without bound; a start-up storm of
+/// 500 members stays below it even at a seed that every member dials.
+pub const MAX_PENDING_ADMISSIONS: usize = 1024;
+/// The most a pending peer's wait grows between two looks at the table
+/// ([`AdmissionTable::expired`]). The driver looks twice a second; when
+/// its own loop runs late (a saturated host) the time it lost is not held
+/// against the peer.
+pub const MAX_WAIT_STEP: Duration = Duration::from_secs(1);
+
+/// A peer awaiting its proof.
+#[derive(Debug)]
+struct Pending {
+    /// Time the member has been able to wait for it (see [`MAX_WAIT_STEP`]).
+    waited: Duration,
+    /// Came in while the member was admitting its most: its request is
+    /// to be answered with "busy".
+    deferred: bool,
+}
 
 /// Sans-I/O admission bookkeeping: who is pending, admitted or blocked.
 #[derive(Debug)]
 pub struct AdmissionTable {
+    max_admitting: usize,
     max_pending: usize,
-    pending: HashMap<PeerId, Instant>,
+    pending: HashMap<PeerId, Pending>,
+    /// When the pending peers' waits last grew.
+    aged: Option<Instant>,
     /// Admitted peers, with when they were first admitted.
     admitted: HashMap<PeerId, (PeerIdentity, Instant)>,
     blocked: HashMap<PeerId, Instant>,
@@ -28,7 +53,7 @@ pub struct AdmissionTable {
 
 impl Default for AdmissionTable {
     fn default() -> Self {
-        Self::new(MAX_PENDING_ADMISSIONS)
+        Self::new(MAX_ADMITTING, MAX_PENDING_ADMISSIONS)
     }
 }
 
@@ -41,24 +66,41 @@ pub enum OnConnect {
     Known,
     /// New: wait for (or ask for) its chain.
     Pending,
-    /// New, but too many peers are pending already: disconnect (not
-    /// blocked; it may try again).
+    /// New, but the member is admitting its most: answer the peer's
+    /// enrolment request with "busy, come back later" (not a refusal).
+    Defer,
+    /// New, and even the deferred peers are at their bound: disconnect
+    /// at once (not blocked; it may try again).
+    Busy,
+}
+
+/// What the driver must do with a pending peer's enrolment request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OnRequest {
+    /// Check its chain now.
+    Check,
+    /// Answer "busy": it was deferred.
     Busy,
 }
 
 impl AdmissionTable {
-    /// A table that holds at most `max_pending` peers awaiting their proof.
-    pub fn new(max_pending: usize) -> Self {
+    /// A table that admits `max_admitting` peers at once and holds at
+    /// most `max_pending` awaiting their proof, deferred ones included.
+    pub fn new(max_admitting: usize, max_pending: usize) -> Self {
         Self {
-            max_pending,
+            max_admitting,
+            max_pending: max_pending.max(max_admitting),
             pending: HashMap::new(),
+            aged: None,
             admitted: HashMap::new(),
             blocked: HashMap::new(),
         }
     }
 
-    /// A connection to `peer` came up.
-    pub fn on_connected(&mut self, peer: PeerId, now: Instant) -> OnConnect {
+    /// A connection to `peer` came up; `dialer`: this member dialled it.
+    /// A member's own dials are never deferred (it asked for them, and
+    /// the peer it dialled decides whether it is busy).
+    pub fn on_connected(&mut self, peer: PeerId, dialer: bool, now: Instant) -> OnConnect {
         self.blocked.retain(|_, until| *until > now);
         if self.blocked.contains_key(&peer) {
             return OnConnect::Refuse;
@@ -66,11 +108,68 @@ impl AdmissionTable {
         if self.admitted.contains_key(&peer) {
             return OnConnect::Known;
         }
-        if !self.pending.contains_key(&peer) && self.pending.len() >= self.max_pending {
+        if let Some(p) = self.pending.get(&peer) {
+            return if p.deferred {
+                OnConnect::Defer
+            } else {
+                OnConnect::Pending
+            };
+        }
+        if self.pending.len() >= self.max_pending {
             return OnConnect::Busy;
         }
-        self.pending.entry(peer).or_insert(now);
-        OnConnect::Pending
+        let admitting = self.pending.values().filter(|p| !p.deferred).count();
+        let deferred = !dialer && admitting >= self.max_admitting;
+        self.pending.insert(
+            peer,
+            Pending {
+                waited: Duration::ZERO,
+                deferred,
+            },
+        );
+        if deferred {
+            OnConnect::Defer
+        } else {
+            OnConnect::Pending
+        }
+    }
+
+    /// `peer` sent its enrolment request: check it, or tell it to come
+    /// back later. A deferred peer stays in the table until its dialer,
+    /// told to come back, closes the connection (or its time runs out).
+    pub fn on_request(&self, peer: &PeerId) -> OnRequest {
+        match self.pending.get(peer) {
+            Some(p) if p.deferred => OnRequest::Busy,
+            _ => OnRequest::Check,
+        }
+    }
+
+    /// The peer this member dialled answered "busy", or a deferred peer
+    /// left: it is no longer pending, and not refused.
+    pub fn on_busy(&mut self, peer: &PeerId) {
+        self.pending.remove(peer);
+    }
+
+    /// Whether `peer` awaits its proof (its connection is up and not yet
+    /// admitted).
+    pub fn is_pending(&self, peer: &PeerId) -> bool {
+        self.pending.contains_key(peer)
+    }
+
+    /// Peers awaiting their proof, and how many of them are deferred.
+    pub fn pending_counts(&self) -> (usize, usize) {
+        let deferred = self.pending.values().filter(|p| p.deferred).count();
+        (self.pending.len(), deferred)
+    }
+
+    /// How long to tell a deferred peer to stay away: longer the more
+    /// peers wait, so that they come back spread out rather than at once.
+    pub fn retry_after(&self) -> Duration {
+        let waiting = self.pending.len().max(1) as u32;
+        let per_round = self.max_admitting.max(1) as u32;
+        // A round of `max_admitting` admissions takes about a second on
+        // a busy host; at least 2 s, at most 30 s.
+        Duration::from_secs(u64::from(waiting.div_ceil(per_round).clamp(2, 30)))
     }
 
     /// The peer's chain was checked.
@@ -103,14 +202,26 @@ impl AdmissionTable {
     /// not blocked: under a reconnect storm (a rack restarting) a slow
     /// handshake is far likelier than an attacker, and blocking an
     /// enrolled member would cut it off its cell for the whole block.
-    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<PeerId> {
-        let late: Vec<PeerId> = self
+    /// A peer's wait grows by the time since the last call, but by at most
+    /// [`MAX_WAIT_STEP`]: when the member's own loop stalls, the peer is
+    /// not blamed for it. Each comes with whether it was deferred (told
+    /// to come back later, so not to be counted as refused).
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<(PeerId, bool)> {
+        let step = self
+            .aged
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+            .min(MAX_WAIT_STEP);
+        self.aged = Some(now);
+        for p in self.pending.values_mut() {
+            p.waited += step;
+        }
+        let late: Vec<(PeerId, bool)> = self
             .pending
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= timeout)
-            .map(|(p, _)| *p)
+            .filter(|(_, p)| p.waited >= timeout)
+            .map(|(peer, p)| (*peer, p.deferred))
             .collect();
-        for p in &late {
+        for (p, _) in &late {
             self.pending.remove(p);
         }
         late
@@ -177,37 +288,40 @@ mod tests {
         let block = Duration::from_secs(60);
         let mut t = AdmissionTable::default();
         let (good, bad, slow) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert_eq!(t.on_connected(good, now), OnConnect::Pending);
-        assert_eq!(t.on_connected(bad, now), OnConnect::Pending);
-        assert_eq!(t.on_connected(slow, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(good, false, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(bad, false, now), OnConnect::Pending);
+        assert_eq!(t.on_connected(slow, false, now), OnConnect::Pending);
         assert!(t.on_checked(good, Ok(id("good")), now, block).is_ok());
         assert!(t
             .on_checked(bad, Err(AdmissionError::KeyMismatch), now, block)
             .is_err());
         assert_eq!(t.admitted(&good).map(|i| i.name.as_str()), Some("good"));
-        assert_eq!(t.on_connected(good, now), OnConnect::Known);
+        assert_eq!(t.on_connected(good, false, now), OnConnect::Known);
         assert_eq!(
-            t.on_connected(bad, now),
+            t.on_connected(bad, false, now),
             OnConnect::Refuse,
             "refused peers stay blocked"
         );
-        assert!(t
-            .expired(now + Duration::from_secs(1), Duration::from_secs(5))
-            .is_empty());
+        let timeout = Duration::from_secs(5);
+        // Looked at twice a second, as the driver does.
+        let mut expired_at = None;
+        for half_seconds in 0..=12u32 {
+            let at = now + Duration::from_millis(500) * half_seconds;
+            let late = t.expired(at, timeout);
+            if !late.is_empty() {
+                assert_eq!(late, [(slow, false)]);
+                assert!(expired_at.is_none(), "expired once");
+                expired_at = Some(at - now);
+            }
+        }
+        assert_eq!(expired_at, Some(timeout));
         assert_eq!(
-            t.expired(now + Duration::from_secs(5), Duration::from_secs(5)),
-            [slow]
-        );
-        assert!(t
-            .expired(now + Duration::from_secs(6), Duration::from_secs(5))
-            .is_empty());
-        assert_eq!(
-            t.on_connected(slow, now + Duration::from_secs(6)),
+            t.on_connected(slow, false, now + Duration::from_secs(6)),
             OnConnect::Pending,
             "a slow peer may try again at once"
         );
         assert_eq!(
-            t.on_connected(bad, now + block + Duration::from_secs(1)),
+            t.on_connected(bad, false, now + block + Duration::from_secs(1)),
             OnConnect::Pending,
             "blocks expire"
         );
@@ -223,7 +337,7 @@ mod tests {
         let mut t = AdmissionTable::default();
         let admit = |t: &mut AdmissionTable, name: &str, at: Instant| {
             let p = PeerId::random();
-            t.on_connected(p, at);
+            t.on_connected(p, false, at);
             t.on_checked(p, Ok(id(name)), at, block).unwrap();
             p
         };
@@ -259,20 +373,76 @@ mod tests {
     }
 
     #[test]
-    fn pending_peers_are_bounded() {
+    fn pending_peers_are_bounded_and_the_excess_deferred() {
         let now = Instant::now();
         let block = Duration::from_secs(60);
-        let mut t = AdmissionTable::new(2);
-        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert_eq!(t.on_connected(a, now), OnConnect::Pending);
-        assert_eq!(t.on_connected(b, now), OnConnect::Pending);
-        assert_eq!(t.on_connected(c, now), OnConnect::Busy);
+        let mut t = AdmissionTable::new(1, 2);
+        let (a, b, c, d) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        assert_eq!(t.on_connected(a, false, now), OnConnect::Pending);
         assert_eq!(
-            t.on_connected(a, now),
+            t.on_connected(b, false, now),
+            OnConnect::Defer,
+            "beyond the peers admitted at once"
+        );
+        assert_eq!(t.on_connected(c, false, now), OnConnect::Busy, "beyond all");
+        assert_eq!(
+            t.on_connected(a, false, now),
             OnConnect::Pending,
             "a second connection of a pending peer is no new entry"
         );
+        assert_eq!(t.on_connected(b, false, now), OnConnect::Defer);
+        assert_eq!(t.on_request(&a), OnRequest::Check);
+        assert_eq!(t.on_request(&b), OnRequest::Busy, "told to come back");
+        assert_eq!(t.pending_counts(), (2, 1));
+        t.on_busy(&b);
         t.on_checked(a, Ok(id("a")), now, block).unwrap();
-        assert_eq!(t.on_connected(c, now), OnConnect::Pending, "room again");
+        assert_eq!(t.pending_counts(), (0, 0));
+        assert_eq!(
+            t.on_connected(c, false, now),
+            OnConnect::Pending,
+            "room again"
+        );
+        assert_eq!(
+            t.on_connected(d, true, now),
+            OnConnect::Pending,
+            "a member's own dials are never deferred"
+        );
+    }
+
+    #[test]
+    fn a_stalled_member_does_not_blame_its_peers() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut t = AdmissionTable::default();
+        let peer = PeerId::random();
+        t.on_connected(peer, false, now);
+        assert!(t.expired(now, timeout).is_empty());
+        // The member's loop ran only every 5 s for 45 s: it waited 9 s.
+        for step in 1..=9u32 {
+            let at = now + Duration::from_secs(5) * step;
+            assert!(t.expired(at, timeout).is_empty(), "at {step}");
+        }
+        let later = now + Duration::from_secs(46);
+        assert_eq!(t.expired(later, timeout), [(peer, false)]);
+    }
+
+    #[test]
+    fn the_wait_asked_of_deferred_peers_grows_with_the_queue() {
+        let now = Instant::now();
+        let mut t = AdmissionTable::new(4, 1000);
+        assert_eq!(t.retry_after(), Duration::from_secs(2));
+        for _ in 0..40 {
+            t.on_connected(PeerId::random(), false, now);
+        }
+        assert_eq!(t.retry_after(), Duration::from_secs(10));
+        for _ in 0..400 {
+            t.on_connected(PeerId::random(), false, now);
+        }
+        assert_eq!(t.retry_after(), Duration::from_secs(30), "at most 30 s");
     }
 }

@@ -34,10 +34,12 @@ mod cell_driver;
 mod connections;
 mod dht;
 mod dial_cause;
+mod redial;
 mod revocations;
 
 use cell_driver::Cell;
 use dial_cause::DialCause;
+pub use redial::DIALS_HELD;
 
 use crate::admission::AdmissionTable;
 use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
@@ -104,6 +106,10 @@ pub const CONNECTIONS_OPENED: &str = "starling_mesh_connections_opened_total";
 /// (`kad` for DHT queries, `swim` for a datagram to an unconnected peer,
 /// `gossip`).
 pub const DIALS: &str = "starling_mesh_dials_total";
+/// Prometheus counter of dials that made no connection, by `error`:
+/// `transport` (unreachable, or the handshake timed out), `denied` (held
+/// back, see [`DIALS_HELD`]), `other`.
+pub const DIAL_FAILURES: &str = "starling_mesh_dial_failures_total";
 /// Prometheus counter of connections closed because the member did not
 /// need them (outside its cell, beyond its links across cells).
 pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
@@ -125,10 +131,24 @@ pub const LOCAL_HEALTH: &str = "starling_mesh_local_health";
 /// Prometheus counter of gossip messages rejected, by `reason`.
 pub const GOSSIP_REJECTED: &str = "starling_mesh_gossip_rejected_total";
 
-/// A certificate chain, as each side presents it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Prometheus counter of admissions put off because the listener was
+/// admitting its most, by `side`: `listener` (told a dialer to come back),
+/// `dialer` (was told so).
+pub const ADMISSIONS_DEFERRED: &str = "starling_mesh_admissions_deferred_total";
+/// Prometheus gauge of connected peers awaiting admission, by `state`:
+/// `admitting` (their chains are being exchanged), `deferred` (to be told
+/// to come back later).
+pub const ADMISSIONS_PENDING: &str = "starling_mesh_admissions_pending";
+
+/// A certificate chain, as each side presents it; or, from a listener
+/// admitting its most, no chain and how long to stay away.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EnrolMessage {
     pub chain: Vec<Vec<u8>>,
+    /// "Busy, come back after this many milliseconds" (absent in every
+    /// other message, and from members that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_ms: Option<u32>,
 }
 
 /// One membership datagram, labelled with the sender's cell so that
@@ -143,6 +163,7 @@ pub struct SwimMessage {
 /// Everything a mesh member runs on each connection.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
+    redial: redial::RedialGate,
     enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
     swim: DialCause<request_response::cbor::Behaviour<SwimMessage, ()>>,
     identify: identify::Behaviour,
@@ -248,6 +269,9 @@ pub struct Mesh {
     /// admitted, and the wait after that (doubling up to a limit).
     pub(super) next_bootstrap: Instant,
     pub(super) bootstrap_backoff: Duration,
+    /// Which configured bootstrap peer is dialled next: counts up from a
+    /// random start, so members take the seeds in turn from different ones.
+    pub(super) bootstrap_turn: usize,
     pub(super) last_prune: Instant,
     /// Connected peers that sent or were sent datagrams of this member's
     /// cell: cell members whether or not the view counts them now.
@@ -257,6 +281,8 @@ pub struct Mesh {
     /// and only admission tells the name). Bounded by
     /// `MAX_PENDING_PEERS`.
     pub(super) announce_on_admit: std::collections::HashSet<PeerId>,
+    /// Jitter for the waits before redialling a peer.
+    pub(super) rng: rand::rngs::SmallRng,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -305,6 +331,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         gossip_config,
     )?;
     Ok(MeshBehaviour {
+        redial: Default::default(),
         enrol,
         swim: DialCause::new(swim, "swim"),
         identify,
@@ -312,6 +339,18 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         kad: DialCause::new(kad, "kad"),
         gossipsub: DialCause::new(gossipsub, "gossip"),
     })
+}
+
+/// A random source for jitter, different per member and per start.
+fn jitter_rng(peer: &PeerId) -> rand::rngs::SmallRng {
+    use rand::SeedableRng;
+    let mut seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for b in peer.to_bytes() {
+        seed = seed.rotate_left(5) ^ u64::from(b);
+    }
+    rand::rngs::SmallRng::seed_from_u64(seed)
 }
 
 fn millis(d: Duration) -> f64 {
@@ -373,6 +412,8 @@ impl Mesh {
             .revocations
             .clone()
             .map(crate::trust::RevocationFile::new);
+        let mut rng = jitter_rng(swarm.local_peer_id());
+        let bootstrap_turn = rand::RngExt::random_range(&mut rng, 0..1usize << 16);
         Ok((
             Self {
                 swarm,
@@ -396,9 +437,11 @@ impl Mesh {
                 last_revocation_check: None,
                 next_bootstrap: Instant::now(),
                 bootstrap_backoff: connections::BOOTSTRAP_RETRY_MIN,
+                bootstrap_turn,
                 last_prune: Instant::now(),
                 cell_peers: Default::default(),
                 announce_on_admit: Default::default(),
+                rng,
             },
             rx,
             command_tx,
@@ -701,10 +744,16 @@ impl Mesh {
                     v.rtt.remove(&peer_id);
                 });
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                ..
-            } if !self.swarm.is_connected(&peer) => {
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let kind = match &error {
+                    libp2p::swarm::DialError::Denied { .. } => "denied",
+                    libp2p::swarm::DialError::Transport(_) => "transport",
+                    _ => "other",
+                };
+                metrics::counter!(DIAL_FAILURES, "error" => kind).increment(1);
+                let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) else {
+                    return;
+                };
                 self.announce_on_admit.remove(&peer);
                 if let Some(q) = self.pending.remove(&peer) {
                     for _ in q {
@@ -712,26 +761,7 @@ impl Mesh {
                     }
                 }
             }
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Enrol(
-                request_response::Event::Message { peer, message, .. },
-            )) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    self.check(peer, &request.chain);
-                    if self.table.admitted(&peer).is_some() {
-                        let chain = self.enrolment.chain_der();
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .enrol
-                            .send_response(channel, EnrolMessage { chain });
-                    }
-                }
-                request_response::Message::Response { response, .. } => {
-                    self.check(peer, &response.chain);
-                }
-            },
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Enrol(event)) => self.on_enrol(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(request_response::Event::Message {
                 peer,
                 message:

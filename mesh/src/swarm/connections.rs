@@ -21,8 +21,8 @@ const CROSS_CELL_LINKS: usize = 8;
 const PRUNE_SETTLE: Duration = Duration::from_secs(30);
 
 impl Mesh {
-    /// Dials the bootstrap peers at start, and again while no peer is
-    /// admitted: a first dial can fail (the peer not up yet, or too busy
+    /// Dials a bootstrap peer at start, and the next one in turn while no
+    /// peer is admitted: a first dial can fail (the peer not up yet, or too busy
     /// to finish the handshake and admission in time), and a member that
     /// never retried would stay alone for good. The wait doubles up to
     /// `BOOTSTRAP_RETRY_MAX`, spread per member so that a fleet started
@@ -36,11 +36,15 @@ impl Mesh {
             self.next_bootstrap = now + BOOTSTRAP_RETRY_MIN;
             return;
         }
-        for addr in self.config.bootstrap.clone() {
-            match self.swarm.dial(addr.clone()) {
-                Ok(()) => metrics::counter!(DIALS, "cause" => "bootstrap").increment(1),
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer"),
-            }
+        // One bootstrap peer per attempt, starting from one picked at
+        // random: a fleet started together spreads over its seeds
+        // instead of every member handshaking with every seed at once.
+        let seeds = &self.config.bootstrap;
+        let addr = seeds[self.bootstrap_turn % seeds.len()].clone();
+        self.bootstrap_turn = self.bootstrap_turn.wrapping_add(1);
+        match self.swarm.dial(addr.clone()) {
+            Ok(()) => metrics::counter!(DIALS, "cause" => "bootstrap").increment(1),
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer"),
         }
         let wait = self.bootstrap_backoff.mul_f64(1.0 + self.spread());
         self.next_bootstrap = now + wait;
