@@ -11,11 +11,12 @@
 //! counted; one that failed the check is also blocked for a while.
 //!
 //! The driver's parts: `admit` (enrolment exchange and refusals),
-//! `cell_driver` (membership and election), `connections` (bootstrap
-//! and pruning), `dht` (the routing table and Kademlia's queries),
-//! `dial_cause` (dials counted by who asked), `revocations` (the
-//! revocation list); this file holds the swarm, its configuration, the
-//! tick, the published view and the event dispatch.
+//! `adverts` (sink adverts over gossipsub), `cell_driver` (membership
+//! and election), `connections` (bootstrap and pruning), `dht` (the
+//! routing table and Kademlia's queries), `dial_cause` (dials counted by
+//! who asked), `redial` (dials held back), `revocations` (the revocation
+//! list); this file holds the swarm, its configuration, the tick, the
+//! published view and the event dispatch.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 mod admit;
+mod adverts;
 mod cell_driver;
 mod connections;
 mod dht;
@@ -42,7 +44,7 @@ use dial_cause::DialCause;
 pub use redial::DIALS_HELD;
 
 use crate::admission::AdmissionTable;
-use crate::adverts::{SinkAdvert, SinkBook, SINK_TOPIC};
+use crate::adverts::{SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
 use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
@@ -142,7 +144,7 @@ pub const ADMISSIONS_PENDING: &str = "starling_mesh_admissions_pending";
 
 /// A certificate chain, as each side presents it; or, from a listener
 /// admitting its most, no chain and how long to stay away.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrolMessage {
     pub chain: Vec<Vec<u8>>,
     /// "Busy, come back after this many milliseconds" (absent in every
@@ -281,7 +283,8 @@ pub struct Mesh {
     /// and only admission tells the name). Bounded by
     /// `MAX_PENDING_PEERS`.
     pub(super) announce_on_admit: std::collections::HashSet<PeerId>,
-    /// Jitter for the waits before redialling a peer.
+    /// The member's random source: jitter of its redial waits, its first
+    /// bootstrap peer, its membership's seed.
     pub(super) rng: rand::rngs::SmallRng,
 }
 
@@ -550,38 +553,6 @@ impl Mesh {
         self.publish_view(now);
     }
 
-    fn advertise_sink(&mut self, now: Instant) {
-        let Some(ingress) = self.config.sink_ingress.clone() else {
-            return;
-        };
-        if self
-            .last_advert
-            .is_some_and(|t| now.duration_since(t) < SINK_ADVERT_INTERVAL)
-        {
-            return;
-        }
-        self.last_advert = Some(now);
-        self.advert_seq += 1;
-        let advert = SinkAdvert {
-            chain: self.enrolment.chain_der(),
-            ingress,
-            load_pct: self.sink_load,
-            seq: self.advert_seq,
-        };
-        let topic = self.sink_topic.clone();
-        if let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, advert.encode())
-        {
-            // Usually no gossip peers yet: try again on the next tick
-            // rather than a whole interval later.
-            tracing::debug!(error = %e, "sink advert not published");
-            self.last_advert = None;
-        }
-    }
-
     fn publish_view(&mut self, now: Instant) {
         let rtt = |peer: &PeerId, v: &MeshView| v.rtt.get(peer).map(|d| millis(*d));
         // Copying every member record is the costliest part of a tick, so
@@ -670,42 +641,6 @@ impl Mesh {
             v.sinks = sinks;
             v.stats = stats;
         });
-    }
-
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        self.stats.gossip_bytes_in += message.data.len() as u64;
-        // The forwarding peer must be admitted; the author is checked by
-        // what the message carries.
-        let verdict = if self.table.admitted(&source).is_none() {
-            Err("forwarder_not_admitted".to_owned())
-        } else if message.topic != self.sink_topic.hash() {
-            Err("unknown_topic".to_owned())
-        } else {
-            match message.source {
-                None => Err("anonymous".to_owned()),
-                Some(author) => {
-                    let enrolment = &self.enrolment;
-                    self.sinks
-                        .on_advert(author, &message.data, Instant::now(), |p, chain| {
-                            enrolment.admit(p, chain, SystemTime::now())
-                        })
-                        .map_err(|e| e.to_string())
-                }
-            }
-        };
-        let acceptance = match verdict {
-            Ok(()) => gossipsub::MessageAcceptance::Accept,
-            Err(reason) => {
-                tracing::debug!(%source, %reason, "gossip message rejected");
-                metrics::counter!(GOSSIP_REJECTED).increment(1);
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
     }
 
     fn on_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {

@@ -87,14 +87,12 @@ impl Mesh {
                 }
                 self.check(peer, &request.chain);
                 if self.table.admitted(&peer).is_some() {
-                    let chain = self.enrolment.chain_der();
-                    let _ = self.swarm.behaviour_mut().enrol.send_response(
-                        channel,
-                        EnrolMessage {
-                            chain,
-                            ..Default::default()
-                        },
-                    );
+                    let answer = self.own_chain();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .enrol
+                        .send_response(channel, answer);
                 }
             }
             request_response::Event::Message {
@@ -138,15 +136,20 @@ impl Mesh {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
+    /// This member's chain, as it presents it to a peer.
+    fn own_chain(&self) -> EnrolMessage {
+        EnrolMessage {
+            chain: self.enrolment.chain_der(),
+            busy_ms: None,
+        }
+    }
+
     fn send_chain(&mut self, peer: PeerId) {
-        let chain = self.enrolment.chain_der();
-        self.swarm.behaviour_mut().enrol.send_request(
-            &peer,
-            EnrolMessage {
-                chain,
-                ..Default::default()
-            },
-        );
+        let request = self.own_chain();
+        self.swarm
+            .behaviour_mut()
+            .enrol
+            .send_request(&peer, request);
     }
 
     pub(super) fn check(&mut self, peer: PeerId, chain: &[Vec<u8>]) {

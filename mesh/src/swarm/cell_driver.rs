@@ -94,11 +94,9 @@ impl Mesh {
             addrs: vec![advertise.to_string()],
             relay: settings.relay.clone(),
         };
-        let seed = u64::from_le_bytes(
-            self.swarm.local_peer_id().to_bytes()[..8]
-                .try_into()
-                .unwrap_or([0; 8]),
-        );
+        // The PeerId's first bytes are its multihash and key-type prefix,
+        // alike in every member: the member's own random source instead.
+        let seed: u64 = rand::RngExt::random(&mut self.rng);
         match CellMembership::new(id, info, settings.expected_size, seed) {
             Ok(membership) => {
                 tracing::info!(cell = %name, %advertise, "joining cell");

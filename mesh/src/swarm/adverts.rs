@@ -1,0 +1,86 @@
+//! Sink adverts over gossipsub, methods of [`Mesh`]: a sink publishes
+//! its ingress address and load every `SINK_ADVERT_INTERVAL`, and every
+//! member checks an advert (forwarder admitted, author's chain valid)
+//! before its sink book takes it (docs/mesh.md, "Attachment").
+
+use std::time::{Instant, SystemTime};
+
+use libp2p::{gossipsub, PeerId};
+
+use super::{Mesh, GOSSIP_REJECTED, SINK_ADVERT_INTERVAL};
+use crate::adverts::SinkAdvert;
+
+impl Mesh {
+    pub(super) fn advertise_sink(&mut self, now: Instant) {
+        let Some(ingress) = self.config.sink_ingress.clone() else {
+            return;
+        };
+        if self
+            .last_advert
+            .is_some_and(|t| now.duration_since(t) < SINK_ADVERT_INTERVAL)
+        {
+            return;
+        }
+        self.last_advert = Some(now);
+        self.advert_seq += 1;
+        let advert = SinkAdvert {
+            chain: self.enrolment.chain_der(),
+            ingress,
+            load_pct: self.sink_load,
+            seq: self.advert_seq,
+        };
+        let topic = self.sink_topic.clone();
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, advert.encode())
+        {
+            // Usually no gossip peers yet: try again on the next tick
+            // rather than a whole interval later.
+            tracing::debug!(error = %e, "sink advert not published");
+            self.last_advert = None;
+        }
+    }
+
+    pub(super) fn on_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        self.stats.gossip_bytes_in += message.data.len() as u64;
+        // The forwarding peer must be admitted; the author is checked by
+        // what the message carries.
+        let verdict = if self.table.admitted(&source).is_none() {
+            Err("forwarder_not_admitted".to_owned())
+        } else if message.topic != self.sink_topic.hash() {
+            Err("unknown_topic".to_owned())
+        } else {
+            match message.source {
+                None => Err("anonymous".to_owned()),
+                Some(author) => {
+                    let enrolment = &self.enrolment;
+                    self.sinks
+                        .on_advert(author, &message.data, Instant::now(), |p, chain| {
+                            enrolment.admit(p, chain, SystemTime::now())
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        let acceptance = match verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(reason) => {
+                tracing::debug!(%source, %reason, "gossip message rejected");
+                metrics::counter!(GOSSIP_REJECTED).increment(1);
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+}
