@@ -45,12 +45,50 @@ impl Broker {
 
     /// Starts a broker that keeps its records in a SQLite file, meant to
     /// survive [`Broker::kill9`] and [`Broker::restart`] as a real Kafka
-    /// broker's log does. Not yet trusted: in sim/tests/chaos.rs the first
-    /// records written to it were not read back, even without a kill.
+    /// broker's log does.
+    ///
+    /// tansu 0.6's schema has no index on its `header` table, and it looks
+    /// up each fetched record's headers: every record a consumer fetches
+    /// scans every header of the topic. Starling's sink writes five headers
+    /// per event, so a few tens of thousands of events made one fetch take
+    /// minutes; tansu serves its storage from one task, so produce and
+    /// metadata requests stalled behind it and the test read nothing back.
+    /// The index is added once tansu has created its tables.
     pub fn start_durable() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // tansu reads the URL's path as relative: it runs in `dir`.
-        Self::start_in(dir, "sqlite://tansu.db".into())
+        let broker = Self::start_in(dir, "sqlite://tansu.db".into())?;
+        broker.index_headers()?;
+        Ok(broker)
+    }
+
+    /// Adds the index tansu's SQLite schema lacks (see
+    /// [`Broker::start_durable`]) with the sqlite3 shell.
+    fn index_headers(&self) -> anyhow::Result<()> {
+        const INDEX: &str = "create index if not exists starling_header_record \
+                             on header (topition, offset_id);";
+        let db = self.dir.path().join("tansu.db");
+        let mut last = String::new();
+        let made = wait_for(Duration::from_secs(20), || {
+            let out = Command::new("sqlite3")
+                .args(["-cmd", ".timeout 5000"])
+                .arg(&db)
+                .arg(INDEX)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(()),
+                // "no such table" until tansu has run its schema.
+                Ok(o) => {
+                    last = String::from_utf8_lossy(&o.stderr).into_owned();
+                    None
+                }
+                Err(e) => {
+                    last = format!("running sqlite3 (scripts/setup installs it): {e}");
+                    None
+                }
+            }
+        });
+        made.with_context(|| format!("indexing tansu's header table in {}: {last}", db.display()))
     }
 
     fn start_with(storage: &str) -> anyhow::Result<Self> {
@@ -100,6 +138,23 @@ impl Broker {
         self.kill9();
         self.child = spawn(&self.bin, self.port, &self.storage, self.dir.path())?;
         self.wait_listening()
+    }
+
+    /// Copies the broker's storage directory (its SQLite file, its log) to
+    /// `to`, so that a failed test leaves the records for a person to
+    /// inspect (`sqlite3 to/tansu.db`) after the broker's own directory is
+    /// removed.
+    pub fn keep_storage(&self, to: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                let dest = to.join(entry.file_name());
+                std::fs::copy(entry.path(), &dest)
+                    .with_context(|| format!("copying to {}", dest.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// What the broker logged.

@@ -23,6 +23,10 @@ pub struct ConsumedEvent {
     pub event: Event,
     /// The payload as it arrived.
     pub payload: Vec<u8>,
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
 }
 
 impl ConsumedEvent {
@@ -53,7 +57,18 @@ pub struct KafkaReader {
     pub records: Vec<ConsumedEvent>,
     /// Messages whose payload did not decode as an Event.
     pub undecodable: usize,
+    /// Errors the consumer reported (a fetch that failed, a partition it
+    /// could not read), the first [`KEPT_ERRORS`] of them, so a test that
+    /// misses records can say why instead of only that they are missing.
+    pub errors: Vec<String>,
+    /// How many errors the consumer reported in all.
+    pub error_count: usize,
+    topic: String,
+    partitions: i32,
 }
+
+/// How many consumer errors a [`KafkaReader`] keeps the text of.
+pub const KEPT_ERRORS: usize = 20;
 
 impl KafkaReader {
     /// Waits up to 30 s for the topic to exist, then assigns its partitions.
@@ -88,6 +103,10 @@ impl KafkaReader {
             consumer,
             records: Vec::new(),
             undecodable: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            topic: topic.to_owned(),
+            partitions: partitions as i32,
         })
     }
 
@@ -115,6 +134,37 @@ impl KafkaReader {
         }
     }
 
+    /// What this reader saw, for a failure message: per partition the
+    /// broker's low and high watermarks and the offsets read, and the
+    /// consumer's errors.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "{} records read ({} undecodable), {} consumer errors",
+            self.records.len(),
+            self.undecodable,
+            self.error_count
+        );
+        for p in 0..self.partitions {
+            let marks = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                .map(|(lo, hi)| format!("watermarks {lo}..{hi}"))
+                .unwrap_or_else(|e| format!("watermarks unknown ({e})"));
+            let offsets = self.records.iter().filter(|r| r.partition == p);
+            let (n, lo, hi) = offsets.fold((0, i64::MAX, i64::MIN), |(n, lo, hi), r| {
+                (n + 1, lo.min(r.offset), hi.max(r.offset))
+            });
+            out.push_str(&format!("\n  partition {p}: {marks}, {n} read"));
+            if n > 0 {
+                out.push_str(&format!(" (offsets {lo}..={hi})"));
+            }
+        }
+        for e in &self.errors {
+            out.push_str(&format!("\n  error: {e}"));
+        }
+        out
+    }
+
     /// Reads for up to `timeout`, stopping early once `done` holds.
     pub fn poll_until(
         &mut self,
@@ -127,7 +177,16 @@ impl KafkaReader {
                 return true;
             }
             while let Some(r) = self.consumer.poll(Duration::from_millis(100)) {
-                let Ok(m) = r else { continue };
+                let m = match r {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.error_count += 1;
+                        if self.errors.len() < KEPT_ERRORS {
+                            self.errors.push(e.to_string());
+                        }
+                        continue;
+                    }
+                };
                 let key = m
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -145,6 +204,8 @@ impl KafkaReader {
                         headers,
                         event,
                         payload: payload.to_vec(),
+                        partition: m.partition(),
+                        offset: m.offset(),
                     }),
                     Err(_) => self.undecodable += 1,
                 }

@@ -257,6 +257,7 @@ impl Ingress {
             // relay, vouches for the host.
             metrics::counter!(m::BATCHES_RELAYED).increment(1);
         }
+        let seqs = (opened.header.first_seq, opened.header.last_seq);
         let batch = match opened.unseal() {
             Ok(b) => b,
             Err(e) => {
@@ -276,6 +277,12 @@ impl Ingress {
         };
         match self.backend.persist(&batch, &provenance).await {
             Ok(()) => {
+                tracing::debug!(
+                    host = %answer.host_id,
+                    batch = answer.batch_id,
+                    seqs = %format_args!("{}..={}", seqs.0, seqs.1),
+                    "batch persisted"
+                );
                 metrics::counter!(m::EVENTS_PERSISTED).increment(batch.len() as u64);
                 self.remember(&digest);
                 answer.persisted(false)
