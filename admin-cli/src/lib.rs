@@ -375,10 +375,12 @@ pub fn render_mesh_status(s: &starling_mesh::status::MeshStatus, now_ms: u64) ->
     let c = &s.control;
     let _ = writeln!(
         out,
-        "\npeers   {} admitted, {} refused, {} in the DHT\ncontrol membership {} B in / {} B out ({} dropped), gossip {} B in\nhealth  {}",
+        "\npeers   {} admitted, {} refused, {} in the DHT; referred to {} cell-mates, referred {} dialers\ncontrol membership {} B in / {} B out ({} dropped), gossip {} B in\nhealth  {}",
         s.admitted_peers,
         s.refused_peers,
         s.dht_peers,
+        c.referred_to,
+        c.referrals_given,
         c.swim_bytes_in,
         c.swim_bytes_out,
         c.swim_dropped,

@@ -20,7 +20,7 @@ pub const MAX_SCORE: u8 = 8;
 /// member (the probe round-trip budget is 500 ms).
 pub const LATE: Duration = Duration::from_millis(200);
 /// Punctual firings in a row that lower the score by one. Timers fire
-/// several times a second (probes each second, gossip every 200 ms), so
+/// several times a second (probes each second, gossip every 500 ms), so
 /// this is about two seconds of good health.
 pub const RECOVERY_FIRINGS: u32 = 10;
 

@@ -7,7 +7,9 @@
 //!   They take views and time as input and return decisions, so tests and
 //!   the simulator drive exactly the code production runs.
 //! * [`membership`]: SWIM membership of a cell with versioned member info;
-//!   [`health`] keeps a busy member from declaring others dead.
+//!   [`health`] keeps a busy member from declaring others dead;
+//!   [`rendezvous`] is how a new member finds its cell (referrals in the
+//!   enrolment exchange).
 //! * [`enrol`], [`swarm`]: the libp2p swarm, its admission gate, and the
 //!   driver that carries membership, election and sink adverts
 //!   ([`adverts`]) over it; [`admission`] is its gate, [`view`] what it
@@ -27,6 +29,7 @@ pub mod identity;
 pub mod membership;
 pub mod net;
 pub mod origin;
+pub mod rendezvous;
 pub mod status;
 pub mod swarm;
 pub mod trust;

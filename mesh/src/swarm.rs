@@ -48,6 +48,7 @@ use crate::adverts::{SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
 use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
+use crate::rendezvous::{CellCard, CellDirectory, Contact, Referral};
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
 /// Protocol of the enrolment exchange.
@@ -79,15 +80,39 @@ const MEMBERSHIP_TICK: Duration = Duration::from_secs(5);
 /// sinks by proximity, so it need not be fresh; every ping costs a packet
 /// and its ack on each of a member's connections.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// For this long after joining, a member looks its cell up in the DHT
-/// every `CELL_FORMING_LOOKUP`; afterwards every `CELL_LOOKUP_INTERVAL`
-/// (spread per member); a member that sees less than three quarters of
-/// the cell size it expects keeps the forming rate. A lonely member
-/// looks every membership tick. Each lookup dials the peers closest to
-/// the cell key, which pruning has closed since the last one.
-const CELL_FORMING: Duration = Duration::from_secs(120);
+/// Once `REFERRAL_GRACE` has passed since it joined, a member that sees
+/// less than three quarters of the cell size it expects looks its cell up
+/// in the DHT every `CELL_FORMING_LOOKUP`, an aggregator of a cell it
+/// mostly sees every `CELL_LOOKUP_INTERVAL` (spread per member), and a
+/// lonely member every membership tick. Each lookup dials the peers
+/// closest to the cell key, which pruning has closed since the last one.
+/// Before the grace, a new member waits for referrals (`rendezvous`).
 const CELL_FORMING_LOOKUP: Duration = Duration::from_secs(15);
 const CELL_LOOKUP_INTERVAL: Duration = Duration::from_secs(300);
+const REFERRAL_GRACE: Duration = Duration::from_secs(20);
+/// An aggregator provides its cell's key in the DHT once it has been in
+/// the cell this long (a cell that forms elects many at first, then steps
+/// down to what it needs); a lonely member after `REFERRAL_GRACE`.
+const PROVIDE_SETTLE: Duration = Duration::from_secs(30);
+/// Referrals a listener gives a dialer: members of the dialer's cell, and
+/// members of other cells (for links across cells).
+const REFER_SAME_CELL: usize = 4;
+const REFER_OTHER_CELLS: usize = 2;
+/// Members of other cells held to dial when links across cells run short.
+const MAX_CROSS_CANDIDATES: usize = 8;
+/// On how many members closest to a cell's key its providers are stored,
+/// and how many a lookup asks before it stops: Kademlia's 20 is sized for
+/// open networks that lose peers all the time; every one of them is a
+/// dial and an admission per member per lookup.
+const KAD_REPLICATION: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(8) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+/// How long a QUIC handshake may take. libp2p's 5 s is what a handshake
+/// on loopback took at the height of a 500-member start-up storm on two
+/// cores (4.5 s seen): a handshake timed out is work thrown away that
+/// comes back as a new one.
+const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// QUIC keep-alive interval and idle timeout of mesh connections.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 30_000;
@@ -127,11 +152,24 @@ pub const KAD_REQUESTS: &str = "starling_mesh_kad_requests_total";
 pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
 /// Prometheus counters of membership bytes, by `direction`.
 pub const SWIM_BYTES: &str = "starling_mesh_swim_bytes_total";
+/// Prometheus counter of membership datagrams, by `direction` (each is a
+/// request on a stream of its own, so this counts streams too).
+pub const SWIM_DATAGRAMS: &str = "starling_mesh_swim_datagrams_total";
 /// Prometheus gauge of the member's local-health score (0 healthy, up to
 /// 8: its timers run late, so it gives suspects longer to refute).
 pub const LOCAL_HEALTH: &str = "starling_mesh_local_health";
 /// Prometheus counter of gossip messages rejected, by `reason`.
 pub const GOSSIP_REJECTED: &str = "starling_mesh_gossip_rejected_total";
+
+/// Prometheus counter of enrolment requests sent again to a connected,
+/// still pending peer, by `reason`: `late` (no answer within the request
+/// timeout), `lost` (the connection it went out on closed).
+pub const ENROL_RETRIES: &str = "starling_mesh_enrol_retries_total";
+
+/// Prometheus counter of referrals received, by `kind`: `same_cell`
+/// (followed: the member announces itself there), `other_cell` (kept
+/// for links across cells), `known` (already in the view), `invalid`.
+pub const REFERRALS: &str = "starling_mesh_referrals_total";
 
 /// Prometheus counter of admissions put off because the listener was
 /// admitting its most, by `side`: `listener` (told a dialer to come back),
@@ -142,15 +180,27 @@ pub const ADMISSIONS_DEFERRED: &str = "starling_mesh_admissions_deferred_total";
 /// to come back later).
 pub const ADMISSIONS_PENDING: &str = "starling_mesh_admissions_pending";
 
-/// A certificate chain, as each side presents it; or, from a listener
-/// admitting its most, no chain and how long to stay away.
+/// A certificate chain, as each side presents it, with the sender's cell
+/// and, in a listener's answer, whom of the dialer's cell (and of a few
+/// others) it knows; or, from a listener admitting its most, no chain and
+/// how long to stay away.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrolMessage {
+    /// The sender's certificate chain, end entity first (DER).
     pub chain: Vec<Vec<u8>>,
     /// "Busy, come back after this many milliseconds" (absent in every
     /// other message, and from members that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy_ms: Option<u32>,
+    /// The sender's cell and address (absent from sinks, from members
+    /// whose cell has not started, and from members that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CellCard>,
+    /// In a listener's answer: members of the dialer's cell, then of other
+    /// cells, that the listener knows (`rendezvous`). Hints only: each is
+    /// admitted like any peer before it is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrals: Vec<Referral>,
 }
 
 /// One membership datagram, labelled with the sender's cell so that
@@ -214,7 +264,7 @@ impl Default for MeshConfig {
             listen: Vec::new(),
             advertise: None,
             bootstrap: Vec::new(),
-            admission_timeout: Duration::from_secs(10),
+            admission_timeout: Duration::from_secs(30),
             block_for: Duration::from_secs(60),
             cell: None,
             sink_ingress: None,
@@ -286,6 +336,35 @@ pub struct Mesh {
     /// The member's random source: jitter of its redial waits, its first
     /// bootstrap peer, its membership's seed.
     pub(super) rng: rand::rngs::SmallRng,
+    /// Members of each cell this member admitted lately, to refer dialers
+    /// to (`rendezvous`).
+    pub(super) directory: CellDirectory,
+    /// The cell each admitted peer stated in its enrolment message.
+    pub(super) peer_cells: HashMap<PeerId, String>,
+    /// Members of other cells that peers referred this member to, dialled
+    /// when it holds too few links across cells. Bounded by
+    /// `MAX_CROSS_CANDIDATES`.
+    pub(super) cross_candidates: std::collections::VecDeque<Contact>,
+    /// Where asking a second bootstrap peer for referrals stands (once,
+    /// after the first admitted this member), so that members of one cell
+    /// who started at different seeds meet.
+    pub(super) second_seed: SecondSeed,
+    /// Peers dialled only for their referrals: the connection is closed
+    /// once they answered, unless they are of this member's cell.
+    pub(super) referral_only: std::collections::HashSet<PeerId>,
+}
+
+/// Where asking a second bootstrap peer for referrals stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SecondSeed {
+    /// No peer has admitted this member yet.
+    NotYet,
+    /// It is dialled at this time.
+    At(Instant),
+    /// It was dialled at this address; its connection is not up yet.
+    Dialled(Multiaddr),
+    /// Asked (or there is only one bootstrap peer).
+    Done,
 }
 
 fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
@@ -296,7 +375,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     let enrol = request_response::Behaviour::with_codec(
         codec,
         [(ENROL_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
     );
     let swim_codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(MAX_SWIM_BYTES)
@@ -317,6 +396,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     // over the fleet. Members look up only their cell's key (find_cell),
     // and the routing table fills with the peers they are admitted by.
     kad_config.set_periodic_bootstrap_interval(None);
+    kad_config.set_replication_factor(KAD_REPLICATION);
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     // Members answer DHT queries whether or not they have a confirmed
@@ -385,6 +465,7 @@ impl Mesh {
                 // peer is found by SWIM, not by the connection timing out.
                 c.keep_alive_interval = QUIC_KEEP_ALIVE;
                 c.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+                c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
                 c
             })
             .with_behaviour(|key| build_behaviour(key).map_err(|e| e.into()))
@@ -445,6 +526,11 @@ impl Mesh {
                 cell_peers: Default::default(),
                 announce_on_admit: Default::default(),
                 rng,
+                directory: CellDirectory::default(),
+                peer_cells: HashMap::new(),
+                cross_candidates: Default::default(),
+                second_seed: SecondSeed::NotYet,
+                referral_only: Default::default(),
             },
             rx,
             command_tx,
@@ -476,6 +562,27 @@ impl Mesh {
             }
         }
         self.leave().await;
+    }
+
+    /// Gives the UDP socket behind a new QUIC listen address a receive
+    /// buffer of `net::UDP_RECV_BUFFER` (once per port).
+    fn raise_recv_buffer(&mut self, address: &Multiaddr) {
+        let Some(port) = crate::net::udp_port(address) else {
+            return;
+        };
+        if self
+            .view
+            .borrow()
+            .listen_addrs
+            .iter()
+            .any(|a| crate::net::udp_port(a) == Some(port))
+        {
+            return;
+        }
+        match crate::net::raise_udp_recv_buffer(port, crate::net::UDP_RECV_BUFFER) {
+            Ok(sizes) => tracing::debug!(port, ?sizes, "UDP receive buffer raised"),
+            Err(e) => tracing::warn!(port, error = %e, "cannot raise the UDP receive buffer"),
+        }
     }
 
     async fn leave(&mut self) {
@@ -533,12 +640,16 @@ impl Mesh {
     fn on_tick(&mut self) {
         self.expire_pending();
         let now = Instant::now();
-        self.dial_bootstrap(now);
-        self.prune_connections(now);
-        self.reload_revocations(now);
+        // The cell first: a member's enrolment messages name its cell, so
+        // that the peers it dials can refer it to its cell-mates.
         if self.cell.is_none() && self.config.cell.is_some() {
             self.start_cell();
         }
+        self.cut_bootstraps();
+        self.dial_bootstrap(now);
+        self.prune_connections(now);
+        self.keep_cross_links();
+        self.reload_revocations(now);
         if let Some(cell) = self.cell.as_mut() {
             if now.duration_since(cell.last_tick) >= MEMBERSHIP_TICK {
                 cell.last_tick = now;
@@ -646,6 +757,7 @@ impl Mesh {
     fn on_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
+                self.raise_recv_buffer(&address);
                 self.view.send_modify(|v| v.listen_addrs.push(address));
             }
             SwarmEvent::ConnectionEstablished {
@@ -657,6 +769,12 @@ impl Mesh {
                     "listener"
                 };
                 metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
+                if let SecondSeed::Dialled(addr) = &self.second_seed {
+                    if endpoint.is_dialer() && endpoint.get_remote_address() == addr {
+                        self.referral_only.insert(peer_id);
+                        self.second_seed = SecondSeed::Done;
+                    }
+                }
                 self.on_connected(peer_id, endpoint.is_dialer());
             }
             SwarmEvent::ConnectionClosed {
@@ -668,6 +786,8 @@ impl Mesh {
                 self.cell_peers.remove(&peer_id);
                 self.announce_on_admit.remove(&peer_id);
                 self.chains.remove(&peer_id);
+                self.peer_cells.remove(&peer_id);
+                self.referral_only.remove(&peer_id);
                 self.identified.remove(&peer_id);
                 if let Some(q) = self.pending.remove(&peer_id) {
                     for _ in q {

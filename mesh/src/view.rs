@@ -60,6 +60,13 @@ pub struct ControlStats {
     /// Local-health score of the cell membership (0: healthy).
     #[serde(default)]
     pub local_health: u8,
+    /// Members of its own cell that peers referred this member to and it
+    /// announced itself to (`rendezvous`).
+    #[serde(default)]
+    pub referred_to: u64,
+    /// Referrals this member gave dialers (members of their cells).
+    #[serde(default)]
+    pub referrals_given: u64,
 }
 
 /// What a member knows, published after every change.

@@ -1,6 +1,7 @@
 //! Real libp2p members on loopback form a cell over `/starling/swim/1`,
 //! agree on its aggregators, learn a sink from its gossiped advert, and
-//! notice a member that stops.
+//! notice a member that stops; members of a cell that start at different
+//! seeds find each other through the seeds' referrals.
 
 use std::time::Duration;
 
@@ -20,8 +21,14 @@ struct Member {
 }
 
 fn start(enrolment: Enrolment, bootstrap: Vec<Multiaddr>, cell: bool) -> Member {
+    start_in(enrolment, bootstrap, cell.then_some("test"))
+}
+
+/// Starts a member of the cell `zone`, or a sink when `zone` is None.
+fn start_in(enrolment: Enrolment, bootstrap: Vec<Multiaddr>, zone: Option<&str>) -> Member {
+    let cell = zone.is_some();
     let settings = CellSettings {
-        zone: Some("test".into()),
+        zone: zone.map(str::to_owned),
         expected_size: 16,
         eligible: true,
         capacity: 100,
@@ -59,17 +66,22 @@ async fn wait_all(members: &mut [Member], what: &str, ok: impl Fn(&MeshView) -> 
     }
 }
 
-/// Starts `n` cell members (`n000`, `n001`, ...) that join through the
-/// first; returns them and the first one's address.
-async fn start_cell(fleet: &Fleet, n: usize) -> (Vec<Member>, Multiaddr) {
-    let mut first = start(fleet.enrol(Role::Node, "n000"), vec![], true);
-    let addr = first
+/// The first address a member listens on, once it does.
+async fn listen_addr(member: &mut Member) -> Multiaddr {
+    member
         .view
         .wait_for(|v| !v.listen_addrs.is_empty())
         .await
         .expect("listening")
         .listen_addrs[0]
-        .clone();
+        .clone()
+}
+
+/// Starts `n` cell members (`n000`, `n001`, ...) that join through the
+/// first; returns them and the first one's address.
+async fn start_cell(fleet: &Fleet, n: usize) -> (Vec<Member>, Multiaddr) {
+    let mut first = start(fleet.enrol(Role::Node, "n000"), vec![], true);
+    let addr = listen_addr(&mut first).await;
     let mut members = vec![first];
     for i in 1..n {
         members.push(start(
@@ -161,4 +173,66 @@ async fn membership_traffic_per_member_stays_flat_when_the_cell_doubles() {
         large < small * 1.5,
         "per-member traffic grew with the cell: {small:.0} -> {large:.0} B/s"
     );
+}
+
+/// Two seeds of one cell, and six members of another cell given both
+/// seeds: each seed refers the members that dial it to the members of
+/// their cell it admitted before, and a member that asks its second seed
+/// too joins the group that started there, so the cell forms as one.
+/// The seeds' own cell never takes the others in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_starting_at_different_seeds_are_referred_to_each_other() {
+    const N: usize = 6;
+    let fleet = Fleet::new();
+    let mut s0 = start_in(fleet.enrol(Role::Node, "seed-0"), vec![], Some("seeds"));
+    let a0 = listen_addr(&mut s0).await;
+    let mut s1 = start_in(
+        fleet.enrol(Role::Node, "seed-1"),
+        vec![a0.clone()],
+        Some("seeds"),
+    );
+    let a1 = listen_addr(&mut s1).await;
+    let mut members: Vec<Member> = (0..N)
+        .map(|i| {
+            start_in(
+                fleet.enrol(Role::Node, &format!("x{i}")),
+                vec![a0.clone(), a1.clone()],
+                Some("x"),
+            )
+        })
+        .collect();
+    wait_all(&mut members, "the whole cell x", |v| member_count(v) == N).await;
+    let mut seeds = [s0, s1];
+    wait_all(&mut seeds, "the seeds' own cell", |v| member_count(v) == 2).await;
+
+    let referred = members
+        .iter()
+        .filter(|m| m.view.borrow().stats.referred_to > 0)
+        .count();
+    let given: u64 = seeds
+        .iter()
+        .map(|s| s.view.borrow().stats.referrals_given)
+        .sum();
+    println!(
+        "{referred} of {N} members were referred to cell-mates; the seeds gave {given} referrals"
+    );
+    // Only the first member of x at each seed finds no one to be
+    // referred to there, and its second seed usually refers it too.
+    assert!(
+        referred >= N - 2,
+        "only {referred} of {N} members were referred"
+    );
+    assert!(given >= (N - 2) as u64, "the seeds gave {given} referrals");
+    for s in &seeds {
+        let v = s.view.borrow();
+        let cell = v.cell.as_ref().expect("a seed's cell");
+        assert!(
+            cell.members.iter().all(|m| m.host.starts_with("seed-")),
+            "cells mixed: {:?}",
+            cell.members.iter().map(|m| &m.host).collect::<Vec<_>>()
+        );
+    }
+    for m in members.iter().chain(seeds.iter()) {
+        let _ = m.stop.send(true);
+    }
 }

@@ -10,9 +10,15 @@ use libp2p::request_response::{self, OutboundFailure};
 use libp2p::PeerId;
 use rand::RngExt;
 
-use super::{EnrolMessage, Mesh, ADMISSIONS_DEFERRED, ADMISSIONS_PENDING, PEERS_REFUSED};
+use super::{
+    EnrolMessage, Mesh, ADMISSIONS_DEFERRED, ADMISSIONS_PENDING, ENROL_RETRIES,
+    MAX_CROSS_CANDIDATES, MAX_PENDING_PEERS, PEERS_REFUSED, REFERRALS, REFER_OTHER_CELLS,
+    REFER_SAME_CELL,
+};
 use crate::admission::{OnConnect, OnRequest};
 use crate::enrol::AdmissionError;
+use crate::identity::Role;
+use crate::rendezvous::{CellCard, Contact, Referral, MAX_REFERRALS};
 
 /// How long a peer whose admission timed out is not dialled again: a
 /// random time in this range, so that a fleet that timed out together
@@ -77,6 +83,8 @@ impl Mesh {
                     let busy = EnrolMessage {
                         chain: Vec::new(),
                         busy_ms: Some(wait.as_millis().min(u128::from(u32::MAX)) as u32),
+                        card: None,
+                        referrals: self.referrals_while_busy(peer, &request),
                     };
                     let _ = self
                         .swarm
@@ -85,9 +93,10 @@ impl Mesh {
                         .send_response(channel, busy);
                     return;
                 }
-                self.check(peer, &request.chain);
+                self.check(peer, &request.chain, request.card.as_ref());
                 if self.table.admitted(&peer).is_some() {
-                    let answer = self.own_chain();
+                    let mut answer = self.own_message();
+                    answer.referrals = self.referrals_for(&peer);
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -100,18 +109,40 @@ impl Mesh {
                 message: request_response::Message::Response { response, .. },
                 ..
             } => match response.busy_ms {
-                Some(ms) => self.told_busy(peer, Duration::from_millis(u64::from(ms))),
-                None => self.check(peer, &response.chain),
+                Some(ms) => {
+                    self.follow_referrals(&response.referrals);
+                    self.told_busy(peer, Duration::from_millis(u64::from(ms)))
+                }
+                None => {
+                    self.check(peer, &response.chain, response.card.as_ref());
+                    if self.table.admitted(&peer).is_some() {
+                        self.follow_referrals(&response.referrals);
+                        let own = self.cell.as_ref().map(|c| c.name.as_str());
+                        let cellmate = self.peer_cells.get(&peer).map(String::as_str) == own;
+                        if self.referral_only.remove(&peer) && !cellmate {
+                            tracing::debug!(%peer, "referrals received: closing the connection");
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                }
             },
-            // The answer is late, but the connection is up: ask again
-            // rather than throw away the handshake (the admission
-            // timeout decides when to give up).
-            request_response::Event::OutboundFailure {
-                peer,
-                error: OutboundFailure::Timeout,
-                ..
-            } if self.table.is_pending(&peer) && self.swarm.is_connected(&peer) => {
-                tracing::debug!(%peer, "enrolment answer late: asking again");
+            // The answer is late, or the connection the request went out
+            // on was lost while another to the peer is up (two members
+            // that dialled each other at once hold two, and one may
+            // close): ask again rather than throw away the handshake (the
+            // admission timeout decides when to give up). Before this, a
+            // request lost with its connection left the peer pending
+            // until it was refused for a timeout, 43 times in one
+            // 300-member start.
+            request_response::Event::OutboundFailure { peer, error, .. }
+                if self.table.is_pending(&peer) && self.swarm.is_connected(&peer) =>
+            {
+                let reason = match error {
+                    OutboundFailure::Timeout => "late",
+                    _ => "lost",
+                };
+                tracing::debug!(%peer, %error, "enrolment answer {reason}: asking again");
+                metrics::counter!(ENROL_RETRIES, "reason" => reason).increment(1);
                 self.send_chain(peer);
             }
             _ => {}
@@ -136,23 +167,142 @@ impl Mesh {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
-    /// This member's chain, as it presents it to a peer.
-    fn own_chain(&self) -> EnrolMessage {
+    /// This member's chain and cell card, as it presents them to a peer.
+    fn own_message(&self) -> EnrolMessage {
         EnrolMessage {
             chain: self.enrolment.chain_der(),
             busy_ms: None,
+            card: self.cell.as_ref().map(|c| c.card.clone()),
+            referrals: Vec::new(),
+        }
+    }
+
+    /// What this member tells a newly admitted dialer about where to find
+    /// its cell: members of the dialer's cell it knows (none when it is of
+    /// that cell itself: the dialer announces itself here, and the answer
+    /// to an announce lists the cell), and a few of other cells.
+    fn referrals_for(&mut self, peer: &PeerId) -> Vec<Referral> {
+        let cell = self.peer_cells.get(peer).cloned();
+        self.referrals_to(cell.as_deref(), peer)
+    }
+
+    /// Referrals for a dialer of `cell` (or of none: a sink, or a member
+    /// that predates cards, gets members of other cells only).
+    fn referrals_to(&mut self, cell: Option<&str>, peer: &PeerId) -> Vec<Referral> {
+        let own = self.cell.as_ref().map(|c| c.name.as_str());
+        let same = if cell.is_none() || cell == own {
+            0
+        } else {
+            REFER_SAME_CELL
+        };
+        let rng = &mut self.rng;
+        let referrals = self.directory.referrals(
+            cell.unwrap_or(""),
+            peer,
+            std::iter::empty(),
+            same,
+            REFER_OTHER_CELLS,
+            |n| rng.random_range(0..n.max(1)),
+        );
+        self.stats.referrals_given += referrals
+            .iter()
+            .filter(|r| Some(r.cell.as_str()) == cell)
+            .count() as u64;
+        referrals
+    }
+
+    /// Referrals for a dialer this member is too busy to admit. Its
+    /// handshake is done and checking its chain costs little next to it,
+    /// so an enrolled dialer is told where else to go (members of its
+    /// cell, a few of other cells) along with when to come back: in a
+    /// fleet that starts at once the first members a seed admitted take
+    /// the rest in, instead of every member queueing at the seeds (at 500
+    /// in-process members, a hundred were still waiting for a seed after
+    /// a minute). A dialer whose chain fails gets no referrals; it is
+    /// checked as usual when it comes back.
+    fn referrals_while_busy(&mut self, peer: PeerId, request: &EnrolMessage) -> Vec<Referral> {
+        let Ok(identity) = self
+            .enrolment
+            .admit(&peer, &request.chain, SystemTime::now())
+        else {
+            return Vec::new();
+        };
+        let card = request
+            .card
+            .as_ref()
+            .filter(|_| identity.role == Role::Node)
+            .and_then(CellCard::checked)
+            .map(|(cell, addr)| (cell.to_owned(), addr));
+        match card {
+            Some((cell, addr)) => {
+                self.directory.learn(&cell, Contact { peer, addr });
+                self.referrals_to(Some(&cell), &peer)
+            }
+            None => self.referrals_to(None, &peer),
+        }
+    }
+
+    /// Referrals a listener gave this member: it announces itself to the
+    /// members of its cell it does not see yet (dialling those it is not
+    /// connected to; the announce goes out at admission), and keeps the
+    /// others as candidates for links across cells, and for a first
+    /// admission when the seeds are busy.
+    fn follow_referrals(&mut self, referrals: &[Referral]) {
+        // A member outside cells (a sink) keeps them all as peers to try
+        // instead of a busy seed.
+        let own = self.cell.as_ref().map(|c| c.name.clone());
+        let local = *self.swarm.local_peer_id();
+        for referral in referrals.iter().take(MAX_REFERRALS) {
+            let Some((cell, contact)) = referral.checked() else {
+                metrics::counter!(REFERRALS, "kind" => "invalid").increment(1);
+                continue;
+            };
+            if contact.peer == local {
+                continue;
+            }
+            if Some(cell) != own.as_deref() {
+                metrics::counter!(REFERRALS, "kind" => "other_cell").increment(1);
+                if self.cross_candidates.len() >= MAX_CROSS_CANDIDATES {
+                    self.cross_candidates.pop_front();
+                }
+                self.cross_candidates.push_back(contact);
+                continue;
+            }
+            let known = self
+                .cell
+                .as_ref()
+                .is_some_and(|c| c.membership.has_peer(&contact.peer.to_bytes()));
+            if known {
+                metrics::counter!(REFERRALS, "kind" => "known").increment(1);
+                continue;
+            }
+            metrics::counter!(REFERRALS, "kind" => "same_cell").increment(1);
+            self.stats.referred_to += 1;
+            if let Some(c) = self.cell.as_mut() {
+                c.referred = true;
+            }
+            if let Some(identity) = self.table.admitted(&contact.peer).cloned() {
+                self.announce_to(contact.peer, &identity);
+            } else if self.announce_on_admit.len() < MAX_PENDING_PEERS
+                && self.announce_on_admit.insert(contact.peer)
+            {
+                self.dial_member(contact.peer, Some(contact.addr));
+            }
         }
     }
 
     fn send_chain(&mut self, peer: PeerId) {
-        let request = self.own_chain();
+        let request = self.own_message();
         self.swarm
             .behaviour_mut()
             .enrol
             .send_request(&peer, request);
     }
 
-    pub(super) fn check(&mut self, peer: PeerId, chain: &[Vec<u8>]) {
+    /// Checks a peer's chain and, when it passes, admits the peer: its
+    /// cell card (if any) goes into the directory, and a peer of this
+    /// member's cell that the view lacks gets an announce.
+    pub(super) fn check(&mut self, peer: PeerId, chain: &[Vec<u8>], card: Option<&CellCard>) {
         let result = self.enrolment.admit(&peer, chain, SystemTime::now());
         match self
             .table
@@ -167,14 +317,42 @@ impl Mesh {
                 self.view.send_modify(|v| {
                     v.admitted.insert(peer, id.clone());
                 });
+                let stated = card
+                    .filter(|_| id.role == Role::Node)
+                    .and_then(CellCard::checked)
+                    .map(|(cell, addr)| (cell.to_owned(), addr));
+                if let Some((cell, addr)) = stated {
+                    self.directory.learn(&cell, Contact { peer, addr });
+                    self.peer_cells.insert(peer, cell);
+                }
                 self.flush_pending(peer);
-                let lonely = self.cell.as_ref().is_some_and(|c| c.membership.is_lonely());
-                if self.announce_on_admit.remove(&peer) || lonely {
+                let (own_cell, lonely, in_view) = match self.cell.as_ref() {
+                    Some(c) => (
+                        Some(c.name.as_str()),
+                        c.membership.is_lonely(),
+                        c.membership.has_peer(&peer.to_bytes()),
+                    ),
+                    None => (None, false, false),
+                };
+                // A peer that named its cell gets an announce when it is
+                // this member's and missing from the view; one that named
+                // none (it predates cards) when this member is alone.
+                let cellmate = match self.peer_cells.get(&peer) {
+                    Some(cell) => own_cell == Some(cell.as_str()) && !in_view,
+                    None => lonely,
+                };
+                if self.announce_on_admit.remove(&peer) || cellmate {
                     self.announce_to(peer, &id);
                 }
             }
-            Err(e @ AdmissionError::Revoked) => self.refuse(peer, "revoked", &e.to_string()),
-            Err(e) => self.refuse(peer, "enrolment", &e.to_string()),
+            Err(e @ AdmissionError::Revoked) => {
+                self.directory.forget(&peer);
+                self.refuse(peer, "revoked", &e.to_string())
+            }
+            Err(e) => {
+                self.directory.forget(&peer);
+                self.refuse(peer, "enrolment", &e.to_string())
+            }
         }
     }
 

@@ -11,18 +11,24 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{kad, Multiaddr, PeerId};
 
 use super::{
-    CellSettings, Mesh, SwimMessage, CELL_FORMING, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL,
-    DIALS, LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, SWIM_BYTES,
-    SWIM_DROPPED,
+    CellSettings, Mesh, SwimMessage, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, DIALS,
+    LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, PROVIDE_SETTLE,
+    REFERRAL_GRACE, SWIM_BYTES, SWIM_DATAGRAMS, SWIM_DROPPED,
 };
 use crate::election;
 use crate::identity::{PeerIdentity, Role};
 use crate::membership::{CellMembership, MemberId, MemberInfo, Output};
 use crate::net::ip_of;
+use crate::rendezvous::CellCard;
 
 /// The cell part of a running node.
 pub(super) struct Cell {
     pub(super) name: String,
+    /// The cell and address this member states in its enrolment messages.
+    pub(super) card: CellCard,
+    /// Whether a peer referred this member to cell-mates (then it gives
+    /// the referrals `REFERRAL_GRACE` before it turns to the DHT).
+    pub(super) referred: bool,
     pub(super) settings: CellSettings,
     pub(super) membership: CellMembership,
     /// Timers foca asked for, by deadline.
@@ -101,6 +107,8 @@ impl Mesh {
             Ok(membership) => {
                 tracing::info!(cell = %name, %advertise, "joining cell");
                 self.cell = Some(Cell {
+                    card: CellCard::new(&name, &advertise),
+                    referred: false,
                     name,
                     settings,
                     membership,
@@ -139,23 +147,39 @@ impl Mesh {
         };
         let key = cell_key(&cell.name);
         let dht_peers = self.view.borrow().dht_peers;
-        if !cell.providing && dht_peers > 0 {
+        let lonely = cell.membership.is_lonely();
+        let now = Instant::now();
+        // Referrals come first (`rendezvous`); the DHT is for a member
+        // they did not bring company to within `REFERRAL_GRACE`, and for
+        // the cell's aggregators, whose provider records are how such a
+        // member finds the cell. Every member of a cell providing its key
+        // cost each one a walk and a dozen dials at start.
+        let settled = !cell.referred || now.duration_since(cell.joined) >= REFERRAL_GRACE;
+        let aggregator = cell.membership.own().aggregator;
+        let provide = (lonely && settled)
+            || (aggregator && now.duration_since(cell.joined) >= PROVIDE_SETTLE);
+        if provide && !cell.providing && dht_peers > 0 {
             match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
                 Ok(_) => cell.providing = true,
                 Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
             }
         }
-        let lonely = cell.membership.is_lonely();
-        let now = Instant::now();
-        let every = if short || now.duration_since(cell.joined) < CELL_FORMING {
-            CELL_FORMING_LOOKUP
+        // A member that sees most of its cell leaves the periodic lookup
+        // (which merges fragments that found each other nowhere else) to
+        // the aggregators; one in a small fragment looks often.
+        let every = if short {
+            Some(CELL_FORMING_LOOKUP)
+        } else if aggregator {
+            Some(CELL_LOOKUP_INTERVAL.mul_f64(1.0 + spread))
         } else {
-            CELL_LOOKUP_INTERVAL.mul_f64(1.0 + spread)
+            None
         };
-        let due = lonely
-            || cell
-                .last_lookup
-                .is_none_or(|t| now.duration_since(t) >= every);
+        let due = settled
+            && (lonely
+                || every.is_some_and(|every| {
+                    cell.last_lookup
+                        .is_none_or(|t| now.duration_since(t) >= every)
+                }));
         if due && dht_peers > 0 {
             cell.last_lookup = Some(now);
             self.swarm.behaviour_mut().kad.get_providers(key);
@@ -205,12 +229,19 @@ impl Mesh {
         })
     }
 
+    /// Announces this member to every admitted peer that may be of its
+    /// cell: those whose enrolment message named it, and those that named
+    /// none (members that predate cell cards).
     pub(super) fn announce_to_admitted(&mut self) {
+        let Some(own) = self.cell.as_ref().map(|c| c.name.clone()) else {
+            return;
+        };
         let peers: Vec<(PeerId, PeerIdentity)> = self
             .view
             .borrow()
             .admitted
             .iter()
+            .filter(|(p, _)| self.peer_cells.get(*p).is_none_or(|c| *c == own))
             .map(|(p, i)| (*p, i.clone()))
             .collect();
         for (peer, id) in peers {
@@ -324,10 +355,12 @@ impl Mesh {
             return;
         }
         if self.table.admitted(&peer).is_some() {
+            tracing::trace!(%peer, bytes = message.data.len(), "membership datagram out");
             self.cell_peers.insert(peer);
             self.stats.swim_bytes_out += message.data.len() as u64;
             metrics::counter!(SWIM_BYTES, "direction" => "out")
                 .increment(message.data.len() as u64);
+            metrics::counter!(SWIM_DATAGRAMS, "direction" => "out").increment(1);
             self.swarm.behaviour_mut().swim.send_request(&peer, message);
             return;
         }
@@ -375,6 +408,7 @@ impl Mesh {
         };
         self.stats.swim_bytes_in += message.data.len() as u64;
         metrics::counter!(SWIM_BYTES, "direction" => "in").increment(message.data.len() as u64);
+        metrics::counter!(SWIM_DATAGRAMS, "direction" => "in").increment(1);
         let Some(cell) = self.cell.as_mut() else {
             self.drop_swim("no_cell");
             return;
@@ -384,6 +418,7 @@ impl Mesh {
             return;
         }
         self.cell_peers.insert(peer);
+        tracing::trace!(%peer, bytes = message.data.len(), "membership datagram in");
         let from = MemberId {
             host: identity.name.clone(),
             peer: peer.to_bytes(),

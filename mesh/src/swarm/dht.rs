@@ -42,6 +42,23 @@ impl Mesh {
         self.view.send_modify(|v| v.dht_peers = n);
     }
 
+    /// Finishes the DHT bootstraps libp2p starts by itself (one whenever
+    /// a peer enters a routing table of fewer than 20; it cannot be turned
+    /// off from outside the crate). A bootstrap looks up the member's own
+    /// key, then a random key in every bucket, dialling peers all over the
+    /// fleet that pruning closes again: at 200 in-process members they
+    /// were most of the dials of the start-up storm, and at 100 with cell
+    /// referrals still 1,700 of 2,400 DHT dials. The DHT here serves only
+    /// cell rendezvous, whose lookups walk towards the cell key by
+    /// themselves, so every bootstrap is finished at the next tick.
+    pub(super) fn cut_bootstraps(&mut self) {
+        for mut query in self.swarm.behaviour_mut().kad.iter_queries_mut() {
+            if matches!(query.info(), kad::QueryInfo::Bootstrap { .. }) {
+                query.finish();
+            }
+        }
+    }
+
     pub(super) fn on_kad(&mut self, event: kad::Event) {
         let kad::Event::OutboundQueryProgressed {
             id,
@@ -80,15 +97,7 @@ impl Mesh {
                 let news = self.on_cell_providers(providers);
                 news || self.cell_mostly_known()
             }
-            // libp2p starts a bootstrap by itself whenever the routing
-            // table is small. Its first step, the lookup of the member's
-            // own key, makes the member known to its DHT neighbours; the
-            // bucket refreshes that follow look up a random key in every
-            // bucket, dialling peers all over the fleet that pruning
-            // closes again. The DHT only serves cell rendezvous here, so
-            // the refreshes are cut short: at 200 in-process members they
-            // were most of the dials of the start-up storm and kept it
-            // going for minutes.
+            // See `cut_bootstraps`.
             kad::QueryResult::Bootstrap(_) => !step.last,
             _ => false,
         };

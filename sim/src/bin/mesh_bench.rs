@@ -129,6 +129,16 @@ fn counters(metrics: &PrometheusHandle) -> String {
         .join(", ")
 }
 
+/// The value of one rendered metric series (0 when absent).
+fn counter_sum(metrics: &PrometheusHandle, series: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// One line on how far the members are: how many see their whole cell,
 /// how many know aggregators and a sink, and the smallest view.
 fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> String {
@@ -290,6 +300,11 @@ async fn main() -> anyhow::Result<()> {
     let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
     let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop)?;
     let all_started = started.elapsed();
+    eprintln!(
+        "  {:>5.1} s  all {} members started",
+        all_started.as_secs_f64(),
+        args.nodes
+    );
 
     let deadline = Instant::now() + Duration::from_secs(args.limit);
     let mut next_report = Instant::now();
@@ -337,6 +352,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let converge = started.elapsed();
     println!("started all members in {:.1} s; every member knew its cell and its aggregators, and a sink, {:.1} s after the first start ({:.1} s after the last)", all_started.as_secs_f64(), converge.as_secs_f64(), (converge - all_started).as_secs_f64());
+    let opened = counter_sum(
+        &metrics,
+        "starling_mesh_connections_opened_total{side=\"dialer\"}",
+    );
+    println!(
+        "until then the process used {:.1} CPU-s ({:.1} per member) and opened {opened:.0} connections ({:.1} per member)",
+        process_cpu().as_secs_f64(),
+        process_cpu().as_secs_f64() / args.nodes as f64,
+        opened / args.nodes as f64,
+    );
 
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let bytes = |ms: &[Member]| -> (u64, u64) {
