@@ -1,7 +1,24 @@
 //! Library side of `starlingctl`: rendering events for people (a table that
-//! is safe to print on a terminal) and for programs (JSON lines).
+//! is safe to print on a terminal) and for programs (JSON lines), and the
+//! task plane's files ([`tasks`]).
 
+pub mod tasks;
+
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
+
+/// `--data-dir` of the commands that read a running node's files (its
+/// mesh and task status, its task inbox).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeDataDir {
+    /// The node's data directory (its `data_dir`).
+    #[arg(
+        long,
+        env = "STARLING_NODE_DATA",
+        default_value = "/var/lib/starling/node"
+    )]
+    pub data_dir: PathBuf,
+}
 
 use starling_proto::v1::{event::Body, event_loss::Reason, Event};
 
@@ -221,6 +238,19 @@ pub fn event_row(e: &Event) -> String {
                 "module {:?} loaded (taints {:#x})",
                 sanitize(&m.name),
                 m.taints
+            )
+        }
+        Some(Body::TaskState(t)) => {
+            let detail = if t.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", sanitize(&t.detail))
+            };
+            format!(
+                "task {} ({}) {}{detail}",
+                sanitize(&t.task_id),
+                sanitize(&t.kind),
+                sanitize(&t.state)
             )
         }
         None => String::from("(no body)"),

@@ -10,7 +10,10 @@ use starling_admin::{event_row, table_header};
 use starling_mesh::identity::{FleetCa, Role};
 use starling_sink::local_store::LocalStoreReader;
 
-/// Starling operator tool: fleet credentials and views of the mesh.
+mod task_commands;
+
+/// Starling operator tool: fleet credentials, signed tasks and views of
+/// the mesh.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -40,6 +43,21 @@ enum Command {
         #[command(subcommand)]
         command: MeshCommand,
     },
+    /// Operator signing keys (ed25519).
+    Key {
+        #[command(subcommand)]
+        command: task_commands::KeyCommand,
+    },
+    /// The fleet's trust root: who may sign which tasks.
+    Root {
+        #[command(subcommand)]
+        command: task_commands::RootCommand,
+    },
+    /// Signed tasks: configuration, tags, revocations, root rotation.
+    Task {
+        #[command(subcommand)]
+        command: task_commands::TaskCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,13 +65,8 @@ enum MeshCommand {
     /// Members of this host's cell, its aggregators with their load and
     /// attached nodes, the sinks, and where this host's events go.
     Status {
-        /// The node's data directory (holds mesh-status.json).
-        #[arg(
-            long,
-            env = "STARLING_NODE_DATA",
-            default_value = "/var/lib/starling/node"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        node: starling_admin::NodeDataDir,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
@@ -199,6 +212,9 @@ enum EventsCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Key { command } => task_commands::key(command),
+        Command::Root { command } => task_commands::root(command),
+        Command::Task { command } => task_commands::task(command),
         Command::Ca {
             command:
                 CaCommand::Init {
@@ -282,14 +298,9 @@ fn main() -> anyhow::Result<()> {
             json,
         ),
         Command::Mesh {
-            command:
-                MeshCommand::Status {
-                    data_dir,
-                    json,
-                    watch,
-                },
+            command: MeshCommand::Status { node, json, watch },
         } => loop {
-            let path = data_dir.join(starling_mesh::status::STATUS_FILE);
+            let path = node.data_dir.join(starling_mesh::status::STATUS_FILE);
             let text = std::fs::read(&path).with_context(|| {
                 format!(
                     "reading {} (is starling-node running with mesh.enabled, and is --data-dir its data_dir?)",

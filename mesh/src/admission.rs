@@ -238,6 +238,11 @@ impl AdmissionTable {
         self.admitted.get(peer).map(|(id, _)| id)
     }
 
+    /// Every admitted peer.
+    pub fn admitted_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.admitted.keys().copied()
+    }
+
     /// Admitted peers whose connections a cell member can let go. Every
     /// mesh protocol keeps its connections open for good (gossipsub holds
     /// a stream on each), so the peers a DHT walk or a bootstrap dialled

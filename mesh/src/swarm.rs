@@ -38,10 +38,19 @@ mod dht;
 mod dial_cause;
 mod redial;
 mod revocations;
+mod task_status;
+mod tasks;
 
 use cell_driver::Cell;
 use dial_cause::DialCause;
 pub use redial::DIALS_HELD;
+pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
+pub use tasks::{
+    task_state_dir, SyncRequest, SyncResponse, TaskLine, TaskPlaneError, TaskPlaneStatus,
+    TaskSettings, TasksConfig, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD, TASKS_RECEIVED,
+    TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_ROOT_VERSION, TASK_STATUS_FILE, TASK_SYNCS,
+    TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL, TASK_TOPIC,
+};
 
 use crate::admission::AdmissionTable;
 use crate::adverts::{SinkBook, SINK_TOPIC};
@@ -222,6 +231,8 @@ pub struct MeshBehaviour {
     ping: ping::Behaviour,
     kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
     gossipsub: DialCause<gossipsub::Behaviour>,
+    tasks_sync: request_response::cbor::Behaviour<tasks::SyncRequest, tasks::SyncResponse>,
+    task_reports: request_response::cbor::Behaviour<starling_task::rollup::HostReport, ()>,
 }
 
 /// Errors while building or starting the swarm.
@@ -233,6 +244,8 @@ pub enum MeshError {
     Listen { addr: Multiaddr, detail: String },
     #[error("membership: {0}")]
     Membership(#[from] crate::membership::MembershipError),
+    #[error("task plane: {0}")]
+    Tasks(#[from] tasks::TaskPlaneError),
 }
 
 /// Swarm settings.
@@ -256,6 +269,9 @@ pub struct MeshConfig {
     /// The fleet's revocation list (PEM CRL from `starlingctl cert
     /// revoke`), re-read when it changes; None: nothing is revoked.
     pub revocations: Option<std::path::PathBuf>,
+    /// The task plane; None: this member neither applies nor relays
+    /// tasks (docs/tasks.md).
+    pub tasks: Option<TaskSettings>,
 }
 
 impl Default for MeshConfig {
@@ -269,6 +285,7 @@ impl Default for MeshConfig {
             cell: None,
             sink_ingress: None,
             revocations: None,
+            tasks: None,
         }
     }
 }
@@ -352,7 +369,18 @@ pub struct Mesh {
     /// Peers dialled only for their referrals: the connection is closed
     /// once they answered, unless they are of this member's cell.
     pub(super) referral_only: std::collections::HashSet<PeerId>,
+    /// The task plane, when configured.
+    tasks: Option<tasks::TaskDriver>,
+    /// The fleet settings the task plane holds, for the node to apply.
+    fleet_settings: Option<watch::Receiver<FleetSettings>>,
+    /// Task state changes for the node's audit trail, until taken.
+    task_events: Option<mpsc::Receiver<starling_proto::v1::TaskStateChange>>,
 }
+
+/// Fleet configuration settings held by the task plane, by setting name
+/// (docs/tasks.md, "Fleet configuration"): generation and setting.
+pub type FleetSettings =
+    std::collections::BTreeMap<String, (u64, starling_proto::v1::ConfigSetting)>;
 
 /// Where asking a second bootstrap peer for referrals stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,7 +433,9 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .max_transmit_size(64 * 1024)
+        // Signed tasks go up to 256 KiB (a revocation list); every other
+        // message is far smaller, and each is checked before it is relayed.
+        .max_transmit_size(288 * 1024)
         .connection_handler_queue_len(GOSSIP_QUEUE_PER_CONNECTION)
         .build()
         .map_err(|e| e.to_string())?;
@@ -413,7 +443,25 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )?;
+    let sync_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(tasks::MAX_TASK_SYNC_BYTES)
+        .set_response_size_maximum(tasks::MAX_TASK_SYNC_BYTES);
+    let tasks_sync = request_response::Behaviour::with_codec(
+        sync_codec,
+        [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    );
+    let report_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(task_status::MAX_REPORT_BYTES)
+        .set_response_size_maximum(64);
+    let task_reports = request_response::Behaviour::with_codec(
+        report_codec,
+        [(TASK_REPORT_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
     Ok(MeshBehaviour {
+        tasks_sync,
+        task_reports,
         redial: Default::default(),
         enrol,
         swim: DialCause::new(swim, "swim"),
@@ -486,6 +534,21 @@ impl Mesh {
             .gossipsub
             .subscribe(&sink_topic)
             .map_err(|e| build(&e))?;
+        let (tasks, fleet_settings, task_events) = match config.tasks.clone() {
+            Some(settings) => {
+                let (driver, settings_rx, events_rx) =
+                    tasks::TaskDriver::load(settings, &enrolment.identity().name)?;
+                for topic in [TASK_TOPIC, TASK_STATUS_TOPIC] {
+                    swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .subscribe(&gossipsub::IdentTopic::new(topic))
+                        .map_err(|e| build(&e))?;
+                }
+                (Some(driver), Some(settings_rx), Some(events_rx))
+            }
+            None => (None, None, None),
+        };
         let (view, rx) = watch::channel(MeshView {
             local_peer_id: Some(*swarm.local_peer_id()),
             identity: Some(enrolment.identity().clone()),
@@ -531,10 +594,28 @@ impl Mesh {
                 cross_candidates: Default::default(),
                 second_seed: SecondSeed::NotYet,
                 referral_only: Default::default(),
+                tasks,
+                fleet_settings,
+                task_events,
             },
             rx,
             command_tx,
         ))
+    }
+
+    /// The fleet settings the task plane holds, kept current (None
+    /// without a task plane). The node applies them over its own file.
+    pub fn fleet_settings(&self) -> Option<watch::Receiver<FleetSettings>> {
+        self.fleet_settings.clone()
+    }
+
+    /// The task plane's state changes (applied, failed, refused,
+    /// stopped), for the node to write as events: the audit trail in
+    /// Kafka. None without a task plane, or once taken.
+    pub fn take_task_events(
+        &mut self,
+    ) -> Option<mpsc::Receiver<starling_proto::v1::TaskStateChange>> {
+        self.task_events.take()
     }
 
     /// Runs the swarm until `shutdown` turns true; a cell member leaves its
@@ -660,6 +741,7 @@ impl Mesh {
         self.elect();
         self.drain_membership();
         self.advertise_sink(now);
+        self.tasks_tick(now);
         self.sinks.expire(now, SINK_EXPIRY);
         self.publish_view(now);
     }
@@ -858,6 +940,10 @@ impl Mesh {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::TasksSync(event)) => self.on_task_sync(event),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::TaskReports(event)) => {
+                self.on_task_report(event)
+            }
             _ => {}
         }
     }

@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub spool: SpoolSection,
     pub uplink: UplinkSection,
     pub mesh: MeshSection,
+    /// The task plane (docs/tasks.md): it runs when the mesh is on and the
+    /// trust root exists.
+    pub tasks: starling_mesh::swarm::TasksConfig,
     pub metrics: MetricsSection,
 }
 
@@ -259,6 +262,7 @@ impl Default for NodeConfig {
             spool: SpoolSection::default(),
             uplink: UplinkSection::default(),
             mesh: MeshSection::default(),
+            tasks: Default::default(),
             metrics: MetricsSection::default(),
         }
     }
@@ -393,6 +397,20 @@ impl NodeConfig {
         if let Some(h) = &self.host_id {
             starling_proto::batch::check_host_id(h)
                 .map_err(|e| invalid("host_id", e.to_string()))?;
+        }
+        if self.tasks.sync_interval_secs == 0 || self.tasks.sync_interval_secs > 3600 {
+            return Err(invalid(
+                "tasks.sync_interval_secs",
+                format!("{} (1 to 3600)", self.tasks.sync_interval_secs),
+            ));
+        }
+        if let Some(t) = self
+            .tasks
+            .tags
+            .iter()
+            .find(|t| t.is_empty() || t.len() > 128)
+        {
+            return Err(invalid("tasks.tags", format!("{t:?}: 1 to 128 bytes")));
         }
         let rb = self.sensor.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod enrich;
+pub mod fleet;
 pub mod mesh;
 pub mod metrics_names;
 pub mod relay;

@@ -66,35 +66,17 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The sensor filters of a config, with "~/" expanded against this host's
-/// accounts and the node's own pid.
-fn sensor_filters(config: &NodeConfig) -> starling_bpf::SensorFilters {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let homes = starling_node::config::home_directories(&passwd);
-    config.sensor.filters(&homes, std::process::id())
-}
-
-/// On SIGHUP, re-reads the config file and hands the sensor its new
-/// filters. Other sections need a restart; a config that does not load is
-/// logged and the running filters stay.
-async fn reload_on_sighup(path: PathBuf, filters: watch::Sender<starling_bpf::SensorFilters>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler: sensor filters reload only on restart");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match NodeConfig::load(&path) {
-            Ok(config) => {
-                tracing::info!(config = %path.display(), "SIGHUP: reloading the sensor filters (other settings need a restart)");
-                filters.send_replace(sensor_filters(&config));
-            }
-            Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
-        }
+async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
+    // Fleet settings the task plane took before this start (the spool
+    // quota and ring buffer apply only now); the rest follow live.
+    let fleet_at_start = starling_node::fleet::persisted_settings(&local.data_dir);
+    let config = starling_node::fleet::apply(&local, &fleet_at_start);
+    if !fleet_at_start.is_empty() {
+        tracing::info!(
+            settings = fleet_at_start.len(),
+            "fleet settings applied over the local file"
+        );
     }
-}
-
-async fn run(config: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     let host_id = config.resolve_host_id()?;
     check_certificate_names(&config, &host_id)?;
     let trust = DataPlaneTrust::load(&config.tls.files(), Some(config.tls.revocation_list()))
@@ -138,9 +120,11 @@ async fn run(config: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (spooled_tx, spooled_rx) = watch::channel(st.next_seq);
+    let audit_spooled = spooled_tx.clone();
 
+    let (filters_tx, filters_rx) = watch::channel(starling_node::sensor::filters_of(&config));
     let sensor_task = if config.sensor.enabled {
-        let filters = sensor_filters(&config);
+        let filters = filters_rx.borrow().clone();
         let sensor_config = starling_bpf::SensorConfig {
             ring_buffer_bytes: config.sensor.ring_buffer_bytes,
             filters: filters.clone(),
@@ -155,13 +139,11 @@ async fn run(config: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
                 metrics::gauge!(m::SENSOR_UP).set(1.0);
                 let spool = spool.clone();
                 let shutdown = shutdown_rx.clone();
-                let (filters_tx, filters_rx) = watch::channel(filters);
-                tokio::spawn(reload_on_sighup(config_path.clone(), filters_tx));
                 Some(tokio::spawn(starling_node::sensor::run(
                     sensor,
                     spool,
                     spooled_tx,
-                    filters_rx,
+                    filters_rx.clone(),
                     config.sensor.hash_max_bytes,
                     shutdown,
                 )))
@@ -183,13 +165,31 @@ async fn run(config: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
 
     // Tasks that end by themselves once shutdown turns true.
     let mut background = vec![tokio::spawn(trust.clone().watch(shutdown_rx.clone()))];
-    let targets = if config.mesh.enabled {
+    let (targets, fleet_settings) = if config.mesh.enabled {
         let parts = starling_node::mesh::start(&config, &trust, shutdown_rx.clone())?;
         background.extend(parts.tasks);
-        parts.targets
+        if let Some(changes) = parts.task_events {
+            background.push(tokio::spawn(starling_node::fleet::write_audit_events(
+                changes,
+                spool.clone(),
+                audit_spooled,
+                shutdown_rx.clone(),
+            )));
+        }
+        (parts.targets, parts.fleet_settings)
     } else {
-        Targets::Static(config.uplink.sinks.clone())
+        (Targets::Static(config.uplink.sinks.clone()), None)
     };
+    // The sensor's filters follow the local file (SIGHUP) with the
+    // fleet's settings over it.
+    background.push(tokio::spawn(starling_node::fleet::keep_filters(
+        config_path.clone(),
+        local,
+        fleet_at_start,
+        fleet_settings,
+        filters_tx,
+        shutdown_rx.clone(),
+    )));
     let uplink = Uplink {
         host_id: host_id.clone(),
         config: config.uplink.clone(),

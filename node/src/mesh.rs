@@ -12,7 +12,7 @@ use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::net::{ip_of, primary_ip};
 use starling_mesh::status::{MeshStatus, UplinkStatus, STATUS_FILE};
-use starling_mesh::swarm::{CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::swarm::{CellSettings, FleetSettings, Mesh, MeshCommand, MeshConfig, MeshView};
 use starling_mesh::trust::DataPlaneTrust;
 use starling_mesh::Multiaddr;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,10 @@ pub struct MeshParts {
     pub view: watch::Receiver<MeshView>,
     /// Background tasks; they end when shutdown turns true.
     pub tasks: Vec<JoinHandle<()>>,
+    /// The fleet settings of the task plane (None when it is off).
+    pub fleet_settings: Option<watch::Receiver<FleetSettings>>,
+    /// Its state changes, to be written as events (None when it is off).
+    pub task_events: Option<mpsc::Receiver<starling_proto::v1::TaskStateChange>>,
 }
 
 /// Joins the mesh as configured; the relay checks peers with `trust`.
@@ -104,13 +108,16 @@ pub fn start(
             relay: relay_address.clone(),
             election: ElectionParams::default(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            tags: Vec::new(),
+            tags: config.tasks.tags.clone(),
         }),
         revocations: Some(config.tls.revocation_list()),
+        tasks: config.tasks.settings(&config.tls.ca_cert, &config.data_dir),
         ..Default::default()
     };
-    let (mesh, view, commands) =
+    let (mut mesh, view, commands) =
         Mesh::start(enrolment, mesh_config).context("starting the mesh")?;
+    let fleet_settings = mesh.fleet_settings();
+    let task_events = mesh.take_task_events();
     tracing::info!(relay = %relay_address, "mesh member started");
     tasks.push(tokio::spawn(mesh.run(shutdown.clone())));
 
@@ -155,6 +162,8 @@ pub fn start(
         },
         view,
         tasks,
+        fleet_settings,
+        task_events,
     })
 }
 

@@ -16,6 +16,14 @@ use crate::spool::{loss_event, AppendOutcome, Spool};
 /// Most records taken from the ring buffer per spool write.
 const READ_CHUNK: usize = 1024;
 
+/// The sensor filters of a config, with "~/" expanded against this host's
+/// accounts and the node's own pid.
+pub fn filters_of(config: &crate::config::NodeConfig) -> SensorFilters {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let homes = crate::config::home_directories(&passwd);
+    config.sensor.filters(&homes, std::process::id())
+}
+
 /// Records what an append did in the metrics.
 pub fn record_append(spool: &Spool, outcome: &AppendOutcome) {
     let st = spool.stats();
@@ -254,7 +262,10 @@ fn to_events(
     events
 }
 
-fn append(spool: &Spool, events: Vec<starling_proto::v1::Event>) -> anyhow::Result<AppendOutcome> {
+pub(crate) fn append(
+    spool: &Spool,
+    events: Vec<starling_proto::v1::Event>,
+) -> anyhow::Result<AppendOutcome> {
     // RocksDB writes block (an fsync with sync_writes); keep them off the
     // async workers' fast path.
     Ok(tokio::task::block_in_place(|| spool.append(events))?)

@@ -241,6 +241,19 @@ pub fn event_to_json(event: &Event) -> Value {
                 json!({ "name": m.name, "taints": m.taints }),
             );
         }
+        Some(Body::TaskState(t)) => {
+            out.insert(
+                "task_state".into(),
+                json!({
+                    "task_id": t.task_id,
+                    "kind": t.kind,
+                    "state": t.state,
+                    "detail": t.detail,
+                    "signers": t.signers,
+                    "root_version": t.root_version,
+                }),
+            );
+        }
         None => {}
     }
     Value::Object(out)

@@ -45,6 +45,7 @@ pub fn event_kind(event: &v1::Event) -> &'static str {
         Some(Body::SocketBind(_)) => "socket_bind",
         Some(Body::DnsQuery(_)) => "dns_query",
         Some(Body::ModuleLoad(_)) => "module_load",
+        Some(Body::TaskState(_)) => "task_state",
         None => "unknown",
     }
 }
@@ -74,6 +75,7 @@ pub fn kind_of_body_field(field: u32) -> Option<&'static str> {
         26 => "socket_bind",
         27 => "dns_query",
         28 => "module_load",
+        29 => "task_state",
         _ => return None,
     })
 }
@@ -99,6 +101,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "memfd_create",
     "bpf_program_load",
     "module_load",
+    "task_state",
     "event_loss",
 ];
 

@@ -23,3 +23,16 @@ pub const MAX_SIGNATURE_BYTES: usize = 512;
 pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
 /// Largest receipt inside an ack.
 pub const MAX_RECEIPT_BYTES: usize = 1024;
+
+/// Largest signed task accepted (a revocation list is the bulkiest body).
+pub const MAX_SIGNED_TASK_BYTES: usize = 256 * 1024;
+/// Largest signed trust root accepted.
+pub const MAX_SIGNED_ROOT_BYTES: usize = 64 * 1024;
+/// Most signatures on one task or root.
+pub const MAX_OPERATOR_SIGNATURES: usize = 16;
+/// Most operator keys in a trust root.
+pub const MAX_OPERATOR_KEYS: usize = 256;
+/// Most entries in any list of a task (hosts, tags, settings, ids, ...).
+pub const MAX_TASK_LIST_ITEMS: usize = 4096;
+/// Longest task id, tag, cell or fleet name.
+pub const MAX_TASK_NAME_LEN: usize = 128;

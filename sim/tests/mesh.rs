@@ -1,7 +1,9 @@
 //! A mesh of real node and sink processes on loopback: the nodes form one
 //! cell, agree on its aggregators, and ship through them to sinks they
-//! learned from gossip. Killing an aggregator moves its nodes to the other
-//! and loses no event. Needs root (BPF) for the nodes that run sensors.
+//! learned from gossip; a signed task handed to one node is applied by
+//! all, and each application reaches a sink as an event. Killing an
+//! aggregator moves its nodes to the other and loses no event. Needs root
+//! (BPF) for the nodes that run sensors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -101,6 +103,49 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         listen_port: 0,
         ..seed.clone()
     };
+    // The fleet's trust root beside ca.pem, where every node and sink reads
+    // it (tasks.root's default): the task plane runs everywhere.
+    let ctl = starling_sim::process::binary("starlingctl")?;
+    let pki = fleet.ca_cert().parent().expect("pki dir").to_path_buf();
+    let keys = fleet.path().join("keys");
+    let root = pki.join("root.bin");
+    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
+        let out = Command::new(&ctl).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "starlingctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    run(&[
+        &os("key"),
+        &os("new"),
+        &os("op"),
+        &os("--dir"),
+        keys.as_os_str(),
+    ])?;
+    let op_key = keys.join("op.key");
+    let op_pub = keys.join("op.pub");
+    run(&[
+        &os("root"),
+        &os("init"),
+        &os("--fleet"),
+        &os("sim"),
+        &os("--key"),
+        op_pub.as_os_str(),
+        &os("-o"),
+        root.as_os_str(),
+    ])?;
+    run(&[
+        &os("root"),
+        &os("sign"),
+        &os("--key"),
+        op_key.as_os_str(),
+        root.as_os_str(),
+    ])?;
+
     let started = Instant::now();
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -173,7 +218,6 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
 
     // `starlingctl mesh status` shows a person (and a program) the cell,
     // its aggregators and the sinks from any member.
-    let ctl = starling_sim::process::binary("starlingctl")?;
     let data_dir = nodes[NODES - 1].data_dir().to_path_buf();
     let out = Command::new(&ctl)
         .args(["mesh", "status", "--data-dir"])
@@ -244,6 +288,84 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
             .expect("sink store opens")
         })
         .collect();
+    // A signed task handed to one node reaches every node, each applies
+    // it, and each application is a `task_state` event in a sink: the
+    // audit trail of who applied what.
+    let task = fleet.path().join("web.task");
+    run(&[
+        &os("task"),
+        &os("create"),
+        &os("tags"),
+        &os("--root"),
+        root.as_os_str(),
+        &os("--all"),
+        &os("--set"),
+        &os("web"),
+        &os("--id"),
+        &os("tag-web"),
+        &os("-o"),
+        task.as_os_str(),
+    ])?;
+    run(&[
+        &os("task"),
+        &os("sign"),
+        &os("--key"),
+        op_key.as_os_str(),
+        task.as_os_str(),
+    ])?;
+    let published = run(&[
+        &os("task"),
+        &os("publish"),
+        task.as_os_str(),
+        &os("--data-dir"),
+        nodes[3].data_dir().as_os_str(),
+    ])?;
+    assert!(published.contains("accepted"), "{published}");
+    let applied_everywhere = wait_for(Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| {
+                run(&[
+                    &os("task"),
+                    &os("list"),
+                    &os("--json"),
+                    &os("--data-dir"),
+                    n.data_dir().as_os_str(),
+                ])
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| {
+                    v["tasks"].as_array().is_some_and(|ts| {
+                        ts.iter()
+                            .any(|t| t["task_id"] == "tag-web" && t["state"] == "applied")
+                    })
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        applied_everywhere.is_some(),
+        "the task was applied on every node"
+    );
+    let audited = wait_for(Duration::from_secs(60), || {
+        let got = stored(&readers);
+        let hosts: BTreeSet<&String> = got
+            .iter()
+            .filter(|(_, evs)| {
+                evs.values().any(|e| {
+                    matches!(&e.body, Some(starling_proto::v1::event::Body::TaskState(t))
+                        if t.task_id == "tag-web" && t.state == "applied")
+                })
+            })
+            .map(|(h, _)| h)
+            .collect();
+        (hosts.len() == NODES).then_some(())
+    });
+    assert!(
+        audited.is_some(),
+        "every node's task_state event reached a sink"
+    );
+
     exec_marked("before-aggregator-dies", 5);
     let arrived = wait_for(Duration::from_secs(60), || {
         let got = stored(&readers);

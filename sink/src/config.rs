@@ -38,6 +38,10 @@ pub struct SinkConfig {
     pub limits: LimitsSection,
     pub origin: OriginSection,
     pub mesh: MeshSection,
+    /// The task plane (docs/tasks.md): with the mesh on and the trust root
+    /// installed, the sink takes the fleet's revocation lists and root
+    /// rotations from it (it applies no sensor settings).
+    pub tasks: starling_mesh::swarm::TasksConfig,
     pub metrics: MetricsSection,
 }
 
@@ -192,6 +196,7 @@ impl Default for SinkConfig {
             limits: LimitsSection::default(),
             origin: OriginSection::default(),
             mesh: MeshSection::default(),
+            tasks: Default::default(),
             metrics: MetricsSection::default(),
         }
     }
@@ -291,6 +296,9 @@ impl SinkConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.tasks
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "listen",

@@ -167,6 +167,7 @@ fn start_mesh(
             .collect::<Result<_, _>>()?,
         sink_ingress: Some(advertised.clone()),
         revocations: Some(config.tls.revocation_list()),
+        tasks: config.tasks.settings(&config.tls.ca_cert, &config.data_dir),
         ..Default::default()
     };
     let (mesh, _view, commands) =

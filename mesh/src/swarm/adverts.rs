@@ -50,6 +50,12 @@ impl Mesh {
         message: gossipsub::Message,
     ) {
         self.stats.gossip_bytes_in += message.data.len() as u64;
+        if message.topic == gossipsub::IdentTopic::new(super::TASK_TOPIC).hash() {
+            return self.on_task_gossip(source, id, &message.data);
+        }
+        if message.topic == gossipsub::IdentTopic::new(super::TASK_STATUS_TOPIC).hash() {
+            return self.on_task_summary(source, id, &message.data);
+        }
         // The forwarding peer must be admitted; the author is checked by
         // what the message carries.
         let verdict = if self.table.admitted(&source).is_none() {

@@ -2,7 +2,10 @@
 //! QUIC, enrolment, SWIM, election, gossip) in one process. Prints the
 //! time until every member knows its cell's aggregators, the control
 //! traffic per member in steady state, and the time until a killed
-//! aggregator is noticed and replaced. Figures only; nothing asserts.
+//! aggregator is noticed and replaced; with `--tasks`, also how long a
+//! signed task takes to be applied by every member, until the fleet view
+//! counts it, and until a member that was away has caught up. Figures
+//! only; nothing asserts.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
-use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView, TaskSettings};
 use starling_sim::process::ProcessUsage;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,6 +51,101 @@ struct Args {
     /// members still behind.
     #[arg(long, default_value_t = 300)]
     limit: u64,
+    /// Run the task plane on every member and measure it.
+    #[arg(long)]
+    tasks: bool,
+}
+
+/// The bench's operator: one key, the fleet's trust root, and where each
+/// member keeps its task plane's state.
+struct Operator {
+    key: starling_task::OperatorKeyPair,
+    root_file: std::path::PathBuf,
+    states: std::path::PathBuf,
+}
+
+impl Operator {
+    fn new(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let key = starling_task::OperatorKeyPair::generate()?;
+        let root = starling_task::root::new_root(
+            "bench",
+            1,
+            unix_secs() + 86_400,
+            &[(key.public_key(), "bench".into())],
+            1,
+            1,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let signed =
+            starling_task::sign::sign_root(&starling_task::sign::unsigned_root(&root), &key)?;
+        let root_file = dir.join("root.bin");
+        std::fs::write(&root_file, signed)?;
+        Ok(Self {
+            key,
+            root_file,
+            states: dir.join("tasks"),
+        })
+    }
+
+    fn settings(&self, host: &str) -> TaskSettings {
+        TaskSettings {
+            root_file: self.root_file.clone(),
+            state_dir: self.states.join(host),
+            sync_interval: Duration::from_secs(10),
+            local_tags: Vec::new(),
+        }
+    }
+
+    /// A signed task setting tag `tag` on every member.
+    fn tag_task(&self, id: &str, tag: &str) -> anyhow::Result<Vec<u8>> {
+        use starling_proto::v1::{task_payload::Body, HostTags, TagChange, TargetSelector};
+        let payload = starling_proto::v1::TaskPayload {
+            fleet: "bench".into(),
+            task_id: id.into(),
+            not_before: unix_secs() - 60,
+            not_after: unix_secs() + 3600,
+            target: Some(TargetSelector {
+                all: true,
+                ..Default::default()
+            }),
+            reason: "bench".into(),
+            body: Some(Body::Tags(HostTags {
+                changes: vec![TagChange {
+                    tag: tag.into(),
+                    generation: 1,
+                    remove: false,
+                }],
+            })),
+        };
+        Ok(starling_task::sign::sign_task(
+            &starling_task::sign::unsigned_task(&payload),
+            &self.key,
+        )?)
+    }
+
+    /// Hands a task to `host`'s task plane, as `starlingctl task publish`.
+    fn publish(&self, host: &str, name: &str, signed: &[u8]) -> anyhow::Result<()> {
+        let inbox = self.states.join(host).join(starling_mesh::swarm::INBOX_DIR);
+        let tmp = inbox.join(format!("{name}.part"));
+        std::fs::write(&tmp, signed)?;
+        std::fs::rename(&tmp, inbox.join(format!("{name}.task")))?;
+        Ok(())
+    }
+
+    /// `host`'s task plane status, once written.
+    fn status(&self, host: &str) -> Option<starling_mesh::swarm::TaskPlaneStatus> {
+        let path = self
+            .states
+            .join(host)
+            .join(starling_mesh::swarm::TASK_STATUS_FILE);
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 struct Member {
@@ -71,8 +169,11 @@ fn start(
     bootstrap: Vec<starling_mesh::Multiaddr>,
     cell: Option<(&str, u32)>,
     stop: &watch::Receiver<bool>,
+    operator: Option<&Operator>,
 ) -> anyhow::Result<(watch::Receiver<MeshView>, JoinHandle<()>)> {
+    let tasks = operator.map(|o| o.settings(&enrolment.identity().name));
     let config = MeshConfig {
+        tasks,
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
         bootstrap,
         cell: cell.map(|(zone, size)| CellSettings {
@@ -182,6 +283,7 @@ async fn join_one_by_one(
     seeds: &[starling_mesh::Multiaddr],
     cell_size: usize,
     stop: &watch::Receiver<bool>,
+    operator: Option<&Operator>,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::new();
     for (j, (host, enrolment)) in enrolments.enumerate() {
@@ -197,6 +299,7 @@ async fn join_one_by_one(
             seeds.to_vec(),
             Some((&zone, cell_size as u32)),
             stop,
+            operator,
         )?;
         loop {
             let attached = {
@@ -233,6 +336,128 @@ async fn join_one_by_one(
     Ok(times)
 }
 
+/// Publishes a task at one member and times it to every member's
+/// application and to the fleet view's count; then stops a member,
+/// publishes three tasks, restarts it after gossip's resend window and
+/// times its catch-up (anti-entropy).
+#[allow(clippy::too_many_arguments)]
+async fn tasks_phase(
+    op: &Operator,
+    members: &mut Vec<Member>,
+    metrics: &PrometheusHandle,
+    ca: &FleetCa,
+    dir: &std::path::Path,
+    seeds: &[starling_mesh::Multiaddr],
+    cell_size: usize,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let applied_series = "starling_tasks_applied_total{kind=\"tags\",result=\"applied\"}";
+    let n = members.len() as f64;
+    let base = counter_sum(metrics, applied_series);
+    op.publish(&members[0].host, "bench-1", &op.tag_task("bench-1", "b1")?)?;
+    let at = Instant::now();
+    let (mut p999, mut all) = (None, None);
+    let mut fleet_view = None;
+    while all.is_none() || fleet_view.is_none() {
+        let applied = counter_sum(metrics, applied_series) - base;
+        if p999.is_none() && applied >= (n * 0.999).ceil() {
+            p999 = Some(at.elapsed());
+        }
+        if all.is_none() && applied >= n {
+            all = Some(at.elapsed());
+        }
+        if fleet_view.is_none()
+            && op.status(&members[0].host).is_some_and(|s| {
+                s.fleet_view.task("bench-1").counts.get("applied").copied()
+                    == Some(members.len() as u32)
+            })
+        {
+            fleet_view = Some(at.elapsed());
+        }
+        if at.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!(
+                "task not applied everywhere within 120 s ({applied} of {n}; fleet view: {:?})",
+                op.status(&members[0].host)
+                    .map(|s| s.fleet_view.task("bench-1"))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    println!(
+        "a task handed to one member: applied by 99.9 % of the {} members in {:.2} s, by all in {:.2} s; the fleet view at that member counted all of them applied {:.2} s after the publish",
+        members.len(),
+        secs(p999),
+        secs(all),
+        secs(fleet_view)
+    );
+
+    // A member that is not an aggregator goes away; three tasks go out.
+    let aggregators = members[0]
+        .view
+        .borrow()
+        .cell
+        .as_ref()
+        .map(|c| c.aggregators.clone())
+        .unwrap_or_default();
+    let away = members
+        .iter()
+        .rposition(|m| !aggregators.contains(&m.host))
+        .ok_or_else(|| anyhow::anyhow!("no member to stop"))?;
+    let gone = members.remove(away);
+    gone.task.abort();
+    let base = counter_sum(metrics, applied_series);
+    for i in 0..3 {
+        let id = format!("while-away-{i}");
+        op.publish(&members[0].host, &id, &op.tag_task(&id, &format!("w{i}"))?)?;
+    }
+    let at = Instant::now();
+    while counter_sum(metrics, applied_series) - base < 3.0 * members.len() as f64 {
+        if at.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the three tasks did not reach the members present within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past gossipsub's resend window: only anti-entropy brings them now.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let enrolment = enrol(ca, dir, Role::Node, &gone.host)?;
+    let back_at = Instant::now();
+    let (view, task) = start(
+        enrolment,
+        seeds.to_vec(),
+        Some((&gone.zone, cell_size as u32)),
+        stop,
+        Some(op),
+    )?;
+    loop {
+        let caught_up = op.status(&gone.host).is_some_and(|s| {
+            (0..3).all(|i| {
+                s.tasks
+                    .iter()
+                    .any(|t| t.task_id == format!("while-away-{i}") && t.state == "applied")
+            })
+        });
+        if caught_up {
+            break;
+        }
+        if back_at.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("{} did not catch up within 120 s of its restart", gone.host);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a member away while 3 tasks went out had applied all 3 {:.1} s after it restarted (anti-entropy every 10 s, spread +-50 %)",
+        back_at.elapsed().as_secs_f64()
+    );
+    members.push(Member {
+        host: gone.host,
+        zone: gone.zone,
+        view,
+        task,
+    });
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -250,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
     let ca = FleetCa::generate("bench", 30)?;
     ca.pem().write(dir.path(), "ca")?;
     let (_stop_tx, stop) = watch::channel(false);
+    let operator = args.tasks.then(|| Operator::new(dir.path())).transpose()?;
     let cells = args.nodes.div_ceil(args.cell_size.max(1));
     let enrolments: Vec<(String, Enrolment)> = (0..args.nodes + args.joiners)
         .map(|i| {
@@ -281,6 +507,7 @@ async fn main() -> anyhow::Result<()> {
             seed_addrs.clone(),
             Some((&zone, args.cell_size as u32)),
             &stop,
+            operator.as_ref(),
         )?;
         if i < args.seeds.max(1) {
             seed_addrs.push(
@@ -298,7 +525,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
-    let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop)?;
+    let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop, None)?;
     let all_started = started.elapsed();
     eprintln!(
         "  {:>5.1} s  all {} members started",
@@ -371,9 +598,12 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let (s0, g0) = bytes(&members);
+    let sync_series = "starling_task_sync_bytes_total{direction=\"in\"}";
+    let t0 = counter_sum(&metrics, sync_series);
     let cpu0 = process_cpu();
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let (s1, g1) = bytes(&members);
+    let t1 = counter_sum(&metrics, sync_series);
     let cores = (process_cpu() - cpu0).as_secs_f64() / args.window as f64;
     let per = |a: u64, b: u64| (b - a) as f64 / members.len() as f64 / args.window as f64;
     let peers = members
@@ -391,6 +621,24 @@ async fn main() -> anyhow::Result<()> {
         rss_mb / members.len() as f64,
     );
 
+    if let Some(op) = &operator {
+        println!(
+            "task plane in steady state: anti-entropy {:.1} B/s received per member (summaries, answers), cell summaries included in the gossip figure above",
+            (t1 - t0) / members.len() as f64 / args.window as f64
+        );
+        tasks_phase(
+            op,
+            &mut members,
+            &metrics,
+            &ca,
+            dir.path(),
+            &seed_addrs,
+            args.cell_size,
+            &stop,
+        )
+        .await?;
+    }
+
     let joined = join_one_by_one(
         enrolments,
         &mut members,
@@ -398,6 +646,7 @@ async fn main() -> anyhow::Result<()> {
         &seed_addrs,
         args.cell_size,
         &stop,
+        operator.as_ref(),
     )
     .await?;
     if !joined.is_empty() {

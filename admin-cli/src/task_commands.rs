@@ -1,0 +1,840 @@
+//! `starlingctl key`, `root` and `task`: operator keys, the fleet's trust
+//! root, and signed tasks, as files an operator can read, pass on and sign.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use starling_admin::tasks::{render_root, render_task, root_json, task_json};
+use starling_admin::NodeDataDir;
+use starling_proto::v1::config_setting::Setting;
+use starling_proto::v1::task_payload::Body;
+use starling_proto::v1::{
+    CancelTasks, ConfigSetting, FleetConfig, HostTags, KindRateLimit, RevocationList,
+    RevokeOperatorKeys, SensorKindSwitch, SignedRoot, StringList, TagChange, TargetSelector,
+    TaskPayload,
+};
+use starling_task::keys::{public_key_from_pem, public_key_pem, OperatorKeyPair};
+use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
+use starling_task::TrustedRoot;
+
+/// Where operator keys live unless `--dir` says otherwise.
+const KEY_DIR_ENV: &str = "STARLING_KEYS";
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an operator signing key: DIR/NAME.key (private, 0600) and
+    /// DIR/NAME.pub (public, to list in the trust root).
+    New {
+        /// A name for the key (a person or a role).
+        name: String,
+        #[arg(long, env = KEY_DIR_ENV, default_value = ".")]
+        dir: PathBuf,
+        /// Replace an existing key of that name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The operator keys in a directory, with their ids.
+    List {
+        #[arg(long, env = KEY_DIR_ENV, default_value = ".")]
+        dir: PathBuf,
+        /// One JSON object per key.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Write a new, unsigned trust root listing the given keys; then each
+    /// operator signs it with `root sign`.
+    Init {
+        /// The fleet's name; tasks must name it.
+        #[arg(long)]
+        fleet: String,
+        /// Public (or private) key files of the operators; repeatable.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Signatures needed for most kinds of task.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// Signatures needed to change the root or revoke an operator key
+        /// (default: 2, or 1 with a single key).
+        #[arg(long)]
+        root_threshold: Option<u32>,
+        /// The root's version: 1 for a new fleet, the current one + 1 to
+        /// rotate (then publish it with `task create root`).
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where to write it.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add your signature to a root file.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        root: PathBuf,
+    },
+    /// Show a root: keys, what each kind needs, who signed, whether hosts
+    /// can install it.
+    Show {
+        root: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Write a new, unsigned task; then operators sign it with `task sign`.
+    Create {
+        #[command(subcommand)]
+        kind: Box<CreateKind>,
+    },
+    /// Add your signature to a task file.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        task: PathBuf,
+    },
+    /// Hand a signed task to this host's node, which checks it, applies it
+    /// if it targets this host, and gossips it to the fleet.
+    Publish {
+        task: PathBuf,
+        #[command(flatten)]
+        node: NodeDataDir,
+        /// How long to wait for the node's verdict.
+        #[arg(long, default_value = "15s")]
+        wait: humantime::Duration,
+    },
+    /// The fleet's progress on a task (or on every task), from any node:
+    /// hosts per state, and with --hosts who they are (including those
+    /// that have not answered).
+    Status {
+        /// The task's id; without it, every task.
+        task_id: Option<String>,
+        #[command(flatten)]
+        node: NodeDataDir,
+        /// Name the hosts in each state but applied and not targeted.
+        #[arg(long)]
+        hosts: bool,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every two seconds.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// The tasks this host's node holds and their state here.
+    List {
+        #[command(flatten)]
+        node: NodeDataDir,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task and, given the fleet's root, whether hosts will take it.
+    Show {
+        task: PathBuf,
+        /// The fleet's trust root.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What every task carries.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The fleet's trust root (names the fleet).
+    #[arg(long)]
+    root: PathBuf,
+    /// The task's id (default: KIND-<unix ms>).
+    #[arg(long)]
+    id: Option<String>,
+    /// Why, for the status views and the audit trail.
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// How long hosts take it (e.g. 7d, 12h); a host away longer misses it.
+    #[arg(long, default_value = "7d")]
+    valid_for: humantime::Duration,
+    /// Where to write it.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Which hosts apply it (every host relays it).
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Every host.
+    #[arg(long)]
+    all: bool,
+    /// A host id; repeatable.
+    #[arg(long)]
+    host: Vec<String>,
+    /// Hosts with this tag; repeatable.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Hosts in this cell; repeatable.
+    #[arg(long)]
+    cell: Vec<String>,
+    /// Only this share of the matching hosts, chosen by a stable hash.
+    #[arg(long, value_parser = parse_percent)]
+    percent: Option<u32>,
+    /// Seed of that hash: the same seed picks the same hosts.
+    #[arg(long, default_value = "")]
+    sample_seed: String,
+    /// Never this host; repeatable.
+    #[arg(long)]
+    exclude_host: Vec<String>,
+    /// Never hosts with this tag; repeatable.
+    #[arg(long)]
+    exclude_tag: Vec<String>,
+}
+
+fn parse_percent(s: &str) -> Result<u32, String> {
+    let p: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.01..=100.0).contains(&p) {
+        return Err(format!("{p}: must be 0.01 to 100"));
+    }
+    Ok((p * 100.0).round() as u32)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateKind {
+    /// Fleet configuration: settings hosts take over their local file.
+    Config {
+        #[command(flatten)]
+        common: Common,
+        /// Turn an event kind off; repeatable.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::EVENT_KINDS))]
+        disable_kind: Vec<String>,
+        /// Turn an event kind on; repeatable.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::EVENT_KINDS))]
+        enable_kind: Vec<String>,
+        /// sensor.watch_paths (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        watch_paths: Option<Vec<String>>,
+        /// sensor.quiet_paths (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        quiet_paths: Option<Vec<String>>,
+        /// sensor.quiet_exes (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        quiet_exes: Option<Vec<String>>,
+        /// sensor.quiet_cgroups (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        quiet_cgroups: Option<Vec<String>>,
+        /// KIND=PER_SECOND[/BURST]; repeatable.
+        #[arg(long)]
+        rate_limit: Vec<String>,
+        /// spool.quota_bytes (taken at the next restart).
+        #[arg(long)]
+        spool_quota_bytes: Option<u64>,
+        /// sensor.ring_buffer_bytes (taken at the next restart).
+        #[arg(long)]
+        ring_buffer_bytes: Option<u32>,
+        /// Generation of every setting (default: now in Unix milliseconds,
+        /// so a later task always wins).
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Set or remove host tags (then usable as --tag targets).
+    Tags {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        set: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Deliver the fleet CA's revocation list (`cert revoke` writes it).
+    Revocations {
+        #[command(flatten)]
+        common: Common,
+        /// The list (PEM or DER).
+        #[arg(long)]
+        crl: PathBuf,
+        #[arg(long)]
+        generation: Option<u64>,
+    },
+    /// Rotate the trust root to a new version (signed by both roots' keys).
+    Root {
+        #[command(flatten)]
+        common: Common,
+        /// The new root, signed.
+        #[arg(long)]
+        new_root: PathBuf,
+    },
+    /// Stop trusting operator keys; their unapplied tasks stop too.
+    RevokeKey {
+        #[command(flatten)]
+        common: Common,
+        /// Key id (as `key list` shows); repeatable.
+        #[arg(long = "key-id", required = true)]
+        key_ids: Vec<String>,
+    },
+    /// Stop tasks where they have not been applied yet.
+    Cancel {
+        #[command(flatten)]
+        common: Common,
+        /// Task id; repeatable.
+        #[arg(long = "task", required = true)]
+        task_ids: Vec<String>,
+    },
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn write_new(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists (pass --force to replace it)", path.display());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `bytes` over `path` through a temporary file, so a signature
+/// never leaves half a file.
+fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("signing");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// `starlingctl key ...`
+pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeyCommand::New { name, dir, force } => {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                bail!("{name:?}: a key name is a plain file name");
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = OperatorKeyPair::generate()?;
+            let private = dir.join(format!("{name}.key"));
+            let public = dir.join(format!("{name}.pub"));
+            key.write(&private, force)?;
+            write_new(&public, public_key_pem(&key.public_key()).as_bytes(), force)?;
+            println!(
+                "operator key {name}\n  id:          {}\n  private key: {} (keep it to yourself)\n  public key:  {} (list it in the trust root)",
+                key.id(),
+                private.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        KeyCommand::List { dir, json } => {
+            let mut rows = Vec::new();
+            let entries =
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for entry in entries {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "key" || e == "pub") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    match public_key_from_pem(&text, &path) {
+                        Ok(k) => rows.push((
+                            path.file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                            starling_task::KeyId::of(&k),
+                            path.extension().is_some_and(|e| e == "key"),
+                            path,
+                        )),
+                        Err(e) => eprintln!("skipped: {e}"),
+                    }
+                }
+            }
+            rows.sort_by(|a, b| (&a.0, !a.2).cmp(&(&b.0, !b.2)));
+            // One row per key: the private file wins over the public one.
+            rows.dedup_by(|later, earlier| later.0 == earlier.0 && later.1 == earlier.1);
+            if json {
+                for (name, id, private, path) in rows {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": name, "key_id": id.0, "private": private, "file": path})
+                    );
+                }
+                return Ok(());
+            }
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED)
+                .set_header(["NAME", "KEY ID", "HOLDS", "FILE"]);
+            for (name, id, private, path) in rows {
+                t.add_row([
+                    starling_admin::sanitize(&name),
+                    id.0,
+                    if private { "private key" } else { "public key" }.into(),
+                    path.display().to_string(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+/// `starlingctl root ...`
+pub fn root(cmd: RootCommand) -> anyhow::Result<()> {
+    match cmd {
+        RootCommand::Init {
+            fleet,
+            keys,
+            threshold,
+            root_threshold,
+            version,
+            days,
+            out,
+            force,
+        } => {
+            let mut listed = Vec::new();
+            for path in &keys {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                listed.push((public_key_from_pem(&text, path)?, name));
+            }
+            let root_threshold = root_threshold.unwrap_or(if listed.len() > 1 { 2 } else { 1 });
+            let expires = unix_secs(now() + Duration::from_secs(days.saturating_mul(86_400)));
+            let root = starling_task::root::new_root(
+                &fleet,
+                version,
+                expires,
+                &listed,
+                threshold,
+                root_threshold,
+            )
+            .map_err(anyhow::Error::msg)?;
+            write_new(&out, &unsigned_root(&root), force)?;
+            println!(
+                "trust root version {version} of fleet {fleet} written to {} (unsigned): each operator now runs `starlingctl root sign --key NAME.key {}`",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        RootCommand::Sign { key, root } => {
+            let k = OperatorKeyPair::load(&key)?;
+            let signed = sign_root(&read(&root)?, &k)?;
+            replace(&root, &signed)?;
+            print!("{}", render_root(&signed, unix_secs(now()))?);
+            Ok(())
+        }
+        RootCommand::Show { root, json } => {
+            let bytes = read(&root)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&root_json(&bytes, unix_secs(now()))?)?
+                );
+            } else {
+                print!("{}", render_root(&bytes, unix_secs(now()))?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The trust root at `path`, as hosts would take it.
+fn load_root(path: &Path) -> anyhow::Result<TrustedRoot> {
+    TrustedRoot::install(&read(path)?, unix_secs(now()))
+        .with_context(|| format!("{} is not a valid trust root", path.display()))
+}
+
+/// `starlingctl task ...`
+pub fn task(cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::Create { kind } => create(*kind),
+        TaskCommand::Sign { key, task } => {
+            let k = OperatorKeyPair::load(&key)?;
+            let signed = sign_task(&read(&task)?, &k)?;
+            replace(&task, &signed)?;
+            print!("{}", render_task(&signed, None, unix_secs(now()))?);
+            Ok(())
+        }
+        TaskCommand::Publish { task, node, wait } => publish(&task, &node.data_dir, wait.into()),
+        TaskCommand::List { node, json } => list(&node.data_dir, json),
+        TaskCommand::Status {
+            task_id,
+            node,
+            hosts,
+            json,
+            watch,
+        } => loop {
+            let status = read_status(&node.data_dir)?;
+            if json {
+                let body = match &task_id {
+                    Some(id) => serde_json::json!({
+                        "task_id": id,
+                        "hosts": status.fleet_view.members(),
+                        "cells": status.fleet_view.cells.len(),
+                        "states": status.fleet_view.task(id),
+                    }),
+                    None => serde_json::to_value(&status.fleet_view)?,
+                };
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                if watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!(
+                    "{}",
+                    starling_admin::tasks::render_fleet_status(
+                        &status.fleet_view,
+                        task_id.as_deref(),
+                        hosts
+                    )
+                );
+            }
+            if !watch {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        },
+        TaskCommand::Show { task, root, json } => {
+            let bytes = read(&task)?;
+            let root = root.as_deref().map(load_root).transpose()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&task_json(
+                        &bytes,
+                        root.as_ref(),
+                        unix_secs(now())
+                    )?)?
+                );
+            } else {
+                print!("{}", render_task(&bytes, root.as_ref(), unix_secs(now()))?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The node's task-plane state directory under its data directory.
+fn task_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tasks")
+}
+
+fn publish(task: &Path, data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
+    let bytes = read(task)?;
+    let inbox = task_dir(data_dir).join(starling_mesh::swarm::INBOX_DIR);
+    if !inbox.is_dir() {
+        bail!(
+            "{} does not exist: is starling-node running with the mesh on and a trust root installed (tasks.root), and is --data-dir its data_dir?",
+            inbox.display()
+        );
+    }
+    let name = format!("publish-{}-{}", std::process::id(), unix_ms(now()));
+    let tmp = inbox.join(format!("{name}.part"));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, inbox.join(format!("{name}.task")))
+        .with_context(|| format!("handing the task to the node in {}", inbox.display()))?;
+    let result = inbox.join(format!("{name}.result"));
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Ok(text) = std::fs::read(&result) {
+            let _ = std::fs::remove_file(&result);
+            let v: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not the node's verdict", result.display()))?;
+            return match v["verdict"].as_str() {
+                Some("accepted") => {
+                    println!(
+                        "accepted by this host and {}",
+                        if v["gossiped"] == true {
+                            "gossiped to the fleet"
+                        } else {
+                            "held for anti-entropy (no gossip peer yet)"
+                        }
+                    );
+                    Ok(())
+                }
+                Some("duplicate") => {
+                    println!("this host already holds the task");
+                    Ok(())
+                }
+                _ => bail!(
+                    "refused by this host ({}): {}",
+                    v["reason"].as_str().unwrap_or("?"),
+                    v["detail"].as_str().unwrap_or("")
+                ),
+            };
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no verdict from the node within {}; the task stays in {} for it to take",
+                humantime::format_duration(wait),
+                inbox.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The task plane's status file of the node at `data_dir`.
+fn read_status(data_dir: &Path) -> anyhow::Result<starling_mesh::swarm::TaskPlaneStatus> {
+    let path = task_dir(data_dir).join(starling_mesh::swarm::TASK_STATUS_FILE);
+    let text = read(&path).with_context(|| {
+        "is starling-node running with a task plane, and is --data-dir its data_dir?"
+    })?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a task status", path.display()))
+}
+
+fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let status = read_status(data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "host {} of fleet {}, trust root version {}",
+        starling_admin::sanitize(&status.host),
+        starling_admin::sanitize(&status.fleet),
+        status.root_version
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["TASK", "KIND", "STATE HERE", "DETAIL"]);
+    for line in &status.tasks {
+        t.add_row([
+            starling_admin::sanitize(&line.task_id),
+            line.kind.clone(),
+            line.state.clone(),
+            starling_admin::sanitize(&line.detail),
+        ]);
+    }
+    println!("{t}");
+    if !status.settings.is_empty() {
+        let mut s = Table::new();
+        s.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "FLEET SETTING (over the local file)",
+            "GENERATION",
+            "VALUE",
+        ]);
+        for (k, g, v) in &status.settings {
+            s.add_row([k.clone(), g.to_string(), starling_admin::sanitize(v)]);
+        }
+        println!("{s}");
+    }
+    if !status.tags.is_empty() {
+        println!("tags: {}", status.tags.join(", "));
+    }
+    if !status.refused.is_empty() {
+        let refused: Vec<String> = status
+            .refused
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!("copies refused since start: {}", refused.join(", "));
+    }
+    Ok(())
+}
+
+fn create(kind: CreateKind) -> anyhow::Result<()> {
+    let at = now();
+    let generation_or_now = |g: Option<u64>| g.unwrap_or_else(|| unix_ms(at));
+    let (common, name, body) = match kind {
+        CreateKind::Config {
+            common,
+            disable_kind,
+            enable_kind,
+            watch_paths,
+            quiet_paths,
+            quiet_exes,
+            quiet_cgroups,
+            rate_limit,
+            spool_quota_bytes,
+            ring_buffer_bytes,
+            generation,
+        } => {
+            let mut settings = Vec::new();
+            for (kinds, enabled) in [(disable_kind, false), (enable_kind, true)] {
+                for kind in kinds {
+                    settings.push(Setting::SensorKind(SensorKindSwitch { kind, enabled }));
+                }
+            }
+            for (values, make) in [
+                (
+                    watch_paths,
+                    Setting::WatchPaths as fn(StringList) -> Setting,
+                ),
+                (quiet_paths, Setting::QuietPaths),
+                (quiet_exes, Setting::QuietExes),
+                (quiet_cgroups, Setting::QuietCgroups),
+            ] {
+                if let Some(values) = values {
+                    settings.push(make(StringList { values }));
+                }
+            }
+            for r in rate_limit {
+                settings.push(Setting::RateLimit(parse_rate_limit(&r)?));
+            }
+            if let Some(b) = spool_quota_bytes {
+                settings.push(Setting::SpoolQuotaBytes(b));
+            }
+            if let Some(b) = ring_buffer_bytes {
+                settings.push(Setting::RingBufferBytes(b));
+            }
+            if settings.is_empty() {
+                bail!("no setting given (see `starlingctl task create config --help`)");
+            }
+            let generation = generation_or_now(generation);
+            let settings = settings
+                .into_iter()
+                .map(|s| ConfigSetting {
+                    generation,
+                    reset: false,
+                    setting: Some(s),
+                })
+                .collect();
+            (common, "config", Body::Config(FleetConfig { settings }))
+        }
+        CreateKind::Tags {
+            common,
+            set,
+            remove,
+            generation,
+        } => {
+            if set.is_empty() && remove.is_empty() {
+                bail!("no tag given (--set TAG or --remove TAG)");
+            }
+            let generation = generation_or_now(generation);
+            let changes = set
+                .into_iter()
+                .map(|t| (t, false))
+                .chain(remove.into_iter().map(|t| (t, true)))
+                .map(|(tag, remove)| TagChange {
+                    tag,
+                    generation,
+                    remove,
+                })
+                .collect();
+            (common, "tags", Body::Tags(HostTags { changes }))
+        }
+        CreateKind::Revocations {
+            common,
+            crl,
+            generation,
+        } => {
+            let bytes = read(&crl)?;
+            let der = match pem::parse(&bytes) {
+                Ok(p) if p.tag() == "X509 CRL" => p.into_contents(),
+                Ok(p) => bail!("{}: a {:?} block, not an X509 CRL", crl.display(), p.tag()),
+                Err(_) => bytes,
+            };
+            let body = Body::Revocations(RevocationList {
+                generation: generation_or_now(generation),
+                crl_der: der,
+            });
+            (common, "revocations", body)
+        }
+        CreateKind::Root { common, new_root } => {
+            use prost::Message as _;
+            let bytes = read(&new_root)?;
+            let signed = SignedRoot::decode(bytes.as_slice())
+                .with_context(|| format!("{} is not a signed root", new_root.display()))?;
+            (common, "root", Body::Root(signed))
+        }
+        CreateKind::RevokeKey { common, key_ids } => (
+            common,
+            "revoke-key",
+            Body::RevokeKeys(RevokeOperatorKeys { key_ids }),
+        ),
+        CreateKind::Cancel { common, task_ids } => {
+            (common, "cancel", Body::Cancel(CancelTasks { task_ids }))
+        }
+    };
+    let root = load_root(&common.root)?;
+    let t = &common.target;
+    let target = TargetSelector {
+        all: t.all,
+        hosts: t.host.clone(),
+        tags: t.tag.clone(),
+        cells: t.cell.clone(),
+        sample_basis_points: t.percent.unwrap_or(0),
+        sample_seed: t.sample_seed.clone(),
+        exclude_hosts: t.exclude_host.clone(),
+        exclude_tags: t.exclude_tag.clone(),
+    };
+    if !target.all && target.hosts.is_empty() && target.tags.is_empty() && target.cells.is_empty() {
+        bail!("no target: pass --all, --host, --tag or --cell");
+    }
+    let start = unix_secs(at);
+    let payload = TaskPayload {
+        fleet: root.fleet.clone(),
+        task_id: common
+            .id
+            .unwrap_or_else(|| format!("{name}-{}", unix_ms(at))),
+        not_before: start,
+        not_after: start.saturating_add(Duration::from(common.valid_for).as_secs()),
+        target: Some(target),
+        reason: common.reason,
+        body: Some(body),
+    };
+    let unsigned = unsigned_task(&payload);
+    write_new(&common.out, &unsigned, false)?;
+    print!("{}", render_task(&unsigned, None, start)?);
+    println!(
+        "written to {} (unsigned): sign it with `starlingctl task sign --key NAME.key {}`",
+        common.out.display(),
+        common.out.display()
+    );
+    Ok(())
+}
+
+fn parse_rate_limit(s: &str) -> anyhow::Result<KindRateLimit> {
+    let (kind, rest) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?}: expected KIND=PER_SECOND[/BURST]"))?;
+    if !starling_proto::EVENT_KINDS.contains(&kind) {
+        bail!(
+            "{kind:?} is not an event kind ({})",
+            starling_proto::EVENT_KINDS.join(", ")
+        );
+    }
+    let (rate, burst) = rest.split_once('/').unwrap_or((rest, "0"));
+    Ok(KindRateLimit {
+        kind: kind.into(),
+        per_second: rate
+            .parse()
+            .with_context(|| format!("{rate:?}: not a rate"))?,
+        burst: burst
+            .parse()
+            .with_context(|| format!("{burst:?}: not a burst"))?,
+    })
+}

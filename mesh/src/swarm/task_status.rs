@@ -1,0 +1,237 @@
+//! The fleet's view of every task, methods of [`Mesh`]: each member
+//! reports its task states to its cell's aggregators over
+//! `/starling/task-report/1`, each aggregator gossips its cell's summary
+//! on `starling/task-status/1`, and every member adds the summaries up
+//! (`starling_task::rollup`). A member hears one message per cell, never
+//! one per host (docs/tasks.md, "Status").
+
+use std::time::{Duration, Instant, SystemTime};
+
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::{gossipsub, PeerId, StreamProtocol};
+use starling_task::rollup::{CellSummary, HostReport};
+
+use super::Mesh;
+
+/// Protocol of a member's report to its aggregators.
+pub const TASK_REPORT_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/task-report/1");
+/// Gossipsub topic of cell summaries.
+pub const TASK_STATUS_TOPIC: &str = "starling/task-status/1";
+/// Largest report (its tasks at their limits).
+pub const MAX_REPORT_BYTES: u64 = 128 * 1024;
+/// A member reports at once when its states change, and at least this
+/// often (so that a newly elected aggregator learns every member).
+const REPORT_EVERY: Duration = Duration::from_secs(20);
+/// An aggregator sums its cell at most this often when a report came or
+/// a member came or went, and at least this often otherwise.
+const SUMMARY_MIN: Duration = Duration::from_secs(2);
+const SUMMARY_MAX: Duration = Duration::from_secs(30);
+/// A cell not heard from for this long is left out of the fleet's view.
+const CELL_EXPIRY: Duration = Duration::from_secs(75);
+/// Prometheus counter of cell summaries, by `result` (`taken`,
+/// `malformed`, `not_admitted`), and of member reports, by `result`.
+pub const TASK_SUMMARIES: &str = "starling_task_summaries_total";
+pub const TASK_REPORTS: &str = "starling_task_reports_total";
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Mesh {
+    /// This member's report: every task it holds and its state here.
+    fn own_report(&self) -> Option<HostReport> {
+        let driver = self.tasks.as_ref()?;
+        Some(HostReport {
+            host: self.enrolment.identity().name.clone(),
+            states: driver
+                .plane
+                .ledger()
+                .tasks()
+                .take(starling_task::rollup::MAX_REPORTED_TASKS)
+                .map(|(id, r)| {
+                    (
+                        id.clone(),
+                        (
+                            r.state.as_str().to_owned(),
+                            super::tasks::detail_of(&r.state),
+                        ),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// The task-status share of the tick: report to the cell's
+    /// aggregators, sum the cell when this member is one, forget silent
+    /// cells.
+    pub(super) fn task_status_tick(&mut self, now: Instant) {
+        if let Some(d) = self.tasks.as_mut() {
+            let before = unix_ms().saturating_sub(CELL_EXPIRY.as_millis() as u64);
+            d.fleet.expire(before);
+        }
+        let Some(cell) = self.cell.as_ref() else {
+            return;
+        };
+        let me = self.enrolment.identity().name.clone();
+        let aggregators = cell.aggregators.clone();
+        let cell_name = cell.name.clone();
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        // A new aggregator hears from every member at once.
+        let due = driver.report_dirty
+            || driver.reported_to != aggregators
+            || driver
+                .last_report
+                .is_none_or(|t| now.duration_since(t) >= REPORT_EVERY);
+        if due && !aggregators.is_empty() {
+            driver.report_dirty = false;
+            driver.last_report = Some(now);
+            driver.reported_to.clone_from(&aggregators);
+            if let Some(report) = self.own_report() {
+                let peers = self.peers_of(&aggregators);
+                for peer in peers {
+                    self.swarm
+                        .behaviour_mut()
+                        .task_reports
+                        .send_request(&peer, report.clone());
+                }
+                if aggregators.contains(&me) {
+                    if let Some(d) = self.tasks.as_mut() {
+                        d.rollup.take(report, unix_ms());
+                        d.rollup_dirty = true;
+                    }
+                }
+            }
+        }
+        // One publisher per cell (the first aggregator every member
+        // computes), so the fleet hears one summary of it, not two that
+        // may differ; the others keep reports to take over.
+        if aggregators.first() == Some(&me) {
+            self.publish_summary(now, &cell_name, &me);
+        }
+    }
+
+    /// PeerIds of the cell members named `hosts` (this member left out).
+    fn peers_of(&self, hosts: &[String]) -> Vec<PeerId> {
+        let Some(cell) = self.cell.as_ref() else {
+            return Vec::new();
+        };
+        cell.membership
+            .members()
+            .into_iter()
+            .filter(|(id, _)| hosts.contains(&id.host))
+            .filter_map(|(id, _)| PeerId::from_bytes(&id.peer).ok())
+            .filter(|p| p != self.swarm.local_peer_id())
+            .collect()
+    }
+
+    fn publish_summary(&mut self, now: Instant, cell_name: &str, me: &str) {
+        let mut members: Vec<String> = match self.cell.as_ref() {
+            Some(c) => std::iter::once(me.to_owned())
+                .chain(c.membership.members().into_iter().map(|(id, _)| id.host))
+                .collect(),
+            None => return,
+        };
+        members.sort();
+        let Some(d) = self.tasks.as_mut() else {
+            return;
+        };
+        let changed = d.rollup_dirty || d.summary_members != members;
+        let since = d.last_summary.map(|t| now.duration_since(t));
+        let due = match since {
+            None => true,
+            Some(s) => (changed && s >= SUMMARY_MIN) || s >= SUMMARY_MAX,
+        };
+        if !due {
+            return;
+        }
+        d.rollup_dirty = false;
+        d.summary_members.clone_from(&members);
+        d.last_summary = Some(now);
+        let summary = d.rollup.summary(cell_name, me, &members, unix_ms());
+        d.fleet.take(summary.clone());
+        d.status_dirty = true;
+        let Ok(bytes) = postcard::to_allocvec(&summary) else {
+            return;
+        };
+        let topic = gossipsub::IdentTopic::new(TASK_STATUS_TOPIC);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            tracing::debug!(error = %e, "cell task summary not gossiped now");
+        }
+    }
+
+    /// A cell summary from gossip.
+    pub(super) fn on_task_summary(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        data: &[u8],
+    ) {
+        let verdict = if self.table.admitted(&source).is_none() {
+            Err("not_admitted")
+        } else {
+            postcard::from_bytes::<CellSummary>(data)
+                .map_err(|_| "malformed")
+                .and_then(|s| s.check().map(|()| s).map_err(|_| "malformed"))
+        };
+        let acceptance = match verdict {
+            Ok(summary) => {
+                metrics::counter!(TASK_SUMMARIES, "result" => "taken").increment(1);
+                if let Some(d) = self.tasks.as_mut() {
+                    d.fleet.take(summary);
+                    d.status_dirty = true;
+                }
+                gossipsub::MessageAcceptance::Accept
+            }
+            Err(reason) => {
+                metrics::counter!(TASK_SUMMARIES, "result" => reason).increment(1);
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    pub(super) fn on_task_report(&mut self, event: request_response::Event<HostReport, ()>) {
+        if let request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } = event
+        {
+            self.take_report(peer, request, channel);
+        }
+    }
+
+    fn take_report(&mut self, peer: PeerId, report: HostReport, channel: ResponseChannel<()>) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .task_reports
+            .send_response(channel, ());
+        // A member reports only for itself: the name its admission proved.
+        let proven = self.table.admitted(&peer).map(|id| id.name.clone());
+        let result = match (proven, self.tasks.as_mut()) {
+            (Some(name), Some(d)) if name == report.host => {
+                if d.rollup.take(report, unix_ms()) {
+                    d.rollup_dirty = true;
+                    "taken"
+                } else {
+                    "oversized"
+                }
+            }
+            (Some(_), Some(_)) => "not_its_own",
+            _ => "not_admitted",
+        };
+        metrics::counter!(TASK_REPORTS, "result" => result).increment(1);
+    }
+}

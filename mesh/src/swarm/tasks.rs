@@ -1,0 +1,911 @@
+//! The task plane's driver, methods of [`Mesh`]: signed tasks over
+//! gossipsub (checked before gossipsub forwards them), anti-entropy with
+//! one peer every `sync_interval` over `/starling/tasks/1`, the operator's
+//! inbox, applying what targets this host, and the state kept across
+//! restarts (docs/tasks.md). The logic is `starling_task::TaskPlane`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::{gossipsub, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use starling_proto::v1::task_payload::Body;
+use starling_proto::v1::{ConfigSetting, TaskKind};
+use starling_task::plane::{ShortDigest, Summary};
+use starling_task::{CheckedTask, Ledger, Received, TaskPlane, TrustedRoot};
+use tokio::sync::{mpsc, watch};
+
+use super::Mesh;
+
+/// Gossipsub topic of signed tasks.
+pub const TASK_TOPIC: &str = "starling/tasks/1";
+/// Protocol of the anti-entropy exchange.
+pub const TASK_SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/tasks/1");
+/// Largest anti-entropy message (tasks up to `MAX_SYNC_BYTES`, framing).
+pub const MAX_TASK_SYNC_BYTES: u64 = 5 * 1024 * 1024;
+/// The operator's inbox is looked at this often.
+const INBOX_CHECK: Duration = Duration::from_secs(1);
+/// Most files taken from the inbox per look, and the largest taken.
+const INBOX_BATCH: usize = 16;
+const MAX_INBOX_FILE: u64 = starling_proto::limits::MAX_SIGNED_TASK_BYTES as u64;
+/// State changes waiting for the node to spool them as events.
+const AUDIT_QUEUE: usize = 4096;
+/// Prometheus counter of task state changes not handed to the node (its
+/// queue was full or gone): holes in the audit trail, by `reason`.
+pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
+/// Tasks whose window closed are forgotten this often.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Prometheus counter of task copies received, by `source` (`gossip`,
+/// `sync`, `operator`) and `verdict` (`accepted`, `duplicate`, `refused`).
+pub const TASKS_RECEIVED: &str = "starling_tasks_received_total";
+/// Prometheus counter of task copies refused, by `reason`.
+pub const TASKS_REFUSED: &str = "starling_tasks_refused_total";
+/// Prometheus counter of tasks applied here, by `kind` and `result`
+/// (`applied`, `failed`).
+pub const TASKS_APPLIED: &str = "starling_tasks_applied_total";
+/// Prometheus counter of anti-entropy exchanges this host started, by
+/// `outcome` (`same`, `differ`, `failed`).
+pub const TASK_SYNCS: &str = "starling_task_syncs_total";
+/// Prometheus counter of anti-entropy bytes, by `direction`.
+pub const TASK_SYNC_BYTES: &str = "starling_task_sync_bytes_total";
+/// About what a summary and a `Same` answer take on the wire (CBOR: a
+/// version, a 32-byte hash, a count; one byte), for the byte counters.
+const SUMMARY_BYTES: u64 = 48;
+const SAME_BYTES: u64 = 1;
+/// Prometheus gauges: tasks held, and the trust root's version.
+pub const TASKS_HELD: &str = "starling_tasks_held";
+pub const TASK_ROOT_VERSION: &str = "starling_task_root_version";
+
+/// File names in the task plane's state directory.
+pub const LEDGER_FILE: &str = "ledger.json";
+pub const ROOT_FILE: &str = "root.bin";
+pub const INBOX_DIR: &str = "inbox";
+pub const TASK_STATUS_FILE: &str = "status.json";
+
+/// How a member takes part in the task plane.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// The trust root installed with the host (`starlingctl root init`).
+    pub root_file: PathBuf,
+    /// Where the plane keeps its ledger, the root in force, the operator's
+    /// inbox and its status.
+    pub state_dir: PathBuf,
+    /// How often it compares notes with one peer.
+    pub sync_interval: Duration,
+    /// Tags from the host's own configuration.
+    pub local_tags: Vec<String>,
+}
+
+/// The `[tasks]` section of a daemon's configuration (node and sink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// The fleet's trust root (`starlingctl root init`); default: root.bin
+    /// beside the CA certificate. Without the file the task plane is off.
+    pub root: Option<PathBuf>,
+    /// Seconds between anti-entropy exchanges with one peer.
+    pub sync_interval_secs: u64,
+    /// This host's own tags (tasks can target them; the fleet's tag tasks
+    /// add to them and can remove them).
+    pub tags: Vec<String>,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            sync_interval_secs: 10,
+            tags: Vec::new(),
+        }
+    }
+}
+
+impl TasksConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.sync_interval_secs == 0 || self.sync_interval_secs > 3600 {
+            return Err((
+                "tasks.sync_interval_secs",
+                format!("{} (1 to 3600)", self.sync_interval_secs),
+            ));
+        }
+        if let Some(t) = self.tags.iter().find(|t| t.is_empty() || t.len() > 128) {
+            return Err(("tasks.tags", format!("{t:?}: 1 to 128 bytes")));
+        }
+        Ok(())
+    }
+
+    /// Where the trust root is read from.
+    pub fn root_file(&self, ca_cert: &Path) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| {
+            ca_cert
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("root.bin")
+        })
+    }
+
+    /// The task plane's settings for a daemon whose state lives under
+    /// `data_dir`, or None (with a warning) when no trust root is
+    /// installed.
+    pub fn settings(&self, ca_cert: &Path, data_dir: &Path) -> Option<TaskSettings> {
+        let root_file = self.root_file(ca_cert);
+        if !root_file.exists() {
+            tracing::warn!(root = %root_file.display(), "task plane off: no trust root (create one with `starlingctl root init` and install it beside ca.pem)");
+            return None;
+        }
+        Some(TaskSettings {
+            root_file,
+            state_dir: task_state_dir(data_dir),
+            sync_interval: Duration::from_secs(self.sync_interval_secs),
+            local_tags: self.tags.clone(),
+        })
+    }
+}
+
+/// Where a daemon keeps its task plane's state.
+pub fn task_state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tasks")
+}
+
+/// An anti-entropy request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// What the sender holds.
+    Summary(Summary),
+    /// Tasks the sender lacks, by 8-byte digest prefix (concatenated).
+    Fetch(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Tasks the receiver lacks.
+    Push(Vec<serde_bytes::ByteBuf>),
+}
+
+/// An anti-entropy answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// The summaries match.
+    Same,
+    /// Prefixes of every task the responder holds (concatenated).
+    Held(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The tasks fetched.
+    Tasks(Vec<serde_bytes::ByteBuf>),
+    /// Pushed tasks were taken (each checked like any copy).
+    Taken,
+}
+
+/// What one task is on this host, for `starlingctl task list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskLine {
+    pub task_id: String,
+    pub kind: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub not_after: u64,
+    pub signers: Vec<String>,
+}
+
+/// The task plane on this host, written to `status.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskPlaneStatus {
+    pub host: String,
+    pub fleet: String,
+    pub root_version: u64,
+    pub root_expires: u64,
+    pub tasks: Vec<TaskLine>,
+    pub tags: Vec<String>,
+    /// Fleet settings held: key, generation, value.
+    pub settings: Vec<(String, u64, String)>,
+    /// Copies refused since start, by reason.
+    pub refused: BTreeMap<String, u64>,
+    /// Every task across the fleet, from the cells' summaries.
+    #[serde(default)]
+    pub fleet_view: starling_task::rollup::FleetStatus,
+    pub updated_unix_ms: u64,
+}
+
+/// The plane and what drives it.
+pub(super) struct TaskDriver {
+    pub(super) plane: TaskPlane,
+    settings: TaskSettings,
+    topic: gossipsub::IdentTopic,
+    next_sync: Instant,
+    last_inbox: Instant,
+    last_forget: Instant,
+    /// Fleet settings held, handed to the node (which applies them).
+    fleet_settings: watch::Sender<super::FleetSettings>,
+    refused: BTreeMap<String, u64>,
+    /// Anti-entropy requests in flight.
+    in_flight: std::collections::HashSet<OutboundRequestId>,
+    pub(super) status_dirty: bool,
+    /// Each task's state as last reported to the audit trail.
+    reported: std::collections::HashMap<String, String>,
+    audit: mpsc::Sender<starling_proto::v1::TaskStateChange>,
+    /// The states changed since this member last reported to its cell's
+    /// aggregators, and when it did (`task_status`).
+    pub(super) report_dirty: bool,
+    pub(super) last_report: Option<Instant>,
+    /// The aggregators it last reported to.
+    pub(super) reported_to: Vec<String>,
+    /// As an aggregator: the latest report of each cell member, whether
+    /// one came since the last summary, and when that was.
+    pub(super) rollup: starling_task::rollup::CellRollup,
+    pub(super) rollup_dirty: bool,
+    pub(super) last_summary: Option<Instant>,
+    /// The live members the last summary counted.
+    pub(super) summary_members: Vec<String>,
+    /// The newest summary of every cell.
+    pub(super) fleet: starling_task::rollup::FleetStatus,
+}
+
+/// Why the task plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskPlaneError {
+    #[error("{path}: {detail}")]
+    State { path: PathBuf, detail: String },
+    #[error("trust root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: starling_task::root::RootError,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename,
+/// so a crash leaves the old contents or the new, never half.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl TaskDriver {
+    /// Loads the root in force (the installed one, or a later one taken
+    /// by rotation) and the ledger.
+    pub(super) fn load(
+        settings: TaskSettings,
+        host_id: &str,
+    ) -> Result<
+        (
+            Self,
+            watch::Receiver<super::FleetSettings>,
+            mpsc::Receiver<starling_proto::v1::TaskStateChange>,
+        ),
+        TaskPlaneError,
+    > {
+        let state_err = |path: &Path, detail: String| TaskPlaneError::State {
+            path: path.into(),
+            detail,
+        };
+        std::fs::create_dir_all(settings.state_dir.join(INBOX_DIR))
+            .map_err(|e| state_err(&settings.state_dir, e.to_string()))?;
+        let read_root =
+            |path: &Path| -> Result<Option<TrustedRoot>, TaskPlaneError> {
+                match std::fs::read(path) {
+                    Ok(bytes) => TrustedRoot::reload(&bytes).map(Some).map_err(|source| {
+                        TaskPlaneError::Root {
+                            path: path.into(),
+                            source,
+                        }
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(state_err(path, e.to_string())),
+                }
+            };
+        let installed = read_root(&settings.root_file)?.ok_or_else(|| {
+            state_err(
+                &settings.root_file,
+                "no trust root (create one with `starlingctl root init`)".into(),
+            )
+        })?;
+        let rotated = read_root(&settings.state_dir.join(ROOT_FILE))?;
+        let root = match rotated {
+            Some(r) if r.fleet == installed.fleet && r.version > installed.version => r,
+            _ => installed,
+        };
+        let ledger_path = settings.state_dir.join(LEDGER_FILE);
+        let ledger = match std::fs::read(&ledger_path) {
+            Ok(bytes) => serde_json::from_slice::<Ledger>(&bytes)
+                .map_err(|e| state_err(&ledger_path, format!("unreadable ledger: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+            Err(e) => return Err(state_err(&ledger_path, e.to_string())),
+        };
+        let plane = TaskPlane::new(
+            root,
+            ledger,
+            host_id,
+            settings.local_tags.iter().cloned().collect(),
+        );
+        let (fleet_settings, rx) = watch::channel(plane.ledger().settings());
+        let (audit, audit_rx) = mpsc::channel(AUDIT_QUEUE);
+        // What the ledger already says was reported before the restart.
+        let reported = plane
+            .ledger()
+            .tasks()
+            .map(|(id, r)| (id.clone(), r.state.as_str().to_owned()))
+            .collect();
+        metrics::gauge!(TASK_ROOT_VERSION).set(plane.root().version as f64);
+        Ok((
+            Self {
+                reported,
+                audit,
+                report_dirty: true,
+                last_report: None,
+                reported_to: Vec::new(),
+                rollup: Default::default(),
+                rollup_dirty: false,
+                last_summary: None,
+                summary_members: Vec::new(),
+                fleet: Default::default(),
+                plane,
+                topic: gossipsub::IdentTopic::new(TASK_TOPIC),
+                next_sync: Instant::now() + settings.sync_interval / 2,
+                last_inbox: Instant::now(),
+                last_forget: Instant::now(),
+                fleet_settings,
+                refused: BTreeMap::new(),
+                in_flight: Default::default(),
+                status_dirty: true,
+                settings,
+            },
+            rx,
+            audit_rx,
+        ))
+    }
+
+    /// Hands every state change since the last call to the audit trail:
+    /// applied, failed, refused and stopped (pending and not targeted
+    /// are not news).
+    fn report_changes(&mut self) {
+        let root_version = self.plane.root().version;
+        for (id, r) in self.plane.ledger().tasks() {
+            let state = r.state.as_str();
+            if self.reported.get(id).is_some_and(|s| s == state) {
+                continue;
+            }
+            self.reported.insert(id.clone(), state.to_owned());
+            if matches!(
+                r.state,
+                starling_task::TaskState::Pending | starling_task::TaskState::NotTargeted
+            ) {
+                continue;
+            }
+            let detail = detail_of(&r.state);
+            let change = starling_proto::v1::TaskStateChange {
+                task_id: id.clone(),
+                kind: r.kind.clone(),
+                state: state.to_owned(),
+                detail,
+                signers: r.signers.iter().map(|k| k.0.clone()).collect(),
+                root_version,
+            };
+            if let Err(e) = self.audit.try_send(change) {
+                let reason = match e {
+                    mpsc::error::TrySendError::Full(_) => "queue_full",
+                    mpsc::error::TrySendError::Closed(_) => "no_reader",
+                };
+                metrics::counter!(TASK_EVENTS_DROPPED, "reason" => reason).increment(1);
+                tracing::warn!(task = %id, state, reason, "task state change not written to the audit trail");
+            }
+        }
+        let held: std::collections::HashSet<&String> =
+            self.plane.ledger().tasks().map(|(id, _)| id).collect();
+        self.reported.retain(|id, _| held.contains(id));
+    }
+
+    fn persist(&mut self) {
+        let path = self.settings.state_dir.join(LEDGER_FILE);
+        let result = serde_json::to_vec(self.plane.ledger())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(&path, &bytes));
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "task ledger not saved; a restart would apply the latest tasks again");
+        }
+        metrics::gauge!(TASKS_HELD).set(self.plane.summary().count as f64);
+        self.status_dirty = true;
+        self.report_dirty = true;
+        self.report_changes();
+    }
+
+    fn write_status(&mut self, host: &str) {
+        if !self.status_dirty {
+            return;
+        }
+        self.status_dirty = false;
+        let root = self.plane.root();
+        let ledger = self.plane.ledger();
+        let status = TaskPlaneStatus {
+            host: host.into(),
+            fleet: root.fleet.clone(),
+            root_version: root.version,
+            root_expires: root.expires,
+            tasks: ledger
+                .tasks()
+                .map(|(id, r)| TaskLine {
+                    task_id: id.clone(),
+                    kind: r.kind.clone(),
+                    state: r.state.as_str().into(),
+                    detail: detail_of(&r.state),
+                    not_after: r.not_after,
+                    signers: r.signers.iter().map(|k| k.0.clone()).collect(),
+                })
+                .collect(),
+            tags: self.plane.facts().tags.into_iter().collect(),
+            settings: ledger
+                .settings()
+                .into_iter()
+                .map(|(k, (g, s))| (k, g, setting_value(&s)))
+                .collect(),
+            refused: self.refused.clone(),
+            fleet_view: self.fleet.clone(),
+            updated_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        // A view, rewritten on every change: renamed into place but not
+        // synced (a crash loses only a view the next tick writes again).
+        let path = self.settings.state_dir.join(TASK_STATUS_FILE);
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = serde_json::to_vec_pretty(&status)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+        {
+            tracing::debug!(error = %e, "task status not written");
+        }
+    }
+}
+
+/// Why a task is in its state here, for people (empty when applied,
+/// pending or not targeted).
+pub(super) fn detail_of(state: &starling_task::TaskState) -> String {
+    use starling_task::TaskState;
+    match state {
+        TaskState::Failed { reason } => reason.clone(),
+        TaskState::Refused { reason, detail } => format!("{}: {detail}", reason.as_str()),
+        TaskState::Stopped { why } => why.clone(),
+        TaskState::Pending | TaskState::Applied | TaskState::NotTargeted => String::new(),
+    }
+}
+
+/// A setting's value as text, for views.
+fn setting_value(s: &ConfigSetting) -> String {
+    use starling_proto::v1::config_setting::Setting;
+    if s.reset {
+        return "(local file)".into();
+    }
+    match &s.setting {
+        Some(Setting::SensorKind(k)) => if k.enabled { "on" } else { "off" }.into(),
+        Some(Setting::WatchPaths(l))
+        | Some(Setting::QuietPaths(l))
+        | Some(Setting::QuietExes(l))
+        | Some(Setting::QuietCgroups(l)) => l.values.join(","),
+        Some(Setting::RateLimit(r)) => format!("{}/s burst {}", r.per_second, r.burst),
+        Some(Setting::SpoolQuotaBytes(b)) => b.to_string(),
+        Some(Setting::RingBufferBytes(b)) => b.to_string(),
+        None => String::new(),
+    }
+}
+
+impl Mesh {
+    /// Takes one copy of a task from `source` and applies it when it
+    /// targets this host; true when it was new and valid.
+    pub(super) fn take_task(
+        &mut self,
+        signed: &[u8],
+        source: &'static str,
+    ) -> Result<bool, starling_task::Refusal> {
+        let Some(driver) = self.tasks.as_mut() else {
+            return Ok(false);
+        };
+        match driver.plane.receive(signed, unix_now()) {
+            Received::Accepted { task, apply } => {
+                metrics::counter!(TASKS_RECEIVED, "source" => source, "verdict" => "accepted")
+                    .increment(1);
+                tracing::info!(task = %task.task_id, kind = starling_task::root::kind_name(task.kind), apply, source, "task accepted");
+                driver.persist();
+                if apply {
+                    self.apply_task(&task);
+                }
+                Ok(true)
+            }
+            Received::Duplicate => {
+                metrics::counter!(TASKS_RECEIVED, "source" => source, "verdict" => "duplicate")
+                    .increment(1);
+                Ok(false)
+            }
+            Received::Refused(r) => {
+                metrics::counter!(TASKS_RECEIVED, "source" => source, "verdict" => "refused")
+                    .increment(1);
+                metrics::counter!(TASKS_REFUSED, "reason" => r.reason.as_str()).increment(1);
+                *driver.refused.entry(r.reason.as_str().into()).or_default() += 1;
+                driver.status_dirty = true;
+                tracing::debug!(source, error = %r, "task refused");
+                Err(r)
+            }
+        }
+    }
+
+    /// Applies a task that targets this host, then records the outcome.
+    fn apply_task(&mut self, task: &CheckedTask) {
+        let kind = starling_task::root::kind_name(task.kind);
+        let outcome = match &task.payload.body {
+            Some(Body::Revocations(r)) => self.apply_revocations(&r.crl_der),
+            _ => Ok(()),
+        };
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                driver.plane.applied(task);
+                metrics::counter!(TASKS_APPLIED, "kind" => kind, "result" => "applied")
+                    .increment(1);
+                tracing::info!(task = %task.task_id, kind, "task applied");
+            }
+            Err(reason) => {
+                tracing::error!(task = %task.task_id, kind, %reason, "task failed");
+                driver.plane.failed(&task.task_id, reason);
+                metrics::counter!(TASKS_APPLIED, "kind" => kind, "result" => "failed").increment(1);
+            }
+        }
+        if task.kind == TaskKind::Config {
+            let settings = driver.plane.ledger().settings();
+            driver.fleet_settings.send_replace(settings);
+        }
+        if task.kind == TaskKind::Root {
+            let path = driver.settings.state_dir.join(ROOT_FILE);
+            if let Err(e) = write_atomic(&path, driver.plane.root().signed_bytes()) {
+                tracing::error!(path = %path.display(), error = %e, "new trust root not saved");
+            }
+            metrics::gauge!(TASK_ROOT_VERSION).set(driver.plane.root().version as f64);
+        }
+        driver.persist();
+    }
+
+    /// Puts a revocation list in force here and writes it where the data
+    /// plane re-reads it.
+    fn apply_revocations(&mut self, der: &[u8]) -> Result<(), String> {
+        match self.enrolment.set_revocations(der) {
+            Ok(_) => {}
+            Err(e @ crate::enrol::RevocationError::Stale { .. }) => {
+                tracing::debug!(error = %e, "revocation list from a task is not newer than the one in force")
+            }
+            Err(e) => return Err(format!("revocation list refused: {e}")),
+        }
+        if let Some(path) = &self.config.revocations {
+            let pem = pem::encode(&pem::Pem::new("X509 CRL", der.to_vec()));
+            write_atomic(path, pem.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_task_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) {
+        let acceptance = if self.table.admitted(&source).is_none() {
+            gossipsub::MessageAcceptance::Reject
+        } else {
+            match self.take_task(data, "gossip") {
+                Ok(true) => gossipsub::MessageAcceptance::Accept,
+                Ok(false) => gossipsub::MessageAcceptance::Ignore,
+                // Forgeries lower the forwarder's standing; a task that is
+                // merely late or early here is dropped without blame.
+                Err(r) if r.reason.blames_sender() => gossipsub::MessageAcceptance::Reject,
+                Err(_) => gossipsub::MessageAcceptance::Ignore,
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    /// The task plane's share of the tick: the inbox, anti-entropy,
+    /// forgetting, the status file.
+    pub(super) fn tasks_tick(&mut self, now: Instant) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        if let Some(cell) = self.cell.as_ref() {
+            driver.plane.set_cell(&cell.name);
+        }
+        if now.duration_since(driver.last_forget) >= FORGET_EVERY {
+            driver.last_forget = now;
+            driver.plane.forget_expired(unix_now());
+            driver.persist();
+        }
+        if now.duration_since(driver.last_inbox) >= INBOX_CHECK {
+            driver.last_inbox = now;
+            self.read_inbox();
+        }
+        self.start_sync(now);
+        self.task_status_tick(now);
+        let host = self.enrolment.identity().name.clone();
+        if let Some(driver) = self.tasks.as_mut() {
+            driver.write_status(&host);
+        }
+    }
+
+    /// Takes the tasks the operator handed to this host, publishes the
+    /// valid ones and leaves a `.result` beside each.
+    fn read_inbox(&mut self) {
+        let Some(driver) = self.tasks.as_ref() else {
+            return;
+        };
+        let inbox = driver.settings.state_dir.join(INBOX_DIR);
+        let Ok(entries) = std::fs::read_dir(&inbox) else {
+            return;
+        };
+        let files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "task"))
+            .take(INBOX_BATCH)
+            .collect();
+        for path in files {
+            let result = match std::fs::metadata(&path) {
+                Ok(m) if m.len() > MAX_INBOX_FILE => {
+                    serde_json::json!({"verdict": "refused", "reason": "oversized", "detail": format!("{} bytes", m.len())})
+                }
+                Ok(_) => match std::fs::read(&path) {
+                    Ok(bytes) => self.publish_task(&bytes),
+                    Err(e) => serde_json::json!({"verdict": "unreadable", "detail": e.to_string()}),
+                },
+                Err(e) => serde_json::json!({"verdict": "unreadable", "detail": e.to_string()}),
+            };
+            let _ = std::fs::remove_file(&path);
+            let _ = write_atomic(
+                &path.with_extension("result"),
+                result.to_string().as_bytes(),
+            );
+        }
+    }
+
+    /// Takes a task from the operator and, when valid and new, gossips it.
+    fn publish_task(&mut self, signed: &[u8]) -> serde_json::Value {
+        match self.take_task(signed, "operator") {
+            Ok(new) => {
+                let Some(driver) = self.tasks.as_ref() else {
+                    return serde_json::json!({"verdict": "no task plane"});
+                };
+                let topic = driver.topic.clone();
+                let published = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic, signed.to_vec());
+                if let Err(e) = &published {
+                    // No gossip peer yet, or the same bytes went out
+                    // before: anti-entropy carries it.
+                    tracing::info!(error = %e, "task not gossiped now; anti-entropy will carry it");
+                }
+                serde_json::json!({
+                    "verdict": if new { "accepted" } else { "duplicate" },
+                    "gossiped": published.is_ok(),
+                })
+            }
+            Err(r) => serde_json::json!({
+                "verdict": "refused",
+                "reason": r.reason.as_str(),
+                "detail": r.detail,
+            }),
+        }
+    }
+
+    /// Every `sync_interval`, compares notes with one admitted peer.
+    fn start_sync(&mut self, now: Instant) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        if now < driver.next_sync || !driver.in_flight.is_empty() {
+            return;
+        }
+        // Spread: U[0.5, 1.5) of the interval.
+        let spread = rand::RngExt::random_range(&mut self.rng, 0.5..1.5);
+        driver.next_sync = now + driver.settings.sync_interval.mul_f64(spread);
+        let peers: Vec<PeerId> = self.table.admitted_peers().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[rand::RngExt::random_range(&mut self.rng, 0..peers.len())];
+        let summary = driver.plane.summary();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .tasks_sync
+            .send_request(&peer, SyncRequest::Summary(summary));
+        metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SUMMARY_BYTES);
+        if let Some(driver) = self.tasks.as_mut() {
+            driver.in_flight.insert(id);
+        }
+    }
+
+    pub(super) fn on_task_sync(
+        &mut self,
+        event: request_response::Event<SyncRequest, SyncResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.answer_sync(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(d) = self.tasks.as_mut() {
+                    d.in_flight.remove(&request_id);
+                }
+                self.on_sync_response(peer, response);
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(d) = self.tasks.as_mut() {
+                    d.in_flight.remove(&request_id);
+                }
+                metrics::counter!(TASK_SYNCS, "outcome" => "failed").increment(1);
+                tracing::debug!(%error, "task sync failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn answer_sync(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        if self.table.admitted(&peer).is_none() {
+            return;
+        }
+        let Some(driver) = self.tasks.as_ref() else {
+            return;
+        };
+        let response = match request {
+            SyncRequest::Summary(theirs) => {
+                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SUMMARY_BYTES);
+                let ours = driver.plane.summary();
+                if theirs.set_hash == ours.set_hash && theirs.root_version == ours.root_version {
+                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SAME_BYTES);
+                    SyncResponse::Same
+                } else {
+                    let held = driver.plane.held().concat();
+                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
+                        .increment(held.len() as u64);
+                    SyncResponse::Held(held)
+                }
+            }
+            SyncRequest::Fetch(prefixes) => SyncResponse::Tasks(
+                driver
+                    .plane
+                    .tasks_for(&split_prefixes(&prefixes))
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+            ),
+            SyncRequest::Push(tasks) => {
+                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
+                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
+                        .increment(t.len() as u64);
+                    let _ = self.take_task(t, "sync");
+                }
+                SyncResponse::Taken
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .tasks_sync
+            .send_response(channel, response);
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, response: SyncResponse) {
+        match response {
+            SyncResponse::Same => {
+                metrics::counter!(TASK_SYNCS, "outcome" => "same").increment(1);
+                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SAME_BYTES);
+            }
+            SyncResponse::Held(prefixes) => {
+                metrics::counter!(TASK_SYNCS, "outcome" => "differ").increment(1);
+                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
+                    .increment(prefixes.len() as u64);
+                let Some(driver) = self.tasks.as_ref() else {
+                    return;
+                };
+                let (wanted, lacking) = driver.plane.compare(&split_prefixes(&prefixes));
+                if !wanted.is_empty() {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .tasks_sync
+                        .send_request(&peer, SyncRequest::Fetch(wanted.concat()));
+                    if let Some(d) = self.tasks.as_mut() {
+                        d.in_flight.insert(id);
+                    }
+                }
+                if !lacking.is_empty() {
+                    let bytes: usize = lacking.iter().map(Vec::len).sum();
+                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
+                        .increment(bytes as u64);
+                    let id = self.swarm.behaviour_mut().tasks_sync.send_request(
+                        &peer,
+                        SyncRequest::Push(
+                            lacking
+                                .into_iter()
+                                .map(serde_bytes::ByteBuf::from)
+                                .collect(),
+                        ),
+                    );
+                    if let Some(d) = self.tasks.as_mut() {
+                        d.in_flight.insert(id);
+                    }
+                }
+            }
+            SyncResponse::Tasks(tasks) => {
+                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
+                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
+                        .increment(t.len() as u64);
+                    let _ = self.take_task(t, "sync");
+                }
+            }
+            SyncResponse::Taken => {}
+        }
+    }
+}
+
+/// Splits concatenated 8-byte prefixes (a trailing partial one is dropped).
+fn split_prefixes(bytes: &[u8]) -> Vec<ShortDigest> {
+    bytes
+        .chunks_exact(8)
+        .take(starling_task::plane::MAX_SYNC_ITEMS)
+        .map(|c| {
+            let mut p = [0u8; 8];
+            p.copy_from_slice(c);
+            p
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_split_whole_and_bounded() {
+        let bytes: Vec<u8> = (0..8 * 3 + 5).map(|i| i as u8).collect();
+        let p = split_prefixes(&bytes);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1], [8, 9, 10, 11, 12, 13, 14, 15]);
+        let many = vec![0u8; 8 * (starling_task::plane::MAX_SYNC_ITEMS + 10)];
+        assert_eq!(
+            split_prefixes(&many).len(),
+            starling_task::plane::MAX_SYNC_ITEMS
+        );
+    }
+}

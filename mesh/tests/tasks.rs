@@ -1,0 +1,632 @@
+//! The task plane on real libp2p members on loopback: a task handed to
+//! one member reaches every member by gossip and is applied by exactly the
+//! targeted ones; a member that was away catches up by anti-entropy after
+//! it restarts and applies nothing twice; a revocation list delivered as a
+//! task is enforced by every member; a forged task goes nowhere.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use starling_mesh::election::ElectionParams;
+use starling_mesh::enrol::Enrolment;
+use starling_mesh::identity::Role;
+use starling_mesh::swarm::{
+    CellSettings, Mesh, MeshConfig, MeshView, TaskPlaneStatus, TaskSettings, INBOX_DIR,
+    TASK_STATUS_FILE,
+};
+use starling_proto::v1::config_setting::Setting;
+use starling_proto::v1::task_payload::Body;
+use starling_proto::v1::{
+    ConfigSetting, FleetConfig, HostTags, RevocationList, SensorKindSwitch, TagChange,
+    TargetSelector, TaskPayload,
+};
+use starling_task::root::new_root;
+use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
+use starling_task::OperatorKeyPair;
+use tokio::sync::watch;
+
+mod common;
+use common::Fleet;
+
+struct Member {
+    view: watch::Receiver<MeshView>,
+    stop: watch::Sender<bool>,
+    state: PathBuf,
+    /// The task plane's state changes (the node spools them as events).
+    audit: tokio::sync::mpsc::Receiver<starling_proto::v1::TaskStateChange>,
+}
+
+/// The operator and the fleet's root, in a directory of their own.
+struct Operator {
+    key: OperatorKeyPair,
+    root_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+impl Operator {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = OperatorKeyPair::from_seed([42; 32]);
+        let root = new_root(
+            "test",
+            1,
+            now() + 86_400,
+            &[(key.public_key(), "op".into())],
+            1,
+            1,
+        )
+        .expect("a valid root");
+        let signed = sign_root(&unsigned_root(&root), &key).expect("signed root");
+        let root_file = dir.path().join("root.bin");
+        std::fs::write(&root_file, signed).expect("root written");
+        Self {
+            key,
+            root_file,
+            _dir: dir,
+        }
+    }
+
+    fn task(&self, id: &str, target: TargetSelector, body: Body) -> Vec<u8> {
+        let payload = TaskPayload {
+            fleet: "test".into(),
+            task_id: id.into(),
+            not_before: now() - 60,
+            not_after: now() + 3600,
+            target: Some(target),
+            reason: "test".into(),
+            body: Some(body),
+        };
+        sign_task(&unsigned_task(&payload), &self.key).expect("signed task")
+    }
+}
+
+fn every_host() -> TargetSelector {
+    TargetSelector {
+        all: true,
+        ..Default::default()
+    }
+}
+
+fn start(
+    enrolment: Enrolment,
+    bootstrap: Vec<Multiaddr>,
+    op: &Operator,
+    state: &Path,
+    tags: &[&str],
+    revocations: Option<PathBuf>,
+) -> Member {
+    let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
+        bootstrap,
+        cell: Some(CellSettings {
+            zone: Some("test".into()),
+            expected_size: 50,
+            eligible: true,
+            capacity: 100,
+            relay: "127.0.0.1:1".into(),
+            election: ElectionParams::default(),
+            agent_version: "test".into(),
+            tags: tags.clone(),
+        }),
+        revocations,
+        tasks: Some(TaskSettings {
+            root_file: op.root_file.clone(),
+            state_dir: state.to_path_buf(),
+            sync_interval: Duration::from_secs(2),
+            local_tags: tags,
+        }),
+        ..Default::default()
+    };
+    let (mut mesh, view, _commands) = Mesh::start(enrolment, config).expect("mesh starts");
+    let audit = mesh.take_task_events().expect("a task plane");
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(mesh.run(rx));
+    Member {
+        view,
+        stop,
+        state: state.to_path_buf(),
+        audit,
+    }
+}
+
+fn status(m: &Member) -> Option<TaskPlaneStatus> {
+    let bytes = std::fs::read(m.state.join(TASK_STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn state_of(m: &Member, task: &str) -> Option<String> {
+    status(m)?
+        .tasks
+        .into_iter()
+        .find(|t| t.task_id == task)
+        .map(|t| t.state)
+}
+
+/// Hands a task to a member as `starlingctl task publish` does; returns
+/// the member's verdict.
+async fn publish(m: &Member, name: &str, signed: &[u8]) -> serde_json::Value {
+    let inbox = m.state.join(INBOX_DIR);
+    let tmp = inbox.join(format!("{name}.part"));
+    std::fs::write(&tmp, signed).expect("inbox write");
+    std::fs::rename(&tmp, inbox.join(format!("{name}.task"))).expect("inbox rename");
+    let result = inbox.join(format!("{name}.result"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(bytes) = std::fs::read(&result) {
+            return serde_json::from_slice(&bytes).expect("result is JSON");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until `ok` holds for every member, or panics naming the first
+/// that it does not hold for.
+async fn wait_all(members: &[Member], what: &str, secs: u64, ok: impl Fn(&Member) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let missing: Vec<usize> = (0..members.len()).filter(|i| !ok(&members[*i])).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: {} members not there (first: {:?})",
+                missing.len(),
+                status(&members[missing[0]])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn listen_addr(member: &mut Member) -> Multiaddr {
+    member
+        .view
+        .wait_for(|v| !v.listen_addrs.is_empty())
+        .await
+        .expect("listening")
+        .listen_addrs[0]
+        .clone()
+}
+
+fn dns_off() -> Body {
+    Body::Config(FleetConfig {
+        settings: vec![ConfigSetting {
+            generation: 1,
+            reset: false,
+            setting: Some(Setting::SensorKind(SensorKindSwitch {
+                kind: "dns_query".into(),
+                enabled: false,
+            })),
+        }],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
+    const N: usize = 50;
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let tags_of = |i: usize| {
+        if i.is_multiple_of(5) {
+            vec!["web"]
+        } else {
+            vec![]
+        }
+    };
+    let mut first = start(
+        fleet.enrol(Role::Node, "n000"),
+        vec![],
+        &op,
+        &states.path().join("n000"),
+        &tags_of(0),
+        None,
+    );
+    let addr = listen_addr(&mut first).await;
+    let mut members = vec![first];
+    for i in 1..N {
+        let name = format!("n{i:03}");
+        members.push(start(
+            fleet.enrol(Role::Node, &name),
+            vec![addr.clone()],
+            &op,
+            &states.path().join(&name),
+            &tags_of(i),
+            None,
+        ));
+    }
+    wait_all(&members, "every member's task plane", 60, |m| {
+        status(m).is_some()
+    })
+    .await;
+    wait_all(&members, "a cell of every member", 120, |m| {
+        m.view
+            .borrow()
+            .cell
+            .as_ref()
+            .is_some_and(|c| c.members.len() >= N / 2)
+    })
+    .await;
+
+    // Targeted: hosts tagged web, and n001 by name; never n010.
+    let target = TargetSelector {
+        tags: vec!["web".into()],
+        hosts: vec!["n001".into(), "n010".into()],
+        exclude_hosts: vec!["n010".into()],
+        ..Default::default()
+    };
+    let verdict = publish(&members[7], "dns", &op.task("dns-off", target, dns_off())).await;
+    assert_eq!(verdict["verdict"], "accepted", "{verdict}");
+    wait_all(&members, "the task on every member", 60, |m| {
+        state_of(m, "dns-off").is_some()
+    })
+    .await;
+    for (i, m) in members.iter().enumerate() {
+        let targeted = (i.is_multiple_of(5) && i != 10) || i == 1;
+        let want = if targeted { "applied" } else { "not_targeted" };
+        assert_eq!(
+            state_of(m, "dns-off").as_deref(),
+            Some(want),
+            "member n{i:03}"
+        );
+        let s = status(m).expect("status");
+        let held = s
+            .settings
+            .iter()
+            .any(|(k, _, v)| k == "sensor.kinds.dns_query" && v == "off");
+        assert_eq!(
+            held, targeted,
+            "member n{i:03} holds the setting only when targeted"
+        );
+    }
+
+    // Any member's fleet view counts every member once: the ten targeted
+    // applied it, the other forty were not targeted (summed from the
+    // cell's aggregator, not from a message per member).
+    wait_all(&members, "the fleet view of the task", 60, |m| {
+        status(m).is_some_and(|s| {
+            let t = s.fleet_view.task("dns-off");
+            t.counts.get("applied") == Some(&10) && t.counts.get("not_targeted") == Some(&40)
+        })
+    })
+    .await;
+
+    // A tag set by the fleet is a target from then on.
+    let tag = Body::Tags(HostTags {
+        changes: vec![TagChange {
+            tag: "db".into(),
+            generation: 1,
+            remove: false,
+        }],
+    });
+    let db_hosts = TargetSelector {
+        hosts: vec!["n002".into(), "n003".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        publish(&members[0], "tag", &op.task("tag-db", db_hosts, tag)).await["verdict"],
+        "accepted"
+    );
+    let to_db = TargetSelector {
+        tags: vec!["db".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        publish(&members[0], "dbcfg", &op.task("db-cfg", to_db, dns_off())).await["verdict"],
+        "accepted"
+    );
+    wait_all(&members, "the tag-targeted task everywhere", 60, |m| {
+        state_of(m, "db-cfg").is_some()
+    })
+    .await;
+    for (i, m) in members.iter().enumerate() {
+        let want = if i == 2 || i == 3 {
+            "applied"
+        } else {
+            "not_targeted"
+        };
+        assert_eq!(
+            state_of(m, "db-cfg").as_deref(),
+            Some(want),
+            "member n{i:03}"
+        );
+    }
+
+    // A forged task is refused where it is handed in and never spreads.
+    let forger = OperatorKeyPair::from_seed([7; 32]);
+    let payload = TaskPayload {
+        fleet: "test".into(),
+        task_id: "forged".into(),
+        not_before: now() - 60,
+        not_after: now() + 3600,
+        target: Some(every_host()),
+        reason: String::new(),
+        body: Some(dns_off()),
+    };
+    let forged = sign_task(&unsigned_task(&payload), &forger).expect("signed");
+    let verdict = publish(&members[4], "forged", &forged).await;
+    assert_eq!(verdict["verdict"], "refused");
+    assert_eq!(verdict["reason"], "forged");
+    // Anti-entropy runs every ~2 s: after several rounds nobody holds it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for m in &members {
+        assert!(state_of(m, "forged").is_none());
+    }
+    assert_eq!(
+        status(&members[4]).expect("status").refused.get("forged"),
+        Some(&1)
+    );
+    for m in members {
+        let _ = m.stop.send(true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_member_catches_up_and_revocations_are_enforced() {
+    const N: usize = 8;
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let crl_of = |name: &str| Some(states.path().join(name).join("crl.pem"));
+    let mut first = start(
+        fleet.enrol(Role::Node, "m0"),
+        vec![],
+        &op,
+        &states.path().join("m0"),
+        &[],
+        crl_of("m0"),
+    );
+    let addr = listen_addr(&mut first).await;
+    let mut members = vec![first];
+    for i in 1..N {
+        let name = format!("m{i}");
+        std::fs::create_dir_all(states.path().join(&name)).expect("state dir");
+        members.push(start(
+            fleet.enrol(Role::Node, &name),
+            vec![addr.clone()],
+            &op,
+            &states.path().join(&name),
+            &[],
+            crl_of(&name),
+        ));
+    }
+    wait_all(&members, "the whole cell", 60, |m| {
+        m.view
+            .borrow()
+            .cell
+            .as_ref()
+            .is_some_and(|c| c.members.len() == N)
+    })
+    .await;
+
+    // A member that is not an aggregator stops (an aggregator's leaving
+    // would move the cell's summary to a new one that never heard from
+    // it); two tasks go out while it is away.
+    let aggregators = members[0]
+        .view
+        .borrow()
+        .cell
+        .as_ref()
+        .map(|c| c.aggregators.clone())
+        .unwrap_or_default();
+    let away_name = (1..N)
+        .rev()
+        .map(|i| format!("m{i}"))
+        .find(|n| !aggregators.contains(n))
+        .expect("a member that is not an aggregator");
+    let away_index: usize = away_name[1..].parse().expect("index");
+    let away = members.remove(away_index);
+    let _ = away.stop.send(true);
+    let away_state = away.state.clone();
+    let a = publish(
+        &members[1],
+        "a",
+        &op.task("while-away-1", every_host(), dns_off()),
+    )
+    .await;
+    assert_eq!(a["verdict"], "accepted", "{a}");
+    let tag = Body::Tags(HostTags {
+        changes: vec![TagChange {
+            tag: "late".into(),
+            generation: 1,
+            remove: false,
+        }],
+    });
+    assert_eq!(
+        publish(
+            &members[2],
+            "b",
+            &op.task("while-away-2", every_host(), tag)
+        )
+        .await["verdict"],
+        "accepted"
+    );
+    wait_all(&members, "both tasks on the members present", 60, |m| {
+        state_of(m, "while-away-2").as_deref() == Some("applied")
+            && state_of(m, "while-away-1").as_deref() == Some("applied")
+    })
+    .await;
+    // The fleet view names the member that is away as down.
+    wait_all(&members[..1], "the absent member reported down", 60, |m| {
+        status(m).is_some_and(|s| {
+            let t = s.fleet_view.task("while-away-1");
+            t.counts.get("applied") == Some(&7)
+                && t.hosts
+                    .get(starling_task::rollup::DOWN)
+                    .is_some_and(|h| h == std::slice::from_ref(&away_name))
+        })
+    })
+    .await;
+    // Longer than gossipsub keeps messages to resend: only anti-entropy
+    // can bring them now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let back = start(
+        fleet.enrol(Role::Node, &away_name),
+        vec![addr.clone()],
+        &op,
+        &away_state,
+        &[],
+        crl_of(&away_name),
+    );
+    let back = vec![back];
+    wait_all(&back, "the returning member caught up", 60, |m| {
+        state_of(m, "while-away-1").as_deref() == Some("applied")
+            && state_of(m, "while-away-2").as_deref() == Some("applied")
+    })
+    .await;
+    assert!(status(&back[0])
+        .expect("status")
+        .tags
+        .contains(&"late".to_owned()));
+    wait_all(
+        &members[..1],
+        "the returning member counted as applied",
+        60,
+        |m| {
+            status(m).is_some_and(|s| {
+                s.fleet_view.task("while-away-1").counts.get("applied") == Some(&8)
+            })
+        },
+    )
+    .await;
+    // Each application is one audit event, naming the signer.
+    let mut back = back;
+    let mut changes = Vec::new();
+    while let Ok(c) = back[0].audit.try_recv() {
+        changes.push(c);
+    }
+    let mut applied: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.state == "applied")
+        .map(|c| c.task_id.as_str())
+        .collect();
+    applied.sort();
+    assert_eq!(applied, ["while-away-1", "while-away-2"], "{changes:?}");
+    assert!(changes
+        .iter()
+        .all(|c| c.signers == [op.key.id().0] && c.root_version == 1));
+    members.push(back.pop().expect("member"));
+
+    // A revocation list delivered as a task: every member writes it and
+    // drops the revoked member.
+    fleet.revoke("m3");
+    let pem_text = std::fs::read_to_string(fleet.revocation_list()).expect("crl");
+    let der = pem::parse(pem_text).expect("pem").into_contents();
+    let revoke = Body::Revocations(RevocationList {
+        generation: 1,
+        crl_der: der,
+    });
+    assert_eq!(
+        publish(&members[0], "crl", &op.task("crl-1", every_host(), revoke)).await["verdict"],
+        "accepted"
+    );
+    let others: Vec<Member> = members
+        .into_iter()
+        .filter(|m| !m.state.ends_with("m3"))
+        .collect();
+    wait_all(
+        &others,
+        "the revocation list applied and written",
+        60,
+        |m| {
+            state_of(m, "crl-1").as_deref() == Some("applied")
+                && std::fs::read_to_string(m.state.join("crl.pem"))
+                    .is_ok_and(|t| t.contains("X509 CRL"))
+        },
+    )
+    .await;
+    wait_all(
+        &others,
+        "the revoked member dropped from every view",
+        60,
+        |m| {
+            m.view
+                .borrow()
+                .cell
+                .as_ref()
+                .is_some_and(|c| c.members.iter().all(|x| x.host != "m3"))
+        },
+    )
+    .await;
+
+    // A restart re-applies nothing and keeps every setting.
+    let m1 = others
+        .iter()
+        .find(|m| m.state.ends_with("m1"))
+        .expect("m1 runs");
+    let before = status(m1).expect("status");
+    let _ = m1.stop.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_file(m1.state.join(TASK_STATUS_FILE)).expect("status removed");
+    let mut again = vec![start(
+        fleet.enrol(Role::Node, "m1"),
+        vec![addr.clone()],
+        &op,
+        &m1.state,
+        &[],
+        crl_of("m1"),
+    )];
+    wait_all(&again, "the restarted member's status", 30, |m| {
+        status(m).is_some()
+    })
+    .await;
+    // A new task after the restart is the only state change reported: the
+    // tasks applied before it are not reported again.
+    let tag = Body::Tags(HostTags {
+        changes: vec![TagChange {
+            tag: "after".into(),
+            generation: 1,
+            remove: false,
+        }],
+    });
+    assert_eq!(
+        publish(
+            &again[0],
+            "after",
+            &op.task("after-restart", every_host(), tag)
+        )
+        .await["verdict"],
+        "accepted"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(10), again[0].audit.recv())
+        .await
+        .expect("an audit event")
+        .expect("the plane runs");
+    assert_eq!(
+        (first.task_id.as_str(), first.state.as_str()),
+        ("after-restart", "applied")
+    );
+    assert!(again[0].audit.try_recv().is_err(), "nothing else reported");
+    let after = status(&again[0]).expect("status");
+    assert_eq!(after.settings, before.settings);
+    let after_states: Vec<(String, String)> = after
+        .tasks
+        .iter()
+        .filter(|t| t.task_id != "after-restart")
+        .map(|t| (t.task_id.clone(), t.state.clone()))
+        .collect();
+    let states_of = |s: &TaskPlaneStatus| -> Vec<(String, String)> {
+        s.tasks
+            .iter()
+            .map(|t| (t.task_id.clone(), t.state.clone()))
+            .collect()
+    };
+    assert_eq!(after_states, states_of(&before));
+    for m in others.into_iter().chain(again) {
+        let _ = m.stop.send(true);
+    }
+}
