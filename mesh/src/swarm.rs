@@ -449,7 +449,7 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
     let tasks_sync = request_response::Behaviour::with_codec(
         sync_codec,
         [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        request_response::Config::default().with_request_timeout(tasks::TASK_SYNC_TIMEOUT),
     );
     let report_codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(task_status::MAX_REPORT_BYTES)

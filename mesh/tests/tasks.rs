@@ -413,6 +413,39 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     })
     .await;
 
+    // A first task: every member then holds one and reports to the cell's
+    // aggregators, so the cell knows each (and can name one that leaves).
+    assert_eq!(
+        publish(
+            &members[3],
+            "first",
+            &op.task(
+                "first",
+                every_host(),
+                Body::Tags(HostTags {
+                    changes: vec![TagChange {
+                        tag: "first".into(),
+                        generation: 1,
+                        remove: false,
+                    }],
+                }),
+            ),
+        )
+        .await["verdict"],
+        "accepted"
+    );
+    wait_all(
+        &members[..1],
+        "the first task counted on every member",
+        60,
+        |m| {
+            status(m).is_some_and(|s| {
+                s.fleet_view.task("first").counts.get("applied") == Some(&(N as u32))
+            })
+        },
+    )
+    .await;
+
     // A member that is not an aggregator stops (an aggregator's leaving
     // would move the cell's summary to a new one that never heard from
     // it); two tasks go out while it is away.

@@ -12,6 +12,7 @@ pub mod load;
 pub mod netns;
 pub mod netsim;
 pub mod process;
+pub mod tasks;
 
 pub use broker::Broker;
 pub use load::ExecLoad;

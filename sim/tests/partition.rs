@@ -1,8 +1,10 @@
 //! A real partition heals: one cell of real libp2p members spread over two
 //! network namespaces joined by a veth link. Cutting the link splits the
-//! cell in two that each carry on (own views, own aggregators); restoring
-//! it merges them into one cell again with one set of aggregators.
-//! Needs root (network namespaces); skipped otherwise.
+//! cell in two that each carry on (own views, own aggregators); a task
+//! published on each side during the partition reaches only its side;
+//! restoring the link merges the halves into one cell again with one set
+//! of aggregators, and each side's task reaches the other. Needs root
+//! (network namespaces).
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use starling_mesh::identity::{Role, TlsFiles};
 use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use starling_sim::netns::{NamespacePair, Side};
+use starling_sim::tasks::Operator;
 use starling_sim::{is_root, Fleet};
 use tokio::sync::watch;
 
@@ -40,7 +43,9 @@ fn start(
     enrolment: Enrolment,
     bootstrap: Vec<Multiaddr>,
     stop: &watch::Receiver<bool>,
+    operator: &Operator,
 ) -> watch::Receiver<MeshView> {
+    let tasks = Some(operator.settings(&enrolment.identity().name, Duration::from_secs(2)));
     let listen = format!("/ip4/{}/udp/0/quic-v1", NamespacePair::addr(side));
     let config = MeshConfig {
         listen: vec![listen.parse().expect("multiaddr")],
@@ -55,6 +60,7 @@ fn start(
             agent_version: "test".into(),
             tags: Vec::new(),
         }),
+        tasks,
         ..Default::default()
     };
     let runtime = tokio::runtime::Handle::current();
@@ -120,6 +126,7 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
     );
     let pair = NamespacePair::create("heal").expect("network namespaces");
     let fleet = Fleet::new().expect("fleet");
+    let operator = Operator::new(fleet.path(), "split").expect("operator");
     let (stop_tx, stop) = watch::channel(false);
 
     let mut members = Vec::new();
@@ -133,6 +140,7 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
             enrol(&fleet, &name),
             seed.iter().cloned().collect(),
             &stop,
+            &operator,
         );
         if seed.is_none() {
             let v = view
@@ -204,6 +212,46 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
     )
     .await;
 
+    // A task published on each side reaches that side only.
+    let on_side = |side: Side| members.iter().find(|m| m.side == side).expect("a member");
+    for (side, id) in [(Side::A, "during-a"), (Side::B, "during-b")] {
+        let task = operator.tag_task(id, id).expect("task");
+        operator
+            .publish(&on_side(side).name, id, &task)
+            .expect("published");
+    }
+    let applied = |m: &Member, id: &str| operator.state(&m.name, id).as_deref() == Some("applied");
+    wait_all(
+        &members,
+        "each side's task on its side",
+        Duration::from_secs(30),
+        |m, _| {
+            applied(
+                m,
+                if m.side == Side::A {
+                    "during-a"
+                } else {
+                    "during-b"
+                },
+            )
+        },
+    )
+    .await;
+    // Several anti-entropy rounds (every 2 s) later, still not across.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for m in &members {
+        let other = if m.side == Side::A {
+            "during-b"
+        } else {
+            "during-a"
+        };
+        assert!(
+            operator.state(&m.name, other).is_none(),
+            "{} holds {other} across the partition",
+            m.name
+        );
+    }
+
     // Heal: one cell again, one set of aggregators.
     pair.restore().expect("restoring the link");
     let healed = std::time::Instant::now();
@@ -226,6 +274,17 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
         |_, v| aggregators(v) == merged,
     )
     .await;
+    wait_all(
+        &members,
+        "both tasks everywhere after the heal",
+        Duration::from_secs(60),
+        |m, _| applied(m, "during-a") && applied(m, "during-b"),
+    )
+    .await;
+    eprintln!(
+        "partition: both sides' tasks applied everywhere {:.1?} after the heal",
+        healed.elapsed()
+    );
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
 }

@@ -22,10 +22,16 @@ pub const MAX_REPORT_BYTES: u64 = 128 * 1024;
 /// A member reports at once when its states change, and at least this
 /// often (so that a newly elected aggregator learns every member).
 const REPORT_EVERY: Duration = Duration::from_secs(20);
+/// Least time between two reports of a member (a changed state, or a
+/// report that timed out, goes again after it).
+const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// An aggregator sums its cell at most this often when a report came or
 /// a member came or went, and at least this often otherwise.
 const SUMMARY_MIN: Duration = Duration::from_secs(2);
 const SUMMARY_MAX: Duration = Duration::from_secs(30);
+/// A member publishes its cell's summaries once it has been the cell's
+/// first aggregator this long.
+const PUBLISHER_SETTLE: Duration = Duration::from_secs(10);
 /// A cell not heard from for this long is left out of the fleet's view.
 const CELL_EXPIRY: Duration = Duration::from_secs(75);
 /// Prometheus counter of cell summaries, by `result` (`taken`,
@@ -80,13 +86,17 @@ impl Mesh {
         let Some(driver) = self.tasks.as_mut() else {
             return;
         };
-        // A new aggregator hears from every member at once.
-        let due = driver.report_dirty
-            || driver.reported_to != aggregators
-            || driver
-                .last_report
-                .is_none_or(|t| now.duration_since(t) >= REPORT_EVERY);
-        if due && !aggregators.is_empty() {
+        // A new aggregator hears from every member at once; a change (or a
+        // report that did not get through) goes out within a second.
+        let since = driver.last_report.map(|t| now.duration_since(t));
+        let due = driver.reported_to != aggregators
+            || since
+                .is_none_or(|s| s >= REPORT_EVERY || (driver.report_dirty && s >= REPORT_RETRY));
+        // Nothing to tell while this member holds no task (a fleet at
+        // rest, or starting without any): a cell learns its members from
+        // their first report, once a task reached them.
+        let holds_any = driver.plane.ledger().tasks().next().is_some();
+        if due && !aggregators.is_empty() && (holds_any || driver.last_report.is_some()) {
             driver.report_dirty = false;
             driver.last_report = Some(now);
             driver.reported_to.clone_from(&aggregators);
@@ -108,8 +118,23 @@ impl Mesh {
         }
         // One publisher per cell (the first aggregator every member
         // computes), so the fleet hears one summary of it, not two that
-        // may differ; the others keep reports to take over.
-        if aggregators.first() == Some(&me) {
+        // may differ; the others keep reports to take over. It starts
+        // once it has been the publisher for a while: while a cell forms,
+        // every fragment elects itself, and hundreds of would-be
+        // publishers would flood the fleet with summaries of fragments.
+        let publisher = aggregators.first() == Some(&me);
+        let settled = match self.tasks.as_mut() {
+            Some(d) if publisher => {
+                let since = *d.publisher_since.get_or_insert(now);
+                now.duration_since(since) >= PUBLISHER_SETTLE
+            }
+            Some(d) => {
+                d.publisher_since = None;
+                false
+            }
+            None => false,
+        };
+        if settled {
             self.publish_summary(now, &cell_name, &me);
         }
     }
@@ -152,6 +177,10 @@ impl Mesh {
         d.summary_members.clone_from(&members);
         d.last_summary = Some(now);
         let summary = d.rollup.summary(cell_name, me, &members, unix_ms());
+        if summary.tasks.is_empty() && !d.fleet.cells.contains_key(cell_name) {
+            // No task in the cell, and none reported before: nothing to say.
+            return;
+        }
         d.fleet.take(summary.clone());
         d.status_dirty = true;
         let Ok(bytes) = postcard::to_allocvec(&summary) else {
@@ -199,16 +228,28 @@ impl Mesh {
     }
 
     pub(super) fn on_task_report(&mut self, event: request_response::Event<HostReport, ()>) {
-        if let request_response::Event::Message {
-            peer,
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        } = event
-        {
-            self.take_report(peer, request, channel);
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.take_report(peer, request, channel),
+            request_response::Event::OutboundFailure { error, .. } => {
+                metrics::counter!(TASK_REPORTS, "result" => "send_failed").increment(1);
+                tracing::debug!(%error, "task report not delivered");
+                // A report lost on the way goes again soon; an aggregator
+                // that cannot be reached is not dialled every few seconds
+                // by its whole cell (the periodic report tries again).
+                if !matches!(error, request_response::OutboundFailure::DialFailure) {
+                    if let Some(d) = self.tasks.as_mut() {
+                        d.report_dirty = true;
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

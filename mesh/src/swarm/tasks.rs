@@ -35,6 +35,16 @@ const AUDIT_QUEUE: usize = 4096;
 /// Prometheus counter of task state changes not handed to the node (its
 /// queue was full or gone): holes in the audit trail, by `reason`.
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
+/// A member with no admitted peer looks again for one to sync with this
+/// often.
+const NO_PEER_RETRY: Duration = Duration::from_secs(1);
+/// An anti-entropy request (or a fetch) not answered in this long has
+/// failed; the next exchange goes to another peer. Generous: 300 members
+/// sharing two cores answer in seconds, and an exchange given up early
+/// is one more to make.
+pub const TASK_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+/// The status file is rewritten at most this often.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Tasks whose window closed are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -220,6 +230,7 @@ pub(super) struct TaskDriver {
     /// Anti-entropy requests in flight.
     in_flight: std::collections::HashSet<OutboundRequestId>,
     pub(super) status_dirty: bool,
+    last_status: Option<Instant>,
     /// Each task's state as last reported to the audit trail.
     reported: std::collections::HashMap<String, String>,
     audit: mpsc::Sender<starling_proto::v1::TaskStateChange>,
@@ -236,6 +247,8 @@ pub(super) struct TaskDriver {
     pub(super) last_summary: Option<Instant>,
     /// The live members the last summary counted.
     pub(super) summary_members: Vec<String>,
+    /// Since when this member has been its cell's publisher.
+    pub(super) publisher_since: Option<Instant>,
     /// The newest summary of every cell.
     pub(super) fleet: starling_task::rollup::FleetStatus,
 }
@@ -351,16 +364,20 @@ impl TaskDriver {
                 rollup_dirty: false,
                 last_summary: None,
                 summary_members: Vec::new(),
+                publisher_since: None,
                 fleet: Default::default(),
                 plane,
                 topic: gossipsub::IdentTopic::new(TASK_TOPIC),
-                next_sync: Instant::now() + settings.sync_interval / 2,
+                // The first exchange comes early: a member that starts
+                // (or restarts) has the most to catch up on.
+                next_sync: Instant::now() + NO_PEER_RETRY,
                 last_inbox: Instant::now(),
                 last_forget: Instant::now(),
                 fleet_settings,
                 refused: BTreeMap::new(),
                 in_flight: Default::default(),
                 status_dirty: true,
+                last_status: None,
                 settings,
             },
             rx,
@@ -422,11 +439,16 @@ impl TaskDriver {
         self.report_changes();
     }
 
-    fn write_status(&mut self, host: &str) {
-        if !self.status_dirty {
+    fn write_status(&mut self, host: &str, now: Instant) {
+        if !self.status_dirty
+            || self
+                .last_status
+                .is_some_and(|t| now.duration_since(t) < STATUS_EVERY)
+        {
             return;
         }
         self.status_dirty = false;
+        self.last_status = Some(now);
         let root = self.plane.root();
         let ledger = self.plane.ledger();
         let status = TaskPlaneStatus {
@@ -638,7 +660,7 @@ impl Mesh {
         self.task_status_tick(now);
         let host = self.enrolment.identity().name.clone();
         if let Some(driver) = self.tasks.as_mut() {
-            driver.write_status(&host);
+            driver.write_status(&host, now);
         }
     }
 
@@ -715,13 +737,16 @@ impl Mesh {
         if now < driver.next_sync || !driver.in_flight.is_empty() {
             return;
         }
+        let peers: Vec<PeerId> = self.table.admitted_peers().collect();
+        if peers.is_empty() {
+            // A member that has just started (or lost every peer) asks
+            // as soon as it has one: that is when it has most to catch up.
+            driver.next_sync = now + NO_PEER_RETRY;
+            return;
+        }
         // Spread: U[0.5, 1.5) of the interval.
         let spread = rand::RngExt::random_range(&mut self.rng, 0.5..1.5);
         driver.next_sync = now + driver.settings.sync_interval.mul_f64(spread);
-        let peers: Vec<PeerId> = self.table.admitted_peers().collect();
-        if peers.is_empty() {
-            return;
-        }
         let peer = peers[rand::RngExt::random_range(&mut self.rng, 0..peers.len())];
         let summary = driver.plane.summary();
         let id = self

@@ -14,8 +14,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
-use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView, TaskSettings};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
 use starling_sim::process::ProcessUsage;
+use starling_sim::tasks::Operator;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -56,98 +57,6 @@ struct Args {
     tasks: bool,
 }
 
-/// The bench's operator: one key, the fleet's trust root, and where each
-/// member keeps its task plane's state.
-struct Operator {
-    key: starling_task::OperatorKeyPair,
-    root_file: std::path::PathBuf,
-    states: std::path::PathBuf,
-}
-
-impl Operator {
-    fn new(dir: &std::path::Path) -> anyhow::Result<Self> {
-        let key = starling_task::OperatorKeyPair::generate()?;
-        let root = starling_task::root::new_root(
-            "bench",
-            1,
-            unix_secs() + 86_400,
-            &[(key.public_key(), "bench".into())],
-            1,
-            1,
-        )
-        .map_err(anyhow::Error::msg)?;
-        let signed =
-            starling_task::sign::sign_root(&starling_task::sign::unsigned_root(&root), &key)?;
-        let root_file = dir.join("root.bin");
-        std::fs::write(&root_file, signed)?;
-        Ok(Self {
-            key,
-            root_file,
-            states: dir.join("tasks"),
-        })
-    }
-
-    fn settings(&self, host: &str) -> TaskSettings {
-        TaskSettings {
-            root_file: self.root_file.clone(),
-            state_dir: self.states.join(host),
-            sync_interval: Duration::from_secs(10),
-            local_tags: Vec::new(),
-        }
-    }
-
-    /// A signed task setting tag `tag` on every member.
-    fn tag_task(&self, id: &str, tag: &str) -> anyhow::Result<Vec<u8>> {
-        use starling_proto::v1::{task_payload::Body, HostTags, TagChange, TargetSelector};
-        let payload = starling_proto::v1::TaskPayload {
-            fleet: "bench".into(),
-            task_id: id.into(),
-            not_before: unix_secs() - 60,
-            not_after: unix_secs() + 3600,
-            target: Some(TargetSelector {
-                all: true,
-                ..Default::default()
-            }),
-            reason: "bench".into(),
-            body: Some(Body::Tags(HostTags {
-                changes: vec![TagChange {
-                    tag: tag.into(),
-                    generation: 1,
-                    remove: false,
-                }],
-            })),
-        };
-        Ok(starling_task::sign::sign_task(
-            &starling_task::sign::unsigned_task(&payload),
-            &self.key,
-        )?)
-    }
-
-    /// Hands a task to `host`'s task plane, as `starlingctl task publish`.
-    fn publish(&self, host: &str, name: &str, signed: &[u8]) -> anyhow::Result<()> {
-        let inbox = self.states.join(host).join(starling_mesh::swarm::INBOX_DIR);
-        let tmp = inbox.join(format!("{name}.part"));
-        std::fs::write(&tmp, signed)?;
-        std::fs::rename(&tmp, inbox.join(format!("{name}.task")))?;
-        Ok(())
-    }
-
-    /// `host`'s task plane status, once written.
-    fn status(&self, host: &str) -> Option<starling_mesh::swarm::TaskPlaneStatus> {
-        let path = self
-            .states
-            .join(host)
-            .join(starling_mesh::swarm::TASK_STATUS_FILE);
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 struct Member {
     host: String,
     zone: String,
@@ -171,7 +80,7 @@ fn start(
     stop: &watch::Receiver<bool>,
     operator: Option<&Operator>,
 ) -> anyhow::Result<(watch::Receiver<MeshView>, JoinHandle<()>)> {
-    let tasks = operator.map(|o| o.settings(&enrolment.identity().name));
+    let tasks = operator.map(|o| o.settings(&enrolment.identity().name, Duration::from_secs(10)));
     let config = MeshConfig {
         tasks,
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
@@ -383,6 +292,15 @@ async fn tasks_phase(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "task counters: {}",
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("starling_task"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     println!(
         "a task handed to one member: applied by 99.9 % of the {} members in {:.2} s, by all in {:.2} s; the fleet view at that member counted all of them applied {:.2} s after the publish",
@@ -475,7 +393,10 @@ async fn main() -> anyhow::Result<()> {
     let ca = FleetCa::generate("bench", 30)?;
     ca.pem().write(dir.path(), "ca")?;
     let (_stop_tx, stop) = watch::channel(false);
-    let operator = args.tasks.then(|| Operator::new(dir.path())).transpose()?;
+    let operator = args
+        .tasks
+        .then(|| Operator::new(dir.path(), "bench"))
+        .transpose()?;
     let cells = args.nodes.div_ceil(args.cell_size.max(1));
     let enrolments: Vec<(String, Enrolment)> = (0..args.nodes + args.joiners)
         .map(|i| {
