@@ -170,8 +170,11 @@ fn start_mesh(
         tasks: config.tasks.settings(&config.tls.ca_cert, &config.data_dir),
         ..Default::default()
     };
-    let (mesh, _view, commands) =
+    let (mut mesh, _view, commands) =
         Mesh::start(enrolment, mesh_config).context("starting the mesh")?;
+    // A sink keeps no spool, so no audit trail of its own task states
+    // (they are counted as `no_reader` in starling_task_events_dropped_total).
+    drop(mesh.take_task_events());
     tracing::info!(ingress = %advertised, "advertising this sink to the mesh");
     let ingress = ingress.clone();
     let mut stop = shutdown.clone();

@@ -411,13 +411,16 @@ impl TaskDriver {
                 signers: r.signers.iter().map(|k| k.0.clone()).collect(),
                 root_version,
             };
-            if let Err(e) = self.audit.try_send(change) {
-                let reason = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue_full",
-                    mpsc::error::TrySendError::Closed(_) => "no_reader",
-                };
-                metrics::counter!(TASK_EVENTS_DROPPED, "reason" => reason).increment(1);
-                tracing::warn!(task = %id, state, reason, "task state change not written to the audit trail");
+            match self.audit.try_send(change) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!(TASK_EVENTS_DROPPED, "reason" => "queue_full").increment(1);
+                    tracing::warn!(task = %id, state, "task state change not written to the audit trail: its queue is full");
+                }
+                // A member that keeps no audit trail (a sink): counted only.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    metrics::counter!(TASK_EVENTS_DROPPED, "reason" => "no_reader").increment(1);
+                }
             }
         }
         let held: std::collections::HashSet<&String> =
