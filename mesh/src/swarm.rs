@@ -15,8 +15,10 @@
 //! and election), `connections` (bootstrap and pruning), `dht` (the
 //! routing table and Kademlia's queries), `dial_cause` (dials counted by
 //! who asked), `redial` (dials held back), `revocations` (the revocation
-//! list); this file holds the swarm, its configuration, the tick, the
-//! published view and the event dispatch.
+//! list), `tasks`, `task_sync`, `task_status` and `task_config` (the
+//! task plane: gossip, anti-entropy, the fleet view, configuration); this
+//! file holds the swarm, its configuration, the tick, the published view
+//! and the event dispatch.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,18 +40,21 @@ mod dht;
 mod dial_cause;
 mod redial;
 mod revocations;
+mod task_config;
 mod task_status;
+mod task_sync;
 mod tasks;
 
 use cell_driver::Cell;
 use dial_cause::DialCause;
 pub use redial::DIALS_HELD;
+pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
+pub use task_sync::{SyncRequest, SyncResponse, TASK_SYNCS, TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL};
 pub use tasks::{
-    task_state_dir, SyncRequest, SyncResponse, TaskLine, TaskPlaneError, TaskPlaneStatus,
-    TaskSettings, TasksConfig, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD, TASKS_RECEIVED,
-    TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_ROOT_VERSION, TASK_STATUS_FILE, TASK_SYNCS,
-    TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL, TASK_TOPIC,
+    TaskLine, TaskPlaneError, TaskPlaneStatus, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD,
+    TASKS_RECEIVED, TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_ROOT_VERSION, TASK_STATUS_FILE,
+    TASK_TOPIC,
 };
 
 use crate::admission::AdmissionTable;
@@ -231,7 +236,7 @@ pub struct MeshBehaviour {
     ping: ping::Behaviour,
     kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
     gossipsub: DialCause<gossipsub::Behaviour>,
-    tasks_sync: request_response::cbor::Behaviour<tasks::SyncRequest, tasks::SyncResponse>,
+    tasks_sync: request_response::cbor::Behaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
     task_reports: request_response::cbor::Behaviour<starling_task::rollup::HostReport, ()>,
 }
 
@@ -444,12 +449,12 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         gossip_config,
     )?;
     let sync_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(tasks::MAX_TASK_SYNC_BYTES)
-        .set_response_size_maximum(tasks::MAX_TASK_SYNC_BYTES);
+        .set_request_size_maximum(task_sync::MAX_TASK_SYNC_BYTES)
+        .set_response_size_maximum(task_sync::MAX_TASK_SYNC_BYTES);
     let tasks_sync = request_response::Behaviour::with_codec(
         sync_codec,
         [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(tasks::TASK_SYNC_TIMEOUT),
+        request_response::Config::default().with_request_timeout(task_sync::TASK_SYNC_TIMEOUT),
     );
     let report_codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(task_status::MAX_REPORT_BYTES)

@@ -1,30 +1,27 @@
 //! The task plane's driver, methods of [`Mesh`]: signed tasks over
-//! gossipsub (checked before gossipsub forwards them), anti-entropy with
-//! one peer every `sync_interval` over `/starling/tasks/1`, the operator's
-//! inbox, applying what targets this host, and the state kept across
-//! restarts (docs/tasks.md). The logic is `starling_task::TaskPlane`.
+//! gossipsub (checked before gossipsub forwards them), the operator's
+//! inbox, applying what targets this host, the audit trail, and the state
+//! kept across restarts (docs/tasks.md). Anti-entropy is in `task_sync`,
+//! the fleet view in `task_status`, configuration in `task_config`. The
+//! logic is `starling_task::TaskPlane`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::{gossipsub, PeerId, StreamProtocol};
+use libp2p::request_response::OutboundRequestId;
+use libp2p::{gossipsub, PeerId};
 use serde::{Deserialize, Serialize};
 use starling_proto::v1::task_payload::Body;
 use starling_proto::v1::{ConfigSetting, TaskKind};
-use starling_task::plane::{ShortDigest, Summary};
 use starling_task::{CheckedTask, Ledger, Received, TaskPlane, TrustedRoot};
 use tokio::sync::{mpsc, watch};
 
+use super::task_config::TaskSettings;
 use super::Mesh;
 
 /// Gossipsub topic of signed tasks.
 pub const TASK_TOPIC: &str = "starling/tasks/1";
-/// Protocol of the anti-entropy exchange.
-pub const TASK_SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/tasks/1");
-/// Largest anti-entropy message (tasks up to `MAX_SYNC_BYTES`, framing).
-pub const MAX_TASK_SYNC_BYTES: u64 = 5 * 1024 * 1024;
 /// The operator's inbox is looked at this often.
 const INBOX_CHECK: Duration = Duration::from_secs(1);
 /// Most files taken from the inbox per look, and the largest taken.
@@ -35,14 +32,6 @@ const AUDIT_QUEUE: usize = 4096;
 /// Prometheus counter of task state changes not handed to the node (its
 /// queue was full or gone): holes in the audit trail, by `reason`.
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
-/// A member with no admitted peer looks again for one to sync with this
-/// often.
-const NO_PEER_RETRY: Duration = Duration::from_secs(1);
-/// An anti-entropy request (or a fetch) not answered in this long has
-/// failed; the next exchange goes to another peer. Generous: 300 members
-/// sharing two cores answer in seconds, and an exchange given up early
-/// is one more to make.
-pub const TASK_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 /// The status file is rewritten at most this often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Tasks whose window closed are forgotten this often.
@@ -56,15 +45,6 @@ pub const TASKS_REFUSED: &str = "starling_tasks_refused_total";
 /// Prometheus counter of tasks applied here, by `kind` and `result`
 /// (`applied`, `failed`).
 pub const TASKS_APPLIED: &str = "starling_tasks_applied_total";
-/// Prometheus counter of anti-entropy exchanges this host started, by
-/// `outcome` (`same`, `differ`, `failed`).
-pub const TASK_SYNCS: &str = "starling_task_syncs_total";
-/// Prometheus counter of anti-entropy bytes, by `direction`.
-pub const TASK_SYNC_BYTES: &str = "starling_task_sync_bytes_total";
-/// About what a summary and a `Same` answer take on the wire (CBOR: a
-/// version, a 32-byte hash, a count; one byte), for the byte counters.
-const SUMMARY_BYTES: u64 = 48;
-const SAME_BYTES: u64 = 1;
 /// Prometheus gauges: tasks held, and the trust root's version.
 pub const TASKS_HELD: &str = "starling_tasks_held";
 pub const TASK_ROOT_VERSION: &str = "starling_task_root_version";
@@ -74,116 +54,6 @@ pub const LEDGER_FILE: &str = "ledger.json";
 pub const ROOT_FILE: &str = "root.bin";
 pub const INBOX_DIR: &str = "inbox";
 pub const TASK_STATUS_FILE: &str = "status.json";
-
-/// How a member takes part in the task plane.
-#[derive(Debug, Clone)]
-pub struct TaskSettings {
-    /// The trust root installed with the host (`starlingctl root init`).
-    pub root_file: PathBuf,
-    /// Where the plane keeps its ledger, the root in force, the operator's
-    /// inbox and its status.
-    pub state_dir: PathBuf,
-    /// How often it compares notes with one peer.
-    pub sync_interval: Duration,
-    /// Tags from the host's own configuration.
-    pub local_tags: Vec<String>,
-}
-
-/// The `[tasks]` section of a daemon's configuration (node and sink).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TasksConfig {
-    /// The fleet's trust root (`starlingctl root init`); default: root.bin
-    /// beside the CA certificate. Without the file the task plane is off.
-    pub root: Option<PathBuf>,
-    /// Seconds between anti-entropy exchanges with one peer.
-    pub sync_interval_secs: u64,
-    /// This host's own tags (tasks can target them; the fleet's tag tasks
-    /// add to them and can remove them).
-    pub tags: Vec<String>,
-}
-
-impl Default for TasksConfig {
-    fn default() -> Self {
-        Self {
-            root: None,
-            sync_interval_secs: 10,
-            tags: Vec::new(),
-        }
-    }
-}
-
-impl TasksConfig {
-    /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.sync_interval_secs == 0 || self.sync_interval_secs > 3600 {
-            return Err((
-                "tasks.sync_interval_secs",
-                format!("{} (1 to 3600)", self.sync_interval_secs),
-            ));
-        }
-        if let Some(t) = self.tags.iter().find(|t| t.is_empty() || t.len() > 128) {
-            return Err(("tasks.tags", format!("{t:?}: 1 to 128 bytes")));
-        }
-        Ok(())
-    }
-
-    /// Where the trust root is read from.
-    pub fn root_file(&self, ca_cert: &Path) -> PathBuf {
-        self.root.clone().unwrap_or_else(|| {
-            ca_cert
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join("root.bin")
-        })
-    }
-
-    /// The task plane's settings for a daemon whose state lives under
-    /// `data_dir`, or None (with a warning) when no trust root is
-    /// installed.
-    pub fn settings(&self, ca_cert: &Path, data_dir: &Path) -> Option<TaskSettings> {
-        let root_file = self.root_file(ca_cert);
-        if !root_file.exists() {
-            tracing::warn!(root = %root_file.display(), "task plane off: no trust root (create one with `starlingctl root init` and install it beside ca.pem)");
-            return None;
-        }
-        Some(TaskSettings {
-            root_file,
-            state_dir: task_state_dir(data_dir),
-            sync_interval: Duration::from_secs(self.sync_interval_secs),
-            local_tags: self.tags.clone(),
-        })
-    }
-}
-
-/// Where a daemon keeps its task plane's state.
-pub fn task_state_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("tasks")
-}
-
-/// An anti-entropy request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum SyncRequest {
-    /// What the sender holds.
-    Summary(Summary),
-    /// Tasks the sender lacks, by 8-byte digest prefix (concatenated).
-    Fetch(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Tasks the receiver lacks.
-    Push(Vec<serde_bytes::ByteBuf>),
-}
-
-/// An anti-entropy answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum SyncResponse {
-    /// The summaries match.
-    Same,
-    /// Prefixes of every task the responder holds (concatenated).
-    Held(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The tasks fetched.
-    Tasks(Vec<serde_bytes::ByteBuf>),
-    /// Pushed tasks were taken (each checked like any copy).
-    Taken,
-}
 
 /// What one task is on this host, for `starlingctl task list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,16 +89,16 @@ pub struct TaskPlaneStatus {
 /// The plane and what drives it.
 pub(super) struct TaskDriver {
     pub(super) plane: TaskPlane,
-    settings: TaskSettings,
+    pub(super) settings: TaskSettings,
     topic: gossipsub::IdentTopic,
-    next_sync: Instant,
+    pub(super) next_sync: Instant,
     last_inbox: Instant,
     last_forget: Instant,
     /// Fleet settings held, handed to the node (which applies them).
     fleet_settings: watch::Sender<super::FleetSettings>,
-    refused: BTreeMap<String, u64>,
+    pub(super) refused: BTreeMap<String, u64>,
     /// Anti-entropy requests in flight.
-    in_flight: std::collections::HashSet<OutboundRequestId>,
+    pub(super) in_flight: std::collections::HashSet<OutboundRequestId>,
     pub(super) status_dirty: bool,
     last_status: Option<Instant>,
     /// Each task's state as last reported to the audit trail.
@@ -370,7 +240,7 @@ impl TaskDriver {
                 topic: gossipsub::IdentTopic::new(TASK_TOPIC),
                 // The first exchange comes early: a member that starts
                 // (or restarts) has the most to catch up on.
-                next_sync: Instant::now() + NO_PEER_RETRY,
+                next_sync: Instant::now() + super::task_sync::NO_PEER_RETRY,
                 last_inbox: Instant::now(),
                 last_forget: Instant::now(),
                 fleet_settings,
@@ -730,210 +600,5 @@ impl Mesh {
                 "detail": r.detail,
             }),
         }
-    }
-
-    /// Every `sync_interval`, compares notes with one admitted peer.
-    fn start_sync(&mut self, now: Instant) {
-        let Some(driver) = self.tasks.as_mut() else {
-            return;
-        };
-        if now < driver.next_sync || !driver.in_flight.is_empty() {
-            return;
-        }
-        let peers: Vec<PeerId> = self.table.admitted_peers().collect();
-        if peers.is_empty() {
-            // A member that has just started (or lost every peer) asks
-            // as soon as it has one: that is when it has most to catch up.
-            driver.next_sync = now + NO_PEER_RETRY;
-            return;
-        }
-        // Spread: U[0.5, 1.5) of the interval.
-        let spread = rand::RngExt::random_range(&mut self.rng, 0.5..1.5);
-        driver.next_sync = now + driver.settings.sync_interval.mul_f64(spread);
-        let peer = peers[rand::RngExt::random_range(&mut self.rng, 0..peers.len())];
-        let summary = driver.plane.summary();
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .tasks_sync
-            .send_request(&peer, SyncRequest::Summary(summary));
-        metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SUMMARY_BYTES);
-        if let Some(driver) = self.tasks.as_mut() {
-            driver.in_flight.insert(id);
-        }
-    }
-
-    pub(super) fn on_task_sync(
-        &mut self,
-        event: request_response::Event<SyncRequest, SyncResponse>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.answer_sync(peer, request, channel),
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(d) = self.tasks.as_mut() {
-                    d.in_flight.remove(&request_id);
-                }
-                self.on_sync_response(peer, response);
-            }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some(d) = self.tasks.as_mut() {
-                    d.in_flight.remove(&request_id);
-                }
-                metrics::counter!(TASK_SYNCS, "outcome" => "failed").increment(1);
-                tracing::debug!(%error, "task sync failed");
-            }
-            _ => {}
-        }
-    }
-
-    fn answer_sync(
-        &mut self,
-        peer: PeerId,
-        request: SyncRequest,
-        channel: ResponseChannel<SyncResponse>,
-    ) {
-        if self.table.admitted(&peer).is_none() {
-            return;
-        }
-        let Some(driver) = self.tasks.as_ref() else {
-            return;
-        };
-        let response = match request {
-            SyncRequest::Summary(theirs) => {
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SUMMARY_BYTES);
-                let ours = driver.plane.summary();
-                if theirs.set_hash == ours.set_hash && theirs.root_version == ours.root_version {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SAME_BYTES);
-                    SyncResponse::Same
-                } else {
-                    let held = driver.plane.held().concat();
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
-                        .increment(held.len() as u64);
-                    SyncResponse::Held(held)
-                }
-            }
-            SyncRequest::Fetch(prefixes) => SyncResponse::Tasks(
-                driver
-                    .plane
-                    .tasks_for(&split_prefixes(&prefixes))
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-            ),
-            SyncRequest::Push(tasks) => {
-                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                        .increment(t.len() as u64);
-                    let _ = self.take_task(t, "sync");
-                }
-                SyncResponse::Taken
-            }
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .tasks_sync
-            .send_response(channel, response);
-    }
-
-    fn on_sync_response(&mut self, peer: PeerId, response: SyncResponse) {
-        match response {
-            SyncResponse::Same => {
-                metrics::counter!(TASK_SYNCS, "outcome" => "same").increment(1);
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SAME_BYTES);
-            }
-            SyncResponse::Held(prefixes) => {
-                metrics::counter!(TASK_SYNCS, "outcome" => "differ").increment(1);
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                    .increment(prefixes.len() as u64);
-                let Some(driver) = self.tasks.as_ref() else {
-                    return;
-                };
-                let (wanted, lacking) = driver.plane.compare(&split_prefixes(&prefixes));
-                if !wanted.is_empty() {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .tasks_sync
-                        .send_request(&peer, SyncRequest::Fetch(wanted.concat()));
-                    if let Some(d) = self.tasks.as_mut() {
-                        d.in_flight.insert(id);
-                    }
-                }
-                if !lacking.is_empty() {
-                    let bytes: usize = lacking.iter().map(Vec::len).sum();
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
-                        .increment(bytes as u64);
-                    let id = self.swarm.behaviour_mut().tasks_sync.send_request(
-                        &peer,
-                        SyncRequest::Push(
-                            lacking
-                                .into_iter()
-                                .map(serde_bytes::ByteBuf::from)
-                                .collect(),
-                        ),
-                    );
-                    if let Some(d) = self.tasks.as_mut() {
-                        d.in_flight.insert(id);
-                    }
-                }
-            }
-            SyncResponse::Tasks(tasks) => {
-                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                        .increment(t.len() as u64);
-                    let _ = self.take_task(t, "sync");
-                }
-            }
-            SyncResponse::Taken => {}
-        }
-    }
-}
-
-/// Splits concatenated 8-byte prefixes (a trailing partial one is dropped).
-fn split_prefixes(bytes: &[u8]) -> Vec<ShortDigest> {
-    bytes
-        .chunks_exact(8)
-        .take(starling_task::plane::MAX_SYNC_ITEMS)
-        .map(|c| {
-            let mut p = [0u8; 8];
-            p.copy_from_slice(c);
-            p
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_split_whole_and_bounded() {
-        let bytes: Vec<u8> = (0..8 * 3 + 5).map(|i| i as u8).collect();
-        let p = split_prefixes(&bytes);
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[1], [8, 9, 10, 11, 12, 13, 14, 15]);
-        let many = vec![0u8; 8 * (starling_task::plane::MAX_SYNC_ITEMS + 10)];
-        assert_eq!(
-            split_prefixes(&many).len(),
-            starling_task::plane::MAX_SYNC_ITEMS
-        );
     }
 }
