@@ -1,7 +1,8 @@
 //! Library side of `starlingctl`: rendering events for people (a table that
-//! is safe to print on a terminal) and for programs (JSON lines), and the
-//! task plane's files ([`tasks`]).
+//! is safe to print on a terminal) and for programs (JSON lines), the
+//! task plane's files ([`tasks`]) and the fleet's hosts ([`fleet`]).
 
+pub mod fleet;
 pub mod tasks;
 
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use starling_admin::{event_row, table_header};
 use starling_mesh::identity::{FleetCa, Role};
 use starling_sink::local_store::LocalStoreReader;
 
+mod fleet_commands;
 mod task_commands;
 
 /// Starling operator tool: fleet credentials, signed tasks and views of
@@ -58,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: task_commands::TaskCommand,
     },
+    /// The fleet's hosts: cells, who is down and since when, and with
+    /// --cell each host's version, facts and agent resources.
+    Fleet(fleet_commands::FleetArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +219,7 @@ fn main() -> anyhow::Result<()> {
         Command::Key { command } => task_commands::key(command),
         Command::Root { command } => task_commands::root(command),
         Command::Task { command } => task_commands::task(command),
+        Command::Fleet(args) => fleet_commands::fleet(args),
         Command::Ca {
             command:
                 CaCommand::Init {

@@ -606,7 +606,9 @@ fn publish(task: &Path, data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
 }
 
 /// The task plane's status file of the node at `data_dir`.
-fn read_status(data_dir: &Path) -> anyhow::Result<starling_mesh::swarm::TaskPlaneStatus> {
+pub(crate) fn read_status(
+    data_dir: &Path,
+) -> anyhow::Result<starling_mesh::swarm::TaskPlaneStatus> {
     let path = task_dir(data_dir).join(starling_mesh::swarm::TASK_STATUS_FILE);
     let text = read(&path).with_context(|| {
         "is starling-node running with a task plane, and is --data-dir its data_dir?"

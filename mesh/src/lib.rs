@@ -13,7 +13,8 @@
 //! * [`enrol`], [`swarm`]: the libp2p swarm, its admission gate, and the
 //!   driver that carries membership, election and sink adverts
 //!   ([`adverts`]) over it; [`admission`] is its gate, [`view`] what it
-//!   publishes, [`status`] what it shows people, [`net`] address helpers.
+//!   publishes, [`status`] what it shows people, [`net`] address helpers,
+//!   [`host_facts`] what a member tells its cell about its machine.
 //! * [`trust`], [`origin`]: trust on the QUIC data plane: TLS that follows
 //!   the revocation list, origin signatures on batches and sink receipts,
 //!   so aggregators relay without being trusted.
@@ -25,6 +26,7 @@ pub mod cell;
 pub mod election;
 pub mod enrol;
 pub mod health;
+pub mod host_facts;
 pub mod identity;
 pub mod membership;
 pub mod net;

@@ -38,6 +38,7 @@ mod cell_driver;
 mod connections;
 mod dht;
 mod dial_cause;
+mod fleet;
 mod redial;
 mod revocations;
 mod task_config;
@@ -47,14 +48,17 @@ mod tasks;
 
 use cell_driver::Cell;
 use dial_cause::DialCause;
+pub use fleet::{FleetAnswer, FleetQuery, FLEET_PROTOCOL, FLEET_QUERIES, QUERIES_DIR};
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
-pub use task_sync::{SyncRequest, SyncResponse, TASK_SYNCS, TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL};
+pub use task_sync::{
+    SyncRequest, SyncResponse, TASK_SYNCS, TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL, TASK_SYNC_TIMEOUT,
+};
 pub use tasks::{
     TaskLine, TaskPlaneError, TaskPlaneStatus, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD,
-    TASKS_RECEIVED, TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_ROOT_VERSION, TASK_STATUS_FILE,
-    TASK_TOPIC,
+    TASKS_RECEIVED, TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_FORGERS, TASK_ROOT_VERSION,
+    TASK_STATUS_FILE, TASK_TOPIC,
 };
 
 use crate::admission::AdmissionTable;
@@ -238,6 +242,8 @@ pub struct MeshBehaviour {
     gossipsub: DialCause<gossipsub::Behaviour>,
     tasks_sync: request_response::cbor::Behaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
     task_reports: request_response::cbor::Behaviour<starling_task::rollup::HostReport, ()>,
+    fleet_query:
+        DialCause<request_response::cbor::Behaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
 }
 
 /// Errors while building or starting the swarm.
@@ -444,10 +450,12 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         .connection_handler_queue_len(GOSSIP_QUEUE_PER_CONNECTION)
         .build()
         .map_err(|e| e.to_string())?;
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )?;
+    let (score_params, score_thresholds) = tasks::gossip_scoring();
+    gossipsub.with_peer_score(score_params, score_thresholds)?;
     let sync_codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(task_sync::MAX_TASK_SYNC_BYTES)
         .set_response_size_maximum(task_sync::MAX_TASK_SYNC_BYTES);
@@ -464,9 +472,18 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, Str
         [(TASK_REPORT_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let fleet_codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(4096)
+        .set_response_size_maximum(fleet::MAX_FLEET_ANSWER_BYTES);
+    let fleet_query = request_response::Behaviour::with_codec(
+        fleet_codec,
+        [(fleet::FLEET_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
     Ok(MeshBehaviour {
         tasks_sync,
         task_reports,
+        fleet_query: DialCause::new(fleet_query, "fleet"),
         redial: Default::default(),
         enrol,
         swim: DialCause::new(swim, "swim"),
@@ -690,6 +707,11 @@ impl Mesh {
     fn on_command(&mut self, command: MeshCommand) {
         match command {
             MeshCommand::SinkLoad(pct) => self.sink_load = pct.min(100),
+            MeshCommand::SpoolBacklog(events) => {
+                if let Some(d) = self.tasks.as_mut() {
+                    d.fleet_hosts.spool_backlog = events;
+                }
+            }
             MeshCommand::NodeLoad { attached, load_pct } => {
                 let pct = load_pct.min(100);
                 let version = self.version();
@@ -948,6 +970,9 @@ impl Mesh {
             SwarmEvent::Behaviour(MeshBehaviourEvent::TasksSync(event)) => self.on_task_sync(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::TaskReports(event)) => {
                 self.on_task_report(event)
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::FleetQuery(event)) => {
+                self.on_fleet_query(event)
             }
             _ => {}
         }

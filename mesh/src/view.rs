@@ -108,4 +108,7 @@ pub enum MeshCommand {
     NodeLoad { attached: u32, load_pct: u8 },
     /// A sink's load (percent of its connection limit).
     SinkLoad(u8),
+    /// A node's events spooled and not yet acknowledged (its heartbeat
+    /// carries them to the fleet view).
+    SpoolBacklog(u64),
 }

@@ -2,7 +2,8 @@
 //! one member reaches every member by gossip and is applied by exactly the
 //! targeted ones; a member that was away catches up by anti-entropy after
 //! it restarts and applies nothing twice; a revocation list delivered as a
-//! task is enforced by every member; a forged task goes nowhere.
+//! task is enforced by every member; a forged task goes nowhere, and a
+//! member that relays forgeries is soon ignored.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +13,8 @@ use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
 use starling_mesh::swarm::{
-    CellSettings, Mesh, MeshConfig, MeshView, TaskPlaneStatus, TaskSettings, INBOX_DIR,
-    TASK_STATUS_FILE,
+    CellSettings, Mesh, MeshCommand, MeshConfig, MeshView, TaskPlaneStatus, TaskSettings,
+    INBOX_DIR, QUERIES_DIR, TASK_STATUS_FILE,
 };
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
@@ -31,6 +32,7 @@ use common::Fleet;
 
 struct Member {
     view: watch::Receiver<MeshView>,
+    commands: tokio::sync::mpsc::Sender<MeshCommand>,
     stop: watch::Sender<bool>,
     state: PathBuf,
     /// The task plane's state changes (the node spools them as events).
@@ -53,8 +55,14 @@ fn now() -> u64 {
 
 impl Operator {
     fn new() -> Self {
+        Self::with_seed(42)
+    }
+
+    /// An operator whose key is made from `seed`: another seed is a
+    /// stranger to the fleet, with a root of its own for the same fleet.
+    fn with_seed(seed: u8) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = OperatorKeyPair::from_seed([42; 32]);
+        let key = OperatorKeyPair::from_seed([seed; 32]);
         let root = new_root(
             "test",
             1,
@@ -103,13 +111,26 @@ fn start(
     tags: &[&str],
     revocations: Option<PathBuf>,
 ) -> Member {
+    start_in_cell_of(50, enrolment, bootstrap, op, state, tags, revocations)
+}
+
+/// [`start`] for a cell expected to hold `expected` members.
+fn start_in_cell_of(
+    expected: u32,
+    enrolment: Enrolment,
+    bootstrap: Vec<Multiaddr>,
+    op: &Operator,
+    state: &Path,
+    tags: &[&str],
+    revocations: Option<PathBuf>,
+) -> Member {
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     let config = MeshConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
         bootstrap,
         cell: Some(CellSettings {
             zone: Some("test".into()),
-            expected_size: 50,
+            expected_size: expected,
             eligible: true,
             capacity: 100,
             relay: "127.0.0.1:1".into(),
@@ -126,16 +147,54 @@ fn start(
         }),
         ..Default::default()
     };
-    let (mut mesh, view, _commands) = Mesh::start(enrolment, config).expect("mesh starts");
+    let (mut mesh, view, commands) = Mesh::start(enrolment, config).expect("mesh starts");
     let audit = mesh.take_task_events().expect("a task plane");
     let (stop, rx) = watch::channel(false);
     tokio::spawn(mesh.run(rx));
     Member {
         view,
+        commands,
         stop,
         state: state.to_path_buf(),
         audit,
     }
+}
+
+/// Starts members named `names`, each bootstrapping from the first, in a
+/// cell expected to hold `expected`; member i has tags `tags_of(i)` and
+/// its revocation list at `crl_of(name)`.
+async fn start_group(
+    fleet: &Fleet,
+    op: &Operator,
+    states: &Path,
+    names: &[String],
+    expected: u32,
+    tags_of: impl Fn(usize) -> Vec<&'static str>,
+    crl_of: impl Fn(&str) -> Option<PathBuf>,
+) -> Vec<Member> {
+    let mut members: Vec<Member> = Vec::new();
+    let mut bootstrap = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::create_dir_all(states.join(name)).expect("state dir");
+        let mut member = start_in_cell_of(
+            expected,
+            fleet.enrol(Role::Node, name),
+            bootstrap.clone(),
+            op,
+            &states.join(name),
+            &tags_of(i),
+            crl_of(name),
+        );
+        if i == 0 {
+            bootstrap.push(listen_addr(&mut member).await);
+        }
+        members.push(member);
+    }
+    members
+}
+
+fn named(prefix: &str, n: usize, width: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:0width$}")).collect()
 }
 
 fn status(m: &Member) -> Option<TaskPlaneStatus> {
@@ -228,27 +287,16 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
             vec![]
         }
     };
-    let mut first = start(
-        fleet.enrol(Role::Node, "n000"),
-        vec![],
+    let members = start_group(
+        &fleet,
         &op,
-        &states.path().join("n000"),
-        &tags_of(0),
-        None,
-    );
-    let addr = listen_addr(&mut first).await;
-    let mut members = vec![first];
-    for i in 1..N {
-        let name = format!("n{i:03}");
-        members.push(start(
-            fleet.enrol(Role::Node, &name),
-            vec![addr.clone()],
-            &op,
-            &states.path().join(&name),
-            &tags_of(i),
-            None,
-        ));
-    }
+        states.path(),
+        &named("n", N, 3),
+        50,
+        tags_of,
+        |_| None,
+    )
+    .await;
     wait_all(&members, "every member's task plane", 60, |m| {
         status(m).is_some()
     })
@@ -382,28 +430,17 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     let op = Operator::new();
     let states = tempfile::tempdir().expect("tempdir");
     let crl_of = |name: &str| Some(states.path().join(name).join("crl.pem"));
-    let mut first = start(
-        fleet.enrol(Role::Node, "m0"),
-        vec![],
+    let mut members = start_group(
+        &fleet,
         &op,
-        &states.path().join("m0"),
-        &[],
-        crl_of("m0"),
-    );
-    let addr = listen_addr(&mut first).await;
-    let mut members = vec![first];
-    for i in 1..N {
-        let name = format!("m{i}");
-        std::fs::create_dir_all(states.path().join(&name)).expect("state dir");
-        members.push(start(
-            fleet.enrol(Role::Node, &name),
-            vec![addr.clone()],
-            &op,
-            &states.path().join(&name),
-            &[],
-            crl_of(&name),
-        ));
-    }
+        states.path(),
+        &named("m", N, 1),
+        50,
+        |_| vec![],
+        crl_of,
+    )
+    .await;
+    let addr = listen_addr(&mut members[0]).await;
     wait_all(&members, "the whole cell", 60, |m| {
         m.view
             .borrow()
@@ -660,6 +697,256 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     };
     assert_eq!(after_states, states_of(&before));
     for m in others.into_iter().chain(again) {
+        let _ = m.stop.send(true);
+    }
+}
+
+/// A compromised member (its certificate is genuine; its trust root was
+/// replaced by an intruder's, so it takes the intruder's tasks as valid and
+/// relays them) floods forged tasks by gossip and offers them by
+/// anti-entropy. Every honest member refuses them, checks only the first
+/// few it is sent (gossipsub graylists the forger after one; anti-entropy
+/// holds it off after one), and the operator's task still reaches all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_relaying_forgeries_is_ignored_and_honest_tasks_arrive() {
+    const HONEST: usize = 7;
+    const FORGED: usize = 64;
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let intruder = Operator::with_seed(66);
+    let states = tempfile::tempdir().expect("tempdir");
+    let mut honest = start_group(
+        &fleet,
+        &op,
+        states.path(),
+        &named("h", HONEST, 1),
+        50,
+        |_| vec![],
+        |_| None,
+    )
+    .await;
+    let addr = listen_addr(&mut honest[0]).await;
+    let forger = start(
+        fleet.enrol(Role::Node, "forger"),
+        vec![addr.clone()],
+        &intruder,
+        &states.path().join("forger"),
+        &[],
+        None,
+    );
+    let everyone = |m: &Member| {
+        m.view
+            .borrow()
+            .cell
+            .as_ref()
+            .is_some_and(|c| c.members.len() == HONEST + 1)
+    };
+    wait_all(&honest, "a cell of every member", 120, everyone).await;
+    wait_all(
+        std::slice::from_ref(&forger),
+        "the forger in the cell",
+        60,
+        everyone,
+    )
+    .await;
+
+    // The flood: every forgery handed to the forger at once (its inbox
+    // takes 16 a second), and the operator's task in the middle of it.
+    let inbox = states.path().join("forger").join(INBOX_DIR);
+    for i in 0..FORGED {
+        let task = intruder.task(&format!("forged-{i:02}"), every_host(), dns_off());
+        let tmp = inbox.join(format!("f{i:02}.part"));
+        std::fs::write(&tmp, task).expect("inbox write");
+        std::fs::rename(&tmp, inbox.join(format!("f{i:02}.task"))).expect("inbox rename");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let honest_task = op.task("honest", every_host(), dns_off());
+    let verdict = publish(&honest[3], "honest", &honest_task).await;
+    assert_eq!(verdict["verdict"], "accepted", "{verdict}");
+    wait_all(&honest, "the honest task applied", 30, |m| {
+        state_of(m, "honest").as_deref() == Some("applied")
+    })
+    .await;
+    // The forger took all of its own forgeries, so it offered each.
+    wait_all(
+        std::slice::from_ref(&forger),
+        "the forger's flood",
+        30,
+        |m| status(m).is_some_and(|s| s.tasks.len() >= FORGED),
+    )
+    .await;
+    // Anti-entropy every ~2 s: several exchanges with the forger each.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut checked = Vec::new();
+    for m in &honest {
+        let s = status(m).expect("status");
+        assert!(
+            s.tasks.iter().all(|t| !t.task_id.starts_with("forged")),
+            "an honest member took a forgery"
+        );
+        checked.push(s.refused.get("forged").copied().unwrap_or(0));
+    }
+    eprintln!("forgeries checked per honest member: {checked:?}");
+    // Unprotected, each would check every forgery at least once (by
+    // gossip from the forger) and again at each exchange with it.
+    let total: u64 = checked.iter().sum();
+    assert!(
+        checked.iter().all(|&n| n < FORGED as u64 / 2),
+        "forgeries checked per honest member: {checked:?}"
+    );
+    assert!(total > 0, "the forger did send: {checked:?}");
+    let _ = forger.stop.send(true);
+    for m in honest {
+        let _ = m.stop.send(true);
+    }
+}
+
+/// Asks `m` for `cell`'s table as `starlingctl fleet --cell` does (a
+/// question file, the answer beside it).
+async fn ask_cell(m: &Member, cell: &str) -> starling_task::fleet::CellTable {
+    let dir = m.state.join(QUERIES_DIR);
+    let tmp = dir.join("q.part");
+    std::fs::write(&tmp, serde_json::json!({ "cell": cell }).to_string()).expect("question");
+    std::fs::rename(&tmp, dir.join("q.query")).expect("question handed over");
+    let answer = dir.join("q.result");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(bytes) = std::fs::read(&answer) {
+            std::fs::remove_file(&answer).expect("answer taken");
+            let value: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+            return serde_json::from_value(value["table"].clone())
+                .unwrap_or_else(|e| panic!("no table in {value}: {e}"));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The fleet's hosts without a task in sight: every member's heartbeat
+/// (version, machine facts, the spool backlog its node gives it) reaches
+/// its cell's aggregator, every member hears the cell's summary counting
+/// each live host's version, a member that is not the aggregator gets the
+/// cell's whole table by asking it, and a stopped member is named down,
+/// with since when, in the summary and in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_shows_every_host_its_heartbeat_and_who_is_down() {
+    const N: usize = 6;
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let members = start_group(
+        &fleet,
+        &op,
+        states.path(),
+        &named("f", N, 1),
+        N as u32,
+        |_| vec!["rack-1"],
+        |_| None,
+    )
+    .await;
+    // What f3's node would say of its spool.
+    members[3]
+        .commands
+        .send(MeshCommand::SpoolBacklog(1234))
+        .await
+        .expect("command taken");
+    wait_all(&members, "a cell of every member", 120, |m| {
+        m.view
+            .borrow()
+            .cell
+            .as_ref()
+            .is_some_and(|c| c.members.len() == N)
+    })
+    .await;
+    let versions_counted = |m: &Member| -> u32 {
+        status(m).map_or(0, |s| {
+            s.fleet_view
+                .cells
+                .values()
+                .map(|c| c.hosts.versions.values().sum::<u32>())
+                .sum()
+        })
+    };
+    // Members report once their cell's aggregators have settled (30 s).
+    wait_all(
+        &members,
+        "a summary counting every host's version",
+        120,
+        |m| versions_counted(m) == N as u32,
+    )
+    .await;
+    let s = status(&members[0]).expect("status");
+    assert_eq!(s.fleet_view.cells.len(), 1);
+    let (cell, summary) = s.fleet_view.cells.iter().next().expect("one cell");
+    assert_eq!(summary.hosts.versions.get("test"), Some(&(N as u32)));
+    assert_eq!(summary.hosts.down_count, 0);
+
+    // A member that is not an aggregator asks the one that summed the cell.
+    let asker = members
+        .iter()
+        .position(|m| !m.view.borrow().is_aggregator())
+        .expect("a member that is not an aggregator");
+    let table = ask_cell(&members[asker], cell).await;
+    assert_eq!(table.hosts.len(), N);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel");
+    for row in &table.hosts {
+        assert!(row.alive, "{}", row.host);
+        let beat = row.heartbeat.as_ref().expect("a heartbeat");
+        assert_eq!(beat.agent_version, "test");
+        assert_eq!(beat.kernel, kernel.trim());
+        assert_eq!(beat.arch, std::env::consts::ARCH);
+        assert_eq!(beat.tags, ["rack-1"]);
+        assert!(beat.rss_bytes > 0);
+        assert!(!beat.addrs.is_empty());
+        let backlog = if row.host == "f3" { 1234 } else { 0 };
+        assert_eq!(beat.spool_backlog, backlog, "{}", row.host);
+    }
+
+    // A member stops: the summary names it down, and so does the table.
+    let gone = (0..N)
+        .rev()
+        .find(|&i| i != asker && !members[i].view.borrow().is_aggregator())
+        .expect("another member that is not an aggregator");
+    let gone_name = format!("f{gone}");
+    let stopped_at = now() * 1000;
+    let _ = members[gone].stop.send(true);
+    let others: Vec<&Member> = (0..N).filter(|&i| i != gone).map(|i| &members[i]).collect();
+    let down_named = |m: &Member| {
+        status(m).is_some_and(|s| {
+            s.fleet_view
+                .cells
+                .values()
+                .any(|c| c.hosts.down.iter().any(|d| d.host == gone_name))
+        })
+    };
+    // Noticed by SWIM, then in the next summary (heartbeats alone: every
+    // 60 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !others.iter().all(|m| down_named(m)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{gone_name} not named down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = status(&members[asker]).expect("status");
+    let down = &s.fleet_view.cells[cell].hosts.down;
+    assert_eq!(down.len(), 1);
+    // Down since it was last seen live: around when it stopped.
+    assert!(
+        down[0].since_ms + 30_000 >= stopped_at && down[0].since_ms <= stopped_at + 30_000,
+        "down since {} for a stop at {stopped_at}",
+        down[0].since_ms
+    );
+    let table = ask_cell(&members[asker], cell).await;
+    let row = table
+        .hosts
+        .iter()
+        .find(|r| r.host == gone_name)
+        .expect("the stopped host is still in the table");
+    assert!(!row.alive);
+    assert_eq!(table.hosts.iter().filter(|r| r.alive).count(), N - 1);
+    for m in members {
         let _ = m.stop.send(true);
     }
 }

@@ -166,7 +166,8 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     // Tasks that end by themselves once shutdown turns true.
     let mut background = vec![tokio::spawn(trust.clone().watch(shutdown_rx.clone()))];
     let (targets, fleet_settings) = if config.mesh.enabled {
-        let parts = starling_node::mesh::start(&config, &trust, shutdown_rx.clone())?;
+        let parts =
+            starling_node::mesh::start(&config, &trust, spool.clone(), shutdown_rx.clone())?;
         background.extend(parts.tasks);
         if let Some(changes) = parts.task_events {
             background.push(tokio::spawn(starling_node::fleet::write_audit_events(

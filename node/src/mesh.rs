@@ -37,11 +37,13 @@ pub struct MeshParts {
     pub task_events: Option<mpsc::Receiver<starling_proto::v1::TaskStateChange>>,
 }
 
-/// Joins the mesh as configured; the relay checks peers with `trust`.
-/// Must run inside the runtime.
+/// Joins the mesh as configured; the relay checks peers with `trust`, and
+/// the member's heartbeat carries `spool`'s backlog. Must run inside the
+/// runtime.
 pub fn start(
     config: &NodeConfig,
     trust: &DataPlaneTrust,
+    spool: Arc<crate::spool::Spool>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<MeshParts> {
     let section = &config.mesh;
@@ -149,7 +151,7 @@ pub fn start(
     tasks.push(tokio::spawn(report(
         view.clone(),
         serving_tx,
-        relay,
+        LocalLoad { relay, spool },
         commands,
         target_rx.clone(),
         config.data_dir.join(STATUS_FILE),
@@ -167,12 +169,19 @@ pub fn start(
     })
 }
 
+/// What this node tells the mesh about itself: its relay's load (when it
+/// may relay) and its spool's backlog (for its heartbeat).
+struct LocalLoad {
+    relay: Option<Arc<Relay>>,
+    spool: Arc<crate::spool::Spool>,
+}
+
 /// Every two seconds: tells the relay whether it serves, tells the mesh
-/// the relay's load, and writes the status file.
+/// the relay's load and the spool's backlog, and writes the status file.
 async fn report(
     view: watch::Receiver<MeshView>,
     serving: watch::Sender<bool>,
-    relay: Option<Arc<Relay>>,
+    load: LocalLoad,
     commands: mpsc::Sender<MeshCommand>,
     target: watch::Receiver<Option<Target>>,
     status_path: PathBuf,
@@ -191,8 +200,9 @@ async fn report(
         }
         let is_aggregator = view.borrow().is_aggregator();
         serving.send_if_modified(|s| std::mem::replace(s, is_aggregator) != is_aggregator);
-        let relay_nodes = relay.as_ref().map_or(0, |r| r.nodes());
-        if let Some(r) = &relay {
+        let relay_nodes = load.relay.as_ref().map_or(0, |r| r.nodes());
+        let _ = commands.try_send(MeshCommand::SpoolBacklog(load.spool.stats().events));
+        if let Some(r) = &load.relay {
             let _ = commands.try_send(MeshCommand::NodeLoad {
                 attached: r.nodes() as u32,
                 load_pct: r.load_pct(),

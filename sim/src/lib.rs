@@ -6,12 +6,14 @@
 
 pub mod broker;
 pub mod client;
+pub mod event_queue;
 pub mod hostile_relay;
 pub mod kafka;
 pub mod load;
 pub mod netns;
 pub mod netsim;
 pub mod process;
+pub mod task_spread;
 pub mod tasks;
 
 pub use broker::Broker;

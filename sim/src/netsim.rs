@@ -3,8 +3,7 @@
 //! counters per member. It drives the same sans-I/O state machines that
 //! production runs, deterministically from a seed.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +11,8 @@ use foca::Timer;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use starling_mesh::membership::{CellMembership, MemberId, MemberInfo, Output};
+
+use crate::event_queue::EventQueue;
 
 /// How often each member runs its catch-up tick.
 const TICK: Duration = Duration::from_secs(5);
@@ -29,31 +30,6 @@ enum Event {
         member: usize,
         timer: Timer<MemberId>,
     },
-}
-
-struct Scheduled {
-    at: Duration,
-    seq: u64,
-    event: Event,
-    /// How long a busy member held this event back.
-    held: Duration,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 /// A member of the simulation.
@@ -79,8 +55,8 @@ pub struct DownEvent {
 /// The simulated network.
 pub struct SimNet {
     now: Duration,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Events, each with how long a busy member held it back.
+    queue: EventQueue<(Event, Duration)>,
     members: Vec<SimMember>,
     by_host: HashMap<String, usize>,
     rng: SmallRng,
@@ -98,8 +74,7 @@ impl SimNet {
     pub fn new(seed: u64, latency: Duration) -> Self {
         Self {
             now: Duration::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             members: Vec::new(),
             by_host: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
@@ -160,13 +135,7 @@ impl SimNet {
     }
 
     fn schedule(&mut self, after: Duration, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at: self.now + after,
-            seq: self.seq,
-            event,
-            held: Duration::ZERO,
-        }));
+        self.queue.push(self.now + after, (event, Duration::ZERO));
     }
 
     /// Makes a member busy, as a host whose CPU is saturated: it reads
@@ -234,35 +203,23 @@ impl SimNet {
     /// Runs the simulation for `duration` of simulated time.
     pub fn run_for(&mut self, duration: Duration) {
         let end = self.now + duration;
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > end {
-                break;
-            }
-            let Some(Reverse(s)) = self.queue.pop() else {
-                break;
-            };
-            self.now = s.at;
-            let target = match &s.event {
+        while let Some((at, (event, held))) = self.queue.pop_until(end) {
+            self.now = at;
+            let target = match &event {
                 Event::Deliver { to, .. } => *to,
                 Event::Tick { member } | Event::Timer { member, .. } => *member,
             };
             let backlog = self.members[target].backlog;
-            if s.held.is_zero() && !backlog.is_zero() {
-                let hold = match s.event {
+            if held.is_zero() && !backlog.is_zero() {
+                let hold = match event {
                     Event::Deliver { .. } => backlog,
                     _ => backlog / 10,
                 };
-                self.seq += 1;
-                self.queue.push(Reverse(Scheduled {
-                    at: self.now + hold,
-                    seq: self.seq,
-                    held: hold,
-                    event: s.event,
-                }));
+                self.queue.push(self.now + hold, (event, hold));
                 continue;
             }
-            let late = s.held;
-            match s.event {
+            let late = held;
+            match event {
                 Event::Deliver { from, to, data } => {
                     if !self.members[to].alive {
                         continue;

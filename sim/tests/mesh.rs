@@ -366,6 +366,61 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         "every node's task_state event reached a sink"
     );
 
+    // `starlingctl fleet` from any node: the cell with every host's
+    // version, then the cell's table asked of its aggregator, each host
+    // with its heartbeat (real nodes: their real spool backlog).
+    let counted = wait_for(Duration::from_secs(90), || {
+        let text = run(&[
+            &os("fleet"),
+            &os("--json"),
+            &os("--data-dir"),
+            data_dir.as_os_str(),
+        ])
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let versions = v["cells"][cell.as_str()]["hosts"]["versions"].as_object()?;
+        let hosts: u64 = versions.values().filter_map(|n| n.as_u64()).sum();
+        (hosts == NODES as u64).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "the cell summary counts every node's version"
+    );
+    let text = run(&[&os("fleet"), &os("--data-dir"), data_dir.as_os_str()])?;
+    println!("{text}");
+    assert!(
+        text.contains(&format!("1 cells: {NODES} hosts live, 0 down")),
+        "{text}"
+    );
+    let text = run(&[
+        &os("fleet"),
+        &os("--cell"),
+        &os(&cell),
+        &os("--json"),
+        &os("--data-dir"),
+        data_dir.as_os_str(),
+    ])?;
+    let table: starling_task::fleet::CellTable = serde_json::from_str(&text)?;
+    assert_eq!(table.hosts.len(), NODES);
+    for row in &table.hosts {
+        let beat = row.heartbeat.as_ref().expect("every node sent a heartbeat");
+        assert!(
+            row.alive && !beat.kernel.is_empty() && beat.rss_bytes > 0,
+            "{row:?}"
+        );
+    }
+    let text = run(&[
+        &os("fleet"),
+        &os("--cell"),
+        &os(&cell),
+        &os("--data-dir"),
+        data_dir.as_os_str(),
+    ])?;
+    println!("{text}");
+    for n in &names {
+        assert!(text.contains(n.as_str()), "fleet --cell lacks {n}:\n{text}");
+    }
+
     exec_marked("before-aggregator-dies", 5);
     let arrived = wait_for(Duration::from_secs(60), || {
         let got = stored(&readers);

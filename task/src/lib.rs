@@ -5,12 +5,14 @@
 //! (docs/tasks.md).
 
 pub mod check;
+pub mod fleet;
 pub mod keys;
 pub mod ledger;
 pub mod plane;
 pub mod rollup;
 pub mod root;
 pub mod sign;
+pub mod sync;
 pub mod target;
 
 #[cfg(test)]

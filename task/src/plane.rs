@@ -270,38 +270,8 @@ fn short(digest: &[u8; 32]) -> ShortDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{root_of, Operators};
-    use starling_proto::v1::task_payload::Body;
-    use starling_proto::v1::{HostTags, TagChange, TargetSelector, TaskPayload};
-
-    const NOW: u64 = 100_000;
-
-    fn plane(ops: &Operators, host: &str) -> TaskPlane {
-        let root =
-            TrustedRoot::install(&ops.signed_root(&root_of(ops, "f", 1, 1), &[0]), NOW).unwrap();
-        TaskPlane::new(root, Ledger::default(), host, BTreeSet::new())
-    }
-
-    fn tag_task(ops: &Operators, id: &str, tag: &str, target: TargetSelector) -> Vec<u8> {
-        ops.signed_task(
-            &TaskPayload {
-                fleet: "f".into(),
-                task_id: id.into(),
-                not_before: NOW - 10,
-                not_after: NOW + 1000,
-                target: Some(target),
-                reason: String::new(),
-                body: Some(Body::Tags(HostTags {
-                    changes: vec![TagChange {
-                        tag: tag.into(),
-                        generation: 1,
-                        remove: false,
-                    }],
-                })),
-            },
-            &[0],
-        )
-    }
+    use crate::testkit::{plane, tag_task, Operators, NOW};
+    use starling_proto::v1::TargetSelector;
 
     fn deliver(p: &mut TaskPlane, signed: &[u8]) -> bool {
         match p.receive(signed, NOW) {

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::{CellHosts, CellTable, DownHost, Heartbeat, HostRow, MAX_TABLE_HOSTS};
+
 /// Hosts named per state and cell in a summary; beyond it, a count.
 pub const MAX_NAMED_HOSTS: usize = 64;
 /// Tasks in one host report or cell summary.
@@ -26,11 +28,14 @@ pub const DOWN_MEMORY_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_DOWN_HOSTS: usize = 4096;
 
 /// What one host says about its tasks (to its cell's aggregators).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostReport {
     pub host: String,
     /// Task id -> (state, detail).
     pub states: BTreeMap<String, (String, String)>,
+    /// What the host says about itself (crate::fleet).
+    #[serde(default)]
+    pub heartbeat: Option<Heartbeat>,
 }
 
 /// One task's states across a cell (or, added up, the fleet).
@@ -84,11 +89,14 @@ pub struct CellSummary {
     pub members: u32,
     /// Task id -> its states in the cell.
     pub tasks: BTreeMap<String, TaskCounts>,
+    /// The cell's hosts: down, versions, whom to ask for the table.
+    pub hosts: CellHosts,
 }
 
 impl CellSummary {
     /// Checks a summary from the network against the limits.
     pub fn check(&self) -> Result<(), String> {
+        self.hosts.check()?;
         if self.tasks.len() > MAX_REPORTED_TASKS {
             return Err(format!("{} tasks", self.tasks.len()));
         }
@@ -104,22 +112,114 @@ impl CellSummary {
     }
 }
 
+/// What became of a host's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Taken, and the cell's summary changes with it.
+    Changed,
+    /// Taken; the summary stays as it was (only heartbeat figures moved).
+    Same,
+    /// It breaks the limits.
+    Refused,
+}
+
 /// What an aggregator holds of its cell: the latest report of each host,
-/// and when it last saw the host live.
+/// when it came, and when the aggregator last saw the host live.
 #[derive(Debug, Default)]
 pub struct CellRollup {
-    reports: BTreeMap<String, (HostReport, u64)>,
+    reports: BTreeMap<String, Reported>,
+}
+
+#[derive(Debug)]
+struct Reported {
+    report: HostReport,
+    received_ms: u64,
+    seen_ms: u64,
 }
 
 impl CellRollup {
-    /// Takes a host's report (replacing its last); false when it breaks
-    /// the limits.
-    pub fn take(&mut self, report: HostReport, now_ms: u64) -> bool {
-        if report.states.len() > MAX_REPORTED_TASKS {
-            return false;
+    /// Takes a host's report (replacing its last).
+    pub fn take(&mut self, report: HostReport, now_ms: u64) -> Taken {
+        if report.states.len() > MAX_REPORTED_TASKS
+            || report
+                .heartbeat
+                .as_ref()
+                .is_some_and(|h| h.check().is_err())
+            || (!self.reports.contains_key(&report.host) && self.reports.len() >= MAX_DOWN_HOSTS)
+        {
+            return Taken::Refused;
         }
-        self.reports.insert(report.host.clone(), (report, now_ms));
-        true
+        // What a summary shows of a host: its states and its version. A
+        // heartbeat's figures change with every report and are shown only
+        // in the cell's table, so they alone do not make a new summary.
+        let version = |r: &HostReport| r.heartbeat.as_ref().map(|h| h.agent_version.clone());
+        let changed = self.reports.get(&report.host).is_none_or(|old| {
+            old.report.states != report.states || version(&old.report) != version(&report)
+        });
+        self.reports.insert(
+            report.host.clone(),
+            Reported {
+                report,
+                received_ms: now_ms,
+                seen_ms: now_ms,
+            },
+        );
+        if changed {
+            Taken::Changed
+        } else {
+            Taken::Same
+        }
+    }
+
+    /// Whether any host reported a task.
+    pub fn holds_tasks(&self) -> bool {
+        self.reports.values().any(|r| !r.report.states.is_empty())
+    }
+
+    /// Marks `members` live at `at_ms` and forgets hosts not seen live
+    /// for a day.
+    fn refresh(&mut self, members: &[String], at_ms: u64) {
+        let live: BTreeSet<&String> = members.iter().collect();
+        for (host, r) in self.reports.iter_mut() {
+            if live.contains(host) {
+                r.seen_ms = at_ms;
+            }
+        }
+        self.reports
+            .retain(|_, r| at_ms.saturating_sub(r.seen_ms) <= DOWN_MEMORY_MS);
+    }
+
+    /// The table of the cell whose live members are `members`: each
+    /// member with its last heartbeat, then every host that reported and
+    /// left within a day.
+    pub fn table(&mut self, cell: &str, by: &str, members: &[String], at_ms: u64) -> CellTable {
+        self.refresh(members, at_ms);
+        let live: BTreeSet<&String> = members.iter().collect();
+        let row = |host: &String, r: Option<&Reported>| HostRow {
+            host: host.clone(),
+            alive: live.contains(host),
+            last_seen_ms: r.map_or(at_ms, |r| r.seen_ms),
+            heartbeat: r.and_then(|r| r.report.heartbeat.clone()),
+            heartbeat_at_ms: r.map_or(0, |r| r.received_ms),
+        };
+        let mut hosts: Vec<HostRow> = members
+            .iter()
+            .map(|h| row(h, self.reports.get(h)))
+            .chain(
+                self.reports
+                    .iter()
+                    .filter(|(h, _)| !live.contains(h))
+                    .map(|(h, r)| row(h, Some(r))),
+            )
+            .take(MAX_TABLE_HOSTS)
+            .collect();
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        CellTable {
+            cell: cell.into(),
+            by: by.into(),
+            at_ms,
+            hosts,
+        }
     }
 
     /// Sums the cell whose live members are `members`: each member in the
@@ -129,14 +229,8 @@ impl CellRollup {
     /// state (applied, failed, refused, stopped, not targeted) or as
     /// `down`, for a day.
     pub fn summary(&mut self, cell: &str, by: &str, members: &[String], at_ms: u64) -> CellSummary {
+        self.refresh(members, at_ms);
         let live: BTreeSet<&String> = members.iter().collect();
-        for (host, (_, seen)) in self.reports.iter_mut() {
-            if live.contains(host) {
-                *seen = at_ms;
-            }
-        }
-        self.reports
-            .retain(|_, (_, seen)| at_ms.saturating_sub(*seen) <= DOWN_MEMORY_MS);
         let gone: Vec<&String> = self
             .reports
             .keys()
@@ -146,7 +240,7 @@ impl CellRollup {
         let task_ids: BTreeSet<&String> = self
             .reports
             .values()
-            .flat_map(|(r, _)| r.states.keys())
+            .flat_map(|r| r.report.states.keys())
             .take(MAX_REPORTED_TASKS)
             .collect();
         let mut tasks: BTreeMap<String, TaskCounts> = BTreeMap::new();
@@ -154,7 +248,7 @@ impl CellRollup {
             let counts = tasks.entry(id.clone()).or_default();
             for host in members {
                 match self.reports.get(host) {
-                    Some((r, _)) => match r.states.get(id) {
+                    Some(r) => match r.report.states.get(id) {
                         Some((state, _)) => counts.add(state, host),
                         None => counts.add(NO_ANSWER, host),
                     },
@@ -162,11 +256,38 @@ impl CellRollup {
                 }
             }
             for host in &gone {
-                let last = self.reports.get(*host).and_then(|(r, _)| r.states.get(id));
+                let last = self
+                    .reports
+                    .get(*host)
+                    .and_then(|r| r.report.states.get(id));
                 match last {
                     Some((state, _)) if state != "pending" => counts.add(state, host),
                     _ => counts.add(DOWN, host),
                 }
+            }
+        }
+        let mut hosts = CellHosts {
+            down_count: gone.len() as u32,
+            ..Default::default()
+        };
+        let mut down: Vec<DownHost> = gone
+            .iter()
+            .filter_map(|h| self.reports.get(*h))
+            .map(|r| DownHost {
+                host: r.report.host.clone(),
+                since_ms: r.seen_ms,
+            })
+            .collect();
+        down.sort_by_key(|d| (d.since_ms, d.host.clone()));
+        down.truncate(MAX_NAMED_HOSTS);
+        hosts.down = down;
+        for host in members {
+            if let Some(h) = self
+                .reports
+                .get(host)
+                .and_then(|r| r.report.heartbeat.as_ref())
+            {
+                hosts.count_version(&h.agent_version);
             }
         }
         CellSummary {
@@ -175,6 +296,7 @@ impl CellRollup {
             at_ms,
             members: members.len() as u32,
             tasks,
+            hosts,
         }
     }
 }
@@ -237,6 +359,7 @@ mod tests {
                 .iter()
                 .map(|(t, s)| (t.to_string(), (s.to_string(), String::new())))
                 .collect(),
+            heartbeat: None,
         }
     }
 
@@ -316,7 +439,96 @@ mod tests {
                 .iter()
                 .map(|(t, s)| (t.clone(), (s.to_string(), String::new())))
                 .collect(),
+            heartbeat: None,
         };
-        assert!(!cell.take(big, 0));
+        assert_eq!(cell.take(big, 0), Taken::Refused);
+    }
+
+    fn beat(host: &str, version: &str) -> HostReport {
+        HostReport {
+            heartbeat: Some(Heartbeat {
+                agent_version: version.into(),
+                kernel: "6.1.0".into(),
+                spool_backlog: 7,
+                ..Default::default()
+            }),
+            ..report(host, &[])
+        }
+    }
+
+    #[test]
+    fn a_cell_names_its_hosts_down_since_they_left_and_counts_versions() {
+        let mut cell = CellRollup::default();
+        for (h, v) in [("a", "1.0"), ("b", "1.0"), ("c", "1.1"), ("d", "1.0")] {
+            assert_eq!(cell.take(beat(h, v), 100), Taken::Changed);
+        }
+        // New figures alone do not change the summary; a new version does.
+        let mut busier = beat("a", "1.0");
+        if let Some(h) = busier.heartbeat.as_mut() {
+            h.spool_backlog = 9_000;
+        }
+        assert_eq!(cell.take(busier, 100), Taken::Same);
+        assert_eq!(cell.take(beat("a", "1.1"), 100), Taken::Changed);
+        assert_eq!(cell.take(beat("a", "1.0"), 100), Taken::Changed);
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let s = cell.summary("c1", "a", &all, 1_000);
+        assert_eq!(s.hosts.down_count, 0);
+        assert_eq!(s.hosts.versions["1.0"], 3);
+        assert_eq!(s.hosts.versions["1.1"], 1);
+        // d leaves at 1,000 (last seen live), c at 5,000.
+        let three = &all[..3];
+        cell.summary("c1", "a", three, 5_000);
+        let two = &all[..2];
+        let s = cell.summary("c1", "a", two, 9_000);
+        assert_eq!(s.hosts.down_count, 2);
+        let down: Vec<(&str, u64)> = s
+            .hosts
+            .down
+            .iter()
+            .map(|d| (d.host.as_str(), d.since_ms))
+            .collect();
+        assert_eq!(down, [("d", 1_000), ("c", 5_000)], "longest down first");
+        assert_eq!(s.hosts.versions["1.0"], 2, "only live hosts counted");
+        assert!(!s.hosts.versions.contains_key("1.1"));
+        assert!(s.check().is_ok());
+
+        // The table: every host, live or not, with its last heartbeat;
+        // a live member that never reported has none.
+        let mut members = two.to_vec();
+        members.push("e".into());
+        let t = cell.table("c1", "a", &members, 10_000);
+        let rows: Vec<(&str, bool, u64)> = t
+            .hosts
+            .iter()
+            .map(|r| (r.host.as_str(), r.alive, r.last_seen_ms))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", true, 10_000),
+                ("b", true, 10_000),
+                ("c", false, 5_000),
+                ("d", false, 1_000),
+                ("e", true, 10_000)
+            ]
+        );
+        assert_eq!(
+            t.hosts[0].heartbeat.as_ref().map(|h| h.spool_backlog),
+            Some(7)
+        );
+        assert_eq!(t.hosts[0].heartbeat_at_ms, 100);
+        assert!(t.hosts[4].heartbeat.is_none());
+        assert!(t.check().is_ok());
+    }
+
+    #[test]
+    fn a_report_with_a_heartbeat_over_the_limits_is_refused() {
+        let mut cell = CellRollup::default();
+        let mut bad = beat("a", "1.0");
+        if let Some(h) = bad.heartbeat.as_mut() {
+            h.tags = vec!["t".into(); crate::fleet::MAX_FACT_ITEMS + 1];
+        }
+        assert_eq!(cell.take(bad, 0), Taken::Refused);
+        assert_eq!(cell.take(beat("a", "1.0"), 0), Taken::Changed);
     }
 }

@@ -1,9 +1,13 @@
 //! Keys, roots and tasks for the crate's own tests.
 
-use starling_proto::v1::{TaskPayload, TrustRoot};
+use starling_proto::v1::task_payload::Body;
+use starling_proto::v1::{HostTags, TagChange, TargetSelector, TaskPayload, TrustRoot};
 
 use crate::keys::OperatorKeyPair;
+use crate::ledger::Ledger;
+use crate::plane::TaskPlane;
 use crate::root::new_root;
+use crate::root::TrustedRoot;
 use crate::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
 
 /// `n` operator keys from fixed seeds.
@@ -51,4 +55,38 @@ pub fn root_of(ops: &Operators, fleet: &str, version: u64, threshold: u32) -> Tr
         .map(|(i, k)| (k.public_key(), format!("op{i}")))
         .collect();
     new_root(fleet, version, 1_000_000, &keys, threshold, threshold).expect("a valid root")
+}
+
+/// The time the plane and tag-task helpers below work at.
+pub const NOW: u64 = 100_000;
+
+/// A host's task plane in fleet "f" whose root lists `ops` (one
+/// signature each).
+pub fn plane(ops: &Operators, host: &str) -> TaskPlane {
+    let root = TrustedRoot::install(&ops.signed_root(&root_of(ops, "f", 1, 1), &[0]), NOW)
+        .expect("a valid root");
+    TaskPlane::new(root, Ledger::default(), host, Default::default())
+}
+
+/// A task of fleet "f" setting tag `tag` (generation 1) on `target`,
+/// signed by the first operator, valid around [`NOW`].
+pub fn tag_task(ops: &Operators, id: &str, tag: &str, target: TargetSelector) -> Vec<u8> {
+    ops.signed_task(
+        &TaskPayload {
+            fleet: "f".into(),
+            task_id: id.into(),
+            not_before: NOW - 10,
+            not_after: NOW + 1000,
+            target: Some(target),
+            reason: String::new(),
+            body: Some(Body::Tags(HostTags {
+                changes: vec![TagChange {
+                    tag: tag.into(),
+                    generation: 1,
+                    remove: false,
+                }],
+            })),
+        },
+        &[0],
+    )
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::{gossipsub, PeerId, StreamProtocol};
-use starling_task::rollup::{CellSummary, HostReport};
+use starling_task::rollup::{CellSummary, HostReport, Taken};
 
 use super::Mesh;
 
@@ -29,6 +29,9 @@ const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// a member came or went, and at least this often otherwise.
 const SUMMARY_MIN: Duration = Duration::from_secs(2);
 const SUMMARY_MAX: Duration = Duration::from_secs(30);
+/// A cell whose members hold no task (heartbeats only) is summed this
+/// often.
+const HOSTS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// A member publishes its cell's summaries once it has been the cell's
 /// first aggregator this long.
 const PUBLISHER_SETTLE: Duration = Duration::from_secs(10);
@@ -46,10 +49,13 @@ fn unix_ms() -> u64 {
 }
 
 impl Mesh {
-    /// This member's report: every task it holds and its state here.
-    fn own_report(&self) -> Option<HostReport> {
+    /// This member's report: every task it holds and its state here, and
+    /// its heartbeat.
+    fn own_report(&mut self) -> Option<HostReport> {
+        let heartbeat = self.heartbeat();
         let driver = self.tasks.as_ref()?;
         Some(HostReport {
+            heartbeat,
             host: self.enrolment.identity().name.clone(),
             states: driver
                 .plane
@@ -92,16 +98,32 @@ impl Mesh {
         let due = driver.reported_to != aggregators
             || since
                 .is_none_or(|s| s >= REPORT_EVERY || (driver.report_dirty && s >= REPORT_RETRY));
-        // Nothing to tell while this member holds no task (a fleet at
-        // rest, or starting without any): a cell learns its members from
-        // their first report, once a task reached them.
+        // A member holding a task reports at once; one holding none (its
+        // heartbeat only) once its cell's aggregators have settled: while
+        // a fleet starts, cells and their aggregators change every few
+        // seconds, and reports to each would slow the start (docs/tasks.md).
         let holds_any = driver.plane.ledger().tasks().next().is_some();
-        if due && !aggregators.is_empty() && (holds_any || driver.last_report.is_some()) {
+        let settled = driver.fleet_hosts.settled(&aggregators, now);
+        let formed = self.cell_formed(now);
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        let settled = settled && formed;
+        if due && !aggregators.is_empty() && (holds_any || driver.last_report.is_some() || settled)
+        {
             driver.report_dirty = false;
             driver.last_report = Some(now);
             driver.reported_to.clone_from(&aggregators);
             if let Some(report) = self.own_report() {
-                let peers = self.peers_of(&aggregators);
+                let mut peers = self.peers_of(&aggregators);
+                if report.states.is_empty() {
+                    // A heartbeat alone never dials: only aggregators this
+                    // member is connected to and admitted by hear it (in a
+                    // formed cell, all of them). Dials for heartbeats while
+                    // cells form multiplied the start-up storm's
+                    // admissions and refusals.
+                    peers.retain(|p| self.table.admitted(p).is_some());
+                }
                 for peer in peers {
                     self.swarm
                         .behaviour_mut()
@@ -110,8 +132,9 @@ impl Mesh {
                 }
                 if aggregators.contains(&me) {
                     if let Some(d) = self.tasks.as_mut() {
-                        d.rollup.take(report, unix_ms());
-                        d.rollup_dirty = true;
+                        if d.rollup.take(report, unix_ms()) == Taken::Changed {
+                            d.rollup_dirty = true;
+                        }
                     }
                 }
             }
@@ -137,6 +160,13 @@ impl Mesh {
         if settled {
             self.publish_summary(now, &cell_name, &me);
         }
+    }
+
+    /// Whether this member's cell has formed, as far as heartbeats go: it
+    /// sees three quarters of the expected cell size, or it has run for
+    /// [`super::fleet::FORMED_AFTER`] (a fleet smaller than one cell).
+    fn cell_formed(&self, now: Instant) -> bool {
+        self.cell_mostly_known() || now.duration_since(self.started) >= super::fleet::FORMED_AFTER
     }
 
     /// PeerIds of the cell members named `hosts` (this member left out).
@@ -166,9 +196,14 @@ impl Mesh {
         };
         let changed = d.rollup_dirty || d.summary_members != members;
         let since = d.last_summary.map(|t| now.duration_since(t));
+        // A cell holding tasks is summed within seconds of a change; one
+        // with heartbeats alone every HOSTS_SUMMARY_EVERY: every summary
+        // is gossiped to the whole fleet, and while cells form their
+        // members come and go every second.
         let due = match since {
             None => true,
-            Some(s) => (changed && s >= SUMMARY_MIN) || s >= SUMMARY_MAX,
+            Some(s) if d.rollup.holds_tasks() => (changed && s >= SUMMARY_MIN) || s >= SUMMARY_MAX,
+            Some(s) => s >= HOSTS_SUMMARY_EVERY,
         };
         if !due {
             return;
@@ -176,11 +211,32 @@ impl Mesh {
         d.rollup_dirty = false;
         d.summary_members.clone_from(&members);
         d.last_summary = Some(now);
-        let summary = d.rollup.summary(cell_name, me, &members, unix_ms());
-        if summary.tasks.is_empty() && !d.fleet.cells.contains_key(cell_name) {
-            // No task in the cell, and none reported before: nothing to say.
+        let mut summary = d.rollup.summary(cell_name, me, &members, unix_ms());
+        let hosts_only = !summary.hosts.versions.is_empty() || summary.hosts.down_count > 0;
+        if summary.tasks.is_empty() && !hosts_only && !d.fleet.cells.contains_key(cell_name) {
+            // No task, no heartbeat and nobody down in the cell, and none
+            // of that before: nothing to say.
             return;
         }
+        let publish_hosts = summary.tasks.is_empty() && !d.fleet.cells.contains_key(cell_name);
+        if publish_hosts && !self.cell_formed(now) {
+            // Heartbeats alone: not from a fragment of a forming cell
+            // (each would publish, and the summaries of hundreds of
+            // fragments slow the cells' forming).
+            return;
+        }
+        // Whom to ask for the cell's table: this member.
+        summary.hosts.by_peer = self.swarm.local_peer_id().to_string();
+        summary.hosts.by_addrs = self
+            .swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+            .take(starling_task::fleet::MAX_FACT_ITEMS)
+            .map(|a| a.to_string())
+            .collect();
+        let Some(d) = self.tasks.as_mut() else {
+            return;
+        };
         d.fleet.take(summary.clone());
         d.status_dirty = true;
         let Ok(bytes) = postcard::to_allocvec(&summary) else {
@@ -263,11 +319,13 @@ impl Mesh {
         let proven = self.table.admitted(&peer).map(|id| id.name.clone());
         let result = match (proven, self.tasks.as_mut()) {
             (Some(name), Some(d)) if name == report.host => {
-                if d.rollup.take(report, unix_ms()) {
-                    d.rollup_dirty = true;
-                    "taken"
-                } else {
-                    "oversized"
+                match d.rollup.take(report, unix_ms()) {
+                    Taken::Changed => {
+                        d.rollup_dirty = true;
+                        "taken"
+                    }
+                    Taken::Same => "taken",
+                    Taken::Refused => "oversized",
                 }
             }
             (Some(_), Some(_)) => "not_its_own",

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
-use starling_task::plane::{ShortDigest, Summary};
+use starling_task::sync;
 
 use super::Mesh;
 
@@ -30,33 +29,7 @@ pub const TASK_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 pub const TASK_SYNCS: &str = "starling_task_syncs_total";
 /// Prometheus counter of anti-entropy bytes, by `direction`.
 pub const TASK_SYNC_BYTES: &str = "starling_task_sync_bytes_total";
-/// About what a summary and a `Same` answer take on the wire (CBOR: a
-/// version, a 32-byte hash, a count; one byte), for the byte counters.
-pub(super) const SUMMARY_BYTES: u64 = 48;
-const SAME_BYTES: u64 = 1;
-/// An anti-entropy request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum SyncRequest {
-    /// What the sender holds.
-    Summary(Summary),
-    /// Tasks the sender lacks, by 8-byte digest prefix (concatenated).
-    Fetch(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Tasks the receiver lacks.
-    Push(Vec<serde_bytes::ByteBuf>),
-}
-
-/// An anti-entropy answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum SyncResponse {
-    /// The summaries match.
-    Same,
-    /// Prefixes of every task the responder holds (concatenated).
-    Held(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The tasks fetched.
-    Tasks(Vec<serde_bytes::ByteBuf>),
-    /// Pushed tasks were taken (each checked like any copy).
-    Taken,
-}
+pub use starling_task::sync::{SyncRequest, SyncResponse};
 
 impl Mesh {
     /// Every `sync_interval`, compares notes with one admitted peer.
@@ -67,7 +40,11 @@ impl Mesh {
         if now < driver.next_sync || !driver.in_flight.is_empty() {
             return;
         }
-        let peers: Vec<PeerId> = self.table.admitted_peers().collect();
+        let peers: Vec<PeerId> = self
+            .table
+            .admitted_peers()
+            .filter(|p| !driver.forgers.contains_key(p))
+            .collect();
         if peers.is_empty() {
             // A member that has just started (or lost every peer) asks
             // as soon as it has one: that is when it has most to catch up.
@@ -78,13 +55,64 @@ impl Mesh {
         let spread = rand::RngExt::random_range(&mut self.rng, 0.5..1.5);
         driver.next_sync = now + driver.settings.sync_interval.mul_f64(spread);
         let peer = peers[rand::RngExt::random_range(&mut self.rng, 0..peers.len())];
-        let summary = driver.plane.summary();
+        let request = sync::open(&driver.plane);
+        self.send_sync(peer, request);
+    }
+
+    /// Checks copies `peer` handed over by anti-entropy, up to the first
+    /// forgery: then the peer is held off for `FORGER_HOLD` (no exchange
+    /// either way, its gossip graylisted) and the rest go unchecked.
+    /// Whether the peer is still trusted.
+    fn take_synced(&mut self, peer: PeerId, copies: &[serde_bytes::ByteBuf]) -> bool {
+        for copy in copies {
+            match self.take_task(copy, "sync") {
+                Err(r) if r.reason.blames_sender() => {
+                    metrics::counter!(super::tasks::TASK_FORGERS, "via" => "sync").increment(1);
+                    tracing::warn!(%peer, error = %r, "a peer handed over a forged task; held off");
+                    if let Some(driver) = self.tasks.as_mut() {
+                        driver
+                            .forgers
+                            .insert(peer, Instant::now() + super::tasks::FORGER_HOLD);
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .set_application_score(&peer, super::tasks::FORGERY_PENALTY);
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Lets peers held off for a forgery back once their time is up.
+    pub(super) fn release_forgers(&mut self, now: Instant) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        let released: Vec<PeerId> = driver
+            .forgers
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in released {
+            driver.forgers.remove(&peer);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, 0.0);
+        }
+    }
+
+    fn send_sync(&mut self, peer: PeerId, request: SyncRequest) {
+        metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(request.payload_bytes());
         let id = self
             .swarm
             .behaviour_mut()
             .tasks_sync
-            .send_request(&peer, SyncRequest::Summary(summary));
-        metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SUMMARY_BYTES);
+            .send_request(&peer, request);
         if let Some(driver) = self.tasks.as_mut() {
             driver.in_flight.insert(id);
         }
@@ -142,37 +170,14 @@ impl Mesh {
         let Some(driver) = self.tasks.as_ref() else {
             return;
         };
-        let response = match request {
-            SyncRequest::Summary(theirs) => {
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SUMMARY_BYTES);
-                let ours = driver.plane.summary();
-                if theirs.set_hash == ours.set_hash && theirs.root_version == ours.root_version {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out").increment(SAME_BYTES);
-                    SyncResponse::Same
-                } else {
-                    let held = driver.plane.held().concat();
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
-                        .increment(held.len() as u64);
-                    SyncResponse::Held(held)
-                }
-            }
-            SyncRequest::Fetch(prefixes) => SyncResponse::Tasks(
-                driver
-                    .plane
-                    .tasks_for(&split_prefixes(&prefixes))
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-            ),
-            SyncRequest::Push(tasks) => {
-                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                        .increment(t.len() as u64);
-                    let _ = self.take_task(t, "sync");
-                }
-                SyncResponse::Taken
-            }
-        };
+        if driver.forgers.contains_key(&peer) {
+            return;
+        }
+        metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(request.payload_bytes());
+        let (response, copies) = sync::answer(&driver.plane, request);
+        self.take_synced(peer, &copies);
+        metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
+            .increment(response.payload_bytes());
         let _ = self
             .swarm
             .behaviour_mut()
@@ -181,86 +186,27 @@ impl Mesh {
     }
 
     fn on_sync_response(&mut self, peer: PeerId, response: SyncResponse) {
-        match response {
-            SyncResponse::Same => {
-                metrics::counter!(TASK_SYNCS, "outcome" => "same").increment(1);
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(SAME_BYTES);
-            }
-            SyncResponse::Held(prefixes) => {
-                metrics::counter!(TASK_SYNCS, "outcome" => "differ").increment(1);
-                metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                    .increment(prefixes.len() as u64);
-                let Some(driver) = self.tasks.as_ref() else {
-                    return;
-                };
-                let (wanted, lacking) = driver.plane.compare(&split_prefixes(&prefixes));
-                if !wanted.is_empty() {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .tasks_sync
-                        .send_request(&peer, SyncRequest::Fetch(wanted.concat()));
-                    if let Some(d) = self.tasks.as_mut() {
-                        d.in_flight.insert(id);
-                    }
-                }
-                if !lacking.is_empty() {
-                    let bytes: usize = lacking.iter().map(Vec::len).sum();
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "out")
-                        .increment(bytes as u64);
-                    let id = self.swarm.behaviour_mut().tasks_sync.send_request(
-                        &peer,
-                        SyncRequest::Push(
-                            lacking
-                                .into_iter()
-                                .map(serde_bytes::ByteBuf::from)
-                                .collect(),
-                        ),
-                    );
-                    if let Some(d) = self.tasks.as_mut() {
-                        d.in_flight.insert(id);
-                    }
-                }
-            }
-            SyncResponse::Tasks(tasks) => {
-                for t in tasks.iter().take(starling_task::plane::MAX_SYNC_ITEMS) {
-                    metrics::counter!(TASK_SYNC_BYTES, "direction" => "in")
-                        .increment(t.len() as u64);
-                    let _ = self.take_task(t, "sync");
-                }
-            }
-            SyncResponse::Taken => {}
+        let outcome = match response {
+            SyncResponse::Same => Some("same"),
+            SyncResponse::Held(_) => Some("differ"),
+            SyncResponse::Tasks(_) | SyncResponse::Taken => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!(TASK_SYNCS, "outcome" => outcome).increment(1);
         }
-    }
-}
-
-/// Splits concatenated 8-byte prefixes (a trailing partial one is dropped).
-fn split_prefixes(bytes: &[u8]) -> Vec<ShortDigest> {
-    bytes
-        .chunks_exact(8)
-        .take(starling_task::plane::MAX_SYNC_ITEMS)
-        .map(|c| {
-            let mut p = [0u8; 8];
-            p.copy_from_slice(c);
-            p
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_split_whole_and_bounded() {
-        let bytes: Vec<u8> = (0..8 * 3 + 5).map(|i| i as u8).collect();
-        let p = split_prefixes(&bytes);
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[1], [8, 9, 10, 11, 12, 13, 14, 15]);
-        let many = vec![0u8; 8 * (starling_task::plane::MAX_SYNC_ITEMS + 10)];
-        assert_eq!(
-            split_prefixes(&many).len(),
-            starling_task::plane::MAX_SYNC_ITEMS
-        );
+        metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(response.payload_bytes());
+        let Some(driver) = self.tasks.as_ref() else {
+            return;
+        };
+        if driver.forgers.contains_key(&peer) {
+            return;
+        }
+        let step = sync::on_response(&driver.plane, response);
+        if !self.take_synced(peer, &step.copies) {
+            return;
+        }
+        for request in step.requests {
+            self.send_sync(peer, request);
+        }
     }
 }

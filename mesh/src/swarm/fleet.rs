@@ -1,0 +1,394 @@
+//! The fleet's hosts, methods of [`Mesh`] (docs/tasks.md, "The fleet's
+//! hosts"): each member's heartbeat rides on its task report to its cell's
+//! aggregators; a cell's summary carries its hosts down and its versions;
+//! and an operator's question for a cell's table (`starlingctl fleet
+//! --cell`, a file in `data_dir/tasks/queries`) is asked of that cell's
+//! aggregator over `/starling/fleet/1`. The logic is
+//! `starling_task::fleet` and `starling_task::rollup`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use starling_task::fleet::{CellTable, Heartbeat};
+
+use super::tasks::write_atomic;
+use super::Mesh;
+use crate::host_facts::{MachineFacts, ProcessUsage};
+
+/// Protocol of a question for a cell's table.
+pub const FLEET_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/fleet/1");
+/// Largest answer (a cell's table at its limits).
+pub const MAX_FLEET_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
+/// Directory (under the task state directory) of operators' questions.
+pub const QUERIES_DIR: &str = "queries";
+/// Prometheus counter of cell tables asked of this member, by `result`
+/// (`answered`, `not_here`, `not_admitted`).
+pub const FLEET_QUERIES: &str = "starling_fleet_queries_total";
+/// A member holding no task reports (its heartbeat) once its cell's
+/// aggregators have stayed the same this long: while a fleet starts, cells
+/// and their aggregators change every few seconds.
+pub(super) const REPORT_SETTLE: Duration = Duration::from_secs(30);
+/// A member that does not see three quarters of its expected cell size
+/// counts its cell as formed (and reports its heartbeat) after running
+/// this long: a fleet smaller than one cell never sees that much.
+pub(super) const FORMED_AFTER: Duration = Duration::from_secs(120);
+/// Questions taken from the queries directory per look, and the largest.
+const QUERY_BATCH: usize = 16;
+const MAX_QUERY_FILE: u64 = 4096;
+/// A question refused because this member's admission was not finished
+/// yet (the connection is new) is asked again after this, at most
+/// `QUERY_TRIES` times in all.
+const QUERY_RETRY: Duration = Duration::from_secs(2);
+const QUERY_TRIES: u32 = 3;
+
+/// A question for a cell's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetQuery {
+    pub cell: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FleetAnswer {
+    Table(CellTable),
+    /// This member cannot answer for that cell (why).
+    NotHere(String),
+    /// The asker is not admitted (yet).
+    NotAdmitted,
+}
+
+/// What the heartbeat needs, and the operators' questions in flight.
+pub(super) struct FleetHosts {
+    facts: MachineFacts,
+    usage: ProcessUsage,
+    started_at_ms: u64,
+    /// Events spooled and not acknowledged, as the node last said.
+    pub(super) spool_backlog: u64,
+    /// The aggregators last computed, and since when.
+    aggregators: Vec<String>,
+    aggregators_since: Option<Instant>,
+    asked: HashMap<OutboundRequestId, Asked>,
+    retries: Vec<(Instant, Asked)>,
+}
+
+struct Asked {
+    peer: PeerId,
+    query: FleetQuery,
+    result: PathBuf,
+    tries: u32,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl FleetHosts {
+    pub(super) fn new() -> Self {
+        // The first heartbeat's CPU is then the average since start.
+        let mut usage = ProcessUsage::default();
+        usage.sample();
+        Self {
+            facts: MachineFacts::read(),
+            usage,
+            started_at_ms: unix_ms(),
+            spool_backlog: 0,
+            aggregators: Vec::new(),
+            aggregators_since: None,
+            asked: HashMap::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    /// Whether the cell's aggregators have been `aggregators` for
+    /// [`REPORT_SETTLE`].
+    pub(super) fn settled(&mut self, aggregators: &[String], now: Instant) -> bool {
+        if self.aggregators != aggregators || self.aggregators_since.is_none() {
+            self.aggregators = aggregators.to_vec();
+            self.aggregators_since = Some(now);
+        }
+        self.aggregators_since
+            .is_some_and(|since| now.duration_since(since) >= REPORT_SETTLE)
+    }
+}
+
+impl Mesh {
+    /// What this member says about itself with its report.
+    pub(super) fn heartbeat(&mut self) -> Option<Heartbeat> {
+        let agent_version = self
+            .config
+            .cell
+            .as_ref()
+            .map(|c| c.agent_version.clone())
+            .unwrap_or_default();
+        let addrs: Vec<String> = self
+            .swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+            .take(starling_task::fleet::MAX_FACT_ITEMS)
+            .map(|a| a.to_string())
+            .collect();
+        let driver = self.tasks.as_mut()?;
+        let (cpu_pct, rss_bytes) = driver.fleet_hosts.usage.sample();
+        let facts = &driver.fleet_hosts.facts;
+        let clip = |s: &str| -> String {
+            s.chars()
+                .take(starling_task::fleet::MAX_FACT_TEXT / 4)
+                .collect()
+        };
+        let heartbeat = Heartbeat {
+            agent_version: clip(&agent_version),
+            kernel: clip(&facts.kernel),
+            os: clip(&facts.os),
+            arch: clip(&facts.arch),
+            addrs,
+            tags: driver
+                .plane
+                .facts()
+                .tags
+                .into_iter()
+                .take(starling_task::fleet::MAX_FACT_ITEMS)
+                .collect(),
+            config_generation: driver
+                .plane
+                .ledger()
+                .settings()
+                .values()
+                .map(|(generation, _)| *generation)
+                .max()
+                .unwrap_or(0),
+            cpu_pct,
+            rss_bytes,
+            spool_backlog: driver.fleet_hosts.spool_backlog,
+            started_at_ms: driver.fleet_hosts.started_at_ms,
+        };
+        heartbeat.check().is_ok().then_some(heartbeat)
+    }
+
+    /// The table of this member's cell, when it is one of its aggregators.
+    fn own_cell_table(&mut self, cell: &str) -> Result<CellTable, String> {
+        let me = self.enrolment.identity().name.clone();
+        let (name, aggregators, mut members) = match self.cell.as_ref() {
+            Some(c) => (
+                c.name.clone(),
+                c.aggregators.clone(),
+                c.membership
+                    .members()
+                    .into_iter()
+                    .map(|(id, _)| id.host)
+                    .collect::<Vec<String>>(),
+            ),
+            None => return Err("this member is in no cell".into()),
+        };
+        if name != cell {
+            return Err(format!("this member is in cell {name}"));
+        }
+        if !aggregators.contains(&me) {
+            return Err("this member is not an aggregator of the cell".into());
+        }
+        members.push(me.clone());
+        members.sort();
+        let driver = self.tasks.as_mut().ok_or("no task plane")?;
+        Ok(driver.rollup.table(cell, &me, &members, unix_ms()))
+    }
+
+    /// Events of `/starling/fleet/1`.
+    pub(super) fn on_fleet_query(
+        &mut self,
+        event: request_response::Event<FleetQuery, FleetAnswer>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.answer_fleet_query(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(asked) = self
+                    .tasks
+                    .as_mut()
+                    .and_then(|d| d.fleet_hosts.asked.remove(&request_id))
+                else {
+                    return;
+                };
+                let result = match response {
+                    FleetAnswer::Table(table) => match table.check() {
+                        Ok(()) => serde_json::json!({ "table": table }),
+                        Err(e) => {
+                            serde_json::json!({ "error": format!("a table over the limits: {e}") })
+                        }
+                    },
+                    FleetAnswer::NotHere(why) => serde_json::json!({ "error": why }),
+                    FleetAnswer::NotAdmitted if asked.tries < QUERY_TRIES => {
+                        if let Some(d) = self.tasks.as_mut() {
+                            d.fleet_hosts
+                                .retries
+                                .push((Instant::now() + QUERY_RETRY, asked));
+                        }
+                        return;
+                    }
+                    FleetAnswer::NotAdmitted => {
+                        serde_json::json!({ "error": "the aggregator has not admitted this member" })
+                    }
+                };
+                write_result(&asked.result, &result);
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(asked) = self
+                    .tasks
+                    .as_mut()
+                    .and_then(|d| d.fleet_hosts.asked.remove(&request_id))
+                {
+                    write_result(
+                        &asked.result,
+                        &serde_json::json!({ "error": format!("asking {}: {error}", asked.peer) }),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn answer_fleet_query(
+        &mut self,
+        peer: PeerId,
+        query: FleetQuery,
+        channel: ResponseChannel<FleetAnswer>,
+    ) {
+        let (answer, result) = if self.table.admitted(&peer).is_none() {
+            (FleetAnswer::NotAdmitted, "not_admitted")
+        } else {
+            match self.own_cell_table(&query.cell) {
+                Ok(table) => (FleetAnswer::Table(table), "answered"),
+                Err(why) => (FleetAnswer::NotHere(why), "not_here"),
+            }
+        };
+        metrics::counter!(FLEET_QUERIES, "result" => result).increment(1);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .fleet_query
+            .send_response(channel, answer);
+    }
+
+    /// Operators' questions: answered here when this member is an
+    /// aggregator of the cell asked for, else asked of the aggregator that
+    /// published the cell's summary.
+    pub(super) fn read_fleet_queries(&mut self, now: Instant) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut driver.fleet_hosts.retries)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        driver.fleet_hosts.retries = later;
+        for (_, mut asked) in due {
+            asked.tries += 1;
+            self.ask(asked);
+        }
+        let Some(driver) = self.tasks.as_ref() else {
+            return;
+        };
+        let dir = driver.settings.state_dir.join(QUERIES_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "query"))
+            .take(QUERY_BATCH)
+            .collect();
+        for path in files {
+            let query = read_query(&path);
+            let _ = std::fs::remove_file(&path);
+            let result = path.with_extension("result");
+            match query {
+                Ok(query) => self.take_fleet_query(query, result),
+                Err(e) => write_result(&result, &serde_json::json!({ "error": e })),
+            }
+        }
+    }
+
+    fn take_fleet_query(&mut self, query: FleetQuery, result: PathBuf) {
+        if let Ok(table) = self.own_cell_table(&query.cell) {
+            write_result(&result, &serde_json::json!({ "table": table }));
+            return;
+        }
+        let Some(driver) = self.tasks.as_ref() else {
+            return;
+        };
+        let Some(summary) = driver.fleet.cells.get(&query.cell) else {
+            let known: Vec<&String> = driver.fleet.cells.keys().take(32).collect();
+            write_result(
+                &result,
+                &serde_json::json!({ "error": format!("no summary of cell {} heard here (cells heard: {known:?})", query.cell) }),
+            );
+            return;
+        };
+        let Ok(peer) = summary.hosts.by_peer.parse::<PeerId>() else {
+            write_result(
+                &result,
+                &serde_json::json!({ "error": format!("the summary of cell {} names no aggregator to ask", query.cell) }),
+            );
+            return;
+        };
+        let addrs: Vec<Multiaddr> = summary
+            .hosts
+            .by_addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        for addr in addrs {
+            self.swarm.add_peer_address(peer, addr);
+        }
+        self.ask(Asked {
+            peer,
+            query,
+            result,
+            tries: 1,
+        });
+    }
+
+    fn ask(&mut self, asked: Asked) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .fleet_query
+            .send_request(&asked.peer, asked.query.clone());
+        if let Some(d) = self.tasks.as_mut() {
+            d.fleet_hosts.asked.insert(id, asked);
+        }
+    }
+}
+
+fn read_query(path: &Path) -> Result<FleetQuery, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > MAX_QUERY_FILE {
+        return Err(format!("a question of {} bytes", meta.len()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not a question: {e}"))
+}
+
+fn write_result(path: &Path, result: &serde_json::Value) {
+    if let Err(e) = write_atomic(path, result.to_string().as_bytes()) {
+        tracing::warn!(path = %path.display(), error = %e, "fleet answer not written");
+    }
+}
