@@ -126,13 +126,7 @@ impl Mesh {
             .as_ref()
             .map(|c| c.agent_version.clone())
             .unwrap_or_default();
-        let addrs: Vec<String> = self
-            .swarm
-            .external_addresses()
-            .chain(self.swarm.listeners())
-            .take(starling_task::fleet::MAX_FACT_ITEMS)
-            .map(|a| a.to_string())
-            .collect();
+        let addrs = self.contact_addrs();
         let driver = self.tasks.as_mut()?;
         let (cpu_pct, rss_bytes) = driver.fleet_hosts.usage.sample();
         let facts = &driver.fleet_hosts.facts;
@@ -168,6 +162,25 @@ impl Mesh {
             started_at_ms: driver.fleet_hosts.started_at_ms,
         };
         heartbeat.check().is_ok().then_some(heartbeat)
+    }
+
+    /// Where peers reach this member: its external addresses (the
+    /// advertised one first), or, before it has any, what it listens on.
+    pub(super) fn contact_addrs(&self) -> Vec<String> {
+        let external: Vec<String> = self
+            .swarm
+            .external_addresses()
+            .take(starling_task::fleet::MAX_FACT_ITEMS)
+            .map(|a| a.to_string())
+            .collect();
+        if !external.is_empty() {
+            return external;
+        }
+        self.swarm
+            .listeners()
+            .take(starling_task::fleet::MAX_FACT_ITEMS)
+            .map(|a| a.to_string())
+            .collect()
     }
 
     /// The table of this member's cell, when it is one of its aggregators.

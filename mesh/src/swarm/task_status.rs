@@ -212,14 +212,13 @@ impl Mesh {
         d.summary_members.clone_from(&members);
         d.last_summary = Some(now);
         let mut summary = d.rollup.summary(cell_name, me, &members, unix_ms());
-        let hosts_only = !summary.hosts.versions.is_empty() || summary.hosts.down_count > 0;
-        if summary.tasks.is_empty() && !hosts_only && !d.fleet.cells.contains_key(cell_name) {
+        let has_hosts = !summary.hosts.versions.is_empty() || summary.hosts.down_count > 0;
+        if summary.tasks.is_empty() && !has_hosts && !d.fleet.cells.contains_key(cell_name) {
             // No task, no heartbeat and nobody down in the cell, and none
             // of that before: nothing to say.
             return;
         }
-        let publish_hosts = summary.tasks.is_empty() && !d.fleet.cells.contains_key(cell_name);
-        if publish_hosts && !self.cell_formed(now) {
+        if summary.tasks.is_empty() && !self.cell_formed(now) {
             // Heartbeats alone: not from a fragment of a forming cell
             // (each would publish, and the summaries of hundreds of
             // fragments slow the cells' forming).
@@ -227,13 +226,7 @@ impl Mesh {
         }
         // Whom to ask for the cell's table: this member.
         summary.hosts.by_peer = self.swarm.local_peer_id().to_string();
-        summary.hosts.by_addrs = self
-            .swarm
-            .external_addresses()
-            .chain(self.swarm.listeners())
-            .take(starling_task::fleet::MAX_FACT_ITEMS)
-            .map(|a| a.to_string())
-            .collect();
+        summary.hosts.by_addrs = self.contact_addrs();
         let Some(d) = self.tasks.as_mut() else {
             return;
         };
