@@ -11,6 +11,9 @@ use starling_admin::fleet::{render_cell_table, render_cells};
 use starling_admin::NodeDataDir;
 use starling_task::fleet::CellTable;
 
+use crate::files::{now, unix_ms};
+use crate::task_commands::{read_status, task_dir};
+
 /// How long `--cell` waits for the aggregator's answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
@@ -31,22 +34,16 @@ pub struct FleetArgs {
     node: NodeDataDir,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs `starlingctl fleet`.
 pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     loop {
         let text = match &args.cell {
             None => {
-                let status = crate::task_commands::read_status(&args.node.data_dir)?;
+                let status = read_status(&args.node.data_dir)?;
                 if args.json {
                     serde_json::to_string_pretty(&status.fleet_view)? + "\n"
                 } else {
-                    render_cells(&status.fleet_view, now_ms())
+                    render_cells(&status.fleet_view, unix_ms(now()))
                 }
             }
             Some(cell) => {
@@ -54,7 +51,7 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 if args.json {
                     serde_json::to_string_pretty(&table)? + "\n"
                 } else {
-                    render_cell_table(&table, now_ms())
+                    render_cell_table(&table, unix_ms(now()))
                 }
             }
         };
@@ -71,16 +68,14 @@ pub fn fleet(args: FleetArgs) -> anyhow::Result<()> {
 
 /// Hands the node a question for `cell`'s table and waits for the answer.
 fn ask_cell(data_dir: &Path, cell: &str) -> anyhow::Result<CellTable> {
-    let dir = data_dir
-        .join("tasks")
-        .join(starling_mesh::swarm::QUERIES_DIR);
+    let dir = task_dir(data_dir).join(starling_mesh::swarm::QUERIES_DIR);
     if !dir.is_dir() {
         bail!(
             "{} does not exist: is starling-node running with a task plane ([tasks] root), and is --data-dir its data_dir?",
             dir.display()
         );
     }
-    let name = format!("{}-{}", std::process::id(), now_ms());
+    let name = format!("{}-{}", std::process::id(), unix_ms(now()));
     let tmp = dir.join(format!("{name}.part"));
     let query = serde_json::json!({ "cell": cell });
     std::fs::write(&tmp, query.to_string())

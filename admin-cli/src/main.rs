@@ -10,7 +10,10 @@ use starling_admin::{event_row, table_header};
 use starling_mesh::identity::{FleetCa, Role};
 use starling_sink::local_store::LocalStoreReader;
 
+mod files;
 mod fleet_commands;
+mod key_commands;
+mod root_commands;
 mod task_commands;
 
 /// Starling operator tool: fleet credentials, signed tasks and views of
@@ -47,12 +50,12 @@ enum Command {
     /// Operator signing keys (ed25519).
     Key {
         #[command(subcommand)]
-        command: task_commands::KeyCommand,
+        command: key_commands::KeyCommand,
     },
     /// The fleet's trust root: who may sign which tasks.
     Root {
         #[command(subcommand)]
-        command: task_commands::RootCommand,
+        command: root_commands::RootCommand,
     },
     /// Signed tasks: configuration, tags, revocations, root rotation.
     Task {
@@ -216,8 +219,8 @@ enum EventsCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Key { command } => task_commands::key(command),
-        Command::Root { command } => task_commands::root(command),
+        Command::Key { command } => key_commands::key(command),
+        Command::Root { command } => root_commands::root(command),
         Command::Task { command } => task_commands::task(command),
         Command::Fleet(args) => fleet_commands::fleet(args),
         Command::Ca {

@@ -1,13 +1,13 @@
-//! `starlingctl key`, `root` and `task`: operator keys, the fleet's trust
-//! root, and signed tasks, as files an operator can read, pass on and sign.
+//! `starlingctl task`: signed tasks as files an operator can create, read,
+//! pass on and sign, handed to a node and followed across the fleet.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use starling_admin::tasks::{render_root, render_task, root_json, task_json};
+use starling_admin::tasks::{render_task, task_json};
 use starling_admin::NodeDataDir;
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
@@ -16,83 +16,11 @@ use starling_proto::v1::{
     RevokeOperatorKeys, SensorKindSwitch, SignedRoot, StringList, TagChange, TargetSelector,
     TaskPayload,
 };
-use starling_task::keys::{public_key_from_pem, public_key_pem, OperatorKeyPair};
-use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
-use starling_task::TrustedRoot;
+use starling_task::keys::OperatorKeyPair;
+use starling_task::sign::{sign_task, unsigned_task};
 
-/// Where operator keys live unless `--dir` says otherwise.
-const KEY_DIR_ENV: &str = "STARLING_KEYS";
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Create an operator signing key: DIR/NAME.key (private, 0600) and
-    /// DIR/NAME.pub (public, to list in the trust root).
-    New {
-        /// A name for the key (a person or a role).
-        name: String,
-        #[arg(long, env = KEY_DIR_ENV, default_value = ".")]
-        dir: PathBuf,
-        /// Replace an existing key of that name.
-        #[arg(long)]
-        force: bool,
-    },
-    /// The operator keys in a directory, with their ids.
-    List {
-        #[arg(long, env = KEY_DIR_ENV, default_value = ".")]
-        dir: PathBuf,
-        /// One JSON object per key.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RootCommand {
-    /// Write a new, unsigned trust root listing the given keys; then each
-    /// operator signs it with `root sign`.
-    Init {
-        /// The fleet's name; tasks must name it.
-        #[arg(long)]
-        fleet: String,
-        /// Public (or private) key files of the operators; repeatable.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
-        /// Signatures needed for most kinds of task.
-        #[arg(long, default_value_t = 1)]
-        threshold: u32,
-        /// Signatures needed to change the root or revoke an operator key
-        /// (default: 2, or 1 with a single key).
-        #[arg(long)]
-        root_threshold: Option<u32>,
-        /// The root's version: 1 for a new fleet, the current one + 1 to
-        /// rotate (then publish it with `task create root`).
-        #[arg(long, default_value_t = 1)]
-        version: u64,
-        /// Days until it expires.
-        #[arg(long, default_value_t = 365)]
-        days: u64,
-        /// Where to write it.
-        #[arg(long, short)]
-        out: PathBuf,
-        /// Replace an existing file.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Add your signature to a root file.
-    Sign {
-        #[arg(long)]
-        key: PathBuf,
-        root: PathBuf,
-    },
-    /// Show a root: keys, what each kind needs, who signed, whether hosts
-    /// can install it.
-    Show {
-        root: PathBuf,
-        /// Print JSON instead of tables.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use crate::files::{now, read, replace, unix_ms, unix_secs, write_new};
+use crate::root_commands::load_root;
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -302,179 +230,6 @@ pub enum CreateKind {
     },
 }
 
-fn now() -> SystemTime {
-    SystemTime::now()
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn write_new(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
-    if path.exists() && !force {
-        bail!("{} exists (pass --force to replace it)", path.display());
-    }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes `bytes` over `path` through a temporary file, so a signature
-/// never leaves half a file.
-fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("signing");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
-/// `starlingctl key ...`
-pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
-    match cmd {
-        KeyCommand::New { name, dir, force } => {
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
-                bail!("{name:?}: a key name is a plain file name");
-            }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let key = OperatorKeyPair::generate()?;
-            let private = dir.join(format!("{name}.key"));
-            let public = dir.join(format!("{name}.pub"));
-            key.write(&private, force)?;
-            write_new(&public, public_key_pem(&key.public_key()).as_bytes(), force)?;
-            println!(
-                "operator key {name}\n  id:          {}\n  private key: {} (keep it to yourself)\n  public key:  {} (list it in the trust root)",
-                key.id(),
-                private.display(),
-                public.display()
-            );
-            Ok(())
-        }
-        KeyCommand::List { dir, json } => {
-            let mut rows = Vec::new();
-            let entries =
-                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-            for entry in entries {
-                let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "key" || e == "pub") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    match public_key_from_pem(&text, &path) {
-                        Ok(k) => rows.push((
-                            path.file_stem()
-                                .map(|s| s.to_string_lossy().into_owned())
-                                .unwrap_or_default(),
-                            starling_task::KeyId::of(&k),
-                            path.extension().is_some_and(|e| e == "key"),
-                            path,
-                        )),
-                        Err(e) => eprintln!("skipped: {e}"),
-                    }
-                }
-            }
-            rows.sort_by(|a, b| (&a.0, !a.2).cmp(&(&b.0, !b.2)));
-            // One row per key: the private file wins over the public one.
-            rows.dedup_by(|later, earlier| later.0 == earlier.0 && later.1 == earlier.1);
-            if json {
-                for (name, id, private, path) in rows {
-                    println!(
-                        "{}",
-                        serde_json::json!({"name": name, "key_id": id.0, "private": private, "file": path})
-                    );
-                }
-                return Ok(());
-            }
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED)
-                .set_header(["NAME", "KEY ID", "HOLDS", "FILE"]);
-            for (name, id, private, path) in rows {
-                t.add_row([
-                    starling_admin::sanitize(&name),
-                    id.0,
-                    if private { "private key" } else { "public key" }.into(),
-                    path.display().to_string(),
-                ]);
-            }
-            println!("{t}");
-            Ok(())
-        }
-    }
-}
-
-/// `starlingctl root ...`
-pub fn root(cmd: RootCommand) -> anyhow::Result<()> {
-    match cmd {
-        RootCommand::Init {
-            fleet,
-            keys,
-            threshold,
-            root_threshold,
-            version,
-            days,
-            out,
-            force,
-        } => {
-            let mut listed = Vec::new();
-            for path in &keys {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let name = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                listed.push((public_key_from_pem(&text, path)?, name));
-            }
-            let root_threshold = root_threshold.unwrap_or(if listed.len() > 1 { 2 } else { 1 });
-            let expires = unix_secs(now() + Duration::from_secs(days.saturating_mul(86_400)));
-            let root = starling_task::root::new_root(
-                &fleet,
-                version,
-                expires,
-                &listed,
-                threshold,
-                root_threshold,
-            )
-            .map_err(anyhow::Error::msg)?;
-            write_new(&out, &unsigned_root(&root), force)?;
-            println!(
-                "trust root version {version} of fleet {fleet} written to {} (unsigned): each operator now runs `starlingctl root sign --key NAME.key {}`",
-                out.display(),
-                out.display()
-            );
-            Ok(())
-        }
-        RootCommand::Sign { key, root } => {
-            let k = OperatorKeyPair::load(&key)?;
-            let signed = sign_root(&read(&root)?, &k)?;
-            replace(&root, &signed)?;
-            print!("{}", render_root(&signed, unix_secs(now()))?);
-            Ok(())
-        }
-        RootCommand::Show { root, json } => {
-            let bytes = read(&root)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&root_json(&bytes, unix_secs(now()))?)?
-                );
-            } else {
-                print!("{}", render_root(&bytes, unix_secs(now()))?);
-            }
-            Ok(())
-        }
-    }
-}
-
-/// The trust root at `path`, as hosts would take it.
-fn load_root(path: &Path) -> anyhow::Result<TrustedRoot> {
-    TrustedRoot::install(&read(path)?, unix_secs(now()))
-        .with_context(|| format!("{} is not a valid trust root", path.display()))
-}
-
 /// `starlingctl task ...`
 pub fn task(cmd: TaskCommand) -> anyhow::Result<()> {
     match cmd {
@@ -546,7 +301,8 @@ pub fn task(cmd: TaskCommand) -> anyhow::Result<()> {
 }
 
 /// The node's task-plane state directory under its data directory.
-fn task_dir(data_dir: &Path) -> PathBuf {
+/// The task plane's directory in a node's data directory.
+pub(crate) fn task_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("tasks")
 }
 

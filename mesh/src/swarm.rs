@@ -10,13 +10,15 @@
 //! proved its enrolment within the admission timeout is disconnected and
 //! counted; one that failed the check is also blocked for a while.
 //!
-//! The driver's parts: `admit` (enrolment exchange and refusals),
+//! The driver's parts: `behaviour` (the libp2p behaviours and their
+//! limits), `admit` (enrolment exchange and refusals),
 //! `adverts` (sink adverts over gossipsub), `cell_driver` (membership
 //! and election), `connections` (bootstrap and pruning), `dht` (the
 //! routing table and Kademlia's queries), `dial_cause` (dials counted by
 //! who asked), `redial` (dials held back), `revocations` (the revocation
 //! list), `tasks`, `task_sync`, `task_status` and `task_config` (the
-//! task plane: gossip, anti-entropy, the fleet view, configuration); this
+//! task plane: gossip, anti-entropy, the fleet view, configuration),
+//! `fleet` (heartbeats and the cell tables of `starlingctl fleet`); this
 //! file holds the swarm, its configuration, the tick, the published view
 //! and the event dispatch.
 
@@ -24,16 +26,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::futures::StreamExt;
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    gossipsub, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 mod admit;
 mod adverts;
+mod behaviour;
 mod cell_driver;
 mod connections;
 mod dht;
@@ -46,8 +48,9 @@ mod task_status;
 mod task_sync;
 mod tasks;
 
+use behaviour::{build_behaviour, MeshBehaviourEvent};
+pub use behaviour::{EnrolMessage, MeshBehaviour, SwimMessage};
 use cell_driver::Cell;
-use dial_cause::DialCause;
 pub use fleet::{FleetAnswer, FleetQuery, FLEET_PROTOCOL, FLEET_QUERIES, QUERIES_DIR};
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
@@ -66,7 +69,7 @@ use crate::adverts::{SinkBook, SINK_TOPIC};
 use crate::election::ElectionParams;
 use crate::enrol::{Enrolment, MAX_CERT_BYTES, MAX_CHAIN_LEN};
 use crate::membership::MemberInfo;
-use crate::rendezvous::{CellCard, CellDirectory, Contact, Referral};
+use crate::rendezvous::{CellDirectory, Contact};
 pub use crate::view::{CellView, ControlStats, MemberView, MeshCommand, MeshView, SinkView};
 
 /// Protocol of the enrolment exchange.
@@ -197,54 +200,6 @@ pub const ADMISSIONS_DEFERRED: &str = "starling_mesh_admissions_deferred_total";
 /// `admitting` (their chains are being exchanged), `deferred` (to be told
 /// to come back later).
 pub const ADMISSIONS_PENDING: &str = "starling_mesh_admissions_pending";
-
-/// A certificate chain, as each side presents it, with the sender's cell
-/// and, in a listener's answer, whom of the dialer's cell (and of a few
-/// others) it knows; or, from a listener admitting its most, no chain and
-/// how long to stay away.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnrolMessage {
-    /// The sender's certificate chain, end entity first (DER).
-    pub chain: Vec<Vec<u8>>,
-    /// "Busy, come back after this many milliseconds" (absent in every
-    /// other message, and from members that predate it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub busy_ms: Option<u32>,
-    /// The sender's cell and address (absent from sinks, from members
-    /// whose cell has not started, and from members that predate it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub card: Option<CellCard>,
-    /// In a listener's answer: members of the dialer's cell, then of other
-    /// cells, that the listener knows (`rendezvous`). Hints only: each is
-    /// admitted like any peer before it is used.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub referrals: Vec<Referral>,
-}
-
-/// One membership datagram, labelled with the sender's cell so that
-/// members of different cells never mix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SwimMessage {
-    pub cell: String,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
-
-/// Everything a mesh member runs on each connection.
-#[derive(NetworkBehaviour)]
-pub struct MeshBehaviour {
-    redial: redial::RedialGate,
-    enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
-    swim: DialCause<request_response::cbor::Behaviour<SwimMessage, ()>>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
-    gossipsub: DialCause<gossipsub::Behaviour>,
-    tasks_sync: request_response::cbor::Behaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
-    task_reports: request_response::cbor::Behaviour<starling_task::rollup::HostReport, ()>,
-    fleet_query:
-        DialCause<request_response::cbor::Behaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
-}
 
 /// Errors while building or starting the swarm.
 #[derive(Debug, thiserror::Error)]
@@ -404,94 +359,6 @@ pub(super) enum SecondSeed {
     Dialled(Multiaddr),
     /// Asked (or there is only one bootstrap peer).
     Done,
-}
-
-fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBehaviour, String> {
-    let peer_id = key.public().to_peer_id();
-    let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_ENROL_BYTES)
-        .set_response_size_maximum(MAX_ENROL_BYTES);
-    let enrol = request_response::Behaviour::with_codec(
-        codec,
-        [(ENROL_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-    );
-    let swim_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(MAX_SWIM_BYTES)
-        .set_response_size_maximum(64);
-    let swim = request_response::Behaviour::with_codec(
-        swim_codec,
-        [(SWIM_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(5))
-            .with_max_concurrent_streams(64),
-    );
-    let identify =
-        identify::Behaviour::new(identify::Config::new("/starling/1".into(), key.public()));
-    let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
-    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-    kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
-    // No periodic walks of the whole key space: each one dials peers all
-    // over the fleet. Members look up only their cell's key (find_cell),
-    // and the routing table fills with the peers they are admitted by.
-    kad_config.set_periodic_bootstrap_interval(None);
-    kad_config.set_replication_factor(KAD_REPLICATION);
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-    // Members answer DHT queries whether or not they have a confirmed
-    // external address: within a fleet every member is reachable.
-    kad.set_mode(Some(kad::Mode::Server));
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .validate_messages()
-        // Signed tasks go up to 256 KiB (a revocation list); every other
-        // message is far smaller, and each is checked before it is relayed.
-        .max_transmit_size(288 * 1024)
-        .connection_handler_queue_len(GOSSIP_QUEUE_PER_CONNECTION)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
-        gossip_config,
-    )?;
-    let (score_params, score_thresholds) = tasks::gossip_scoring();
-    gossipsub.with_peer_score(score_params, score_thresholds)?;
-    let sync_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(task_sync::MAX_TASK_SYNC_BYTES)
-        .set_response_size_maximum(task_sync::MAX_TASK_SYNC_BYTES);
-    let tasks_sync = request_response::Behaviour::with_codec(
-        sync_codec,
-        [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(task_sync::TASK_SYNC_TIMEOUT),
-    );
-    let report_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(task_status::MAX_REPORT_BYTES)
-        .set_response_size_maximum(64);
-    let task_reports = request_response::Behaviour::with_codec(
-        report_codec,
-        [(TASK_REPORT_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-    );
-    let fleet_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(4096)
-        .set_response_size_maximum(fleet::MAX_FLEET_ANSWER_BYTES);
-    let fleet_query = request_response::Behaviour::with_codec(
-        fleet_codec,
-        [(fleet::FLEET_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-    );
-    Ok(MeshBehaviour {
-        tasks_sync,
-        task_reports,
-        fleet_query: DialCause::new(fleet_query, "fleet"),
-        redial: Default::default(),
-        enrol,
-        swim: DialCause::new(swim, "swim"),
-        identify,
-        ping,
-        kad: DialCause::new(kad, "kad"),
-        gossipsub: DialCause::new(gossipsub, "gossip"),
-    })
 }
 
 /// A random source for jitter, different per member and per start.

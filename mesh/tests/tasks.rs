@@ -261,6 +261,17 @@ async fn listen_addr(member: &mut Member) -> Multiaddr {
         .clone()
 }
 
+/// A task body setting `tag` (generation 1).
+fn set_tag(tag: &str) -> Body {
+    Body::Tags(HostTags {
+        changes: vec![TagChange {
+            tag: tag.into(),
+            generation: 1,
+            remove: false,
+        }],
+    })
+}
+
 fn dns_off() -> Body {
     Body::Config(FleetConfig {
         settings: vec![ConfigSetting {
@@ -354,13 +365,7 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
     .await;
 
     // A tag set by the fleet is a target from then on.
-    let tag = Body::Tags(HostTags {
-        changes: vec![TagChange {
-            tag: "db".into(),
-            generation: 1,
-            remove: false,
-        }],
-    });
+    let tag = set_tag("db");
     let db_hosts = TargetSelector {
         hosts: vec!["n002".into(), "n003".into()],
         ..Default::default()
@@ -456,17 +461,7 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
         publish(
             &members[3],
             "first",
-            &op.task(
-                "first",
-                every_host(),
-                Body::Tags(HostTags {
-                    changes: vec![TagChange {
-                        tag: "first".into(),
-                        generation: 1,
-                        remove: false,
-                    }],
-                }),
-            ),
+            &op.task("first", every_host(), set_tag("first"),),
         )
         .await["verdict"],
         "accepted"
@@ -509,13 +504,7 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     )
     .await;
     assert_eq!(a["verdict"], "accepted", "{a}");
-    let tag = Body::Tags(HostTags {
-        changes: vec![TagChange {
-            tag: "late".into(),
-            generation: 1,
-            remove: false,
-        }],
-    });
+    let tag = set_tag("late");
     assert_eq!(
         publish(
             &members[2],
@@ -656,13 +645,7 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     .await;
     // A new task after the restart is the only state change reported: the
     // tasks applied before it are not reported again.
-    let tag = Body::Tags(HostTags {
-        changes: vec![TagChange {
-            tag: "after".into(),
-            generation: 1,
-            remove: false,
-        }],
-    });
+    let tag = set_tag("after");
     assert_eq!(
         publish(
             &again[0],

@@ -14,9 +14,7 @@ use crate::check::{check_task, RefusalReason, Verdict, CLOCK_SKEW_ALLOWANCE_SECS
 use crate::ledger::{Ledger, Plan, TaskState};
 use crate::root::TrustedRoot;
 use crate::target::HostFacts;
-use crate::testkit::{root_of, Operators};
-
-const NOW: u64 = 100_000;
+use crate::testkit::{root_of, Operators, NOW};
 
 struct Host {
     ops: Operators,

@@ -595,10 +595,11 @@ impl Mesh {
         }
         if now.duration_since(driver.last_inbox) >= INBOX_CHECK {
             driver.last_inbox = now;
+            // The operator's two directories, looked at as often.
             self.read_inbox();
+            self.read_fleet_queries(now);
         }
         self.release_forgers(now);
-        self.read_fleet_queries(now);
         self.start_sync(now);
         self.task_status_tick(now);
         let host = self.enrolment.identity().name.clone();
