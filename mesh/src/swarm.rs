@@ -41,6 +41,7 @@ mod connections;
 mod dht;
 mod dial_cause;
 mod fleet;
+mod forgers;
 mod redial;
 mod revocations;
 mod task_config;
@@ -52,6 +53,7 @@ use behaviour::{build_behaviour, MeshBehaviourEvent};
 pub use behaviour::{EnrolMessage, MeshBehaviour, SwimMessage};
 use cell_driver::Cell;
 pub use fleet::{FleetAnswer, FleetQuery, FLEET_PROTOCOL, FLEET_QUERIES, QUERIES_DIR};
+pub use forgers::{FORGER_HOLD, FORGER_STRIKES, TASK_FORGERS};
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
@@ -60,8 +62,8 @@ pub use task_sync::{
 };
 pub use tasks::{
     TaskLine, TaskPlaneError, TaskPlaneStatus, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD,
-    TASKS_RECEIVED, TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_FORGERS, TASK_ROOT_VERSION,
-    TASK_STATUS_FILE, TASK_TOPIC,
+    TASKS_RECEIVED, TASKS_REFUSED, TASK_EVENTS_DROPPED, TASK_ROOT_VERSION, TASK_STATUS_FILE,
+    TASK_TOPIC,
 };
 
 use crate::admission::AdmissionTable;
@@ -574,6 +576,13 @@ impl Mesh {
     fn on_command(&mut self, command: MeshCommand) {
         match command {
             MeshCommand::SinkLoad(pct) => self.sink_load = pct.min(100),
+            #[cfg(feature = "hostile")]
+            MeshCommand::GossipTaskUnchecked(bytes) => {
+                let topic = gossipsub::IdentTopic::new(TASK_TOPIC);
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    tracing::debug!(error = %e, "hostile gossip not sent");
+                }
+            }
             MeshCommand::SpoolBacklog(events) => {
                 if let Some(d) = self.tasks.as_mut() {
                     d.fleet_hosts.spool_backlog = events;

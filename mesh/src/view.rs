@@ -111,4 +111,9 @@ pub enum MeshCommand {
     /// A node's events spooled and not yet acknowledged (its heartbeat
     /// carries them to the fleet view).
     SpoolBacklog(u64),
+    /// Gossips these bytes on the task topic without checking them, as a
+    /// compromised host's modified agent would: a test double of a forger
+    /// for benchmarks (feature `hostile`).
+    #[cfg(feature = "hostile")]
+    GossipTaskUnchecked(Vec<u8>),
 }

@@ -99,19 +99,41 @@ impl RefusalReason {
         }
     }
 
-    /// True when the sender, not just the task, is at fault: the sender
-    /// relayed something no honest host relays (a dissemination layer
-    /// lowers its standing).
-    pub fn blames_sender(self) -> bool {
-        matches!(
-            self,
+    /// Whom a refusal for this reason blames, when nothing more precise
+    /// is known (see [`Refusal::blame`]).
+    fn blame(self) -> Blame {
+        match self {
             Self::Oversized
-                | Self::Malformed
-                | Self::Forged
-                | Self::TooFewSignatures
-                | Self::KindNotAllowed
-        )
+            | Self::Malformed
+            | Self::Forged
+            | Self::TooFewSignatures
+            | Self::KindNotAllowed => Blame::Suspect,
+            _ => Blame::Nobody,
+        }
     }
+}
+
+/// Whom a refusal blames: what a dissemination layer should think of the
+/// peer that relayed the copy (docs/tasks.md, "Forgers are ignored").
+/// Every honest host checks a copy before it relays it, so a relayed
+/// refusal is the relay's fault unless the two hosts judge by different
+/// rules: another trust root (one side has a rotation the other has not
+/// received yet) or another agent version (a limit or a kind one side
+/// does not know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Blame {
+    /// Nobody: the copy is late, early, replayed, cancelled, for another
+    /// fleet, or signed by a key this host has revoked since.
+    Nobody,
+    /// The relay, unless it judges by another root or version: a key this
+    /// root does not list, a kind the key may not sign, too few
+    /// signatures, a limit or a body this version refuses. An honest relay
+    /// passes on a few such copies during a rotation; a forger, many.
+    Suspect,
+    /// The relay, whatever it holds: bytes that are no protobuf task, or
+    /// a signature by a key this root lists that does not verify (the
+    /// relay checked the same signature with the same key).
+    Certain,
 }
 
 /// A refusal with what made it.
@@ -124,6 +146,8 @@ pub struct Refusal {
     pub detail: String,
     /// The task's id, when it could be read.
     pub task_id: Option<String>,
+    /// Whom it blames.
+    pub blame: Blame,
 }
 
 /// A task that passed every check.
@@ -186,10 +210,17 @@ fn check(
     ledger: &Ledger,
     now: u64,
 ) -> Result<Option<CheckedTask>, Refusal> {
-    let refuse = |reason, detail: String, task_id: Option<&str>| Refusal {
+    let refuse = |reason: RefusalReason, detail: String, task_id: Option<&str>| Refusal {
         reason,
         detail,
         task_id: task_id.map(str::to_owned),
+        blame: reason.blame(),
+    };
+    // Bytes no version of Starling wrote: protobuf decodes whatever a
+    // newer schema adds.
+    let undecodable = |detail: String| Refusal {
+        blame: Blame::Certain,
+        ..refuse(RefusalReason::Malformed, detail, None)
     };
     if signed.len() > MAX_SIGNED_TASK_BYTES {
         return Err(refuse(
@@ -198,10 +229,9 @@ fn check(
             None,
         ));
     }
-    let envelope = SignedTask::decode(signed)
-        .map_err(|e| refuse(RefusalReason::Malformed, e.to_string(), None))?;
+    let envelope = SignedTask::decode(signed).map_err(|e| undecodable(e.to_string()))?;
     let payload = TaskPayload::decode(envelope.payload.as_slice())
-        .map_err(|e| refuse(RefusalReason::Malformed, format!("payload: {e}"), None))?;
+        .map_err(|e| undecodable(format!("payload: {e}")))?;
     let id = payload.task_id.clone();
     let task_id = Some(id.as_str());
     let body = check_payload(&payload, envelope.signatures.len())
@@ -265,8 +295,10 @@ fn check(
             task_id,
         ));
     }
-    let signers = check_signatures(&envelope, kind, root, ledger)
-        .map_err(|(reason, detail)| refuse(reason, detail, task_id))?;
+    let signers = check_signatures(&envelope, kind, root, ledger).map_err(|failed| Refusal {
+        blame: failed.blame.unwrap_or(failed.reason.blame()),
+        ..refuse(failed.reason, failed.detail, task_id)
+    })?;
     let new_root = match body {
         Body::Root(next) => Some(
             root.successor(&next.encode_to_vec(), now)
@@ -285,13 +317,31 @@ fn check(
     }))
 }
 
+/// Why the signatures fall short, and whom that blames when the reason
+/// alone does not say.
+struct SignaturesRefused {
+    reason: RefusalReason,
+    detail: String,
+    blame: Option<Blame>,
+}
+
+impl From<(RefusalReason, String)> for SignaturesRefused {
+    fn from((reason, detail): (RefusalReason, String)) -> Self {
+        Self {
+            reason,
+            detail,
+            blame: None,
+        }
+    }
+}
+
 /// Counts the signatures that matter for `kind`.
 fn check_signatures(
     envelope: &SignedTask,
     kind: TaskKind,
     root: &TrustedRoot,
     ledger: &Ledger,
-) -> Result<BTreeSet<KeyId>, (RefusalReason, String)> {
+) -> Result<BTreeSet<KeyId>, SignaturesRefused> {
     let tally = root.tally(&signing_bytes(&envelope.payload), &envelope.signatures);
     if let Some(unknown) = tally.unknown.first() {
         return Err((
@@ -300,25 +350,29 @@ fn check_signatures(
                 "signed by key {unknown:.12}, which trust root version {} does not list",
                 root.version
             ),
-        ));
+        )
+            .into());
     }
     if let Some(bad) = tally.bad.first() {
-        return Err((
-            RefusalReason::Forged,
-            format!("the signature of key {} does not verify", bad.short()),
-        ));
+        return Err(SignaturesRefused {
+            reason: RefusalReason::Forged,
+            detail: format!("the signature of key {} does not verify", bad.short()),
+            blame: Some(Blame::Certain),
+        });
     }
     if let Some(revoked) = tally.valid.iter().find(|k| ledger.is_revoked(k)) {
         return Err((
             RefusalReason::RevokedKey,
             format!("signed by revoked key {}", revoked.short()),
-        ));
+        )
+            .into());
     }
-    let policy = root.policy(kind).ok_or_else(|| {
+    let policy = root.policy(kind).ok_or_else(|| -> SignaturesRefused {
         (
             RefusalReason::KindNotAllowed,
             format!("the trust root lets no key sign {} tasks", kind_name(kind)),
         )
+            .into()
     })?;
     if let Some(stranger) = tally.valid.iter().find(|k| !policy.keys.contains(*k)) {
         return Err((
@@ -328,7 +382,8 @@ fn check_signatures(
                 stranger.short(),
                 kind_name(kind)
             ),
-        ));
+        )
+            .into());
     }
     if tally.valid.len() < policy.threshold {
         return Err((
@@ -339,7 +394,8 @@ fn check_signatures(
                 policy.threshold,
                 kind_name(kind)
             ),
-        ));
+        )
+            .into());
     }
     Ok(tally.valid)
 }

@@ -10,7 +10,7 @@ use starling_proto::v1::{
     SignedRoot, SignedTask, TagChange, TargetSelector, TaskKind, TaskPayload,
 };
 
-use crate::check::{check_task, RefusalReason, Verdict, CLOCK_SKEW_ALLOWANCE_SECS};
+use crate::check::{check_task, Blame, Refusal, RefusalReason, Verdict, CLOCK_SKEW_ALLOWANCE_SECS};
 use crate::ledger::{Ledger, Plan, TaskState};
 use crate::root::TrustedRoot;
 use crate::target::HostFacts;
@@ -70,16 +70,19 @@ impl Host {
         }
     }
 
-    fn refused(&mut self, signed: &[u8], want: RefusalReason) {
+    /// Asserts a refusal for `want` that changed nothing; returns it.
+    fn refused(&mut self, signed: &[u8], want: RefusalReason) -> Refusal {
         let before = self.ledger.clone();
-        match self.check(signed) {
+        let refusal = match self.check(signed) {
             Verdict::Refused(r) => {
                 assert_eq!(r.reason, want, "{r}");
                 assert!(!r.detail.is_empty());
+                r
             }
             other => panic!("expected a refusal ({want:?}), got {other:?}"),
-        }
+        };
         assert_eq!(self.ledger, before, "a refused task changed nothing");
+        refusal
     }
 }
 
@@ -153,7 +156,9 @@ fn oversized() {
 #[test]
 fn malformed() {
     let mut h = Host::new();
-    h.refused(b"\x0a\xff\xff\xff\xff\x0f", RefusalReason::Malformed);
+    // Not protobuf: no honest relay passes it on, whatever its version.
+    let garbage = h.refused(b"\x0a\xff\xff\xff\xff\x0f", RefusalReason::Malformed);
+    assert_eq!(garbage.blame, Blame::Certain);
     let mut no_body = task("t", tag("x", 1));
     no_body.body = None;
     h.refused(&h.ops.signed_task(&no_body, &[0]), RefusalReason::Malformed);
@@ -184,11 +189,13 @@ fn malformed() {
         &h.ops.signed_task(&partial, &[0, 1]),
         RefusalReason::Malformed,
     );
+    // A kind a newer version may know: the relay is only suspect.
     let unknown_kind = task("t", kind_off(1, "no_such_kind"));
-    h.refused(
+    let newer = h.refused(
         &h.ops.signed_task(&unknown_kind, &[0]),
         RefusalReason::Malformed,
     );
+    assert_eq!(newer.blame, Blame::Suspect);
 }
 
 #[test]
@@ -196,24 +203,29 @@ fn another_fleet() {
     let mut h = Host::new();
     let mut t = task("t", tag("x", 1));
     t.fleet = "fleet-b".into();
-    h.refused(&h.ops.signed_task(&t, &[0]), RefusalReason::OtherFleet);
+    let other = h.refused(&h.ops.signed_task(&t, &[0]), RefusalReason::OtherFleet);
+    assert_eq!(other.blame, Blame::Nobody);
 }
 
 #[test]
 fn forged() {
     let mut h = Host::new();
-    // A key the root does not list.
+    // A key the root does not list: a forger's, or one a newer root
+    // lists (the relay may have it already), so the relay is suspect.
     let stranger = Operators(vec![crate::keys::OperatorKeyPair::from_seed([99; 32])]);
-    h.refused(
+    let unknown = h.refused(
         &stranger.signed_task(&task("t", tag("x", 1)), &[0]),
         RefusalReason::Forged,
     );
+    assert_eq!(unknown.blame, Blame::Suspect);
     // A listed key's id on a signature it did not make (payload changed
     // after signing).
     let signed = h.ops.signed_task(&task("t", tag("x", 1)), &[0]);
     let mut env = SignedTask::decode(signed.as_slice()).unwrap();
     env.payload = task("t", tag("y", 1)).encode_to_vec();
-    h.refused(&env.encode_to_vec(), RefusalReason::Forged);
+    // The relay checked the same signature with the same key.
+    let bad = h.refused(&env.encode_to_vec(), RefusalReason::Forged);
+    assert_eq!(bad.blame, Blame::Certain);
 }
 
 #[test]

@@ -20,7 +20,7 @@ mod conformance;
 #[cfg(test)]
 mod testkit;
 
-pub use check::{check_task, CheckedTask, Refusal, RefusalReason, Verdict};
+pub use check::{check_task, Blame, CheckedTask, Refusal, RefusalReason, Verdict};
 pub use keys::{KeyId, OperatorKeyPair, OperatorPublicKey};
 pub use ledger::{Ledger, Plan, TaskState};
 pub use plane::{Received, Summary, TaskPlane};

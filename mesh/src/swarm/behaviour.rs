@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, kad, ping};
+use libp2p::{allow_block_list, gossipsub, identify, kad, ping};
 use serde::{Deserialize, Serialize};
 
 use super::dial_cause::DialCause;
 use super::redial;
 use super::{
-    fleet, task_status, task_sync, tasks, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION,
+    fleet, forgers, task_status, task_sync, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION,
     KAD_PROTOCOL, KAD_REPLICATION, MAX_ENROL_BYTES, MAX_SWIM_BYTES, PING_INTERVAL, SWIM_PROTOCOL,
     TASK_REPORT_PROTOCOL, TASK_SYNC_PROTOCOL,
 };
@@ -54,6 +54,8 @@ pub struct SwimMessage {
 /// Everything a mesh member runs on each connection.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
+    /// Peers held off (forgers): their connections closed and refused.
+    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) redial: redial::RedialGate,
     pub(super) enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
     pub(super) swim: DialCause<request_response::cbor::Behaviour<SwimMessage, ()>>,
@@ -118,7 +120,7 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )?;
-    let (score_params, score_thresholds) = tasks::gossip_scoring();
+    let (score_params, score_thresholds) = forgers::gossip_scoring();
     gossipsub.with_peer_score(score_params, score_thresholds)?;
     let sync_codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(task_sync::MAX_TASK_SYNC_BYTES)
@@ -148,6 +150,7 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         tasks_sync,
         task_reports,
         fleet_query: DialCause::new(fleet_query, "fleet"),
+        blocked: Default::default(),
         redial: Default::default(),
         enrol,
         swim: DialCause::new(swim, "swim"),

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::{PeerId, StreamProtocol};
-use starling_task::sync;
+use starling_task::{sync, Blame};
 
+use super::forgers::FORGER_STRIKES;
 use super::Mesh;
 
 /// Protocol of the anti-entropy exchange.
@@ -43,7 +44,7 @@ impl Mesh {
         let peers: Vec<PeerId> = self
             .table
             .admitted_peers()
-            .filter(|p| !driver.forgers.contains_key(p))
+            .filter(|p| !driver.forgers.is_held(p))
             .collect();
         if peers.is_empty() {
             // A member that has just started (or lost every peer) asks
@@ -59,50 +60,41 @@ impl Mesh {
         self.send_sync(peer, request);
     }
 
-    /// Checks copies `peer` handed over by anti-entropy, up to the first
-    /// forgery: then the peer is held off for `FORGER_HOLD` (no exchange
-    /// either way, its gossip graylisted) and the rest go unchecked.
-    /// Whether the peer is still trusted.
+    /// Checks copies `peer` handed over by anti-entropy, up to the one
+    /// that makes it a forger: then it is held off (`forgers`) and the
+    /// rest go unchecked. Copies refused for a reason another root could
+    /// explain are checked again at the end if the others brought a new
+    /// root (an honest peer sends root tasks first); they blame the peer
+    /// once per exchange, and after [`FORGER_STRIKES`] of them the rest go
+    /// unchecked. Whether the peer is still trusted.
     fn take_synced(&mut self, peer: PeerId, copies: &[serde_bytes::ByteBuf]) -> bool {
+        let root_before = self.tasks.as_ref().map(|d| d.plane.root().version);
+        let mut suspect = Vec::new();
         for copy in copies {
             match self.take_task(copy, "sync") {
-                Err(r) if r.reason.blames_sender() => {
-                    metrics::counter!(super::tasks::TASK_FORGERS, "via" => "sync").increment(1);
-                    tracing::warn!(%peer, error = %r, "a peer handed over a forged task; held off");
-                    if let Some(driver) = self.tasks.as_mut() {
-                        driver
-                            .forgers
-                            .insert(peer, Instant::now() + super::tasks::FORGER_HOLD);
+                Err(r) if r.blame == Blame::Certain => {
+                    return !self.blame_relay(peer, &r, "sync");
+                }
+                Err(r) if r.blame == Blame::Suspect => {
+                    suspect.push((copy, r));
+                    if suspect.len() >= FORGER_STRIKES as usize {
+                        break;
                     }
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .set_application_score(&peer, super::tasks::FORGERY_PENALTY);
-                    return false;
                 }
                 _ => {}
             }
         }
-        true
-    }
-
-    /// Lets peers held off for a forgery back once their time is up.
-    pub(super) fn release_forgers(&mut self, now: Instant) {
-        let Some(driver) = self.tasks.as_mut() else {
-            return;
-        };
-        let released: Vec<PeerId> = driver
-            .forgers
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in released {
-            driver.forgers.remove(&peer);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .set_application_score(&peer, 0.0);
+        let root_after = self.tasks.as_ref().map(|d| d.plane.root().version);
+        if root_after != root_before {
+            suspect = suspect
+                .into_iter()
+                .filter_map(|(copy, _)| self.take_task(copy, "sync").err().map(|r| (copy, r)))
+                .filter(|(_, r)| r.blame != Blame::Nobody)
+                .collect();
+        }
+        match suspect.first() {
+            Some((_, r)) => !self.blame_relay(peer, r, "sync"),
+            None => true,
         }
     }
 
@@ -170,7 +162,7 @@ impl Mesh {
         let Some(driver) = self.tasks.as_ref() else {
             return;
         };
-        if driver.forgers.contains_key(&peer) {
+        if driver.forgers.is_held(&peer) {
             return;
         }
         metrics::counter!(TASK_SYNC_BYTES, "direction" => "in").increment(request.payload_bytes());
@@ -198,7 +190,7 @@ impl Mesh {
         let Some(driver) = self.tasks.as_ref() else {
             return;
         };
-        if driver.forgers.contains_key(&peer) {
+        if driver.forgers.is_held(&peer) {
             return;
         }
         let step = sync::on_response(&driver.plane, response);

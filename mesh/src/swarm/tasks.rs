@@ -22,58 +22,6 @@ use super::Mesh;
 
 /// Gossipsub topic of signed tasks.
 pub const TASK_TOPIC: &str = "starling/tasks/1";
-/// Gossipsub score a task copy refused as a forgery costs its forwarder:
-/// one puts it below [`FORGER_GRAYLIST`], where gossipsub drops whatever
-/// it sends without checking it.
-pub(super) const FORGERY_PENALTY: f64 = -100.0;
-/// Score below which a peer is ignored (gossipsub's graylist; its gossip
-/// and publish thresholds sit above, at their defaults).
-const FORGER_GRAYLIST: f64 = -80.0;
-/// How much of a forwarder's count of forgeries is left after each
-/// second: one forgery keeps it ignored for about 11 s, more for longer
-/// (the penalty grows with the square of the count).
-const FORGERY_MEMORY: f64 = 0.99;
-/// How long a peer that handed over a forgery through anti-entropy is
-/// ignored: no exchange with it either way, and its gossip graylisted.
-pub(super) const FORGER_HOLD: Duration = Duration::from_secs(60);
-/// Prometheus counter of peers caught handing over a forgery, by `via`
-/// (`gossip`: gossipsub's score does the rest; `sync`: held off for
-/// [`FORGER_HOLD`]).
-pub const TASK_FORGERS: &str = "starling_task_forgers_total";
-
-/// Gossipsub peer scoring as the mesh uses it: only forged or malformed
-/// tasks (by gossip, or by anti-entropy) cost score (docs/tasks.md, "Dissemination"). Every other
-/// component is off: members on one address (a test, a NAT) must not be
-/// penalised for it, nor quiet mesh peers for delivering few messages
-/// (tasks are rare), nor members slowed by a busy host.
-pub(super) fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let tasks = gossipsub::TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 0.0,
-        first_message_deliveries_weight: 0.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: FORGERY_PENALTY,
-        invalid_message_deliveries_decay: FORGERY_MEMORY,
-        ..Default::default()
-    };
-    let params = gossipsub::PeerScoreParams {
-        topics: [(gossipsub::IdentTopic::new(TASK_TOPIC).hash(), tasks)].into(),
-        // The application's score is the anti-entropy penalty: 0, or
-        // FORGERY_PENALTY while a peer is held off.
-        app_specific_weight: 1.0,
-        ip_colocation_factor_weight: 0.0,
-        behaviour_penalty_weight: 0.0,
-        slow_peer_weight: 0.0,
-        ..Default::default()
-    };
-    let thresholds = gossipsub::PeerScoreThresholds {
-        graylist_threshold: FORGER_GRAYLIST,
-        ..Default::default()
-    };
-    (params, thresholds)
-}
-
 /// The operator's inbox is looked at this often.
 const INBOX_CHECK: Duration = Duration::from_secs(1);
 /// Most files taken from the inbox per look, and the largest taken.
@@ -151,9 +99,8 @@ pub(super) struct TaskDriver {
     pub(super) refused: BTreeMap<String, u64>,
     /// Anti-entropy requests in flight.
     pub(super) in_flight: std::collections::HashSet<OutboundRequestId>,
-    /// Peers that handed over a forgery by anti-entropy, until when they
-    /// are held off.
-    pub(super) forgers: std::collections::HashMap<PeerId, Instant>,
+    /// Peers held off for relaying forgeries, and suspects.
+    pub(super) forgers: super::forgers::ForgerWatch,
     /// This member's heartbeat and the operators' questions (`fleet`).
     pub(super) fleet_hosts: super::fleet::FleetHosts,
     pub(super) status_dirty: bool,
@@ -554,22 +501,26 @@ impl Mesh {
 
     pub(super) fn on_task_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) {
         // A peer not admitted yet may be in a moment: its copy is not
-        // used, without blame.
-        let acceptance = if self.table.admitted(&source).is_none() {
+        // used, without blame. A forger's copies are not even looked at.
+        let acceptance = if self.table.admitted(&source).is_none() || self.is_forger(&source) {
             gossipsub::MessageAcceptance::Ignore
         } else {
             match self.take_task(data, "gossip") {
                 Ok(true) => gossipsub::MessageAcceptance::Accept,
                 Ok(false) => gossipsub::MessageAcceptance::Ignore,
-                // A forgery puts its forwarder on gossipsub's graylist
-                // (`gossip_scoring`); a task that is merely late or early
-                // here is dropped without blame.
-                Err(r) if r.reason.blames_sender() => {
-                    metrics::counter!(TASK_FORGERS, "via" => "gossip").increment(1);
-                    tracing::warn!(peer = %source, error = %r, "a peer relayed a forged task");
-                    gossipsub::MessageAcceptance::Reject
+                // A copy no honest host relays costs its forwarder
+                // gossipsub score at once; forgers are held off
+                // (`forgers`). A copy that is merely late or early here,
+                // or that another root could explain, is dropped without
+                // a penalty.
+                Err(r) => {
+                    self.blame_relay(source, &r, "gossip");
+                    if r.blame == starling_task::Blame::Certain {
+                        gossipsub::MessageAcceptance::Reject
+                    } else {
+                        gossipsub::MessageAcceptance::Ignore
+                    }
                 }
-                Err(_) => gossipsub::MessageAcceptance::Ignore,
             }
         };
         let _ = self

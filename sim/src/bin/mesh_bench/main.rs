@@ -4,8 +4,9 @@
 //! traffic per member in steady state, and the time until a killed
 //! aggregator is noticed and replaced; with `--tasks`, also how long a
 //! signed task takes to be applied by every member, until the fleet view
-//! counts it, and until a member that was away has caught up. Figures
-//! only; nothing asserts.
+//! counts it, and until a member that was away has caught up; with
+//! `--forgeries N`, how much N forged tasks a second from a compromised
+//! member slow honest delivery. Figures only; nothing asserts.
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
-use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_mesh::swarm::{CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
 use starling_sim::process::ProcessUsage;
 use starling_sim::tasks::Operator;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Parser)]
@@ -55,8 +56,21 @@ struct Args {
     /// Run the task plane on every member and measure it.
     #[arg(long)]
     tasks: bool,
+    /// With --tasks: a compromised member then floods this many forged
+    /// tasks a second, and honest delivery is timed with and without it.
+    #[arg(long, default_value_t = 0)]
+    forgeries: u32,
+    /// What the forgeries are.
+    #[arg(long, value_enum, default_value_t = forgeries::Forgery::UnknownKey)]
+    forgery: forgeries::Forgery,
+    /// Run as the forger of `--forgeries` (started by the bench itself).
+    #[arg(long, hide = true)]
+    forger: Option<std::path::PathBuf>,
 }
 
+mod forgeries;
+
+/// One member running in this process.
 struct Member {
     host: String,
     zone: String,
@@ -79,7 +93,11 @@ fn start(
     cell: Option<(&str, u32)>,
     stop: &watch::Receiver<bool>,
     operator: Option<&Operator>,
-) -> anyhow::Result<(watch::Receiver<MeshView>, JoinHandle<()>)> {
+) -> anyhow::Result<(
+    watch::Receiver<MeshView>,
+    JoinHandle<()>,
+    mpsc::Sender<MeshCommand>,
+)> {
     let tasks = operator.map(|o| o.settings(&enrolment.identity().name, Duration::from_secs(10)));
     let config = MeshConfig {
         tasks,
@@ -99,13 +117,14 @@ fn start(
         ..Default::default()
     };
     let span = tracing::info_span!("member", host = %enrolment.identity().name);
-    let (mesh, view, _commands) = Mesh::start(enrolment, config)?;
+    let (mesh, view, commands) = Mesh::start(enrolment, config)?;
     Ok((
         view,
         tokio::spawn(tracing::Instrument::instrument(
             mesh.run(stop.clone()),
             span,
         )),
+        commands,
     ))
 }
 
@@ -203,7 +222,7 @@ async fn join_one_by_one(
             .position(|m| m.zone == zone)
             .ok_or_else(|| anyhow::anyhow!("no member in {zone}"))?;
         let at = Instant::now();
-        let (view, task) = start(
+        let (view, task, _) = start(
             enrolment,
             seeds.to_vec(),
             Some((&zone, cell_size as u32)),
@@ -340,7 +359,7 @@ async fn tasks_phase(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let enrolment = enrol(ca, dir, Role::Node, &gone.host)?;
     let back_at = Instant::now();
-    let (view, task) = start(
+    let (view, task, _) = start(
         enrolment,
         seeds.to_vec(),
         Some((&gone.zone, cell_size as u32)),
@@ -388,6 +407,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(job) = &args.forger {
+        return forgeries::run_forger(job).await;
+    }
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let dir = tempfile::tempdir()?;
     let ca = FleetCa::generate("bench", 30)?;
@@ -423,7 +445,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await;
         }
-        let (mut view, task) = start(
+        let (mut view, task, _) = start(
             enrolment,
             seed_addrs.clone(),
             Some((&zone, args.cell_size as u32)),
@@ -446,7 +468,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
-    let (_sink_view, _sink_task) = start(sink, seed_addrs.clone(), None, &stop, None)?;
+    let (_sink_view, _sink_task, _) = start(sink, seed_addrs.clone(), None, &stop, None)?;
     let all_started = started.elapsed();
     eprintln!(
         "  {:>5.1} s  all {} members started",
@@ -558,6 +580,20 @@ async fn main() -> anyhow::Result<()> {
             &stop,
         )
         .await?;
+        if args.forgeries > 0 {
+            forgeries::flood_phase(
+                op,
+                &members,
+                &metrics,
+                &ca,
+                dir.path(),
+                &seed_addrs,
+                args.cell_size,
+                args.forgeries,
+                args.forgery,
+            )
+            .await?;
+        }
     }
 
     let joined = join_one_by_one(
