@@ -11,6 +11,8 @@ use std::cmp::Ordering;
 
 use ring::digest::{digest, SHA256};
 
+use crate::membership::CellMembership;
+
 /// Election settings (the same on every member of a fleet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElectionParams {
@@ -139,6 +141,66 @@ pub fn elect(cell: &str, members: &[Member], params: &ElectionParams) -> Vec<Str
     }
     chosen.sort_by(by_rank(cell));
     chosen.into_iter().map(|m| m.id.clone()).collect()
+}
+
+/// One member's election of its cell: recomputed from its own view each
+/// time that view changed, with the member taking up or giving up the
+/// aggregator role in its record to match. The daemon and the simulator
+/// both run this, so what the simulator shows of elections is what hosts do.
+#[derive(Debug, Default)]
+pub struct CellElection {
+    /// The membership generation the aggregators were elected from.
+    elected_at: Option<u64>,
+    aggregators: Vec<String>,
+}
+
+/// What one [`CellElection::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChange {
+    /// The view had not changed, or the member's role did not.
+    None,
+    /// The member was elected and now says so in its record.
+    TookUp,
+    /// The member was no longer elected and stopped saying so.
+    GaveUp,
+}
+
+impl CellElection {
+    /// The cell's aggregators in rank order, as last elected.
+    pub fn aggregators(&self) -> &[String] {
+        &self.aggregators
+    }
+
+    /// Elects again if the member's view changed since the last time, and
+    /// updates its own record (under `version`) when its role changed.
+    pub fn update(
+        &mut self,
+        cell: &str,
+        membership: &mut CellMembership,
+        params: &ElectionParams,
+        version: u64,
+    ) -> RoleChange {
+        let generation = membership.generation();
+        if self.elected_at == Some(generation) {
+            return RoleChange::None;
+        }
+        self.elected_at = Some(generation);
+        self.aggregators = elect(cell, &membership.election_view(), params);
+        let me = &membership.own().host;
+        let chosen = self.aggregators.iter().any(|h| h == me);
+        if chosen == membership.own().aggregator
+            || membership
+                .update_info(version, |info| info.aggregator = chosen)
+                .is_err()
+        {
+            return RoleChange::None;
+        }
+        if chosen {
+            RoleChange::TookUp
+        } else {
+            RoleChange::GaveUp
+        }
+    }
 }
 
 #[cfg(test)]

@@ -62,31 +62,106 @@ pub const MAX_TEXT: usize = 128;
 ///
 /// Identities travel in every SWIM message, so a member that learns of
 /// another from gossip can reach it without a lookup.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "MemberIdWire")]
 pub struct MemberId {
-    pub host: String,
+    /// The enrolled host name: what makes two identities the same member.
+    pub host: Arc<str>,
     /// libp2p PeerId bytes (empty under the simulated network).
     pub peer: Vec<u8>,
     /// One dialable libp2p multiaddr, as bytes (may be empty).
     pub addr: Vec<u8>,
     pub bump: u16,
+    /// A keyed hash of `host`, computed once: foca compares members by
+    /// [`foca::Identity::addr`] in a linear scan of the cell for every
+    /// update it applies, and comparing host names there was most of a
+    /// member's CPU (docs/simulator.md). Last, so ordering never needs it.
+    #[serde(skip_serializing)]
+    key: HostKey,
+}
+
+/// How a [`MemberId`] travels: everything but its local key.
+#[derive(Deserialize)]
+struct MemberIdWire {
+    host: Arc<str>,
+    peer: Vec<u8>,
+    addr: Vec<u8>,
+    bump: u16,
+}
+
+impl From<MemberIdWire> for MemberId {
+    fn from(w: MemberIdWire) -> Self {
+        Self::new(w.host, w.peer, w.addr, w.bump)
+    }
+}
+
+/// The address foca compares members by: a 64-bit hash of the host name
+/// under a key chosen at random per process, so nobody can make up a name
+/// that collides with a member's (two names colliding by chance in a cell
+/// of a thousand: about 3 in 10^14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostKey(u64);
+
+impl HostKey {
+    fn of(host: &str) -> Self {
+        use std::hash::BuildHasher;
+        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        Self(KEYS.get_or_init(std::hash::RandomState::new).hash_one(host))
+    }
+}
+
+/// The same fields as a derived comparison, cheapest first: foca compares
+/// identities once per update it applies.
+impl PartialEq for MemberId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.bump == other.bump
+            && self.host == other.host
+            && bytes_eq(&self.peer, &other.peer)
+            && bytes_eq(&self.addr, &other.addr)
+    }
+}
+
+/// Hashes what [`PartialEq`] compares.
+impl std::hash::Hash for MemberId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.bump.hash(state);
+        self.host.hash(state);
+        self.peer.hash(state);
+        self.addr.hash(state);
+    }
+}
+
+/// Byte strings compared without calling `memcmp` for empty ones (an
+/// identity's peer and address are empty in simulations and often equal).
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 impl MemberId {
+    /// An identity from its parts.
+    pub fn new(host: impl Into<Arc<str>>, peer: Vec<u8>, addr: Vec<u8>, bump: u16) -> Self {
+        let host = host.into();
+        let key = HostKey::of(&host);
+        Self {
+            host,
+            peer,
+            addr,
+            bump,
+            key,
+        }
+    }
+
     /// An identity known only by host name (simulations, tests, and the
     /// authenticated sender of a datagram, whose name is all that counts).
     pub fn named(host: &str) -> Self {
-        Self {
-            host: host.to_owned(),
-            peer: Vec::new(),
-            addr: Vec::new(),
-            bump: 0,
-        }
+        Self::new(host, Vec::new(), Vec::new(), 0)
     }
 }
 
 impl foca::Identity for MemberId {
-    type Addr = String;
+    type Addr = HostKey;
 
     fn renew(&self) -> Option<Self> {
         self.bump.checked_add(1).map(|bump| Self {
@@ -95,8 +170,8 @@ impl foca::Identity for MemberId {
         })
     }
 
-    fn addr(&self) -> String {
-        self.host.clone()
+    fn addr(&self) -> HostKey {
+        self.key
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -243,6 +318,10 @@ pub struct CellMembership {
     book: InfoBook,
     /// Point-to-point sends of the info exchange, prefixed already.
     direct: Vec<(MemberId, Bytes)>,
+    /// Members that came up and have not answered for their record since:
+    /// asked again every tick until they do, since a lost request or
+    /// answer would leave a record from before their absence for good.
+    unanswered: std::collections::HashSet<HostKey>,
     /// Membership changes and own record updates so far.
     changes: u64,
     /// foca's configuration as last set, and the suspicion timeout of a
@@ -325,6 +404,7 @@ impl CellMembership {
             own: info,
             book,
             direct: Vec::new(),
+            unanswered: Default::default(),
             changes: 0,
             config,
             healthy_suspicion,
@@ -354,9 +434,10 @@ impl CellMembership {
                 let info: MemberInfo = postcard::from_bytes(rest)
                     .map_err(|e| MembershipError::Decode(e.to_string()))?;
                 // A member answers only for itself.
-                if info.host != from.host {
+                if *info.host != *from.host {
                     return Err(MembershipError::BadInfo);
                 }
+                self.unanswered.remove(&from.key);
                 self.book.clone().receive_item(rest, Some(from)).map(|_| ())
             }
             _ => Err(MembershipError::Decode("unknown membership message".into())),
@@ -372,13 +453,14 @@ impl CellMembership {
     }
 
     /// Periodic catch-up (every few seconds): asks live members whose info
-    /// record this member lacks, a few at a time, for it directly.
+    /// record this member lacks, or who came up and have not answered for
+    /// it since, a few at a time, for it directly.
     pub fn handle_tick(&mut self) {
         let missing: Vec<MemberId> = self
             .foca
             .iter_members()
             .map(|m| m.id().clone())
-            .filter(|id| !self.book.has(&id.host))
+            .filter(|id| self.unanswered.contains(&id.key) || !self.book.has(&id.host))
             .take(MAX_INFO_REQUESTS_PER_TICK)
             .collect();
         for id in missing {
@@ -470,16 +552,24 @@ impl CellMembership {
             match n {
                 OwnedNotification::MemberUp(id) => {
                     // A newcomer, or one back from the dead: fetch its
-                    // record if this member has never heard it.
-                    if !self.book.has(&id.host) {
-                        out.push(Output::Send {
-                            to: id.clone(),
-                            data: Bytes::from_static(&[KIND_INFO_REQUEST]),
-                        });
-                    }
+                    // record. One back may have changed it while it was
+                    // out of reach (the other side of a partition took up
+                    // the aggregator role), and the change was broadcast
+                    // only to those who could hear it: a record kept from
+                    // before left half of a healed cell electing other
+                    // aggregators than the rest for good (found by
+                    // starling-sim's partition scenario).
+                    self.unanswered.insert(id.key);
+                    out.push(Output::Send {
+                        to: id.clone(),
+                        data: Bytes::from_static(&[KIND_INFO_REQUEST]),
+                    });
                     out.push(Output::Up(id));
                 }
-                OwnedNotification::MemberDown(id) => out.push(Output::Down(id)),
+                OwnedNotification::MemberDown(id) => {
+                    self.unanswered.remove(&id.key);
+                    out.push(Output::Down(id));
+                }
                 _ => {}
             }
         }
@@ -523,10 +613,16 @@ impl CellMembership {
             .iter_members()
             .map(|m| {
                 let id = m.id().clone();
-                let info = infos.get(&id.host).cloned();
+                let info = infos.get(&*id.host).cloned();
                 (id, info)
             })
             .collect()
+    }
+
+    /// The identities of the members this one sees alive (itself
+    /// excluded), without copying anything.
+    pub fn member_ids(&self) -> impl Iterator<Item = &MemberId> {
+        self.foca.iter_members().map(|m| m.id())
     }
 
     /// The election's input: every live member (this one included).
@@ -544,11 +640,11 @@ impl CellMembership {
         let mut view: Vec<election::Member> = self
             .foca
             .iter_members()
-            .map(|m| match infos.get(&m.id().host) {
+            .map(|m| match infos.get(&*m.id().host) {
                 Some(i) => to_member(i),
                 // Not heard its record yet: a member, but not a candidate.
                 None => election::Member {
-                    id: m.id().host.clone(),
+                    id: m.id().host.to_string(),
                     eligible: false,
                     incumbent: false,
                     load: 0.0,
@@ -587,6 +683,24 @@ mod tests {
 
     fn from(host: &str) -> MemberId {
         MemberId::named(host)
+    }
+
+    #[test]
+    fn identities_compare_by_host_after_a_round_trip() {
+        use foca::Identity;
+        let id = MemberId::new("a", vec![1, 2], vec![3], 4);
+        let back: MemberId = postcard::from_bytes(&postcard::to_allocvec(&id).unwrap()).unwrap();
+        assert_eq!(back, id, "the local key is computed again, not lost");
+        assert_eq!(back.addr(), id.addr());
+        let renewed = id.renew().unwrap();
+        assert_ne!(renewed, id);
+        assert_eq!(
+            renewed.addr(),
+            id.addr(),
+            "a restarted host is the same member"
+        );
+        assert_ne!(MemberId::named("b").addr(), id.addr());
+        assert_ne!(MemberId::new("a", vec![1, 2], vec![], 4), id);
     }
 
     #[test]
@@ -642,7 +756,7 @@ mod tests {
         let mut out = Vec::new();
         m.drain(&mut out);
         let reply = out.iter().find_map(|o| match o {
-            Output::Send { to, data } if to.host == "b" && data.first() == Some(&KIND_INFO) => {
+            Output::Send { to, data } if &*to.host == "b" && data.first() == Some(&KIND_INFO) => {
                 Some(data.clone())
             }
             _ => None,
@@ -685,7 +799,7 @@ mod tests {
         assert!(a
             .members()
             .iter()
-            .any(|(id, info)| id.host == "b" && info.is_some()));
+            .any(|(id, info)| &*id.host == "b" && info.is_some()));
         let joined = a.generation();
         assert!(joined > start, "a new member and its record change it");
 

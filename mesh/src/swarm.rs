@@ -679,7 +679,7 @@ impl Mesh {
             for (id, info) in c.membership.members() {
                 let peer = PeerId::from_bytes(&id.peer).ok();
                 let info = info.unwrap_or(MemberInfo {
-                    host: id.host.clone(),
+                    host: id.host.to_string(),
                     version: 0,
                     eligible: false,
                     aggregator: false,
@@ -692,7 +692,7 @@ impl Mesh {
                     relay: String::new(),
                 });
                 members.push(MemberView {
-                    host: id.host,
+                    host: id.host.to_string(),
                     peer: peer.map(|p| p.to_string()).unwrap_or_default(),
                     known: info.version > 0,
                     eligible: info.eligible,
@@ -709,7 +709,7 @@ impl Mesh {
             CellView {
                 name: c.name.clone(),
                 members,
-                aggregators: c.aggregators.clone(),
+                aggregators: c.election.aggregators().to_vec(),
             }
         });
         let sinks: Vec<SinkView> = {

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod client;
 pub mod event_queue;
+pub mod fleet;
 pub mod hostile_relay;
 pub mod kafka;
 pub mod load;

@@ -42,14 +42,31 @@ struct SimMember {
     backlog: Duration,
     bytes_in: u64,
     bytes_out: u64,
+    /// Its uplink is in a loss burst.
+    in_burst: bool,
+    /// The cell size it was told to expect (kept for a restart).
+    expected_size: u32,
 }
 
-/// A member-down notification: when, who noticed, whom.
+/// A member-down notification: when, who noticed, whom (and which of its
+/// lives: a restarted host rejoins with a higher bump).
 #[derive(Debug, Clone)]
 pub struct DownEvent {
     pub at: Duration,
     pub observer: String,
     pub member: String,
+    pub bump: u16,
+}
+
+/// Bursty loss on each member's uplink (Gilbert-Elliott): a link in its
+/// good state loses nothing beyond the network's independent loss, enters
+/// a burst with probability `enter` per message, and in a burst loses each
+/// message with probability `loss` until it leaves with probability `leave`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurstLoss {
+    pub enter: f64,
+    pub leave: f64,
+    pub loss: f64,
 }
 
 /// The simulated network.
@@ -61,12 +78,19 @@ pub struct SimNet {
     by_host: HashMap<String, usize>,
     rng: SmallRng,
     latency: Duration,
+    /// Each message takes up to this fraction more than `latency`.
+    jitter: f64,
     loss: f64,
     /// Members on the far side of a partition (None: no partition).
     partition: Option<HashSet<usize>>,
+    burst: Option<BurstLoss>,
     /// Every member-down notification so far.
     pub downs: Vec<DownEvent>,
     out: Vec<Output>,
+    /// A hash of every event handled, in order (see [`Self::trace_hash`]).
+    trace: u64,
+    /// Bytes sent by all members so far.
+    bytes_sent: u64,
 }
 
 impl SimNet {
@@ -79,10 +103,14 @@ impl SimNet {
             by_host: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
             latency,
+            jitter: 0.5,
             loss: 0.0,
             partition: None,
+            burst: None,
             downs: Vec::new(),
             out: Vec::new(),
+            trace: 0,
+            bytes_sent: 0,
         }
     }
 
@@ -91,16 +119,72 @@ impl SimNet {
         self.now
     }
 
+    /// Each message takes up to this fraction more than the base latency,
+    /// uniformly (0.5 unless set).
+    pub fn set_jitter(&mut self, jitter: f64) {
+        self.jitter = jitter.max(0.0);
+    }
+
     /// Probability that a message is lost.
     pub fn set_loss(&mut self, loss: f64) {
         self.loss = loss.clamp(0.0, 1.0);
     }
 
-    /// Adds a member that joins through the first member (if any).
+    /// Adds bursty loss on every member's uplink, on top of [`Self::set_loss`].
+    pub fn set_burst_loss(&mut self, burst: Option<BurstLoss>) {
+        self.burst = burst;
+    }
+
+    /// Adds a member that joins through the first live member (if any).
     pub fn add_member(&mut self, host: &str, eligible: bool, expected_size: u32) -> usize {
-        let id = MemberId::named(host);
+        let state = self.new_state(MemberId::named(host), eligible, expected_size);
+        let index = self.members.len();
+        self.members.push(SimMember {
+            id: state.0,
+            state: state.1,
+            alive: true,
+            backlog: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            in_burst: false,
+            expected_size,
+        });
+        self.by_host.insert(host.to_owned(), index);
+        self.start(index);
+        index
+    }
+
+    /// Restarts a member killed by [`Self::kill_member`] as a fresh process
+    /// would: empty state, the next bump of its identity, joining again
+    /// through a live member.
+    pub fn restart_member(&mut self, index: usize) {
+        let Some(member) = self.members.get(index) else {
+            return;
+        };
+        if member.alive {
+            return;
+        }
+        let Some(id) = foca::Identity::renew(&member.id) else {
+            return;
+        };
+        let (eligible, expected) = (member.state.own().eligible, member.expected_size);
+        let (id, state) = self.new_state(id, eligible, expected);
+        let member = &mut self.members[index];
+        member.id = id;
+        member.state = state;
+        member.alive = true;
+        self.start(index);
+    }
+
+    fn new_state(
+        &mut self,
+        id: MemberId,
+        eligible: bool,
+        expected_size: u32,
+    ) -> (MemberId, CellMembership) {
+        let host = id.host.to_string();
         let info = MemberInfo {
-            host: host.to_owned(),
+            host,
             version: 1,
             eligible,
             aggregator: false,
@@ -115,23 +199,19 @@ impl SimNet {
         let seed = self.rng.random::<u64>();
         let state = CellMembership::new(id.clone(), info, expected_size, seed)
             .expect("valid simulated member");
-        let index = self.members.len();
-        self.members.push(SimMember {
-            id,
-            state,
-            alive: true,
-            backlog: Duration::ZERO,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
-        self.by_host.insert(host.to_owned(), index);
-        if index > 0 {
-            let via = self.members[0].id.clone();
+        (id, state)
+    }
+
+    /// Joins member `index` through the first live member (a seed every
+    /// member knows), and starts its ticks.
+    fn start(&mut self, index: usize) {
+        let via = (0..self.members.len()).find(|&i| i != index && self.members[i].alive);
+        if let Some(via) = via {
+            let via = self.members[via].id.clone();
             let _ = self.members[index].state.join(via);
         }
         self.flush(index);
         self.schedule(TICK, Event::Tick { member: index });
-        index
     }
 
     fn schedule(&mut self, after: Duration, event: Event) {
@@ -163,13 +243,13 @@ impl SimNet {
             match o {
                 Output::Send { to, data } => {
                     self.members[index].bytes_out += data.len() as u64;
-                    let Some(&dest) = self.by_host.get(&to.host) else {
+                    self.bytes_sent += data.len() as u64;
+                    let Some(&dest) = self.by_host.get(&*to.host) else {
                         continue;
                     };
-                    let lost = self.loss > 0.0 && self.rng.random::<f64>() < self.loss;
+                    let lost = self.lost(index);
                     if !lost && self.reachable(index, dest) {
-                        // Up to 50 % jitter on top of the base latency.
-                        let jitter = self.latency.mul_f64(self.rng.random::<f64>() * 0.5);
+                        let jitter = self.latency.mul_f64(self.rng.random::<f64>() * self.jitter);
                         self.schedule(
                             self.latency + jitter,
                             Event::Deliver {
@@ -191,13 +271,33 @@ impl SimNet {
                 }
                 Output::Down(id) => self.downs.push(DownEvent {
                     at: self.now,
-                    observer: self.members[index].id.host.clone(),
-                    member: id.host,
+                    observer: self.members[index].id.host.to_string(),
+                    member: id.host.to_string(),
+                    bump: id.bump,
                 }),
                 Output::Up(_) => {}
             }
         }
         self.out = out;
+    }
+
+    /// Whether a message member `from` sends now is lost.
+    fn lost(&mut self, from: usize) -> bool {
+        if let Some(burst) = self.burst {
+            let member = &mut self.members[from];
+            let flip = if member.in_burst {
+                burst.leave
+            } else {
+                burst.enter
+            };
+            if self.rng.random::<f64>() < flip {
+                member.in_burst = !member.in_burst;
+            }
+            if self.members[from].in_burst && self.rng.random::<f64>() < burst.loss {
+                return true;
+            }
+        }
+        self.loss > 0.0 && self.rng.random::<f64>() < self.loss
     }
 
     /// Runs the simulation for `duration` of simulated time.
@@ -219,6 +319,7 @@ impl SimNet {
                 continue;
             }
             let late = held;
+            self.trace = trace_step(self.trace, at, &event);
             match event {
                 Event::Deliver { from, to, data } => {
                     if !self.members[to].alive {
@@ -253,8 +354,82 @@ impl SimNet {
     /// Stops a member dead: it sends and receives nothing more.
     pub fn kill(&mut self, host: &str) {
         if let Some(&i) = self.by_host.get(host) {
-            self.members[i].alive = false;
+            self.kill_member(i);
         }
+    }
+
+    /// [`Self::kill`] by index.
+    pub fn kill_member(&mut self, index: usize) {
+        if let Some(m) = self.members.get_mut(index) {
+            m.alive = false;
+        }
+    }
+
+    /// Number of members, dead or alive (indices run below it).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the network has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether member `index` runs.
+    pub fn is_alive(&self, index: usize) -> bool {
+        self.members.get(index).is_some_and(|m| m.alive)
+    }
+
+    /// The current identity of member `index`.
+    pub fn id_of(&self, index: usize) -> Option<&MemberId> {
+        self.members.get(index).map(|m| &m.id)
+    }
+
+    /// The membership state of member `index`, to query or update; call
+    /// [`Self::flush_member`] after an update.
+    pub fn member_at(&mut self, index: usize) -> Option<&mut CellMembership> {
+        self.members.get_mut(index).map(|m| &mut m.state)
+    }
+
+    /// Read-only [`Self::member_at`].
+    pub fn member_ref(&self, index: usize) -> Option<&CellMembership> {
+        self.members.get(index).map(|m| &m.state)
+    }
+
+    /// Carries out what member `index` asked for after an update.
+    pub fn flush_member(&mut self, index: usize) {
+        if index < self.members.len() {
+            self.flush(index);
+        }
+    }
+
+    /// Index of the member on `host`.
+    pub fn index_of(&self, host: &str) -> Option<usize> {
+        self.by_host.get(host).copied()
+    }
+
+    /// Makes member `index` busy (see [`Self::make_busy`]).
+    pub fn make_member_busy(&mut self, index: usize, backlog: Duration) {
+        if let Some(m) = self.members.get_mut(index) {
+            m.backlog = backlog;
+        }
+    }
+
+    /// Splits the network by index: members for which `far` is true talk
+    /// only among themselves.
+    pub fn partition_by(&mut self, far: impl Fn(usize) -> bool) {
+        self.partition = Some((0..self.members.len()).filter(|&i| far(i)).collect());
+    }
+
+    /// A hash of every event this network handled, in order, with its
+    /// time: two runs that did the same thing have the same hash.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace
+    }
+
+    /// Bytes all members have sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
     }
 
     /// Splits the network: `side` can talk only among itself.
@@ -280,7 +455,7 @@ impl SimNet {
             .state
             .members()
             .into_iter()
-            .map(|(id, _)| id.host)
+            .map(|(id, _)| id.host.to_string())
             .collect();
         v.sort();
         v
@@ -291,7 +466,7 @@ impl SimNet {
         self.members
             .iter()
             .filter(|m| m.alive)
-            .map(|m| m.id.host.clone())
+            .map(|m| m.id.host.to_string())
             .collect()
     }
 
@@ -315,7 +490,7 @@ impl SimNet {
             .state
             .members()
             .into_iter()
-            .find(|(id, _)| id.host == about)
+            .find(|(id, _)| *id.host == *about)
             .and_then(|(_, info)| info)
     }
 
@@ -334,4 +509,26 @@ impl SimNet {
             .map(|&i| (self.members[i].bytes_in, self.members[i].bytes_out))
             .unwrap_or((0, 0))
     }
+}
+
+/// One step of the trace hash: the event's time, kind, members and size.
+fn trace_step(trace: u64, at: Duration, event: &Event) -> u64 {
+    let (kind, a, b, len) = match event {
+        Event::Tick { member } => (1u64, *member, 0, 0),
+        Event::Deliver { from, to, data } => (2, *from, *to, data.len()),
+        Event::Timer { member, .. } => (3, *member, 0, 0),
+    };
+    let mut h = trace;
+    for word in [at.as_nanos() as u64, kind, a as u64, b as u64, len as u64] {
+        h = mix(h ^ word);
+    }
+    h
+}
+
+/// splitmix64's finaliser: every input bit moves every output bit.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }

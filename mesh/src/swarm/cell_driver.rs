@@ -15,7 +15,7 @@ use super::{
     LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, PROVIDE_SETTLE,
     REFERRAL_GRACE, SWIM_BYTES, SWIM_DATAGRAMS, SWIM_DROPPED,
 };
-use crate::election;
+use crate::election::{CellElection, RoleChange};
 use crate::identity::{PeerIdentity, Role};
 use crate::membership::{CellMembership, MemberId, MemberInfo, Output};
 use crate::net::ip_of;
@@ -39,9 +39,7 @@ pub(super) struct Cell {
     /// When the member joined the cell, and last looked up its providers.
     pub(super) joined: Instant,
     pub(super) last_lookup: Option<Instant>,
-    pub(super) aggregators: Vec<String>,
-    /// The membership generation the aggregators were elected from.
-    pub(super) elected_at: Option<u64>,
+    pub(super) election: CellElection,
     /// The generation and time of the cell view last published.
     pub(super) published: Option<(u64, Instant)>,
     /// When the load in the own record last changed.
@@ -81,12 +79,12 @@ impl Mesh {
         self.swarm.add_external_address(advertise.clone());
         let name = crate::cell::base_cell(settings.zone.as_deref(), ip);
         let host = self.enrolment.identity().name.clone();
-        let id = MemberId {
-            host: host.clone(),
-            peer: self.swarm.local_peer_id().to_bytes(),
-            addr: advertise.to_vec(),
-            bump: 0,
-        };
+        let id = MemberId::new(
+            host.as_str(),
+            self.swarm.local_peer_id().to_bytes(),
+            advertise.to_vec(),
+            0,
+        );
         let info = MemberInfo {
             host: host.clone(),
             version: self.version(),
@@ -118,8 +116,7 @@ impl Mesh {
                     last_tick: Instant::now() - MEMBERSHIP_TICK,
                     joined: Instant::now(),
                     last_lookup: None,
-                    aggregators: Vec::new(),
-                    elected_at: None,
+                    election: CellElection::default(),
                     published: None,
                     load_sent: Instant::now(),
                 });
@@ -256,12 +253,7 @@ impl Mesh {
         let Some(cell) = self.cell.as_mut() else {
             return;
         };
-        let via = MemberId {
-            host: identity.name.clone(),
-            peer: peer.to_bytes(),
-            addr: Vec::new(),
-            bump: 0,
-        };
+        let via = MemberId::new(identity.name.as_str(), peer.to_bytes(), Vec::new(), 0);
         if let Err(e) = cell.membership.join(via) {
             tracing::debug!(%peer, error = %e, "announce failed");
         }
@@ -419,12 +411,7 @@ impl Mesh {
         }
         self.cell_peers.insert(peer);
         tracing::trace!(%peer, bytes = message.data.len(), "membership datagram in");
-        let from = MemberId {
-            host: identity.name.clone(),
-            peer: peer.to_bytes(),
-            addr: Vec::new(),
-            bump: 0,
-        };
+        let from = MemberId::new(identity.name.as_str(), peer.to_bytes(), Vec::new(), 0);
         if let Err(e) = cell.membership.handle_data(&from, &message.data) {
             tracing::debug!(%peer, error = %e, "bad membership datagram");
             self.drop_swim("invalid");
@@ -439,21 +426,14 @@ impl Mesh {
         let Some(cell) = self.cell.as_mut() else {
             return;
         };
-        let generation = cell.membership.generation();
-        if cell.elected_at == Some(generation) {
-            return;
+        let change = cell.election.update(
+            &cell.name,
+            &mut cell.membership,
+            &cell.settings.election,
+            version,
+        );
+        if change != RoleChange::None {
+            tracing::info!(cell = %cell.name, ?change, "aggregator role changed");
         }
-        cell.elected_at = Some(generation);
-        let view = cell.membership.election_view();
-        let elected = election::elect(&cell.name, &view, &cell.settings.election);
-        let me = &cell.membership.own().host;
-        let chosen = elected.iter().any(|h| h == me);
-        if chosen != cell.membership.own().aggregator {
-            tracing::info!(cell = %cell.name, aggregator = chosen, "aggregator role changed");
-            let _ = cell
-                .membership
-                .update_info(version, |info| info.aggregator = chosen);
-        }
-        cell.aggregators = elected;
     }
 }

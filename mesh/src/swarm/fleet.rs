@@ -189,11 +189,11 @@ impl Mesh {
         let (name, aggregators, mut members) = match self.cell.as_ref() {
             Some(c) => (
                 c.name.clone(),
-                c.aggregators.clone(),
+                c.election.aggregators().to_vec(),
                 c.membership
                     .members()
                     .into_iter()
-                    .map(|(id, _)| id.host)
+                    .map(|(id, _)| id.host.to_string())
                     .collect::<Vec<String>>(),
             ),
             None => return Err("this member is in no cell".into()),

@@ -87,7 +87,7 @@ impl Mesh {
             return;
         };
         let me = self.enrolment.identity().name.clone();
-        let aggregators = cell.aggregators.clone();
+        let aggregators = cell.election.aggregators().to_vec();
         let cell_name = cell.name.clone();
         let Some(driver) = self.tasks.as_mut() else {
             return;
@@ -177,7 +177,7 @@ impl Mesh {
         cell.membership
             .members()
             .into_iter()
-            .filter(|(id, _)| hosts.contains(&id.host))
+            .filter(|(id, _)| hosts.iter().any(|h| **h == *id.host))
             .filter_map(|(id, _)| PeerId::from_bytes(&id.peer).ok())
             .filter(|p| p != self.swarm.local_peer_id())
             .collect()
@@ -186,7 +186,12 @@ impl Mesh {
     fn publish_summary(&mut self, now: Instant, cell_name: &str, me: &str) {
         let mut members: Vec<String> = match self.cell.as_ref() {
             Some(c) => std::iter::once(me.to_owned())
-                .chain(c.membership.members().into_iter().map(|(id, _)| id.host))
+                .chain(
+                    c.membership
+                        .members()
+                        .into_iter()
+                        .map(|(id, _)| id.host.to_string()),
+                )
                 .collect(),
             None => return,
         };

@@ -1,0 +1,126 @@
+//! `starling-sim`: runs a fleet scenario (sim/scenarios/*.toml) in virtual
+//! time with the production membership and election of every host, and
+//! writes a report directory with the figures (JSON, CSV) and plots (PNG).
+//! docs/simulator.md says what each figure means and what it costs.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use starling_sim::fleet::{self, report, Progress, Scenario};
+use starling_sim::process::ProcessUsage;
+
+#[derive(Parser)]
+#[command(about = "Simulate a Starling fleet in virtual time and report on it")]
+struct Args {
+    /// The scenario file (TOML; sim/scenarios/ has the shipped ones).
+    scenario: PathBuf,
+    /// Where the report goes (default: reports/<scenario name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Threads that share the cells; the result does not depend on it.
+    #[arg(long, default_value_t = default_shards())]
+    shards: usize,
+    /// Overrides the scenario's host count.
+    #[arg(long)]
+    hosts: Option<u64>,
+    /// Overrides the scenario's virtual duration, in seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Overrides the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Prints the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut scenario = Scenario::load(&args.scenario)?;
+    if let Some(h) = args.hosts {
+        scenario.hosts = h;
+    }
+    if let Some(d) = args.duration {
+        scenario.duration_s = d;
+    }
+    if let Some(s) = args.seed {
+        scenario.seed = s;
+    }
+    // Overrides go through the same checks as the file.
+    let scenario = Scenario::parse(&toml_of(&scenario, &args.scenario)?)
+        .context("the scenario with the command line's overrides")?;
+    anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("reports").join(&scenario.name));
+
+    let progress = Progress::default();
+    let bar = indicatif::ProgressBar::new(scenario.duration_s * 1000 * args.shards as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {percent}% virtual, {elapsed} wall, eta {eta}",
+        )
+        .context("progress template")?,
+    );
+    bar.set_message(format!("{}: {} hosts", scenario.name, scenario.hosts));
+    let started = Instant::now();
+    let result = std::thread::scope(|scope| {
+        let run = scope.spawn(|| fleet::run(&scenario, args.shards, &progress));
+        while !run.is_finished() {
+            bar.set_position(progress.done_ms.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        run.join()
+    })
+    .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let peak = ProcessUsage::read(std::process::id())
+        .map(|u| u.peak_rss_bytes)
+        .unwrap_or(0);
+    let summary = report::Summary::new(&scenario, &result, args.shards, wall, peak);
+    let written = report::write(&out, &summary, &result)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{}", summary.table());
+        println!("report: {}", out.display());
+        for path in written {
+            println!("  {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The scenario as TOML again, for checking overrides the same way.
+fn toml_of(scenario: &Scenario, path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    doc.insert(
+        "hosts".into(),
+        toml::Value::Integer(scenario.hosts.min(i64::MAX as u64) as i64),
+    );
+    doc.insert(
+        "duration_s".into(),
+        toml::Value::Integer(scenario.duration_s.min(i64::MAX as u64) as i64),
+    );
+    doc.insert("seed".into(), toml::Value::Integer(scenario.seed as i64));
+    Ok(toml::to_string(&doc)?)
+}

@@ -1,0 +1,164 @@
+//! The fleet simulator's protocol properties, on small fleets of the
+//! production membership and election: runs repeat exactly, partitions
+//! heal, and every cell agrees on its aggregators after churn and after a
+//! region's aggregators fail.
+
+use starling_sim::fleet::{report, run, Progress, RunResult, Sample, Scenario};
+
+fn scenario(body: &str) -> Scenario {
+    Scenario::parse(body).expect("valid scenario")
+}
+
+fn last(r: &RunResult) -> Sample {
+    *r.samples.last().expect("samples")
+}
+
+/// Asserts that at the end every live host sees exactly its cell's live
+/// hosts and every cell agrees on live, serving aggregators.
+fn assert_settled(name: &str, r: &RunResult) {
+    let end = last(r);
+    assert!(end.hosts_alive > 0, "{name}: hosts alive");
+    assert_eq!(
+        end.hosts_converged, end.hosts_alive,
+        "{name}: converged {end:?}"
+    );
+    assert_eq!(
+        end.hosts_attached, end.hosts_alive,
+        "{name}: attached {end:?}"
+    );
+    assert_eq!(
+        end.cells_agreeing, end.cells,
+        "{name}: cells agreeing {end:?}"
+    );
+}
+
+const SMALL: &str = r#"
+name = "small"
+hosts = 300
+cell_size = 40
+duration_s = 90
+boot = { spread_s = 10 }
+loss = { independent = 0.01 }
+[[regions]]
+name = "eu"
+latency_ms = 10
+[[regions]]
+name = "us"
+latency_ms = 30
+"#;
+
+#[test]
+fn the_same_seed_gives_the_same_trace_whatever_the_shards() {
+    let s = scenario(SMALL);
+    let one = run(&s, 1, &Progress::default());
+    let again = run(&s, 1, &Progress::default());
+    let two = run(&s, 2, &Progress::default());
+    assert_eq!(one.trace_hash, again.trace_hash);
+    assert_eq!(one.trace_hash, two.trace_hash, "shards change nothing");
+    assert_eq!(one.samples, two.samples);
+    assert!(
+        one.cells >= 8,
+        "300 hosts in cells of at most 40: {}",
+        one.cells
+    );
+    let mut other = s.clone();
+    other.seed = 2;
+    assert_ne!(
+        run(&other, 2, &Progress::default()).trace_hash,
+        one.trace_hash
+    );
+    assert_settled("small", &one);
+}
+
+#[test]
+fn a_partitioned_fleet_heals_and_agrees_on_aggregators_again() {
+    let s = scenario(
+        &format!(
+            "{SMALL}\n[[events]]\nkind = \"partition\"\nat_s = 30\nfraction = 0.5\n\
+         [[events]]\nkind = \"heal\"\nat_s = 60\n"
+        )
+        .replace("duration_s = 90", "duration_s = 120"),
+    );
+    let r = run(&s, 2, &Progress::default());
+    let during = r
+        .samples
+        .iter()
+        .find(|x| x.at_s == 60)
+        .expect("a sample at 60 s");
+    assert!(
+        during.hosts_converged < during.hosts_alive / 2,
+        "the cut was felt: {during:?}"
+    );
+    assert_settled("partition", &r);
+}
+
+#[test]
+fn cells_agree_on_aggregators_after_churn() {
+    let s = scenario(
+        &format!(
+            "{SMALL}\n[[events]]\nkind = \"churn\"\nat_s = 20\nuntil_s = 80\n\
+         pct_per_min = 5.0\nrestart_after_s = 10\n"
+        )
+        .replace("duration_s = 90", "duration_s = 140"),
+    );
+    let r = run(&s, 2, &Progress::default());
+    assert!(
+        r.detections.crashes >= 5,
+        "churn happened: {}",
+        r.detections.crashes
+    );
+    assert_eq!(
+        r.detections.first.len() as u64,
+        r.detections.crashes,
+        "every crash was noticed"
+    );
+    assert_eq!(
+        r.detections.false_positives, 0,
+        "no live host declared down"
+    );
+    assert_settled("churn", &r);
+
+    // The report a person reads: the same figures, and the plots
+    // (scripts/setup installs the font they need).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = report::Summary::new(&s, &r, 2, 1.0, 0);
+    let written = report::write(dir.path(), &summary, &r).expect("report");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("JSON");
+    assert_eq!(json["crashes"], r.detections.crashes);
+    assert_eq!(json["final_cells_agreeing_pct"], 100.0);
+    let timeline = std::fs::read_to_string(dir.path().join("timeline.csv")).expect("timeline");
+    assert_eq!(
+        timeline.lines().count(),
+        r.samples.len() + 1,
+        "a header and a row per sample"
+    );
+    for plot in ["convergence.png", "control_bytes.png", "detection_cdf.png"] {
+        let path = dir.path().join(plot);
+        assert!(written.contains(&path), "{plot} written");
+        let bytes = std::fs::read(&path).expect("plot");
+        assert!(bytes.starts_with(b"\x89PNG"), "{plot} is a PNG");
+    }
+    assert!(summary.table().contains("crashes"));
+}
+
+#[test]
+fn a_region_whose_aggregators_fail_elects_new_ones() {
+    // Half the hosts eligible, so that every cell keeps candidates once
+    // its aggregators are gone (a cell left with none has no aggregator,
+    // docs/simulator.md).
+    let s = scenario(&format!(
+        "eligible_pct = 50\n{SMALL}\n[[events]]\nkind = \"aggregator_region_failure\"\nat_s = 40\nregion = \"eu\"\n"
+    ));
+    let r = run(&s, 2, &Progress::default());
+    assert!(
+        r.detections.crashes >= 2,
+        "aggregators crashed: {}",
+        r.detections.crashes
+    );
+    let before = r.samples.iter().find(|x| x.at_s == 40).expect("sample");
+    assert!(last(&r).hosts_alive < before.hosts_alive);
+    assert_settled("region failure", &r);
+}
