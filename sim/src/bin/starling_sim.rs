@@ -35,6 +35,12 @@ struct Args {
     /// Prints the summary as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Runs the scenario at each of these fleet sizes instead (e.g.
+    /// 1000,10000,100000): a report per size under the output directory,
+    /// and scale.csv and scale.png with the steady membership bytes per
+    /// host against fleet size and their log-log slope.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<u64>,
 }
 
 fn default_shards() -> usize {
@@ -61,14 +67,73 @@ fn main() -> anyhow::Result<()> {
         scenario.seed = s;
     }
     // Overrides go through the same checks as the file.
-    let scenario = Scenario::parse(&toml_of(&scenario, &args.scenario)?)
-        .context("the scenario with the command line's overrides")?;
+    let scenario = checked(&scenario, &args.scenario)?;
     anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("reports").join(&scenario.name));
+    if args.sweep.is_empty() {
+        let summary = run_one(&scenario, &args, &out)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        return Ok(());
+    }
+    let mut runs = Vec::new();
+    for &hosts in &args.sweep {
+        let mut sized = scenario.clone();
+        sized.hosts = hosts;
+        let sized = checked(&sized, &args.scenario)?;
+        runs.push(run_one(&sized, &args, &out.join(hosts.to_string()))?);
+    }
+    let (written, slope) = report::write_sweep(&out, &scenario.name, &runs)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header([
+        "hosts",
+        "cells",
+        "steady B/s per host",
+        "wall",
+        "host-s per s",
+    ]);
+    for r in &runs {
+        table.add_row([
+            r.hosts.to_string(),
+            r.cells.to_string(),
+            format!("{:.1}", r.steady_control_bytes_per_host_s),
+            format!("{:.1} s", r.wall_s),
+            format!("{:.0}", r.host_seconds_per_s),
+        ]);
+    }
+    println!("{table}");
+    match slope {
+        Some(s) => println!("log-log slope of bytes per host against hosts: {s:.3}"),
+        None => println!("log-log slope: needs two sizes with traffic"),
+    }
+    for path in written {
+        println!("  {}", path.display());
+    }
+    Ok(())
+}
 
+/// The scenario with the command line's overrides, through the file's checks.
+fn checked(scenario: &Scenario, path: &std::path::Path) -> anyhow::Result<Scenario> {
+    Scenario::parse(&toml_of(scenario, path)?)
+        .context("the scenario with the command line's overrides")
+}
+
+/// Runs one scenario with a progress line, writes its report into `out`
+/// and, unless JSON was asked for, prints its table.
+fn run_one(
+    scenario: &Scenario,
+    args: &Args,
+    out: &std::path::Path,
+) -> anyhow::Result<report::Summary> {
     let progress = Progress::default();
     let bar = indicatif::ProgressBar::new(scenario.duration_s * 1000 * args.shards as u64);
     bar.set_style(
@@ -80,7 +145,7 @@ fn main() -> anyhow::Result<()> {
     bar.set_message(format!("{}: {} hosts", scenario.name, scenario.hosts));
     let started = Instant::now();
     let result = std::thread::scope(|scope| {
-        let run = scope.spawn(|| fleet::run(&scenario, args.shards, &progress));
+        let run = scope.spawn(|| fleet::run(scenario, args.shards, &progress));
         while !run.is_finished() {
             bar.set_position(progress.done_ms.load(Ordering::Relaxed));
             std::thread::sleep(Duration::from_millis(200));
@@ -93,18 +158,16 @@ fn main() -> anyhow::Result<()> {
     let peak = ProcessUsage::read(std::process::id())
         .map(|u| u.peak_rss_bytes)
         .unwrap_or(0);
-    let summary = report::Summary::new(&scenario, &result, args.shards, wall, peak);
-    let written = report::write(&out, &summary, &result)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
+    let summary = report::Summary::new(scenario, &result, args.shards, wall, peak);
+    let written = report::write(out, &summary, &result)?;
+    if !args.json {
         println!("{}", summary.table());
         println!("report: {}", out.display());
         for path in written {
             println!("  {}", path.display());
         }
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// The scenario as TOML again, for checking overrides the same way.

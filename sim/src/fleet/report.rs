@@ -69,6 +69,8 @@ pub struct Summary {
     pub attached_from_s: Option<u64>,
     /// Membership bytes each live host sent per second, over the run.
     pub control_bytes_per_host_s: f64,
+    /// The same over the second half of the run only (past the start).
+    pub steady_control_bytes_per_host_s: f64,
     pub crashes: u64,
     /// Crash to each observer's down notice, and to the first one.
     pub detection_by_observer_s: Quantiles,
@@ -110,14 +112,21 @@ impl Summary {
     ) -> Self {
         let last = result.samples.last().copied().unwrap_or_default();
         let nearly = |part: u64, whole: u64| whole > 0 && part as f64 >= whole as f64 * NEARLY_ALL;
-        let mut host_seconds = 0.0;
-        let mut bytes = 0u64;
-        let mut prev = 0;
-        for s in &result.samples {
-            host_seconds += s.hosts_alive as f64 * (s.at_s - prev) as f64;
-            bytes += s.bytes_sent;
-            prev = s.at_s;
-        }
+        let rate = |from_s: u64| {
+            let (mut host_seconds, mut bytes, mut prev) = (0.0, 0u64, 0);
+            for s in &result.samples {
+                if s.at_s > from_s {
+                    host_seconds += s.hosts_alive as f64 * (s.at_s - prev) as f64;
+                    bytes += s.bytes_sent;
+                }
+                prev = s.at_s;
+            }
+            if host_seconds > 0.0 {
+                bytes as f64 / host_seconds
+            } else {
+                0.0
+            }
+        };
         Self {
             scenario: scenario.name.clone(),
             seed: scenario.seed,
@@ -139,11 +148,8 @@ impl Summary {
             attached_from_s: holds_from(&result.samples, |s| {
                 nearly(s.hosts_attached, s.hosts_alive)
             }),
-            control_bytes_per_host_s: if host_seconds > 0.0 {
-                bytes as f64 / host_seconds
-            } else {
-                0.0
-            },
+            control_bytes_per_host_s: rate(0),
+            steady_control_bytes_per_host_s: rate(scenario.duration_s / 2),
             crashes: result.detections.crashes,
             detection_by_observer_s: Quantiles::of(&result.detections.by_observer),
             detection_first_s: Quantiles::of(&result.detections.first),
@@ -208,7 +214,10 @@ impl Summary {
             ("99.9 % attached from", secs(self.attached_from_s)),
             (
                 "control bytes per host",
-                format!("{:.0} B/s", self.control_bytes_per_host_s),
+                format!(
+                    "{:.0} B/s ({:.0} B/s in the second half)",
+                    self.control_bytes_per_host_s, self.steady_control_bytes_per_host_s
+                ),
             ),
             ("crashes", self.crashes.to_string()),
             ("detection, first notice", q(&self.detection_first_s)),
@@ -286,6 +295,126 @@ pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Resul
         ),
     }
     Ok(written)
+}
+
+/// The least-squares slope of log10(y) against log10(x): 0 is flat,
+/// 1 grows in proportion.
+pub fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let logs: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+        .map(|p| (p.0.log10(), p.1.log10()))
+        .collect();
+    if logs.len() < 2 {
+        return None;
+    }
+    let n = logs.len() as f64;
+    let mx = logs.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = logs.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Writes a sweep over fleet sizes into `dir`: scale.csv and, when a font
+/// can be found, scale.png (steady control bytes per host against hosts,
+/// log-log). Returns the files written and the slope.
+pub fn write_sweep(
+    dir: &Path,
+    name: &str,
+    runs: &[Summary],
+) -> anyhow::Result<(Vec<PathBuf>, Option<f64>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut csv = String::from(
+        "hosts,cells,steady_control_bytes_per_host_s,control_bytes_per_host_s,wall_s,host_seconds_per_s\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            csv,
+            "{},{},{:.2},{:.2},{:.1},{:.0}",
+            r.hosts,
+            r.cells,
+            r.steady_control_bytes_per_host_s,
+            r.control_bytes_per_host_s,
+            r.wall_s,
+            r.host_seconds_per_s
+        );
+    }
+    let path = dir.join("scale.csv");
+    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    let mut written = vec![path];
+    let points: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| (r.hosts as f64, r.steady_control_bytes_per_host_s))
+        .collect();
+    let slope = log_log_slope(&points);
+    if font().is_some() && points.len() >= 2 {
+        let path = dir.join("scale.png");
+        plot_scale(&path, name, &points, slope)?;
+        written.push(path);
+    }
+    Ok((written, slope))
+}
+
+fn plot_scale(
+    path: &Path,
+    name: &str,
+    points: &[(f64, f64)],
+    slope: Option<f64>,
+) -> anyhow::Result<()> {
+    let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("plotting {}: {e:?}", path.display());
+    let x = (
+        points.iter().map(|p| p.0).fold(f64::MAX, f64::min) / 2.0,
+        points.iter().map(|p| p.0).fold(1.0, f64::max) * 2.0,
+    );
+    let y_top = points.iter().map(|p| p.1).fold(1.0, f64::max).max(1000.0) * 2.0;
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let caption = match slope {
+        Some(s) => format!("{name}: membership bytes per host against fleet size (slope {s:.3})"),
+        None => format!("{name}: membership bytes per host against fleet size"),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x.0..x.1).log_scale(), (1.0..y_top).log_scale())
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("hosts")
+        .y_desc("bytes per host per second")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(x.0, 1000.0), (x.1, 1000.0)],
+            RED.stroke_width(1),
+        ))
+        .map_err(|e| err(&e))?
+        .label("goal: under 1 KB/s")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(1)));
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            BLUE.stroke_width(2),
+        ))
+        .map_err(|e| err(&e))?
+        .label("steady, measured")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart
+        .draw_series(points.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// Up to 200 points of both CDFs, at the same delays.
@@ -472,6 +601,15 @@ fn plot_cdf(path: &Path, name: &str, first: &[f32], each: &[f32]) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_log_slope_is_the_growth_exponent() {
+        let flat = [(1e3, 50.0), (1e4, 50.0), (1e5, 50.0)];
+        assert!(log_log_slope(&flat).unwrap().abs() < 1e-9);
+        let linear = [(1e3, 1.0), (1e4, 10.0), (1e5, 100.0)];
+        assert!((log_log_slope(&linear).unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(log_log_slope(&[(1e3, 5.0)]), None);
+    }
 
     #[test]
     fn quantiles_pick_the_nearest_rank() {
