@@ -22,7 +22,10 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::election;
+
+mod member_id;
 use crate::health::LocalHealth;
+pub use member_id::{HostKey, MemberId};
 
 /// First byte of every membership datagram: what follows.
 const KIND_SWIM: u8 = 0;
@@ -56,128 +59,6 @@ const MAX_INFO_REQUESTS_PER_TICK: usize = 8;
 pub const MAX_TAGS: usize = 16;
 pub const MAX_ADDRS: usize = 8;
 pub const MAX_TEXT: usize = 128;
-
-/// A member of a cell: its host id, where to reach it, and a bump that a
-/// restarted host increments to rejoin under a fresh identity.
-///
-/// Identities travel in every SWIM message, so a member that learns of
-/// another from gossip can reach it without a lookup.
-#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "MemberIdWire")]
-pub struct MemberId {
-    /// The enrolled host name: what makes two identities the same member.
-    pub host: Arc<str>,
-    /// libp2p PeerId bytes (empty under the simulated network).
-    pub peer: Vec<u8>,
-    /// One dialable libp2p multiaddr, as bytes (may be empty).
-    pub addr: Vec<u8>,
-    pub bump: u16,
-    /// A keyed hash of `host`, computed once: foca compares members by
-    /// [`foca::Identity::addr`] in a linear scan of the cell for every
-    /// update it applies, and comparing host names there was most of a
-    /// member's CPU (docs/simulator.md). Last, so ordering never needs it.
-    #[serde(skip_serializing)]
-    key: HostKey,
-}
-
-/// How a [`MemberId`] travels: everything but its local key.
-#[derive(Deserialize)]
-struct MemberIdWire {
-    host: Arc<str>,
-    peer: Vec<u8>,
-    addr: Vec<u8>,
-    bump: u16,
-}
-
-impl From<MemberIdWire> for MemberId {
-    fn from(w: MemberIdWire) -> Self {
-        Self::new(w.host, w.peer, w.addr, w.bump)
-    }
-}
-
-/// The address foca compares members by: a 64-bit hash of the host name
-/// under a key chosen at random per process, so nobody can make up a name
-/// that collides with a member's (two names colliding by chance in a cell
-/// of a thousand: about 3 in 10^14).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostKey(u64);
-
-impl HostKey {
-    fn of(host: &str) -> Self {
-        use std::hash::BuildHasher;
-        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-        Self(KEYS.get_or_init(std::hash::RandomState::new).hash_one(host))
-    }
-}
-
-/// The same fields as a derived comparison, cheapest first: foca compares
-/// identities once per update it applies.
-impl PartialEq for MemberId {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-            && self.bump == other.bump
-            && self.host == other.host
-            && bytes_eq(&self.peer, &other.peer)
-            && bytes_eq(&self.addr, &other.addr)
-    }
-}
-
-/// Hashes what [`PartialEq`] compares.
-impl std::hash::Hash for MemberId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key.hash(state);
-        self.bump.hash(state);
-        self.host.hash(state);
-        self.peer.hash(state);
-        self.addr.hash(state);
-    }
-}
-
-/// Byte strings compared without calling `memcmp` for empty ones (an
-/// identity's peer and address are empty in simulations and often equal).
-fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && (a.is_empty() || a == b)
-}
-
-impl MemberId {
-    /// An identity from its parts.
-    pub fn new(host: impl Into<Arc<str>>, peer: Vec<u8>, addr: Vec<u8>, bump: u16) -> Self {
-        let host = host.into();
-        let key = HostKey::of(&host);
-        Self {
-            host,
-            peer,
-            addr,
-            bump,
-            key,
-        }
-    }
-
-    /// An identity known only by host name (simulations, tests, and the
-    /// authenticated sender of a datagram, whose name is all that counts).
-    pub fn named(host: &str) -> Self {
-        Self::new(host, Vec::new(), Vec::new(), 0)
-    }
-}
-
-impl foca::Identity for MemberId {
-    type Addr = HostKey;
-
-    fn renew(&self) -> Option<Self> {
-        self.bump.checked_add(1).map(|bump| Self {
-            bump,
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> HostKey {
-        self.key
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
-    }
-}
 
 /// What a member says about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
