@@ -18,6 +18,9 @@ pub struct Broker {
     bin: PathBuf,
     storage: String,
     dir: tempfile::TempDir,
+    /// Where the running process's part of tansu.log begins (the log is
+    /// appended to across restarts).
+    log_start: usize,
 }
 
 fn tansu_binary() -> anyhow::Result<PathBuf> {
@@ -100,6 +103,7 @@ impl Broker {
     fn start_in(dir: tempfile::TempDir, storage: String) -> anyhow::Result<Self> {
         let bin = tansu_binary()?;
         let port = free_port();
+        let log_start = log_len(dir.path());
         let child = spawn(&bin, port, &storage, dir.path())?;
         let mut broker = Self {
             child,
@@ -107,6 +111,7 @@ impl Broker {
             bin,
             storage,
             dir,
+            log_start,
         };
         broker.wait_listening()?;
         Ok(broker)
@@ -138,8 +143,27 @@ impl Broker {
     /// [`Broker::kill9`], and waits until it listens.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
+        self.log_start = log_len(self.dir.path());
         self.child = spawn(&self.bin, self.port, &self.storage, self.dir.path())?;
         self.wait_listening()
+    }
+
+    /// Whether the running broker's storage task panicked: tansu then keeps
+    /// listening but answers every produce with UNKNOWN_SERVER_ERROR until
+    /// it is restarted.
+    ///
+    /// tansu 0.6 does this after a crash of its own: a librdkafka idempotent
+    /// producer whose messages timed out while the broker was down bumps
+    /// its epoch by itself (legal since KIP-360, and what librdkafka does
+    /// for a non-transactional producer), and tansu's SQLite engine panics
+    /// on a produce with an epoch it never issued ("more or less than one
+    /// row", tansu-storage lite.rs). A real Kafka broker accepts the bump.
+    /// Tests that crash the broker restart it when this happens, as an
+    /// operator would restart a wedged broker, and say so.
+    pub fn storage_panicked(&self) -> bool {
+        self.log()
+            .get(self.log_start..)
+            .is_some_and(|since_start| since_start.contains("panicked at"))
     }
 
     /// Copies the broker's storage directory (its SQLite file, its log) to
@@ -181,6 +205,10 @@ impl Broker {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
     }
+}
+
+fn log_len(dir: &Path) -> usize {
+    std::fs::metadata(dir.join("tansu.log")).map_or(0, |m| m.len() as usize)
 }
 
 fn spawn(bin: &Path, port: u16, storage: &str, dir: &Path) -> anyhow::Result<Child> {

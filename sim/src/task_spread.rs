@@ -30,8 +30,15 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use starling_proto::v1::config_setting::Setting;
+use starling_proto::v1::task_payload::Body;
+use starling_proto::v1::{
+    ConfigSetting, FleetConfig, SensorKindSwitch, TargetSelector, TaskPayload,
+};
+use starling_task::root::new_root;
+use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
 use starling_task::sync::{self, SyncRequest, SyncResponse};
-use starling_task::{Ledger, Received, TaskPlane, TrustedRoot};
+use starling_task::{Ledger, OperatorKeyPair, Received, TaskPlane, TrustedRoot};
 
 use crate::event_queue::EventQueue;
 
@@ -61,6 +68,59 @@ pub const CONTROL_BYTES: u64 = 24;
 /// An anti-entropy request unanswered this long has failed
 /// (the mesh's `TASK_SYNC_TIMEOUT`).
 pub const SYNC_TIMEOUT: Duration = starling_mesh::swarm::TASK_SYNC_TIMEOUT;
+
+/// A simulated fleet's trust root and the task its operator publishes:
+/// one live setting changed on every host (the common case), signed by
+/// the root's one operator key.
+pub struct SampleTask {
+    /// The fleet's signed trust root, valid for 30 days from `epoch`.
+    pub signed_root: Vec<u8>,
+    /// The signed task.
+    pub signed_task: Vec<u8>,
+}
+
+impl SampleTask {
+    /// The root and task of fleet "sim" at Unix time `epoch`.
+    pub fn new(epoch: u64) -> anyhow::Result<Self> {
+        let key = OperatorKeyPair::from_seed([1; 32]);
+        let root = new_root(
+            "sim",
+            1,
+            epoch + 30 * 86_400,
+            &[(key.public_key(), "operator".into())],
+            1,
+            1,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let signed_root = sign_root(&unsigned_root(&root), &key)?;
+        let payload = TaskPayload {
+            fleet: "sim".into(),
+            task_id: "dns-off".into(),
+            not_before: epoch.saturating_sub(60),
+            not_after: epoch + 7 * 86_400,
+            target: Some(TargetSelector {
+                all: true,
+                ..Default::default()
+            }),
+            reason: "turn the DNS collector off fleet-wide".into(),
+            body: Some(Body::Config(FleetConfig {
+                settings: vec![ConfigSetting {
+                    generation: 1,
+                    reset: false,
+                    setting: Some(Setting::SensorKind(SensorKindSwitch {
+                        kind: "dns_query".into(),
+                        enabled: false,
+                    })),
+                }],
+            })),
+        };
+        let signed_task = sign_task(&unsigned_task(&payload), &key)?;
+        Ok(Self {
+            signed_root,
+            signed_task,
+        })
+    }
+}
 
 /// The simulated fleet's shape.
 #[derive(Debug, Clone)]

@@ -1,9 +1,9 @@
 //! The fleet simulator's protocol properties, on small fleets of the
 //! production membership and election: runs repeat exactly, partitions
 //! heal, and every cell agrees on its aggregators after churn and after a
-//! region's aggregators fail.
+//! region's aggregators fail; and a task reaches every host.
 
-use starling_sim::fleet::{report, run, Progress, RunResult, Sample, Scenario};
+use starling_sim::fleet::{report, run, Progress, RunOptions, RunResult, Sample, Scenario};
 
 fn scenario(body: &str) -> Scenario {
     Scenario::parse(body).expect("valid scenario")
@@ -48,14 +48,26 @@ latency_ms = 30
 "#;
 
 #[test]
-fn the_same_seed_gives_the_same_trace_whatever_the_shards() {
+fn the_same_seed_gives_the_same_trace_whatever_the_shards_and_groups() {
     let s = scenario(SMALL);
-    let one = run(&s, 1, &Progress::default());
-    let again = run(&s, 1, &Progress::default());
-    let two = run(&s, 2, &Progress::default());
+    let one = run(&s, RunOptions::shards(1), &Progress::default()).unwrap();
+    let again = run(&s, RunOptions::shards(1), &Progress::default()).unwrap();
+    let two = run(&s, RunOptions::shards(2), &Progress::default()).unwrap();
     assert_eq!(one.trace_hash, again.trace_hash);
     assert_eq!(one.trace_hash, two.trace_hash, "shards change nothing");
     assert_eq!(one.samples, two.samples);
+    // Cells a few at a time (a group of at most 50 hosts per shard).
+    let grouped = RunOptions {
+        shards: 2,
+        hosts_in_memory: 100,
+    };
+    let in_groups = run(&s, grouped, &Progress::default()).unwrap();
+    assert_eq!(
+        one.trace_hash, in_groups.trace_hash,
+        "groups change nothing"
+    );
+    assert_eq!(one.samples, in_groups.samples);
+    assert_eq!(one.detections.first, in_groups.detections.first);
     assert!(
         one.cells >= 8,
         "300 hosts in cells of at most 40: {}",
@@ -64,7 +76,9 @@ fn the_same_seed_gives_the_same_trace_whatever_the_shards() {
     let mut other = s.clone();
     other.seed = 2;
     assert_ne!(
-        run(&other, 2, &Progress::default()).trace_hash,
+        run(&other, RunOptions::shards(2), &Progress::default())
+            .unwrap()
+            .trace_hash,
         one.trace_hash
     );
     assert_settled("small", &one);
@@ -79,7 +93,7 @@ fn a_partitioned_fleet_heals_and_agrees_on_aggregators_again() {
         )
         .replace("duration_s = 90", "duration_s = 120"),
     );
-    let r = run(&s, 2, &Progress::default());
+    let r = run(&s, RunOptions::shards(2), &Progress::default()).unwrap();
     let during = r
         .samples
         .iter()
@@ -101,7 +115,7 @@ fn cells_agree_on_aggregators_after_churn() {
         )
         .replace("duration_s = 90", "duration_s = 140"),
     );
-    let r = run(&s, 2, &Progress::default());
+    let r = run(&s, RunOptions::shards(2), &Progress::default()).unwrap();
     assert!(
         r.detections.crashes >= 5,
         "churn happened: {}",
@@ -152,7 +166,7 @@ fn a_region_whose_aggregators_fail_elects_new_ones() {
     let s = scenario(&format!(
         "eligible_pct = 50\n{SMALL}\n[[events]]\nkind = \"aggregator_region_failure\"\nat_s = 40\nregion = \"eu\"\n"
     ));
-    let r = run(&s, 2, &Progress::default());
+    let r = run(&s, RunOptions::shards(2), &Progress::default()).unwrap();
     assert!(
         r.detections.crashes >= 2,
         "aggregators crashed: {}",
@@ -161,4 +175,39 @@ fn a_region_whose_aggregators_fail_elects_new_ones() {
     let before = r.samples.iter().find(|x| x.at_s == 40).expect("sample");
     assert!(last(&r).hosts_alive < before.hosts_alive);
     assert_settled("region failure", &r);
+}
+
+#[test]
+fn every_host_receives_the_task_even_at_5_percent_loss_and_after_being_away() {
+    let s = scenario(&format!(
+        "{SMALL}\n[task]\nsync_interval_s = 10\naway_pct = 2\n"
+    ));
+    let mut lossy = s.clone();
+    lossy.hosts = 1000;
+    lossy.loss.independent = 0.05;
+    let r = run(&lossy, RunOptions::shards(2), &Progress::default()).unwrap();
+    let task = r.task.as_ref().expect("the scenario has a task");
+    assert_eq!(task.online_hosts + task.away_hosts, 1000);
+    assert_eq!(task.away_hosts, 20);
+    assert_eq!(
+        task.online_held, task.online_hosts,
+        "every online host holds the task: {task:?}"
+    );
+    assert_eq!(
+        task.away_held, task.away_hosts,
+        "every host that was away holds it after its return: {task:?}"
+    );
+    // Virtual time: a lost exchange is tried again the next period, so
+    // two periods bring every returning host level.
+    assert!(
+        task.away_catch_up.max <= 20.0,
+        "hosts away caught up within two anti-entropy periods: {task:?}"
+    );
+    assert!(task.copies_per_host >= 1.0 && task.bytes_per_host > 0.0);
+    let again = run(&lossy, RunOptions::shards(1), &Progress::default()).unwrap();
+    assert_eq!(
+        again.task.as_ref().map(|t| &t.trace_hash),
+        Some(&task.trace_hash),
+        "the task's spread repeats exactly"
+    );
 }

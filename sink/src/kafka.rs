@@ -4,7 +4,7 @@
 //! (librdkafka's `rd_kafka_message_status`), not merely "no error".
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ pub struct BatchReports {
     first_error: Mutex<Option<String>>,
     /// A report said the producer's identity is no longer usable.
     identity_lost: AtomicBool,
+    /// A report carried an error from the broker (not a local one such as
+    /// a timeout or a broken connection).
+    broker_refused: AtomicBool,
     done: Notify,
 }
 
@@ -76,6 +79,19 @@ fn loses_producer_identity(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Whether `code` came from the broker: librdkafka's own (local) errors
+/// are numbered from -200 to -100.
+fn is_broker_error(code: RDKafkaErrorCode) -> bool {
+    code as i32 > RDKafkaErrorCode::End as i32
+}
+
+/// Batches refused by the broker in a row after which the producer is
+/// replaced even though librdkafka does not call it dead: a broker that
+/// keeps refusing one producer's writes may be refusing its identity (for
+/// example an epoch the producer bumped by itself), and a fresh producer
+/// costs one InitProducerId request.
+const REPLACE_AFTER_REFUSALS: u32 = 3;
+
 impl BatchReports {
     fn new(messages: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -88,6 +104,9 @@ impl BatchReports {
         if let Err((e, code)) = outcome {
             if code.is_some_and(loses_producer_identity) {
                 self.identity_lost.store(true, Ordering::Release);
+            }
+            if code.is_some_and(is_broker_error) {
+                self.broker_refused.store(true, Ordering::Release);
             }
             let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert(e);
@@ -139,19 +158,22 @@ impl ProducerContext for DeliveryRouter {
 
 type SinkProducer = ThreadedProducer<DeliveryRouter>;
 
-/// Prometheus counter of producers replaced after a fatal error.
+/// Prometheus counter of producers replaced (see `KafkaWriter`).
 pub const PRODUCER_RESTARTS: &str = "starling_sink_kafka_producer_restarts_total";
 
 /// The sink's Kafka producer. An idempotent producer that hits a fatal
 /// error (fenced after timeouts, sequence gaps) never recovers by itself;
-/// the writer replaces it, and the batches that failed are answered RETRY
-/// so their nodes send them again.
+/// the writer replaces it (also after the broker refused several batches
+/// in a row), and the batches that failed are answered RETRY so their
+/// nodes send them again.
 pub struct KafkaWriter {
     producer: RwLock<Arc<SinkProducer>>,
     config: ClientConfig,
     topic: String,
     /// Write the origin's seal into every message's headers.
     origin_proof: bool,
+    /// Batches in a row the broker refused (see [`REPLACE_AFTER_REFUSALS`]).
+    refusals_in_a_row: AtomicU32,
 }
 
 fn client_config(cfg: &KafkaSection) -> ClientConfig {
@@ -184,6 +206,7 @@ impl KafkaWriter {
             config: c,
             topic: cfg.topic.clone(),
             origin_proof: cfg.origin_proof,
+            refusals_in_a_row: AtomicU32::new(0),
         })
     }
 
@@ -195,15 +218,25 @@ impl KafkaWriter {
     }
 
     /// Replaces `failed` if it is dead: librdkafka reports a fatal error,
-    /// or a delivery report said its producer identity is gone
-    /// (`identity_lost`). Returns true when it was replaced (or already had
-    /// been by another batch).
-    fn replace_if_dead(&self, failed: &Arc<SinkProducer>, identity_lost: bool) -> bool {
+    /// a delivery report said its producer identity is gone
+    /// (`identity_lost`), or the broker refused [`REPLACE_AFTER_REFUSALS`]
+    /// batches in a row (`refused_too_often`). Returns true when it was
+    /// replaced (or already had been by another batch).
+    fn replace_if_dead(
+        &self,
+        failed: &Arc<SinkProducer>,
+        identity_lost: bool,
+        refused_too_often: bool,
+    ) -> bool {
         let (code, reason) = match failed.client().fatal_error() {
             Some(fatal) => fatal,
             None if identity_lost => (
                 RDKafkaErrorCode::ProducerFenced,
                 "producer identity fenced or unknown to the broker".to_owned(),
+            ),
+            None if refused_too_often => (
+                RDKafkaErrorCode::Unknown,
+                format!("the broker refused {REPLACE_AFTER_REFUSALS} batches in a row"),
             ),
             None => return false,
         };
@@ -216,7 +249,8 @@ impl KafkaWriter {
             .create_with_context::<_, SinkProducer>(DeliveryRouter)
         {
             Ok(fresh) => {
-                tracing::warn!(?code, %reason, "kafka producer hit a fatal error; replaced it");
+                tracing::warn!(?code, %reason, "kafka producer replaced");
+                self.refusals_in_a_row.store(0, Ordering::Release);
                 metrics::counter!(PRODUCER_RESTARTS).increment(1);
                 let old = std::mem::replace(&mut *slot, Arc::new(fresh));
                 // Dropping a producer waits for its queue; keep that off
@@ -257,9 +291,14 @@ impl KafkaWriter {
         let producer = self.current();
         let reports = BatchReports::new(batch.len());
         let result = self.produce(&producer, batch, provenance, &reports).await;
-        if result.is_err() {
+        if result.is_ok() {
+            self.refusals_in_a_row.store(0, Ordering::Release);
+        } else {
             let lost = reports.identity_lost.load(Ordering::Acquire);
-            self.replace_if_dead(&producer, lost);
+            let refused = reports.broker_refused.load(Ordering::Acquire)
+                && self.refusals_in_a_row.fetch_add(1, Ordering::AcqRel) + 1
+                    >= REPLACE_AFTER_REFUSALS;
+            self.replace_if_dead(&producer, lost, refused);
         }
         result
     }
@@ -370,7 +409,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_fenced_report_marks_the_producer_lost_and_a_timeout_does_not() {
+    async fn reports_tell_a_lost_identity_and_a_broker_refusal_from_a_timeout() {
         let timeout = BatchReports::new(1);
         timeout.report(Err((
             "timed out".into(),
@@ -387,6 +426,12 @@ mod tests {
         )));
         assert!(fenced.wait().await.is_err());
         assert!(fenced.identity_lost.load(Ordering::Acquire));
+
+        let refused = BatchReports::new(1);
+        refused.report(Err(("unknown".into(), Some(RDKafkaErrorCode::Unknown))));
+        assert!(refused.wait().await.is_err());
+        assert!(refused.broker_refused.load(Ordering::Acquire));
+        assert!(!timeout.broker_refused.load(Ordering::Acquire));
 
         let fine = BatchReports::new(2);
         fine.report(Ok(()));

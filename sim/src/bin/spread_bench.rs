@@ -15,15 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use rand::{RngExt, SeedableRng};
-use starling_proto::v1::config_setting::Setting;
-use starling_proto::v1::task_payload::Body;
-use starling_proto::v1::{
-    ConfigSetting, FleetConfig, SensorKindSwitch, TargetSelector, TaskPayload,
-};
-use starling_sim::task_spread::{SpreadConfig, TaskSpread, HEARTBEAT, HISTORY_LENGTH};
-use starling_task::root::new_root;
-use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
-use starling_task::OperatorKeyPair;
+use starling_sim::task_spread::{SampleTask, SpreadConfig, TaskSpread, HEARTBEAT, HISTORY_LENGTH};
 
 #[derive(Parser)]
 #[command(about = "Task dissemination in a simulated fleet: times, bytes per host")]
@@ -57,22 +49,14 @@ fn main() -> anyhow::Result<()> {
         (0.0..1.0).contains(&args.loss),
         "--loss is a share: at least 0 and below 1"
     );
-    let key = OperatorKeyPair::from_seed([1; 32]);
     let epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("the clock is before 1970")?
         .as_secs();
-    let root = new_root(
-        "sim",
-        1,
-        epoch + 30 * 86_400,
-        &[(key.public_key(), "operator".into())],
-        1,
-        1,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let signed_root = sign_root(&unsigned_root(&root), &key)?;
-    let task = config_task(&key, epoch)?;
+    let SampleTask {
+        signed_root,
+        signed_task: task,
+    } = SampleTask::new(epoch)?;
     println!(
         "task: a fleet configuration change, {} bytes signed; {} ms links, {:.1} % loss, \
          anti-entropy every {} s",
@@ -182,32 +166,6 @@ fn run(args: &Args, hosts: usize, root: &[u8], task: &[u8], epoch: u64) -> anyho
         peak_rss_mib()
     );
     Ok(())
-}
-
-/// A change of one live setting on every host, the common case.
-fn config_task(key: &OperatorKeyPair, epoch: u64) -> anyhow::Result<Vec<u8>> {
-    let payload = TaskPayload {
-        fleet: "sim".into(),
-        task_id: "dns-off".into(),
-        not_before: epoch - 60,
-        not_after: epoch + 7 * 86_400,
-        target: Some(TargetSelector {
-            all: true,
-            ..Default::default()
-        }),
-        reason: "turn the DNS collector off fleet-wide".into(),
-        body: Some(Body::Config(FleetConfig {
-            settings: vec![ConfigSetting {
-                generation: 1,
-                reset: false,
-                setting: Some(Setting::SensorKind(SensorKindSwitch {
-                    kind: "dns_query".into(),
-                    enabled: false,
-                })),
-            }],
-        })),
-    };
-    Ok(sign_task(&unsigned_task(&payload), key)?)
 }
 
 /// This process's peak resident memory (VmHWM), in MiB.

@@ -23,6 +23,11 @@ struct Args {
     /// Threads that share the cells; the result does not depend on it.
     #[arg(long, default_value_t = default_shards())]
     shards: usize,
+    /// Hosts held in memory at once (about 50 KB each): cells run in
+    /// groups of this many hosts, each group through the whole run; the
+    /// result does not depend on it.
+    #[arg(long, default_value_t = fleet::DEFAULT_HOSTS_IN_MEMORY)]
+    hosts_in_memory: u64,
     /// Overrides the scenario's host count.
     #[arg(long)]
     hosts: Option<u64>,
@@ -41,6 +46,15 @@ struct Args {
     /// host against fleet size and their log-log slope.
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<u64>,
+}
+
+impl Args {
+    fn run_options(&self) -> fleet::RunOptions {
+        fleet::RunOptions {
+            shards: self.shards,
+            hosts_in_memory: self.hosts_in_memory,
+        }
+    }
 }
 
 fn default_shards() -> usize {
@@ -69,6 +83,10 @@ fn main() -> anyhow::Result<()> {
     // Overrides go through the same checks as the file.
     let scenario = checked(&scenario, &args.scenario)?;
     anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
+    anyhow::ensure!(
+        args.hosts_in_memory >= 1,
+        "--hosts-in-memory must be at least 1"
+    );
     let out = args
         .out
         .clone()
@@ -135,24 +153,32 @@ fn run_one(
     out: &std::path::Path,
 ) -> anyhow::Result<report::Summary> {
     let progress = Progress::default();
-    let bar = indicatif::ProgressBar::new(scenario.duration_s * 1000 * args.shards as u64);
+    let bar = indicatif::ProgressBar::new(scenario.hosts.saturating_mul(scenario.duration_s));
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {percent}% virtual, {elapsed} wall, eta {eta}",
+            "{msg} [{bar:30}] {percent}% of host-seconds, {elapsed} wall, eta {eta}",
         )
         .context("progress template")?,
     );
     bar.set_message(format!("{}: {} hosts", scenario.name, scenario.hosts));
     let started = Instant::now();
     let result = std::thread::scope(|scope| {
-        let run = scope.spawn(|| fleet::run(scenario, args.shards, &progress));
+        let run = scope.spawn(|| fleet::run(scenario, args.run_options(), &progress));
+        let mut spreading = false;
         while !run.is_finished() {
-            bar.set_position(progress.done_ms.load(Ordering::Relaxed));
+            bar.set_position(progress.done_host_s.load(Ordering::Relaxed));
+            if !spreading && progress.task_running.load(Ordering::Relaxed) {
+                spreading = true;
+                bar.set_message(format!(
+                    "{}: {} hosts, membership done, spreading the task",
+                    scenario.name, scenario.hosts
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         run.join()
     })
-    .map_err(|_| anyhow::anyhow!("the simulation panicked"))?;
+    .map_err(|_| anyhow::anyhow!("the simulation panicked"))??;
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
     let peak = ProcessUsage::read(std::process::id())

@@ -7,14 +7,18 @@
 //! Cells exchange no membership traffic, so each runs on its own queue and
 //! random stream, seeded from the scenario's seed and the cell's name: a
 //! run is the same whatever the number of shards (threads) that share the
-//! cells, and its trace hash says so. The fleet is measured every
+//! cells, and its trace hash says so. For the same reason a shard need not
+//! hold all its cells at once: it runs them in groups of a bounded number
+//! of hosts ([`RunOptions::hosts_in_memory`]), each group through the
+//! whole run, and adds up what each measured. The fleet is measured every
 //! `sample_every_s` virtual seconds; docs/simulator.md states what each
 //! figure means.
 
+pub mod publish;
 pub mod report;
 pub mod scenario;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -24,7 +28,8 @@ use starling_mesh::election::{CellElection, ElectionParams};
 use starling_mesh::membership::MemberId;
 
 use crate::netsim::{mix, SimNet};
-pub use scenario::{FleetEvent, Scenario, ScenarioError};
+pub use publish::TaskOutcome;
+pub use scenario::{FleetEvent, Scenario, ScenarioError, TaskPublish};
 
 /// Virtual time between two rounds of elections and fleet events: what a
 /// host's driver does between polls.
@@ -536,23 +541,57 @@ pub struct RunResult {
     pub trace_hash: u64,
     pub cells: usize,
     pub hosts: u64,
+    /// The scenario's task, spread once membership has run.
+    pub task: Option<TaskOutcome>,
 }
 
 /// How far a running simulation is, for a progress line.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Virtual milliseconds done, summed over shards.
-    pub done_ms: AtomicU64,
+    /// Host-seconds of virtual time done (planned hosts of the cells run
+    /// times seconds), out of the scenario's hosts times its duration.
+    pub done_host_s: AtomicU64,
+    /// Membership is done and the scenario's task is spreading.
+    pub task_running: AtomicBool,
 }
 
-/// Runs a scenario over `shards` threads. The result does not depend on
-/// `shards`.
-pub fn run(scenario: &Scenario, shards: usize, progress: &Progress) -> RunResult {
+/// Hosts held in memory at once by default: about 5 GiB at the 50 KB a
+/// simulated host takes (docs/simulator.md, "Cost").
+pub const DEFAULT_HOSTS_IN_MEMORY: u64 = 100_000;
+
+/// How a run is spread over this machine. Neither changes the result.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Threads that share the cells.
+    pub shards: usize,
+    /// Hosts held in memory at once over all shards: each shard runs its
+    /// cells in groups of at most its share (and at least one cell).
+    pub hosts_in_memory: u64,
+}
+
+impl RunOptions {
+    /// `shards` threads with the default memory bound.
+    pub fn shards(shards: usize) -> Self {
+        Self {
+            shards,
+            hosts_in_memory: DEFAULT_HOSTS_IN_MEMORY,
+        }
+    }
+}
+
+/// Runs a scenario as `options` say: membership, then the task if it
+/// has one. The result does not depend on `options`.
+pub fn run(
+    scenario: &Scenario,
+    options: RunOptions,
+    progress: &Progress,
+) -> anyhow::Result<RunResult> {
     let plans = plan(scenario);
     let cells = plans.len();
     let mut events = scenario.events.clone();
     events.sort_by_key(FleetEvent::at);
-    let shards = shards.clamp(1, cells.max(1));
+    let shards = options.shards.clamp(1, cells.max(1));
+    let group_hosts = (options.hosts_in_memory / shards as u64).max(1);
     let mut by_shard: Vec<Vec<(usize, CellPlan)>> = (0..shards).map(|_| Vec::new()).collect();
     for (i, p) in plans.into_iter().enumerate() {
         by_shard[i % shards].push((i, p));
@@ -562,7 +601,7 @@ pub fn run(scenario: &Scenario, shards: usize, progress: &Progress) -> RunResult
             .into_iter()
             .map(|cells| {
                 let events = &events;
-                scope.spawn(move || run_shard(scenario, events, cells, progress))
+                scope.spawn(move || run_shard(scenario, events, cells, group_hosts, progress))
             })
             .collect();
         handles
@@ -570,46 +609,87 @@ pub fn run(scenario: &Scenario, shards: usize, progress: &Progress) -> RunResult
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut detections = Detections::default();
-    let mut traces: Vec<(usize, u64)> = Vec::new();
+    let mut total = ShardOutcome::default();
     for o in outcomes {
-        for (i, s) in o.samples.iter().enumerate() {
-            match samples.get_mut(i) {
-                Some(total) => total.add(s),
-                None => samples.push(*s),
-            }
-        }
-        detections.append(o.detections);
-        traces.extend(o.traces);
+        total.add(o);
     }
+    let ShardOutcome {
+        samples,
+        mut detections,
+        mut traces,
+    } = total;
     traces.sort_unstable();
     let trace_hash = traces.iter().fold(0u64, |h, (_, t)| mix(h ^ t));
     // Shards filled their lists in their own order: sort so the result is
     // the same whatever the shard count.
     detections.by_observer.sort_by(f32::total_cmp);
     detections.first.sort_by(f32::total_cmp);
-    RunResult {
+    progress.task_running.store(true, Ordering::Relaxed);
+    let task = match &scenario.task {
+        Some(t) => Some(publish::run(scenario, t, cells)?),
+        None => None,
+    };
+    Ok(RunResult {
         samples,
         detections,
         trace_hash,
         cells,
         hosts: scenario.hosts,
-    }
+        task,
+    })
 }
 
+#[derive(Default)]
 struct ShardOutcome {
     samples: Vec<Sample>,
     detections: Detections,
     traces: Vec<(usize, u64)>,
 }
 
+impl ShardOutcome {
+    fn add(&mut self, mut o: ShardOutcome) {
+        for (i, s) in o.samples.iter().enumerate() {
+            match self.samples.get_mut(i) {
+                Some(total) => total.add(s),
+                None => self.samples.push(*s),
+            }
+        }
+        self.detections.append(o.detections);
+        self.traces.append(&mut o.traces);
+    }
+}
+
+/// Runs a shard's cells in groups of at most `group_hosts` planned hosts
+/// (at least one cell each).
 fn run_shard(
+    scenario: &Scenario,
+    events: &[FleetEvent],
+    plans: Vec<(usize, CellPlan)>,
+    group_hosts: u64,
+    progress: &Progress,
+) -> ShardOutcome {
+    let mut total = ShardOutcome::default();
+    let mut plans = plans.into_iter().peekable();
+    while let Some(first) = plans.next() {
+        let mut hosts = first.1.hosts.len() as u64;
+        let mut group = vec![first];
+        while let Some(next) = plans.next_if(|(_, p)| hosts + p.hosts.len() as u64 <= group_hosts) {
+            hosts += next.1.hosts.len() as u64;
+            group.push(next);
+        }
+        total.add(run_group(scenario, events, group, progress));
+    }
+    total
+}
+
+/// Runs one group of cells through the whole scenario.
+fn run_group(
     scenario: &Scenario,
     events: &[FleetEvent],
     plans: Vec<(usize, CellPlan)>,
     progress: &Progress,
 ) -> ShardOutcome {
+    let group_hosts: u64 = plans.iter().map(|(_, p)| p.hosts.len() as u64).sum();
     let (order, mut cells): (Vec<usize>, Vec<CellRun>) = plans
         .into_iter()
         .map(|(i, p)| (i, CellRun::new(scenario, p)))
@@ -624,8 +704,8 @@ fn run_shard(
         }
         now += STEP;
         progress
-            .done_ms
-            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
+            .done_host_s
+            .fetch_add(group_hosts * STEP.as_secs(), Ordering::Relaxed);
         if now.as_secs().is_multiple_of(scenario.sample_every_s) || now >= end {
             let mut total = Sample {
                 at_s: now.as_secs(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{RunResult, Sample, Scenario};
+use super::{RunResult, Sample, Scenario, TaskOutcome};
 
 /// Share of live hosts that counts as converged or attached "all" (one
 /// host in a thousand may be mid-join at any instant under churn).
@@ -78,6 +78,8 @@ pub struct Summary {
     /// Down notices about a host alive in that life (under a partition,
     /// each side's notices about the other count here too).
     pub false_positives: u64,
+    /// The scenario's task, if it has one.
+    pub task: Option<TaskOutcome>,
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -154,6 +156,7 @@ impl Summary {
             detection_by_observer_s: Quantiles::of(&result.detections.by_observer),
             detection_first_s: Quantiles::of(&result.detections.first),
             false_positives: result.detections.false_positives,
+            task: result.task.clone(),
         }
     }
 
@@ -231,13 +234,64 @@ impl Summary {
         for (k, v) in rows {
             t.add_row([k.to_string(), v]);
         }
+        if let Some(task) = &self.task {
+            let all = |held: usize, of: usize, max: f32| {
+                if held == of {
+                    format!("{max:.2} s")
+                } else {
+                    format!("never ({held} of {of})")
+                }
+            };
+            let rows = [
+                (
+                    "task: network",
+                    format!(
+                        "{:.0} ms links, {:.1} % loss, anti-entropy every {} s",
+                        task.latency_ms,
+                        task.loss * 100.0,
+                        task.sync_interval_s
+                    ),
+                ),
+                (
+                    "task: held by online hosts",
+                    format!(
+                        "p50 {:.2} s, p99 {:.2} s, p99.9 {:.2} s, 100 % {}",
+                        task.delivery.p50,
+                        task.delivery.p99,
+                        task.delivery.p999,
+                        all(task.online_held, task.online_hosts, task.delivery.max)
+                    ),
+                ),
+                (
+                    "task: hosts away, after return",
+                    format!(
+                        "{} hosts: p50 {:.2} s, 100 % {}",
+                        task.away_hosts,
+                        task.away_catch_up.p50,
+                        all(task.away_held, task.away_hosts, task.away_catch_up.max)
+                    ),
+                ),
+                (
+                    "task: bytes per host",
+                    format!(
+                        "{:.0} B for the task ({:.1} copies received), {:.1} B/s steady",
+                        task.bytes_per_host, task.copies_per_host, task.steady_bytes_per_host_s
+                    ),
+                ),
+                ("task: trace hash", task.trace_hash.clone()),
+            ];
+            for (k, v) in rows {
+                t.add_row([k.to_string(), v]);
+            }
+        }
         t.to_string()
     }
 }
 
 /// Writes the report of a run into `dir`: summary.json, timeline.csv,
-/// detection_cdf.csv and, when a font can be found, convergence.png,
-/// control_bytes.png and detection_cdf.png. Returns the files written.
+/// detection_cdf.csv (and task_delivery_cdf.csv with a task) and, when a
+/// font can be found, convergence.png, control_bytes.png,
+/// detection_cdf.png and task_delivery_cdf.png. Returns the files written.
 pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
@@ -276,6 +330,13 @@ pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Resul
         let _ = writeln!(cdf, "{delay:.3},{first:.5},{each:.5}");
     }
     put("detection_cdf.csv", cdf)?;
+    if let Some(task) = &result.task {
+        let mut csv = String::from("delay_s,held_fraction_of_online\n");
+        for (delay, held) in delivery_points(task) {
+            let _ = writeln!(csv, "{delay:.3},{held:.6}");
+        }
+        put("task_delivery_cdf.csv", csv)?;
+    }
     match font() {
         Some(()) => {
             let path = dir.join("convergence.png");
@@ -284,6 +345,11 @@ pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Resul
             let path = dir.join("control_bytes.png");
             plot_bytes(&path, &summary.scenario, &result.samples)?;
             written.push(path);
+            if let Some(task) = &result.task {
+                let path = dir.join("task_delivery_cdf.png");
+                plot_delivery(&path, &summary.scenario, task)?;
+                written.push(path);
+            }
             if !result.detections.first.is_empty() {
                 let path = dir.join("detection_cdf.png");
                 plot_cdf(&path, &summary.scenario, &result.detections.first, &result.detections.by_observer)?;
@@ -415,6 +481,21 @@ fn plot_scale(
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Up to 400 points of the task's delivery CDF over the online hosts.
+fn delivery_points(task: &TaskOutcome) -> Vec<(f32, f64)> {
+    let sorted = &task.delivery_s;
+    let Some(&max) = sorted.last() else {
+        return Vec::new();
+    };
+    let online = task.online_hosts.max(1) as f64;
+    (0..=400)
+        .map(|i| {
+            let x = max * i as f32 / 400.0;
+            (x, sorted.partition_point(|&v| v <= x) as f64 / online)
+        })
+        .collect()
 }
 
 /// Up to 200 points of both CDFs, at the same delays.
@@ -595,6 +676,26 @@ fn plot_cdf(path: &Path, name: &str, first: &[f32], each: &[f32]) -> anyhow::Res
                 points.iter().map(|p| (f64::from(p.0), p.2)).collect(),
             ),
         ],
+    )
+}
+
+fn plot_delivery(path: &Path, name: &str, task: &TaskOutcome) -> anyhow::Result<()> {
+    let q = &task.delivery;
+    line_chart(
+        path,
+        &format!(
+            "{name}: task held (p50 {:.2} s, p99 {:.2} s, p99.9 {:.2} s)",
+            q.p50, q.p99, q.p999
+        ),
+        ("seconds after publication", "fraction of online hosts"),
+        &[(
+            "held",
+            BLUE,
+            delivery_points(task)
+                .into_iter()
+                .map(|(x, y)| (f64::from(x), y))
+                .collect(),
+        )],
     )
 }
 

@@ -52,6 +52,39 @@ pub struct Scenario {
     /// What happens during the run, in any order.
     #[serde(default)]
     pub events: Vec<FleetEvent>,
+    /// An operator's task published to the whole fleet, if the scenario
+    /// measures the task plane too.
+    pub task: Option<TaskPublish>,
+}
+
+/// One signed task published at a random host and spread by the task
+/// plane (gossip and anti-entropy) to every host of the fleet, over the
+/// scenario's mean latency and independent loss
+/// ([`crate::task_spread`]; bursts are not modelled there).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPublish {
+    /// The anti-entropy period (the mesh's `tasks.sync_interval_secs`).
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_s: u64,
+    /// Members of other cells each host dials (the mesh's default is 2).
+    #[serde(default = "default_cross_links")]
+    pub cross_links: usize,
+    /// Percent of hosts away while the task spreads: they come back once
+    /// gossip's message caches have run out, so only anti-entropy can
+    /// bring them the task.
+    #[serde(default = "default_away_pct")]
+    pub away_pct: f64,
+}
+
+fn default_sync_interval() -> u64 {
+    10
+}
+fn default_cross_links() -> usize {
+    2
+}
+fn default_away_pct() -> f64 {
+    0.1
 }
 
 fn default_seed() -> u64 {
@@ -283,6 +316,20 @@ impl Scenario {
         if !(self.boot.spread_s >= 0.0 && self.boot.spread_s <= self.duration_s as f64) {
             return bad("boot.spread_s must be 0 to duration_s".into());
         }
+        if let Some(t) = &self.task {
+            if !(1..=3600).contains(&t.sync_interval_s) {
+                return bad("task.sync_interval_s must be 1 to 3600".into());
+            }
+            if t.cross_links > 64 {
+                return bad("task.cross_links must be 0 to 64".into());
+            }
+            if !(0.0..=50.0).contains(&t.away_pct) {
+                return bad("task.away_pct must be 0 to 50".into());
+            }
+            if self.hosts < 2 {
+                return bad("a task needs at least 2 hosts".into());
+            }
+        }
         for e in &self.events {
             let at = e.at().as_secs_f64();
             if at > self.duration_s as f64 {
@@ -358,6 +405,10 @@ region = "eu"
             ("name=\"x\"\nhosts=0\nduration_s=1", "hosts"),
             ("name=\"x\"\nhosts=10\nduration_s=1\nloss={independent=2.0}", "loss"),
             ("name=\"x\"\nhosts=10\nduration_s=1\nbogus=1", "unknown field"),
+            (
+                "name=\"x\"\nhosts=10\nduration_s=1\n[task]\naway_pct=60",
+                "away_pct",
+            ),
             (
                 "name=\"x\"\nhosts=10\nduration_s=10\n[[events]]\nkind=\"heal\"\nat_s=20",
                 "after the run",
