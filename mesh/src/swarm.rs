@@ -58,7 +58,8 @@ pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
 pub use task_sync::{
-    SyncRequest, SyncResponse, TASK_SYNCS, TASK_SYNC_BYTES, TASK_SYNC_PROTOCOL, TASK_SYNC_TIMEOUT,
+    SyncRequest, SyncResponse, MAX_TASK_SYNCS_IN_FLIGHT, TASK_SYNCS, TASK_SYNC_BYTES,
+    TASK_SYNC_PROTOCOL, TASK_SYNC_TIMEOUT,
 };
 pub use tasks::{
     TaskLine, TaskPlaneError, TaskPlaneStatus, INBOX_DIR, LEDGER_FILE, TASKS_APPLIED, TASKS_HELD,

@@ -68,6 +68,9 @@ pub const CONTROL_BYTES: u64 = 24;
 /// An anti-entropy request unanswered this long has failed
 /// (the mesh's `TASK_SYNC_TIMEOUT`).
 pub const SYNC_TIMEOUT: Duration = starling_mesh::swarm::TASK_SYNC_TIMEOUT;
+/// Anti-entropy requests a host keeps open at once (the mesh's
+/// `MAX_TASK_SYNCS_IN_FLIGHT`).
+pub const MAX_SYNCS_IN_FLIGHT: u32 = starling_mesh::swarm::MAX_TASK_SYNCS_IN_FLIGHT as u32;
 
 /// A simulated fleet's trust root and the task its operator publishes:
 /// one live setting changed on every host (the common case), signed by
@@ -670,8 +673,8 @@ impl TaskSpread {
         if !self.hosts[host as usize].online {
             return;
         }
-        if self.hosts[host as usize].syncs_in_flight > 0 {
-            // As the driver: no new exchange while one is open.
+        if self.hosts[host as usize].syncs_in_flight >= MAX_SYNCS_IN_FLIGHT {
+            // As the driver: no new exchange while too many are open.
             self.schedule(Duration::from_secs(1), Event::SyncTick { host });
             return;
         }

@@ -203,6 +203,7 @@ fn every_sequence_number_reaches_kafka_while_each_part_is_killed_and_restarted(
     assert!(flowing.is_some(), "no events acknowledged\n{}", mesh.logs());
 
     let started = Instant::now();
+    let mut tender = BrokerTender::default();
     for victim in order {
         // The outage itself is the chaos: random, not a synchronisation.
         let down = Duration::from_millis(rng.random_range(500..3000));
@@ -212,27 +213,12 @@ fn every_sequence_number_reaches_kafka_while_each_part_is_killed_and_restarted(
         let base = mesh.acked();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut resumed = None;
-        let mut wedged_since: Option<Instant> = None;
         while Instant::now() < deadline {
             if mesh.acked() >= base + 20.0 {
                 resumed = Some(());
                 break;
             }
-            // A defect of the test broker, not of Starling (see
-            // Broker::storage_panicked): restart it as an operator would,
-            // after the sinks had time to give up the producers it refuses.
-            // Nothing may be lost meanwhile.
-            if mesh.broker.storage_panicked() {
-                let since = *wedged_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= WEDGED_BROKER_RESTART {
-                    println!(
-                        "         the test broker's storage task panicked (tansu 0.6 refuses \
-                         librdkafka's own epoch bump); restarted it"
-                    );
-                    mesh.broker.restart()?;
-                    wedged_since = None;
-                }
-            }
+            tender.tend(&mut mesh.broker)?;
             std::thread::sleep(Duration::from_millis(100));
         }
         if resumed.is_none() {
@@ -249,11 +235,27 @@ fn every_sequence_number_reaches_kafka_while_each_part_is_killed_and_restarted(
         );
     }
     let execs = load.stop();
-    let node = mesh.node();
-    let last = node.last_seq().expect("node metrics");
+    let last = mesh.node().last_seq().expect("node metrics");
+    let host_id = mesh.node().host_id.clone();
 
-    let mut reader = KafkaReader::new(&mesh.broker.bootstrap(), TOPIC)?;
-    let delivered = reader.wait_for_sequence(&node.host_id, last, Duration::from_secs(120));
+    let mut tries = 0;
+    let mut reader = loop {
+        tender.tend(&mut mesh.broker)?;
+        match KafkaReader::new(&mesh.broker.bootstrap(), TOPIC) {
+            Ok(reader) => break reader,
+            Err(e) if tries >= 3 => return Err(e),
+            Err(_) => tries += 1,
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let delivered = loop {
+        match reader.wait_for_sequence(&host_id, last, Duration::from_secs(15)) {
+            Ok(()) => break Ok(()),
+            Err(missing) if Instant::now() >= deadline => break Err(missing),
+            Err(_) => tender.tend(&mut mesh.broker)?,
+        }
+    };
+    let node = mesh.node();
     if let Err(missing) = delivered {
         // Keep what the broker stored, to tell a record it lost from one it
         // holds but did not serve.
@@ -288,6 +290,34 @@ fn every_sequence_number_reaches_kafka_while_each_part_is_killed_and_restarted(
         node.host_id
     );
     Ok(())
+}
+
+/// Restarts the test broker once its storage task has been dead for
+/// [`WEDGED_BROKER_RESTART`]: a defect of the test broker, not of Starling
+/// (see `Broker::storage_panicked`), met as an operator would meet it. The
+/// wait gives the sinks time to give up the producers it refuses. Nothing
+/// may be lost meanwhile.
+#[derive(Default)]
+struct BrokerTender {
+    wedged_since: Option<Instant>,
+}
+
+impl BrokerTender {
+    fn tend(&mut self, broker: &mut Broker) -> anyhow::Result<()> {
+        if !broker.storage_panicked() {
+            return Ok(());
+        }
+        let since = *self.wedged_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= WEDGED_BROKER_RESTART {
+            println!(
+                "         the test broker's storage task panicked (tansu 0.6 refuses \
+                 librdkafka's own epoch bump); restarted it"
+            );
+            broker.restart()?;
+            self.wedged_since = None;
+        }
+        Ok(())
+    }
 }
 
 /// Copies the broker's storage and log where a failed run can be read, and

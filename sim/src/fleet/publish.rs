@@ -136,6 +136,7 @@ pub fn run(scenario: &Scenario, task: &TaskPublish, cells: usize) -> anyhow::Res
         .collect();
     catch_up.sort_by(f32::total_cmp);
 
+    let held = delivery_s.len() as u64;
     Ok(TaskOutcome {
         online_hosts,
         online_held: delivery_s.len(),
@@ -145,8 +146,8 @@ pub fn run(scenario: &Scenario, task: &TaskPublish, cells: usize) -> anyhow::Res
         away_held: catch_up.len(),
         away_catch_up: Quantiles::of(&catch_up),
         bytes_per_host,
-        copies_per_host: (duplicates - duplicates_before + online_hosts as u64) as f64
-            / online_hosts as f64,
+        // First copies (one per host that held it) and duplicates.
+        copies_per_host: (duplicates - duplicates_before + held) as f64 / online_hosts as f64,
         steady_bytes_per_host_s,
         sync_interval_s: task.sync_interval_s,
         latency_ms,
