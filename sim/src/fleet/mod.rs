@@ -624,9 +624,11 @@ pub fn run(
     // the same whatever the shard count.
     detections.by_observer.sort_by(f32::total_cmp);
     detections.first.sort_by(f32::total_cmp);
-    progress.task_running.store(true, Ordering::Relaxed);
     let task = match &scenario.task {
-        Some(t) => Some(publish::run(scenario, t, cells)?),
+        Some(t) => {
+            progress.task_running.store(true, Ordering::Relaxed);
+            Some(publish::run(scenario, t, cells)?)
+        }
         None => None,
     };
     Ok(RunResult {

@@ -4,7 +4,7 @@
 //! some hosts away while it spreads.
 //!
 //! Unlike membership, the task plane crosses cells, so the whole fleet is
-//! held at once (about 11 KB a host).
+//! held at once (about 14 KB a host at a million).
 
 use std::time::Duration;
 
