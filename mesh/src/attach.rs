@@ -1,7 +1,8 @@
 //! A node's choice of aggregator: the cheapest by measured proximity and
 //! load, sticky so that small changes do not move it, and skipping for a
-//! back-off any aggregator that refused (over capacity) or failed.
-//! Sans-I/O: time and observations in, a choice out.
+//! back-off any aggregator that refused (over capacity) or failed; and,
+//! when its cell has had no aggregator for a while, the way straight to a
+//! sink ([`RouteChoice`]). Sans-I/O: time and observations in, a choice out.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -107,6 +108,76 @@ impl Attachment {
     }
 }
 
+/// How long a node's cell must have had no aggregator before the node
+/// ships straight to a sink by default: longer than a forming cell takes to
+/// elect one (5 s for cells of 30 at a million simulated hosts), so a fleet
+/// that starts at once does not land on the sinks.
+pub const DEFAULT_DIRECT_TO_SINK_AFTER: Duration = Duration::from_secs(30);
+
+/// Where a node's batches go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through an aggregator of its cell (the normal way).
+    Aggregator,
+    /// Straight to a sink: the node is an aggregator itself, or its cell
+    /// has had no aggregator for the configured while.
+    Sink,
+    /// Nowhere yet: its cell has no aggregator, not for long enough; the
+    /// events stay spooled.
+    Wait,
+}
+
+/// A node's choice between its cell's aggregators and a sink. A cell can
+/// have no aggregator for good: none of its members may serve (about one
+/// cell in 450 when a fifth of hosts may, at cells of 30), or every one
+/// that may has failed. Its hosts would spool until their disks filled;
+/// instead, after `direct_after` without one, they ship straight to a sink,
+/// and go back through an aggregator as soon as the cell elects one, so
+/// the sinks see few such connections and only for as long as needed. The
+/// sinks' connection limit bounds the rest (a refusal backs the node off
+/// like an aggregator's). Generic over the clock: the daemon passes
+/// [`Instant`], the simulator virtual time as a [`Duration`].
+#[derive(Debug, Clone)]
+pub struct RouteChoice<T> {
+    /// None: never ship straight to a sink (the sinks take only
+    /// aggregators' connections, say).
+    direct_after: Option<Duration>,
+    without_aggregator_since: Option<T>,
+}
+
+impl<T> RouteChoice<T>
+where
+    T: Copy + Ord + std::ops::Sub<Output = Duration>,
+{
+    /// A node that ships straight to a sink once its cell has had no
+    /// aggregator for `direct_after` (None: never).
+    pub fn new(direct_after: Option<Duration>) -> Self {
+        Self {
+            direct_after,
+            without_aggregator_since: None,
+        }
+    }
+
+    /// The route now, for a node that is (or is not) an aggregator itself
+    /// and sees this many aggregators elected in its cell.
+    pub fn route(&mut self, now: T, is_aggregator: bool, cell_aggregators: usize) -> Route {
+        if is_aggregator {
+            self.without_aggregator_since = None;
+            return Route::Sink;
+        }
+        if cell_aggregators > 0 {
+            self.without_aggregator_since = None;
+            return Route::Aggregator;
+        }
+        let since = *self.without_aggregator_since.get_or_insert(now);
+        match self.direct_after {
+            // `since <= now` unless the clock went back; then wait again.
+            Some(after) if since <= now && now - since >= after => Route::Sink,
+            _ => Route::Wait,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +272,46 @@ mod tests {
         assert_eq!(a.choose(now, &[c("a", 1, 0.0), c("b", 9, 0.0)]), Some("a"));
         assert_eq!(a.choose(now, &[c("b", 9, 0.0)]), Some("b"));
         assert_eq!(a.choose(now, &[]), None);
+    }
+    #[test]
+    fn a_cell_without_aggregators_ships_straight_to_a_sink_after_the_wait() {
+        let after = Duration::from_secs(30);
+        let mut r = RouteChoice::new(Some(after));
+        let t0 = Duration::from_secs(100);
+        assert_eq!(r.route(t0, false, 2), Route::Aggregator);
+        assert_eq!(r.route(t0, false, 0), Route::Wait, "not yet");
+        assert_eq!(
+            r.route(t0 + after - Duration::from_millis(1), false, 0),
+            Route::Wait
+        );
+        assert_eq!(r.route(t0 + after, false, 0), Route::Sink);
+        // An aggregator elected at last: back through it at once.
+        assert_eq!(r.route(t0 + after * 2, false, 1), Route::Aggregator);
+        // And the wait starts over when it is gone again.
+        assert_eq!(r.route(t0 + after * 3, false, 0), Route::Wait);
+        assert_eq!(r.route(t0 + after * 4, false, 0), Route::Sink);
+    }
+
+    #[test]
+    fn an_aggregator_ships_to_a_sink_and_never_means_never() {
+        let mut r = RouteChoice::new(None);
+        let now = Instant::now();
+        assert_eq!(
+            r.route(now, true, 1),
+            Route::Sink,
+            "aggregators ship to sinks"
+        );
+        assert_eq!(r.route(now, false, 0), Route::Wait);
+        assert_eq!(
+            r.route(now + Duration::from_secs(86_400), false, 0),
+            Route::Wait
+        );
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_waits_instead_of_panicking() {
+        let mut r = RouteChoice::new(Some(Duration::from_secs(1)));
+        assert_eq!(r.route(Duration::from_secs(10), false, 0), Route::Wait);
+        assert_eq!(r.route(Duration::from_secs(5), false, 0), Route::Wait);
     }
 }

@@ -74,6 +74,20 @@ pub struct MeshSection {
     pub relay_advertise: String,
     /// About how many members the cell holds (tunes failure detection).
     pub expected_cell_size: u32,
+    /// Seconds the cell may have no aggregator (none of its members may
+    /// serve, or all that may are gone) before this node ships straight to
+    /// a sink; it goes back through an aggregator as soon as one is
+    /// elected. 0: never (the node keeps spooling).
+    pub direct_to_sink_after_secs: u64,
+}
+
+impl MeshSection {
+    /// How long the cell may have no aggregator before the node ships
+    /// straight to a sink; None: never.
+    pub fn direct_to_sink_after(&self) -> Option<std::time::Duration> {
+        (self.direct_to_sink_after_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.direct_to_sink_after_secs))
+    }
 }
 
 /// Certificate files issued by `starlingctl cert issue --role node`.
@@ -281,6 +295,8 @@ impl Default for MeshSection {
             relay_listen: "0.0.0.0:7402".into(),
             relay_advertise: String::new(),
             expected_cell_size: 100,
+            direct_to_sink_after_secs: starling_mesh::attach::DEFAULT_DIRECT_TO_SINK_AFTER
+                .as_secs(),
         }
     }
 }
@@ -550,6 +566,12 @@ impl NodeConfig {
         if mesh.zone.len() > 64 {
             return Err(invalid("mesh.zone", "at most 64 characters"));
         }
+        if mesh.direct_to_sink_after_secs > 86_400 {
+            return Err(invalid(
+                "mesh.direct_to_sink_after_secs",
+                "at most 86400 (a day); 0 turns it off",
+            ));
+        }
         Ok(())
     }
 
@@ -607,6 +629,19 @@ server_name = "sink-1"
         assert!(e.to_string().starts_with("mesh.bootstrap"), "{e}");
         let c = NodeConfig::parse("[mesh]\nenabled = true\n").unwrap();
         assert!(c.mesh.aggregator && c.uplink.sinks.is_empty());
+        assert_eq!(
+            c.mesh.direct_to_sink_after(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let c =
+            NodeConfig::parse("[mesh]\nenabled = true\ndirect_to_sink_after_secs = 0\n").unwrap();
+        assert_eq!(c.mesh.direct_to_sink_after(), None, "0 turns it off");
+        let e = NodeConfig::parse("[mesh]\nenabled = true\ndirect_to_sink_after_secs = 90000\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("mesh.direct_to_sink_after_secs"),
+            "{e}"
+        );
         let e = NodeConfig::parse(&format!(
             "{MINIMAL}\n[spool]\ndrop_policy = \"sometimes\"\n"
         ))

@@ -143,6 +143,7 @@ pub fn start(
     let (target_tx, target_rx) = watch::channel(None);
     let (unavailable_tx, unavailable_rx) = mpsc::channel(16);
     tasks.push(tokio::spawn(targets::run(
+        section.direct_to_sink_after(),
         view.clone(),
         target_tx,
         unavailable_rx,

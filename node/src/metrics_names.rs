@@ -31,6 +31,9 @@ pub const UPLINK_CONNECTED: &str = "starling_node_uplink_connected";
 pub const SENSOR_UP: &str = "starling_node_sensor_up";
 /// 1 while this node is elected aggregator of its cell.
 pub const AGGREGATOR: &str = "starling_node_aggregator";
+/// 1 while the node ships straight to a sink because its cell has had no
+/// aggregator for `mesh.direct_to_sink_after_secs`.
+pub const DIRECT_TO_SINK: &str = "starling_node_direct_to_sink";
 /// Nodes attached to this aggregator now.
 pub const RELAY_NODES: &str = "starling_node_relay_nodes";
 /// Connections the relay refused, by `reason` (not_aggregator, capacity,

@@ -48,6 +48,47 @@ struct SimMember {
     expected_size: u32,
 }
 
+/// What a simulated member says about itself, as large as what a daemon
+/// says: a PeerId of an Ed25519 key (38 bytes: the identity multihash of
+/// the protobuf-encoded key, the key drawn from the host's name), one QUIC
+/// multiaddr in the 10/8 network, and a relay address. With bare host
+/// names, as before, a simulated membership message weighed a fraction of
+/// a real one, and bytes per host could not be set beside the real
+/// stack's.
+pub struct WireSized {
+    pub id: MemberId,
+    /// The advertised multiaddr, as the record carries it.
+    pub advertise: String,
+    /// host:port of the relay, as an eligible member's record carries it.
+    pub relay: String,
+}
+
+impl WireSized {
+    /// The identity and addresses of `host`, the same every time.
+    pub fn of(host: &str) -> Self {
+        let h = host.bytes().fold(mix(0x5157), |h, b| mix(h ^ u64::from(b)));
+        // An Ed25519 PeerId: multihash "identity" (0x00), length 36, then
+        // the protobuf public key: type Ed25519 (0x08 0x01), bytes (0x12,
+        // length 32).
+        let mut peer = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+        for i in 0..4 {
+            peer.extend_from_slice(&mix(h ^ i).to_le_bytes());
+        }
+        let [a, b, c, ..] = h.to_le_bytes();
+        let ip = format!("10.{a}.{b}.{c}");
+        let advertise = format!("/ip4/{ip}/udp/7401/quic-v1");
+        let addr = advertise
+            .parse::<starling_mesh::Multiaddr>()
+            .map(|m| m.to_vec())
+            .unwrap_or_default();
+        Self {
+            id: MemberId::new(host, peer, addr, 0),
+            advertise,
+            relay: format!("{ip}:7402"),
+        }
+    }
+}
+
 /// A member-down notification: when, who noticed, whom (and which of its
 /// lives: a restarted host rejoins with a higher bump).
 #[derive(Debug, Clone)]
@@ -137,7 +178,7 @@ impl SimNet {
 
     /// Adds a member that joins through the first live member (if any).
     pub fn add_member(&mut self, host: &str, eligible: bool, expected_size: u32) -> usize {
-        let state = self.new_state(MemberId::named(host), eligible, expected_size);
+        let state = self.new_state(WireSized::of(host).id, eligible, expected_size);
         let index = self.members.len();
         self.members.push(SimMember {
             id: state.0,
@@ -183,6 +224,7 @@ impl SimNet {
         expected_size: u32,
     ) -> (MemberId, CellMembership) {
         let host = id.host.to_string();
+        let wire = WireSized::of(&host);
         let info = MemberInfo {
             host,
             version: 1,
@@ -191,10 +233,10 @@ impl SimNet {
             load_pct: 0,
             capacity: 500,
             attached: 0,
-            agent_version: "sim".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
             tags: Vec::new(),
-            addrs: Vec::new(),
-            relay: String::new(),
+            addrs: vec![wire.advertise],
+            relay: if eligible { wire.relay } else { String::new() },
         };
         let seed = self.rng.random::<u64>();
         let state = CellMembership::new(id.clone(), info, expected_size, seed)

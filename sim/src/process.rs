@@ -448,6 +448,8 @@ pub struct MeshOptions {
     /// UDP port of its libp2p QUIC listener (0: any).
     pub listen_port: u16,
     pub expected_cell_size: u32,
+    /// `mesh.direct_to_sink_after_secs`; None: the daemon's default.
+    pub direct_to_sink_after_secs: Option<u64>,
 }
 
 /// The aggregators a cell of `names` in `zone` elects when every member is
@@ -543,6 +545,9 @@ impl NodeProcess {
                 aggregator = m.aggregator,
                 size = m.expected_cell_size,
             ));
+            if let Some(secs) = m.direct_to_sink_after_secs {
+                config.push_str(&format!("direct_to_sink_after_secs = {secs}\n"));
+            }
         }
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, config)?;

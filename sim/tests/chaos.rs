@@ -127,6 +127,7 @@ fn start_mesh(fleet: &Fleet) -> anyhow::Result<Mesh> {
         aggregator: true,
         listen_port: free_port(),
         expected_cell_size: MEMBERS as u32,
+        direct_to_sink_after_secs: None,
     };
     let seed_addr = seed.listen_addr();
     let others = MeshOptions {

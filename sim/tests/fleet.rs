@@ -178,6 +178,51 @@ fn a_region_whose_aggregators_fail_elects_new_ones() {
 }
 
 #[test]
+fn hosts_of_cells_without_an_aggregator_ship_straight_to_a_sink() {
+    // One host in a hundred may serve: most cells of about 40 have none,
+    // and a region's aggregators fail at 40 s, leaving their cells none
+    // either. Their hosts go straight to a sink 30 s (the default) after
+    // their cell had none, and only they do.
+    let body = format!(
+        "eligible_pct = 1\n{SMALL}\n[[events]]\nkind = \"aggregator_region_failure\"\nat_s = 40\nregion = \"eu\"\n"
+    );
+    let r = run(
+        &scenario(&body),
+        RunOptions::shards(2),
+        &Progress::default(),
+    )
+    .unwrap();
+    let end = last(&r);
+    assert_eq!(
+        end.hosts_attached, end.hosts_alive,
+        "every host attached: {end:?}"
+    );
+    assert!(
+        end.hosts_direct * 2 > end.hosts_alive,
+        "most hosts are in cells without an aggregator: {end:?}"
+    );
+    assert!(
+        end.hosts_direct < end.hosts_alive,
+        "hosts of cells with an aggregator ship through it: {end:?}"
+    );
+    // Nobody goes direct before the wait is over (boot ends at 10 s).
+    for s in r.samples.iter().filter(|s| s.at_s < 30) {
+        assert_eq!(s.hosts_direct, 0, "at {} s: {s:?}", s.at_s);
+    }
+    // Turned off, the same hosts stay unattached (their events spool).
+    let off = scenario(&format!("direct_to_sink_after_s = 0\n{body}"));
+    let r = run(&off, RunOptions::shards(2), &Progress::default()).unwrap();
+    let end_off = last(&r);
+    println!("with: {end:?}\nwithout: {end_off:?}");
+    assert_eq!(end_off.hosts_direct, 0);
+    assert_eq!(
+        end_off.hosts_attached,
+        end.hosts_alive - end.hosts_direct,
+        "without it exactly the hosts that went direct are unattached"
+    );
+}
+
+#[test]
 fn every_host_receives_the_task_even_at_5_percent_loss_and_after_being_away() {
     let s = scenario(&format!(
         "{SMALL}\n[task]\nsync_interval_s = 10\naway_pct = 2\n"

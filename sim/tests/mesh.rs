@@ -2,8 +2,9 @@
 //! cell, agree on its aggregators, and ship through them to sinks they
 //! learned from gossip; a signed task handed to one node is applied by
 //! all, and each application reaches a sink as an event. Killing an
-//! aggregator moves its nodes to the other and loses no event. Needs root
-//! (BPF) for the nodes that run sensors.
+//! aggregator moves its nodes to the other and loses no event. A cell none
+//! of whose members may serve ships straight to a sink. Needs root (BPF)
+//! for the nodes that run sensors.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -96,6 +97,7 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         aggregator: true,
         listen_port: free_port(),
         expected_cell_size: NODES as u32,
+        direct_to_sink_after_secs: None,
     };
     let seed_addr = seed.listen_addr();
     let others = MeshOptions {
@@ -509,5 +511,100 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         }
         panic!("events were lost when the aggregator died");
     }
+    Ok(())
+}
+
+/// A cell none of whose members may be aggregator (`mesh.aggregator =
+/// false` on all three) elects none; after `direct_to_sink_after_secs` its
+/// nodes ship straight to a sink they learned from gossip, and a sensor
+/// node's events reach it.
+#[test]
+fn a_cell_without_eligible_members_ships_straight_to_a_sink() -> anyhow::Result<()> {
+    assert!(
+        is_root(),
+        "this test loads BPF programs and must run as root"
+    );
+    const MEMBERS: usize = 3;
+    let fleet = Fleet::new()?;
+    let seed = MeshOptions {
+        bootstrap: Vec::new(),
+        zone: "direct-test".into(),
+        aggregator: false,
+        listen_port: free_port(),
+        expected_cell_size: MEMBERS as u32,
+        direct_to_sink_after_secs: Some(2),
+    };
+    let seed_addr = seed.listen_addr();
+    let others = MeshOptions {
+        bootstrap: vec![seed_addr.clone()],
+        listen_port: 0,
+        ..seed.clone()
+    };
+    let mut nodes = Vec::new();
+    for i in 0..MEMBERS {
+        let opts = if i == 0 { &seed } else { &others };
+        nodes.push(NodeProcess::start_in_mesh(
+            &fleet,
+            &format!("direct-{i}"),
+            opts,
+            i == 1,
+        )?);
+    }
+    let sink = SinkProcess::start_in_mesh(
+        &fleet,
+        "direct-sink",
+        None,
+        std::slice::from_ref(&seed_addr),
+    )?;
+    let direct = wait_for(Duration::from_secs(90), || {
+        let all = statuses(&nodes);
+        all.iter()
+            .all(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.cell
+                        .as_ref()
+                        .is_some_and(|c| c.members.len() == MEMBERS && c.aggregators.is_empty())
+                        && s.uplink
+                            .as_ref()
+                            .is_some_and(|u| u.role == "sink" && u.to == "direct-sink")
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        direct.is_some(),
+        "the nodes did not go straight to the sink; statuses: {:#?}\nlog of direct-1:\n{}",
+        statuses(&nodes),
+        nodes[1].log()
+    );
+    for n in &nodes {
+        assert_eq!(
+            n.metric("starling_node_direct_to_sink"),
+            Some(1.0),
+            "{} says it ships straight to a sink",
+            n.host_id
+        );
+    }
+    let reader = wait_for(Duration::from_secs(10), || {
+        LocalStoreReader::open(&sink.store_path()).ok()
+    })
+    .expect("sink store opens");
+    exec_marked("direct-to-sink", 5);
+    let arrived = wait_for(Duration::from_secs(60), || {
+        stored(std::slice::from_ref(&reader))
+            .get("direct-1")
+            .is_some_and(|evs| {
+                evs.values()
+                    .filter(|e| is_marked_exec(e, "direct-to-sink"))
+                    .count()
+                    >= 5
+            })
+            .then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "the sensor node's marked execs reached the sink; log:\n{}",
+        nodes[1].log()
+    );
     Ok(())
 }

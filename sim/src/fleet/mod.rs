@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use starling_mesh::attach::{Route, RouteChoice};
 use starling_mesh::cell::cell_of;
 use starling_mesh::election::{CellElection, ElectionParams};
 use starling_mesh::membership::MemberId;
@@ -68,7 +69,8 @@ pub struct CellPlan {
     pub hosts: Vec<HostPlan>,
 }
 
-/// Lays the fleet out: each region's hosts, named `<region>-<n>`, split
+/// Lays the fleet out: each region's hosts, named `<region>-<n>` (seven
+/// digits), split
 /// into cells by the production rule ([`cell_of`]) with as many split bits
 /// as make the mean cell no larger than `cell_size`.
 pub fn plan(scenario: &Scenario) -> Vec<CellPlan> {
@@ -91,7 +93,10 @@ pub fn plan(scenario: &Scenario) -> Vec<CellPlan> {
         }
         let mut by_cell: std::collections::BTreeMap<String, Vec<HostPlan>> = Default::default();
         for n in 0..hosts {
-            let name = format!("{}-{n}", region.name);
+            // Seven digits (a fleet holds under MAX_HOSTS, 10^7), so that
+            // names do not grow with the fleet: they travel in every
+            // membership message.
+            let name = format!("{}-{n:07}", region.name);
             let h = name_hash(scenario.seed, &name);
             let eligible = unit(mix(h ^ 1)) * 100.0 < scenario.eligible_pct;
             let boot_at = Duration::from_secs_f64(unit(mix(h ^ 2)) * scenario.boot.spread_s);
@@ -119,11 +124,18 @@ struct HostRun {
     /// Its member index in the cell's network, once booted.
     index: Option<usize>,
     election: CellElection,
+    /// The daemon's choice between its cell's aggregators and a sink.
+    route: RouteChoice<Duration>,
+    /// It ships straight to a sink (its cell has had no aggregator for
+    /// the scenario's `direct_to_sink_after_s`), as of the last step.
+    direct: bool,
     /// When each of its lives ended (index: the identity's bump).
     deaths: Vec<Duration>,
     restart_at: Option<Duration>,
     /// The current death was noticed by someone already.
     death_seen: bool,
+    /// Seconds from its latest death to the latest notice of it so far.
+    last_notice: Option<f32>,
 }
 
 /// The fleet measured at one instant: sums over cells, so that shards add up.
@@ -135,8 +147,13 @@ pub struct Sample {
     /// Live hosts whose view of their cell is exactly its live hosts.
     pub hosts_converged: u64,
     /// Live hosts that have at least one live aggregator among the ones
-    /// they elected, which itself took the role.
+    /// they elected, which itself took the role, or that ship straight to
+    /// a sink because their cell has had no aggregator for a while.
     pub hosts_attached: u64,
+    /// Live hosts that ship straight to a sink (counted in
+    /// `hosts_attached` too); sinks are assumed reachable and not
+    /// modelled.
+    pub hosts_direct: u64,
     pub cells: u64,
     /// Cells whose live hosts all elected the same aggregators, all alive
     /// and serving.
@@ -150,6 +167,7 @@ impl Sample {
         self.hosts_alive += o.hosts_alive;
         self.hosts_converged += o.hosts_converged;
         self.hosts_attached += o.hosts_attached;
+        self.hosts_direct += o.hosts_direct;
         self.cells += o.cells;
         self.cells_agreeing += o.cells_agreeing;
         self.bytes_sent += o.bytes_sent;
@@ -163,6 +181,10 @@ pub struct Detections {
     pub by_observer: Vec<f32>,
     /// Seconds from a crash to the first down notice anywhere in its cell.
     pub first: Vec<f32>,
+    /// Seconds from each host's latest crash to the last down notice of
+    /// it in its cell (when every observer that noticed had: the real
+    /// stack's bench measures this, "every member noticed").
+    pub last: Vec<f32>,
     /// Down notices about a host that was alive in that life.
     pub false_positives: u64,
     /// Crashes during the run.
@@ -173,6 +195,7 @@ impl Detections {
     fn append(&mut self, mut o: Detections) {
         self.by_observer.append(&mut o.by_observer);
         self.first.append(&mut o.first);
+        self.last.append(&mut o.last);
         self.false_positives += o.false_positives;
         self.crashes += o.crashes;
     }
@@ -207,9 +230,12 @@ impl CellRun {
             .map(|_| HostRun {
                 index: None,
                 election: CellElection::default(),
+                route: RouteChoice::new(scenario.direct_to_sink_after()),
+                direct: false,
                 deaths: Vec::new(),
                 restart_at: None,
                 death_seen: false,
+                last_notice: None,
             })
             .collect();
         Self {
@@ -246,6 +272,8 @@ impl CellRun {
                     host.restart_at = None;
                     // A fresh process: nothing elected yet.
                     host.election = CellElection::default();
+                    host.route = RouteChoice::new(scenario.direct_to_sink_after());
+                    host.direct = false;
                     self.net.restart_member(index);
                 }
             }
@@ -266,6 +294,12 @@ impl CellRun {
             if let Some(membership) = self.net.member_at(index) {
                 host.election
                     .update(&self.plan.name, membership, &params, version);
+                let route = host.route.route(
+                    now + STEP,
+                    membership.own().aggregator,
+                    host.election.aggregators().len(),
+                );
+                host.direct = route == Route::Sink && !membership.own().aggregator;
                 self.net.flush_member(index);
             }
         }
@@ -343,6 +377,7 @@ impl CellRun {
         run.deaths.resize(bump + 1, now);
         run.deaths[bump] = now;
         run.death_seen = false;
+        run.last_notice = None;
         run.restart_at = restart_after.map(|s| now + Duration::from_secs_f64(s.max(0.0)));
         found.crashes += 1;
     }
@@ -465,9 +500,12 @@ impl CellRun {
                     } else {
                         Some(current)
                     };
-                    if !run.death_seen && latest == Some(down.bump) {
-                        run.death_seen = true;
-                        found.first.push(delay);
+                    if latest == Some(down.bump) {
+                        if !run.death_seen {
+                            run.death_seen = true;
+                            found.first.push(delay);
+                        }
+                        run.last_notice = Some(run.last_notice.map_or(delay, |l| l.max(delay)));
                     }
                 }
                 _ => found.false_positives += 1,
@@ -513,7 +551,10 @@ impl CellRun {
                 s.hosts_converged += 1;
             }
             let mine = host.election.aggregators();
-            if mine.iter().any(|a| serving(a)) {
+            if host.direct {
+                s.hosts_direct += 1;
+            }
+            if host.direct || mine.iter().any(|a| serving(a)) {
                 s.hosts_attached += 1;
             }
             match agreed {
@@ -624,6 +665,7 @@ pub fn run(
     // the same whatever the shard count.
     detections.by_observer.sort_by(f32::total_cmp);
     detections.first.sort_by(f32::total_cmp);
+    detections.last.sort_by(f32::total_cmp);
     let task = match &scenario.task {
         Some(t) => {
             progress.task_running.store(true, Ordering::Relaxed);
@@ -719,6 +761,11 @@ fn run_group(
             samples.push(total);
         }
     }
+    found.last.extend(
+        cells
+            .iter()
+            .flat_map(|c| c.hosts.iter().filter_map(|h| h.last_notice)),
+    );
     let traces = order
         .into_iter()
         .zip(&cells)

@@ -63,6 +63,13 @@ pub struct Summary {
     pub final_converged_pct: f64,
     pub final_attached_pct: f64,
     pub final_cells_agreeing_pct: f64,
+    /// Percent of live hosts shipping straight to a sink (their cell has
+    /// had no aggregator for a while), at the end and at most.
+    pub final_direct_pct: f64,
+    pub max_direct_pct: f64,
+    /// Live hosts not attached at the end (exact, where a percentage
+    /// would round a few hosts of a million away).
+    pub final_unattached_hosts: u64,
     /// First sample from which at least 99.9 % of live hosts stayed
     /// converged (attached) to the end; None if never.
     pub converged_from_s: Option<u64>,
@@ -75,6 +82,8 @@ pub struct Summary {
     /// Crash to each observer's down notice, and to the first one.
     pub detection_by_observer_s: Quantiles,
     pub detection_first_s: Quantiles,
+    /// Crash to the last observer's notice, per crashed host.
+    pub detection_last_s: Quantiles,
     /// Down notices about a host alive in that life (under a partition,
     /// each side's notices about the other count here too).
     pub false_positives: u64,
@@ -144,6 +153,13 @@ impl Summary {
             final_converged_pct: pct(last.hosts_converged, last.hosts_alive),
             final_attached_pct: pct(last.hosts_attached, last.hosts_alive),
             final_cells_agreeing_pct: pct(last.cells_agreeing, last.cells),
+            final_direct_pct: pct(last.hosts_direct, last.hosts_alive),
+            final_unattached_hosts: last.hosts_alive.saturating_sub(last.hosts_attached),
+            max_direct_pct: result
+                .samples
+                .iter()
+                .map(|s| pct(s.hosts_direct, s.hosts_alive))
+                .fold(0.0, f64::max),
             converged_from_s: holds_from(&result.samples, |s| {
                 nearly(s.hosts_converged, s.hosts_alive)
             }),
@@ -155,6 +171,7 @@ impl Summary {
             crashes: result.detections.crashes,
             detection_by_observer_s: Quantiles::of(&result.detections.by_observer),
             detection_first_s: Quantiles::of(&result.detections.first),
+            detection_last_s: Quantiles::of(&result.detections.last),
             false_positives: result.detections.false_positives,
             task: result.task.clone(),
         }
@@ -207,7 +224,17 @@ impl Summary {
             ),
             (
                 "attached at end",
-                format!("{:.2} % of live hosts", self.final_attached_pct),
+                format!(
+                    "{:.2} % of live hosts ({} not attached)",
+                    self.final_attached_pct, self.final_unattached_hosts
+                ),
+            ),
+            (
+                "straight to a sink",
+                format!(
+                    "{:.2} % of live hosts at end ({:.2} % at most)",
+                    self.final_direct_pct, self.max_direct_pct
+                ),
             ),
             (
                 "cells agreeing at end",
@@ -225,6 +252,7 @@ impl Summary {
             ("crashes", self.crashes.to_string()),
             ("detection, first notice", q(&self.detection_first_s)),
             ("detection, each observer", q(&self.detection_by_observer_s)),
+            ("detection, whole cell", q(&self.detection_last_s)),
             (
                 "down notices of live hosts",
                 self.false_positives.to_string(),
@@ -306,7 +334,7 @@ pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Resul
         serde_json::to_string_pretty(summary)? + "\n",
     )?;
     let mut csv = String::from(
-        "t_s,hosts_alive,converged_pct,attached_pct,cells_agreeing_pct,control_bytes_per_host_s\n",
+        "t_s,hosts_alive,converged_pct,attached_pct,cells_agreeing_pct,control_bytes_per_host_s,direct_to_sink_pct\n",
     );
     let mut prev = 0;
     for s in &result.samples {
@@ -314,13 +342,14 @@ pub fn write(dir: &Path, summary: &Summary, result: &RunResult) -> anyhow::Resul
         prev = s.at_s;
         let _ = writeln!(
             csv,
-            "{},{},{:.3},{:.3},{:.3},{:.1}",
+            "{},{},{:.3},{:.3},{:.3},{:.1},{:.3}",
             s.at_s,
             s.hosts_alive,
             pct(s.hosts_converged, s.hosts_alive),
             pct(s.hosts_attached, s.hosts_alive),
             pct(s.cells_agreeing, s.cells),
-            s.bytes_sent as f64 / (s.hosts_alive.max(1) * dt) as f64
+            s.bytes_sent as f64 / (s.hosts_alive.max(1) * dt) as f64,
+            pct(s.hosts_direct, s.hosts_alive)
         );
     }
     put("timeline.csv", csv)?;

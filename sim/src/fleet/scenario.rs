@@ -40,6 +40,11 @@ pub struct Scenario {
     /// Percent of hosts allowed to serve as aggregator.
     #[serde(default = "default_eligible")]
     pub eligible_pct: f64,
+    /// Seconds a host's cell may have no aggregator before the host ships
+    /// straight to a sink (the daemon's `mesh.direct_to_sink_after_secs`);
+    /// 0: never.
+    #[serde(default = "default_direct_to_sink_after")]
+    pub direct_to_sink_after_s: u64,
     /// Regions the fleet spreads over (one region of 20 ms if none given).
     #[serde(default)]
     pub regions: Vec<Region>,
@@ -98,6 +103,9 @@ fn default_sample() -> u64 {
 }
 fn default_eligible() -> f64 {
     20.0
+}
+fn default_direct_to_sink_after() -> u64 {
+    starling_mesh::attach::DEFAULT_DIRECT_TO_SINK_AFTER.as_secs()
 }
 
 /// A region: a share of the fleet and the one-way latency between its
@@ -230,6 +238,12 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
+    /// How long a cell may have no aggregator before its hosts ship
+    /// straight to a sink; None: never.
+    pub fn direct_to_sink_after(&self) -> Option<Duration> {
+        (self.direct_to_sink_after_s > 0).then(|| Duration::from_secs(self.direct_to_sink_after_s))
+    }
+
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let shown = path.display().to_string();
@@ -293,6 +307,9 @@ impl Scenario {
         }
         if !(0.0..=100.0).contains(&self.eligible_pct) {
             return bad("eligible_pct must be 0 to 100".into());
+        }
+        if self.direct_to_sink_after_s > 86_400 {
+            return bad("direct_to_sink_after_s must be at most 86400 (0: never)".into());
         }
         for r in &self.regions {
             if !(r.share > 0.0 && r.share.is_finite()) {
@@ -414,6 +431,10 @@ region = "eu"
                 "after the run",
             ),
             (
+                "name=\"x\"\nhosts=10\nduration_s=10\ndirect_to_sink_after_s=100000",
+                "direct_to_sink_after_s",
+            ),
+            (
                 "name=\"x\"\nhosts=10\nduration_s=10\n[[events]]\nkind=\"aggregator_region_failure\"\nat_s=1\nregion=\"mars\"",
                 "mars",
             ),
@@ -421,5 +442,19 @@ region = "eu"
             let e = Scenario::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("sim/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "only {n} scenarios in {}", dir.display());
     }
 }
