@@ -584,6 +584,34 @@ mod tests {
         assert_ne!(MemberId::new("a", vec![1, 2], vec![], 4), id);
     }
 
+    /// Peer and address travel as bytes; members built when they
+    /// travelled as sequences of numbers write and read the same bytes.
+    #[test]
+    fn identities_encode_as_members_built_before_did() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Before {
+            host: String,
+            peer: Vec<u8>,
+            addr: Vec<u8>,
+            bump: u16,
+        }
+        let peer: Vec<u8> = (0..38).collect();
+        let addr = vec![4, 10, 0, 0, 1, 0x91, 0x02, 0x1c, 0xe9];
+        let id = MemberId::new("host-1", peer.clone(), addr.clone(), 7);
+        let old = Before {
+            host: "host-1".into(),
+            peer,
+            addr,
+            bump: 7,
+        };
+        let now = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(now, postcard::to_allocvec(&old).unwrap());
+        let read: MemberId = postcard::from_bytes(&now).unwrap();
+        assert_eq!(read, id);
+        let back: Before = postcard::from_bytes(&now).unwrap();
+        assert_eq!((back.peer, back.addr, back.bump), (id.peer, id.addr, 7));
+    }
+
     #[test]
     fn hostile_bytes_are_errors_not_panics() {
         let mut m = member("a");

@@ -14,9 +14,13 @@ use serde::{Deserialize, Serialize};
 pub struct MemberId {
     /// The enrolled host name: what makes two identities the same member.
     pub host: Arc<str>,
-    /// libp2p PeerId bytes (empty under the simulated network).
+    /// libp2p PeerId bytes. As bytes, not a sequence of numbers: postcard
+    /// writes both the same (a length, then the bytes), but a sequence one
+    /// element at a time, which was a tenth of a simulated host's CPU.
+    #[serde(with = "serde_bytes")]
     pub peer: Vec<u8>,
     /// One dialable libp2p multiaddr, as bytes (may be empty).
+    #[serde(with = "serde_bytes")]
     pub addr: Vec<u8>,
     pub bump: u16,
     /// A keyed hash of `host`, computed once: foca compares members by
@@ -31,7 +35,9 @@ pub struct MemberId {
 #[derive(Deserialize)]
 struct MemberIdWire {
     host: Arc<str>,
+    #[serde(with = "serde_bytes")]
     peer: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     addr: Vec<u8>,
     bump: u16,
 }

@@ -23,7 +23,7 @@ struct Args {
     /// Threads that share the cells; the result does not depend on it.
     #[arg(long, default_value_t = default_shards())]
     shards: usize,
-    /// Hosts held in memory at once (about 50 KB each): cells run in
+    /// Hosts held in memory at once (about 60 KB each): cells run in
     /// groups of this many hosts, each group through the whole run; the
     /// result does not depend on it.
     #[arg(long, default_value_t = fleet::DEFAULT_HOSTS_IN_MEMORY)]

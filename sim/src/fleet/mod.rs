@@ -596,7 +596,7 @@ pub struct Progress {
     pub task_running: AtomicBool,
 }
 
-/// Hosts held in memory at once by default: about 5 GiB at the 50 KB a
+/// Hosts held in memory at once by default: about 6 GiB at the 60 KB a
 /// simulated host takes (docs/simulator.md, "Cost").
 pub const DEFAULT_HOSTS_IN_MEMORY: u64 = 100_000;
 
