@@ -273,6 +273,7 @@ mod tests {
         assert_eq!(a.choose(now, &[c("b", 9, 0.0)]), Some("b"));
         assert_eq!(a.choose(now, &[]), None);
     }
+
     #[test]
     fn a_cell_without_aggregators_ships_straight_to_a_sink_after_the_wait() {
         let after = Duration::from_secs(30);

@@ -70,9 +70,8 @@ pub struct CellPlan {
 }
 
 /// Lays the fleet out: each region's hosts, named `<region>-<n>` (seven
-/// digits), split
-/// into cells by the production rule ([`cell_of`]) with as many split bits
-/// as make the mean cell no larger than `cell_size`.
+/// digits), split into cells by the production rule ([`cell_of`]) with as
+/// many split bits as make the mean cell no larger than `cell_size`.
 pub fn plan(scenario: &Scenario) -> Vec<CellPlan> {
     let total_share: f64 = scenario.regions.iter().map(|r| r.share).sum();
     let mut cells = Vec::new();
