@@ -39,12 +39,11 @@ impl TargetChooser {
     /// The target for a node with this view, now.
     pub fn choose(&mut self, view: &MeshView, now: Instant) -> Option<Target> {
         let cell = view.cell.as_ref()?;
-        let route = self
-            .route
-            .route(now, view.is_aggregator(), cell.aggregators.len());
+        let is_aggregator = view.is_aggregator();
+        let route = self.route.route(now, is_aggregator, cell.aggregators.len());
         if self.last_route != Some(route) {
             match route {
-                Route::Sink if !view.is_aggregator() => tracing::warn!(
+                Route::Sink if !is_aggregator => tracing::warn!(
                     cell = %cell.name,
                     "the cell has no aggregator; shipping straight to a sink until it elects one"
                 ),
