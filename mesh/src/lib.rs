@@ -23,6 +23,7 @@ pub mod admission;
 pub mod adverts;
 pub mod attach;
 pub mod cell;
+pub mod datagram_frame;
 pub mod election;
 pub mod enrol;
 pub mod health;

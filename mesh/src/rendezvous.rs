@@ -211,6 +211,30 @@ impl CellDirectory {
         })
     }
 
+    /// Up to `n` known members of `cell` for which `in_view` is false,
+    /// newest first, leaving out `asker`: when `cell` is this member's
+    /// own, the cell-mates it admitted but does not count, which a dialer
+    /// of that cell learns nowhere else (its announce here is answered
+    /// with the view, not with these).
+    pub fn lacking(
+        &self,
+        cell: &str,
+        asker: &PeerId,
+        in_view: impl Fn(&PeerId) -> bool,
+        n: usize,
+    ) -> Vec<Contact> {
+        self.cells.get(cell).map_or_else(Vec::new, |known| {
+            known
+                .contacts
+                .iter()
+                .rev()
+                .filter(|c| c.peer != *asker && !in_view(&c.peer))
+                .take(n)
+                .cloned()
+                .collect()
+        })
+    }
+
     /// Up to `n` contacts of cells other than `cell`, each from a different
     /// cell where there are enough, chosen with `pick` (a random index
     /// below its argument), leaving out `asker`.
@@ -310,6 +334,27 @@ mod tests {
         // The asker is never referred to itself.
         assert_eq!(dir.members_of("a", &cs[4].peer, 1), vec![cs[3].clone()]);
         assert!(dir.members_of("b", &asker, 10).is_empty());
+    }
+
+    #[test]
+    fn lacking_names_only_cell_mates_the_view_does_not_count() {
+        let mut dir = CellDirectory::default();
+        let cs: Vec<Contact> = (0..6).map(contact).collect();
+        for c in &cs {
+            dir.learn("a", c.clone());
+        }
+        dir.learn("b", contact(9));
+        // The view counts the even ones; the asker is cs[5].
+        let in_view = |p: &PeerId| cs.iter().step_by(2).any(|c| c.peer == *p);
+        let got = dir.lacking("a", &cs[5].peer, in_view, 4);
+        assert_eq!(got, vec![cs[3].clone(), cs[1].clone()]);
+        assert_eq!(
+            dir.lacking("a", &cs[5].peer, in_view, 1),
+            vec![cs[3].clone()]
+        );
+        // A view that counts them all lacks none; an unknown cell has none.
+        assert!(dir.lacking("a", &cs[5].peer, |_| true, 4).is_empty());
+        assert!(dir.lacking("c", &cs[5].peer, |_| false, 4).is_empty());
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod adverts;
 mod behaviour;
 mod cell_driver;
 mod connections;
+mod datagram_links;
 mod dht;
 mod dial_cause;
 mod fleet;
@@ -85,7 +86,7 @@ pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/swim/1"
 const MAX_ENROL_BYTES: u64 = (MAX_CHAIN_LEN * MAX_CERT_BYTES * 2 + 1024) as u64;
 /// Largest membership datagram on the wire (an 8 KiB SWIM packet, framing
 /// and the cell label).
-const MAX_SWIM_BYTES: u64 = 12 * 1024;
+const MAX_SWIM_BYTES: u64 = crate::datagram_frame::MAX_DATAGRAM as u64 + 256;
 /// Datagrams held per peer while a connection to it is being admitted.
 const MAX_PENDING_PER_PEER: usize = 16;
 /// Peers with datagrams held.
@@ -176,9 +177,11 @@ pub const KAD_REQUESTS: &str = "starling_mesh_kad_requests_total";
 pub const SWIM_DROPPED: &str = "starling_mesh_swim_dropped_total";
 /// Prometheus counters of membership bytes, by `direction`.
 pub const SWIM_BYTES: &str = "starling_mesh_swim_bytes_total";
-/// Prometheus counter of membership datagrams, by `direction` (each is a
-/// request on a stream of its own, so this counts streams too).
+/// Prometheus counter of membership datagrams, by `direction`.
 pub const SWIM_DATAGRAMS: &str = "starling_mesh_swim_datagrams_total";
+/// Prometheus counter of cell members this member's membership declared
+/// down (a crash, or a member whose acks came too late) and up again.
+pub const MEMBER_CHANGES: &str = "starling_mesh_member_changes_total";
 /// Prometheus gauge of the member's local-health score (0 healthy, up to
 /// 8: its timers run late, so it gives suspects longer to refute).
 pub const LOCAL_HEALTH: &str = "starling_mesh_local_health";
@@ -291,6 +294,9 @@ pub struct Mesh {
     cell: Option<Cell>,
     /// Membership datagrams waiting for their peer's admission.
     pending: HashMap<PeerId, Vec<SwimMessage>>,
+    /// Membership datagrams' streams, and what their tasks report.
+    pub(super) links: datagram_links::DatagramLinks,
+    link_events: mpsc::Receiver<datagram_links::LinkEvent>,
     pub(super) sinks: SinkBook,
     sink_topic: gossipsub::IdentTopic,
     sink_load: u8,
@@ -331,10 +337,12 @@ pub struct Mesh {
     /// when it holds too few links across cells. Bounded by
     /// `MAX_CROSS_CANDIDATES`.
     pub(super) cross_candidates: std::collections::VecDeque<Contact>,
-    /// Where asking a second bootstrap peer for referrals stands (once,
-    /// after the first admitted this member), so that members of one cell
-    /// who started at different seeds meet.
-    pub(super) second_seed: SecondSeed,
+    /// Where asking the other bootstrap peers for referrals stands (the
+    /// next one after the first admitted this member, then the next in
+    /// turn while the cell is short), so that members of one cell who
+    /// started at different seeds meet; and how many asks went out.
+    pub(super) seed_ask: SeedAsk,
+    pub(super) seed_asks: u32,
     /// Peers dialled only for their referrals: the connection is closed
     /// once they answered, unless they are of this member's cell.
     pub(super) referral_only: std::collections::HashSet<PeerId>,
@@ -351,19 +359,18 @@ pub struct Mesh {
 pub type FleetSettings =
     std::collections::BTreeMap<String, (u64, starling_proto::v1::ConfigSetting)>;
 
-/// Where asking a second bootstrap peer for referrals stands.
+/// Where asking a bootstrap peer for referrals stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum SecondSeed {
+pub(super) enum SeedAsk {
     /// No peer has admitted this member yet.
     NotYet,
-    /// It is dialled at this time.
+    /// The next seed is dialled at this time.
     At(Instant),
     /// It was dialled at this address; its connection is not up yet.
     Dialled(Multiaddr),
-    /// Asked (or there is only one bootstrap peer).
-    Done,
+    /// The last ask went out (or gave up) at this time.
+    Asked(Instant),
 }
-
 /// A random source for jitter, different per member and per start.
 fn jitter_rng(peer: &PeerId) -> rand::rngs::SmallRng {
     use rand::SeedableRng;
@@ -451,6 +458,12 @@ impl Mesh {
             .revocations
             .clone()
             .map(crate::trust::RevocationFile::new);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(build(&"a mesh member starts inside a tokio runtime"));
+        }
+        let control = swarm.behaviour().datagrams.new_control();
+        let (links, link_events) =
+            datagram_links::DatagramLinks::start(control).map_err(|e| build(&e))?;
         let mut rng = jitter_rng(swarm.local_peer_id());
         let bootstrap_turn = rand::RngExt::random_range(&mut rng, 0..1usize << 16);
         Ok((
@@ -464,6 +477,8 @@ impl Mesh {
                 commands,
                 cell: None,
                 pending: HashMap::new(),
+                links,
+                link_events,
                 sinks: SinkBook::default(),
                 sink_topic,
                 sink_load: 0,
@@ -484,7 +499,8 @@ impl Mesh {
                 directory: CellDirectory::default(),
                 peer_cells: HashMap::new(),
                 cross_candidates: Default::default(),
-                second_seed: SecondSeed::NotYet,
+                seed_ask: SeedAsk::NotYet,
+                seed_asks: 0,
                 referral_only: Default::default(),
                 tasks,
                 fleet_settings,
@@ -530,6 +546,7 @@ impl Mesh {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = timer => self.fire_timers(),
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Some(event) = self.link_events.recv() => self.on_link_event(event),
                 _ = tick.tick() => self.on_tick(),
                 _ = shutdown.changed() => break,
             }
@@ -665,13 +682,18 @@ impl Mesh {
                     "listener"
                 };
                 metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
-                if let SecondSeed::Dialled(addr) = &self.second_seed {
-                    if endpoint.is_dialer() && endpoint.get_remote_address() == addr {
-                        self.referral_only.insert(peer_id);
-                        self.second_seed = SecondSeed::Done;
-                    }
+                let asked = matches!(&self.seed_ask, SeedAsk::Dialled(addr)
+                    if endpoint.is_dialer() && endpoint.get_remote_address() == addr);
+                if asked {
+                    self.referral_only.insert(peer_id);
+                    self.seed_ask = SeedAsk::Asked(Instant::now());
                 }
                 self.on_connected(peer_id, endpoint.is_dialer());
+                // A seed that admitted this member already answers a
+                // second enrolment message with referrals.
+                if asked && self.table.admitted(&peer_id).is_some() {
+                    self.send_chain(peer_id);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -679,6 +701,7 @@ impl Mesh {
                 ..
             } => {
                 self.table.on_disconnected(&peer_id);
+                self.links.forget(&peer_id);
                 self.cell_peers.remove(&peer_id);
                 self.announce_on_admit.remove(&peer_id);
                 self.chains.remove(&peer_id);
@@ -724,6 +747,18 @@ impl Mesh {
                 let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                 self.on_swim(peer, request);
             }
+            // A datagram that never reached its peer: the stream failed
+            // or its connection closed first. The empty answer's own
+            // failures say nothing about the datagram, which arrived.
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(
+                request_response::Event::OutboundFailure { error, .. },
+            )) => self.drop_swim(match error {
+                request_response::OutboundFailure::Timeout => "stream_timeout",
+                request_response::OutboundFailure::ConnectionClosed => "stream_closed",
+                request_response::OutboundFailure::DialFailure => "unreachable",
+                request_response::OutboundFailure::UnsupportedProtocols => "unsupported",
+                _ => "stream_error",
+            }),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

@@ -178,32 +178,52 @@ impl Mesh {
     }
 
     /// What this member tells a newly admitted dialer about where to find
-    /// its cell: members of the dialer's cell it knows (none when it is of
-    /// that cell itself: the dialer announces itself here, and the answer
-    /// to an announce lists the cell), and a few of other cells.
+    /// its cell: members of the dialer's cell it knows, and a few of other
+    /// cells. A dialer of this member's own cell announces itself here and
+    /// the answer to that announce lists this member's view, so it is
+    /// referred only to the cell-mates the view lacks: members that this
+    /// one admitted but does not count, which is how two fragments of a
+    /// cell (members that started at different seeds) learn of each other.
     fn referrals_for(&mut self, peer: &PeerId) -> Vec<Referral> {
         let cell = self.peer_cells.get(peer).cloned();
-        self.referrals_to(cell.as_deref(), peer)
+        self.referrals_to(cell.as_deref(), peer, Admitted::Yes)
     }
 
     /// Referrals for a dialer of `cell` (or of none: a sink, or a member
-    /// that predates cards, gets members of other cells only).
-    fn referrals_to(&mut self, cell: Option<&str>, peer: &PeerId) -> Vec<Referral> {
+    /// that predates cards, gets members of other cells only); see
+    /// [`Mesh::referrals_for`] for a dialer this member admits, and
+    /// [`Mesh::referrals_while_busy`] for one it turns away.
+    fn referrals_to(
+        &mut self,
+        cell: Option<&str>,
+        peer: &PeerId,
+        admitted: Admitted,
+    ) -> Vec<Referral> {
         let own = self.cell.as_ref().map(|c| c.name.as_str());
-        let same = if cell.is_none() || cell == own {
-            0
-        } else {
-            REFER_SAME_CELL
+        let cell_name = cell.unwrap_or("");
+        // Cell-mates the view lacks come first; a dialer of this cell that
+        // is turned away gets no answer to an announce, so the view's
+        // members may follow.
+        let lacking = match (&self.cell, cell) {
+            (Some(c), Some(asked)) if asked == c.name => self.directory.lacking(
+                asked,
+                peer,
+                |p| c.membership.has_peer(&p.to_bytes()),
+                REFER_SAME_CELL,
+            ),
+            _ => Vec::new(),
+        };
+        let same = match cell {
+            None => 0,
+            Some(_) if cell == own && admitted == Admitted::Yes => lacking.len(),
+            Some(_) => REFER_SAME_CELL,
         };
         let rng = &mut self.rng;
-        let referrals = self.directory.referrals(
-            cell.unwrap_or(""),
-            peer,
-            std::iter::empty(),
-            same,
-            REFER_OTHER_CELLS,
-            |n| rng.random_range(0..n.max(1)),
-        );
+        let referrals =
+            self.directory
+                .referrals(cell_name, peer, lacking, same, REFER_OTHER_CELLS, |n| {
+                    rng.random_range(0..n.max(1))
+                });
         self.stats.referrals_given += referrals
             .iter()
             .filter(|r| Some(r.cell.as_str()) == cell)
@@ -236,9 +256,9 @@ impl Mesh {
         match card {
             Some((cell, addr)) => {
                 self.directory.learn(&cell, Contact { peer, addr });
-                self.referrals_to(Some(&cell), &peer)
+                self.referrals_to(Some(&cell), &peer, Admitted::No)
             }
-            None => self.referrals_to(None, &peer),
+            None => self.referrals_to(None, &peer, Admitted::No),
         }
     }
 
@@ -291,7 +311,7 @@ impl Mesh {
         }
     }
 
-    fn send_chain(&mut self, peer: PeerId) {
+    pub(super) fn send_chain(&mut self, peer: PeerId) {
         let request = self.own_message();
         self.swarm
             .behaviour_mut()
@@ -378,4 +398,12 @@ impl Mesh {
             }
         }
     }
+}
+
+/// Whether the dialer a referral answer goes to is admitted (and so gets
+/// this member's view in answer to its announce) or turned away busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    Yes,
+    No,
 }

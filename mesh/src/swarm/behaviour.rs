@@ -43,13 +43,9 @@ pub struct EnrolMessage {
 }
 
 /// One membership datagram, labelled with the sender's cell so that
-/// members of different cells never mix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SwimMessage {
-    pub cell: String,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
+/// members of different cells never mix: a frame on the datagram streams,
+/// and the request of the request-response protocol that came before.
+pub type SwimMessage = crate::datagram_frame::FramedDatagram;
 
 /// Everything a mesh member runs on each connection.
 #[derive(NetworkBehaviour)]
@@ -58,7 +54,11 @@ pub struct MeshBehaviour {
     pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) redial: redial::RedialGate,
     pub(super) enrol: request_response::cbor::Behaviour<EnrolMessage, EnrolMessage>,
+    /// Membership datagrams of members built before the datagram streams.
     pub(super) swim: DialCause<request_response::cbor::Behaviour<SwimMessage, ()>>,
+    /// Membership datagrams framed on long-lived streams
+    /// (`datagram_links`).
+    pub(super) datagrams: libp2p_stream::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
@@ -154,6 +154,7 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         redial: Default::default(),
         enrol,
         swim: DialCause::new(swim, "swim"),
+        datagrams: libp2p_stream::Behaviour::new(),
         identify,
         ping,
         kad: DialCause::new(kad, "kad"),

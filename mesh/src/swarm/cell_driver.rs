@@ -10,10 +10,11 @@ use std::time::Instant;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{kad, Multiaddr, PeerId};
 
+use super::datagram_links::{LinkEvent, Sent};
 use super::{
     CellSettings, Mesh, SwimMessage, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, DIALS,
-    LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, PROVIDE_SETTLE,
-    REFERRAL_GRACE, SWIM_BYTES, SWIM_DATAGRAMS, SWIM_DROPPED,
+    LOCAL_HEALTH, MAX_PENDING_PEERS, MAX_PENDING_PER_PEER, MEMBERSHIP_TICK, MEMBER_CHANGES,
+    PROVIDE_SETTLE, REFERRAL_GRACE, SWIM_BYTES, SWIM_DATAGRAMS, SWIM_DROPPED,
 };
 use crate::election::{CellElection, RoleChange};
 use crate::identity::{PeerIdentity, Role};
@@ -157,7 +158,10 @@ impl Mesh {
             || (aggregator && now.duration_since(cell.joined) >= PROVIDE_SETTLE);
         if provide && !cell.providing && dht_peers > 0 {
             match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
-                Ok(_) => cell.providing = true,
+                Ok(_) => {
+                    tracing::debug!(lonely, aggregator, "providing the cell key in the DHT");
+                    cell.providing = true;
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot provide the cell key yet"),
             }
         }
@@ -178,6 +182,7 @@ impl Mesh {
                         .is_none_or(|t| now.duration_since(t) >= every)
                 }));
         if due && dht_peers > 0 {
+            tracing::debug!(lonely, "looking the cell up in the DHT");
             cell.last_lookup = Some(now);
             self.swarm.behaviour_mut().kad.get_providers(key);
         }
@@ -205,6 +210,7 @@ impl Mesh {
             .filter(|p| *p != local && !cell.membership.has_peer(&p.to_bytes()))
             .collect();
         let news = !missing.is_empty();
+        tracing::debug!(missing = missing.len(), "cell providers found in the DHT");
         for peer in missing {
             if let Some(identity) = self.table.admitted(&peer).cloned() {
                 self.announce_to(peer, &identity);
@@ -324,8 +330,14 @@ impl Mesh {
                         cell.timers.insert((now + after, cell.timer_seq), timer);
                     }
                 }
-                Output::Up(id) => tracing::debug!(member = %id.host, "member up"),
-                Output::Down(id) => tracing::info!(member = %id.host, "member down"),
+                Output::Up(id) => {
+                    metrics::counter!(MEMBER_CHANGES, "change" => "up").increment(1);
+                    tracing::debug!(member = %id.host, "member up");
+                }
+                Output::Down(id) => {
+                    metrics::counter!(MEMBER_CHANGES, "change" => "down").increment(1);
+                    tracing::info!(member = %id.host, "member down");
+                }
             }
         }
     }
@@ -353,7 +365,13 @@ impl Mesh {
             metrics::counter!(SWIM_BYTES, "direction" => "out")
                 .increment(message.data.len() as u64);
             metrics::counter!(SWIM_DATAGRAMS, "direction" => "out").increment(1);
-            self.swarm.behaviour_mut().swim.send_request(&peer, message);
+            match self.links.send(peer, &message) {
+                Sent::Framed => {}
+                Sent::Legacy => {
+                    self.swarm.behaviour_mut().swim.send_request(&peer, message);
+                }
+                Sent::Dropped(reason) => self.drop_swim(reason),
+            }
             return;
         }
         if !self.pending.contains_key(&peer) && self.pending.len() >= MAX_PENDING_PEERS {
@@ -390,6 +408,22 @@ impl Mesh {
     pub(super) fn flush_pending(&mut self, peer: PeerId) {
         for message in self.pending.remove(&peer).unwrap_or_default() {
             self.send_swim(peer, None, message);
+        }
+    }
+
+    /// What the datagram streams' tasks report.
+    pub(super) fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Datagram(peer, message) => self.on_swim(peer, message),
+            LinkEvent::Legacy(peer) => {
+                tracing::debug!(%peer, "peer predates datagram streams: request-response it is");
+                self.links.mark_legacy(peer);
+            }
+            LinkEvent::Dropped(reason, n) => {
+                for _ in 0..n {
+                    self.drop_swim(reason);
+                }
+            }
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use rand::RngExt;
 
-use super::{Mesh, SecondSeed, DIALS, PEERS_PRUNED};
+use super::{
+    Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, DIALS, PEERS_PRUNED, REFERRAL_GRACE,
+};
 use crate::identity::{PeerIdentity, Role};
 
 /// Bounds of the wait before the bootstrap peers are dialled again by a
@@ -24,7 +26,7 @@ const PRUNE_SETTLE: Duration = Duration::from_secs(30);
 /// itself (see [`Mesh::keep_cross_links`]).
 const MIN_CROSS_LINKS: usize = 2;
 /// Bounds of the wait before a member asks a second bootstrap peer for
-/// referrals (see [`Mesh::ask_second_seed`]).
+/// referrals (see [`Mesh::ask_seeds`]).
 const SECOND_SEED_WAIT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(4));
 
 impl Mesh {
@@ -47,7 +49,7 @@ impl Mesh {
         if !self.view.borrow().admitted.is_empty() {
             self.bootstrap_backoff = BOOTSTRAP_RETRY_MIN;
             self.next_bootstrap = now + BOOTSTRAP_RETRY_MIN;
-            self.ask_second_seed(now);
+            self.ask_seeds(now);
             return;
         }
         // Referrals from a busy seed come first: members of this member's
@@ -92,31 +94,55 @@ impl Mesh {
     /// new member to the members of its cell that started at that seed;
     /// a member that has heard from two seeds joins those groups, so a
     /// cell whose members spread over the seeds forms as one rather than
-    /// one fragment per seed. The connection is closed once the seed has
+    /// one fragment per seed. At a fleet's start the seeds are the busiest
+    /// members and an ask can fail, or come before the seed met the
+    /// cell's other members; so while the member still sees less than
+    /// three quarters of its cell after `REFERRAL_GRACE`, it asks the next
+    /// seed in turn again, `CELL_FORMING_LOOKUP` after the last ask and
+    /// twice as long each time (up to `CELL_LOOKUP_INTERVAL`): at 500
+    /// members started at once, without it, every cell stayed in one
+    /// fragment per seed. The connection is closed once the seed has
     /// answered (unless it is of this member's cell): a seed that kept
     /// every member's second connection held hundreds, and answered its
     /// own cell's datagrams seconds late.
-    fn ask_second_seed(&mut self, now: Instant) {
-        if self.config.bootstrap.len() < 2 || self.cell.is_none() {
+    fn ask_seeds(&mut self, now: Instant) {
+        if self.config.bootstrap.is_empty() || self.cell.is_none() {
             return;
         }
-        match self.second_seed {
-            SecondSeed::NotYet => {
+        match self.seed_ask {
+            SeedAsk::NotYet if self.config.bootstrap.len() < 2 => {
+                // One seed: it was asked by the first dial.
+                self.seed_ask = SeedAsk::Asked(now);
+            }
+            SeedAsk::NotYet => {
                 let wait = self
                     .rng
                     .random_range(SECOND_SEED_WAIT.0..SECOND_SEED_WAIT.1);
-                self.second_seed = SecondSeed::At(now + wait);
+                self.seed_ask = SeedAsk::At(now + wait);
             }
-            SecondSeed::At(at) if now >= at => {
-                self.second_seed = match self.dial_next_seed() {
-                    Some(addr) => SecondSeed::Dialled(addr),
-                    None => SecondSeed::Done,
+            SeedAsk::At(at) if now >= at => {
+                self.seed_asks = self.seed_asks.saturating_add(1);
+                self.seed_ask = match self.dial_next_seed() {
+                    Some(addr) => SeedAsk::Dialled(addr),
+                    None => SeedAsk::Asked(now),
                 };
             }
-            // A dial that failed is not tried again: referrals are a
-            // shortcut, and the DHT finds what they miss.
-            SecondSeed::Dialled(_) if now >= self.next_bootstrap + BOOTSTRAP_RETRY_MAX => {
-                self.second_seed = SecondSeed::Done;
+            // A dial that failed is left to the next ask.
+            SeedAsk::Dialled(_) if now >= self.next_bootstrap + BOOTSTRAP_RETRY_MAX => {
+                self.seed_ask = SeedAsk::Asked(now);
+            }
+            SeedAsk::Asked(at) => {
+                let formed = self.cell_mostly_known();
+                let Some(cell) = self.cell.as_ref() else {
+                    return;
+                };
+                if formed || now.duration_since(cell.joined) < REFERRAL_GRACE {
+                    return;
+                }
+                let wait = seed_ask_wait(self.seed_asks).mul_f64(1.0 + self.spread());
+                if now >= at + wait {
+                    self.seed_ask = SeedAsk::At(now);
+                }
             }
             _ => {}
         }
@@ -214,5 +240,32 @@ impl Mesh {
         for peer in surplus {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+    }
+}
+
+/// How long after its `asks`-th ask a member whose cell is still short
+/// asks the next seed: `CELL_FORMING_LOOKUP`, doubling with each ask after
+/// the first, up to `CELL_LOOKUP_INTERVAL` (a cell smaller than the size
+/// its members expect stays short for good, and must not cost its seeds
+/// a dial per member every few seconds).
+fn seed_ask_wait(asks: u32) -> Duration {
+    let doublings = asks.saturating_sub(1).min(16);
+    CELL_FORMING_LOOKUP
+        .saturating_mul(1 << doublings)
+        .min(CELL_LOOKUP_INTERVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_asks_back_off_to_the_lookup_interval() {
+        assert_eq!(seed_ask_wait(0), CELL_FORMING_LOOKUP);
+        assert_eq!(seed_ask_wait(1), CELL_FORMING_LOOKUP);
+        assert_eq!(seed_ask_wait(2), CELL_FORMING_LOOKUP * 2);
+        assert_eq!(seed_ask_wait(3), CELL_FORMING_LOOKUP * 4);
+        assert_eq!(seed_ask_wait(10), CELL_LOOKUP_INTERVAL);
+        assert_eq!(seed_ask_wait(u32::MAX), CELL_LOOKUP_INTERVAL);
     }
 }

@@ -173,6 +173,16 @@ fn counter_sum(metrics: &PrometheusHandle, series: &str) -> f64 {
 fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize>) -> String {
     let (mut whole, mut with_aggs, mut with_sink, mut smallest) = (0, 0, 0, usize::MAX);
     let (mut dropped, mut fewest_peers, mut refused, mut alone) = (0, usize::MAX, 0, 0);
+    // Each member's view as a share of its cell, to tell a few members
+    // left behind from views that are all partial.
+    let mut shares = Vec::with_capacity(members.len());
+    // Cell-mates a member is connected to and admitted but does not count
+    // in its view: links its membership has not used.
+    let zone_of: std::collections::HashMap<&str, &str> = members
+        .iter()
+        .map(|m| (m.host.as_str(), m.zone.as_str()))
+        .collect();
+    let mut unused_links = Vec::with_capacity(members.len());
     for m in members {
         let v = m.view.borrow();
         dropped += v.stats.swim_dropped;
@@ -182,13 +192,86 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
         let known = v.cell.as_ref().map_or(0, |c| c.members.len());
         whole += usize::from(known == sizes[&m.zone]);
         smallest = smallest.min(known);
+        shares.push(known as f64 / sizes[&m.zone].max(1) as f64);
+        let seen: std::collections::HashSet<&str> = v
+            .cell
+            .as_ref()
+            .map(|c| c.members.iter().map(|x| x.host.as_str()).collect())
+            .unwrap_or_default();
+        unused_links.push(
+            v.admitted
+                .values()
+                .filter(|i| zone_of.get(i.name.as_str()) == Some(&m.zone.as_str()))
+                .filter(|i| !seen.contains(i.name.as_str()))
+                .count(),
+        );
         with_aggs += usize::from(v.cell.as_ref().is_some_and(|c| !c.aggregators.is_empty()));
         with_sink += usize::from(!v.sinks.is_empty());
     }
+    shares.sort_by(f64::total_cmp);
+    unused_links.sort_unstable();
+    let unused = unused_links
+        .get(unused_links.len() / 2)
+        .copied()
+        .unwrap_or(0);
+    let share = |q: f64| {
+        let i = ((shares.len() as f64 - 1.0) * q).round() as usize;
+        shares.get(i).map_or(0.0, |s| s * 100.0)
+    };
     format!(
-        "{whole}/{n} see their whole cell (smallest view {smallest}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers} ({alone} with none), membership datagrams dropped {dropped}, peers refused {refused}",
-        n = members.len()
+        "{whole}/{n} see their whole cell (smallest view {smallest}; view as % of the cell: p10 {p10:.0}, median {p50:.0}; admitted cell-mates missing from the view, median {unused}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers} ({alone} with none), membership datagrams dropped {dropped}, peers refused {refused}",
+        n = members.len(),
+        p10 = share(0.1),
+        p50 = share(0.5),
     )
+}
+
+/// The cells' fragments: per cell, the sizes of the groups of members
+/// linked by "sees" (A's view holds B), largest first. A cell of one
+/// group whose members see only part of it is still forming; several
+/// groups are fragments that do not know of each other.
+fn fragments(members: &[Member]) -> String {
+    use std::collections::BTreeMap;
+    let index: std::collections::HashMap<&str, usize> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.host.as_str(), i))
+        .collect();
+    let mut parent: Vec<usize> = (0..members.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (i, m) in members.iter().enumerate() {
+        let v = m.view.borrow();
+        for seen in v.cell.iter().flat_map(|c| c.members.iter()) {
+            if let Some(&j) = index.get(seen.host.as_str()) {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a] = b;
+            }
+        }
+    }
+    let mut groups: BTreeMap<&str, BTreeMap<usize, usize>> = BTreeMap::new();
+    for (i, m) in members.iter().enumerate() {
+        let r = root(&mut parent, i);
+        *groups
+            .entry(m.zone.as_str())
+            .or_default()
+            .entry(r)
+            .or_default() += 1;
+    }
+    groups
+        .iter()
+        .map(|(zone, g)| {
+            let mut sizes: Vec<usize> = g.values().copied().collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            format!("{zone} {sizes:?}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// CPU time (user and system, all threads) this process has used.
@@ -489,6 +572,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("          {}", counters(&metrics));
         }
         if Instant::now() > deadline {
+            eprintln!("          fragments per cell: {}", fragments(&members));
             let behind: Vec<String> = members
                 .iter()
                 .filter_map(|m| {
