@@ -366,8 +366,8 @@ pub(super) enum SeedAsk {
     NotYet,
     /// The next seed is dialled at this time.
     At(Instant),
-    /// It was dialled at this address; its connection is not up yet.
-    Dialled(Multiaddr),
+    /// It was dialled on this connection, which is not up yet.
+    Dialled(libp2p::swarm::ConnectionId),
     /// The last ask went out (or gave up) at this time.
     Asked(Instant),
 }
@@ -674,7 +674,10 @@ impl Mesh {
                 self.view.send_modify(|v| v.listen_addrs.push(address));
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let side = if endpoint.is_dialer() {
                     "dialer"
@@ -682,8 +685,7 @@ impl Mesh {
                     "listener"
                 };
                 metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
-                let asked = matches!(&self.seed_ask, SeedAsk::Dialled(addr)
-                    if endpoint.is_dialer() && endpoint.get_remote_address() == addr);
+                let asked = self.seed_ask == SeedAsk::Dialled(connection_id);
                 if asked {
                     self.referral_only.insert(peer_id);
                     self.seed_ask = SeedAsk::Asked(Instant::now());
@@ -718,7 +720,14 @@ impl Mesh {
                     v.rtt.remove(&peer_id);
                 });
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                if self.seed_ask == SeedAsk::Dialled(connection_id) {
+                    self.seed_ask = SeedAsk::Asked(Instant::now());
+                }
                 let kind = match &error {
                     libp2p::swarm::DialError::Denied { .. } => "denied",
                     libp2p::swarm::DialError::Transport(_) => "transport",

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::ConnectionId;
+use libp2p::PeerId;
 use rand::RngExt;
 
 use super::{
@@ -72,14 +74,18 @@ impl Mesh {
 
     /// Dials the next configured bootstrap peer in turn; returns its
     /// address if the dial started.
-    fn dial_next_seed(&mut self) -> Option<Multiaddr> {
+    fn dial_next_seed(&mut self) -> Option<ConnectionId> {
         let seeds = &self.config.bootstrap;
         let addr = seeds[self.bootstrap_turn % seeds.len()].clone();
         self.bootstrap_turn = self.bootstrap_turn.wrapping_add(1);
-        match self.swarm.dial(addr.clone()) {
+        // Known by its connection id: the connection's remote address may
+        // carry the seed's PeerId, which the configured address lacks.
+        let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
             Ok(()) => {
                 metrics::counter!(DIALS, "cause" => "bootstrap").increment(1);
-                Some(addr)
+                Some(id)
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");

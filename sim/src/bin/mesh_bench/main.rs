@@ -570,9 +570,9 @@ async fn main() -> anyhow::Result<()> {
                 progress(&members, &sizes)
             );
             eprintln!("          {}", counters(&metrics));
+            eprintln!("          fragments per cell: {}", fragments(&members));
         }
         if Instant::now() > deadline {
-            eprintln!("          fragments per cell: {}", fragments(&members));
             let behind: Vec<String> = members
                 .iter()
                 .filter_map(|m| {
