@@ -244,6 +244,10 @@ pub struct MeshConfig {
     /// The task plane; None: this member neither applies nor relays
     /// tasks (docs/tasks.md).
     pub tasks: Option<TaskSettings>,
+    /// Speak membership as members built before the datagram streams did
+    /// (test double of an older build, for mixed-fleet tests).
+    #[cfg(feature = "legacy-member")]
+    pub legacy_datagrams: bool,
 }
 
 impl Default for MeshConfig {
@@ -258,6 +262,8 @@ impl Default for MeshConfig {
             sink_ingress: None,
             revocations: None,
             tasks: None,
+            #[cfg(feature = "legacy-member")]
+            legacy_datagrams: false,
         }
     }
 }
@@ -462,8 +468,12 @@ impl Mesh {
             return Err(build(&"a mesh member starts inside a tokio runtime"));
         }
         let control = swarm.behaviour().datagrams.new_control();
+        #[cfg(feature = "legacy-member")]
+        let legacy = config.legacy_datagrams;
+        #[cfg(not(feature = "legacy-member"))]
+        let legacy = false;
         let (links, link_events) =
-            datagram_links::DatagramLinks::start(control).map_err(|e| build(&e))?;
+            datagram_links::DatagramLinks::start(control, legacy).map_err(|e| build(&e))?;
         let mut rng = jitter_rng(swarm.local_peer_id());
         let bootstrap_turn = rand::RngExt::random_range(&mut rng, 0..1usize << 16);
         Ok((

@@ -60,15 +60,31 @@ pub struct DatagramLinks {
     control: Control,
     writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
     legacy: HashSet<PeerId>,
+    /// Sends every datagram by request-response and accepts no stream,
+    /// as a member built before the streams (a test double).
+    all_legacy: bool,
     events: mpsc::Sender<LinkEvent>,
 }
 
 impl DatagramLinks {
     /// Links over `control`'s behaviour; starts accepting inbound streams
-    /// and returns the receiver of their events. Must run inside a tokio
-    /// runtime.
-    pub fn start(mut control: Control) -> Result<(Self, mpsc::Receiver<LinkEvent>), String> {
+    /// (unless `all_legacy`) and returns the receiver of their events.
+    /// Must run inside a tokio runtime.
+    pub fn start(
+        mut control: Control,
+        all_legacy: bool,
+    ) -> Result<(Self, mpsc::Receiver<LinkEvent>), String> {
         let (events, receiver) = mpsc::channel(INBOUND_QUEUE);
+        if all_legacy {
+            let links = Self {
+                control,
+                writers: HashMap::new(),
+                legacy: HashSet::new(),
+                all_legacy,
+                events,
+            };
+            return Ok((links, receiver));
+        }
         let mut incoming = control
             .accept(SWIM_STREAM_PROTOCOL)
             .map_err(|e| format!("cannot accept {SWIM_STREAM_PROTOCOL}: {e}"))?;
@@ -94,6 +110,7 @@ impl DatagramLinks {
             control,
             writers: HashMap::new(),
             legacy: HashSet::new(),
+            all_legacy,
             events,
         };
         Ok((links, receiver))
@@ -102,7 +119,7 @@ impl DatagramLinks {
     /// Queues `datagram` for `peer` (an admitted peer), opening its stream
     /// if there is none or the last one failed.
     pub fn send(&mut self, peer: PeerId, datagram: &FramedDatagram) -> Sent {
-        if self.legacy.contains(&peer) {
+        if self.all_legacy || self.legacy.contains(&peer) {
             return Sent::Legacy;
         }
         let frame = match datagram_frame::encode_frame(datagram) {
