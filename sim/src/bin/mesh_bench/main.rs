@@ -208,6 +208,34 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
         with_aggs += usize::from(v.cell.as_ref().is_some_and(|c| !c.aggregators.is_empty()));
         with_sink += usize::from(!v.sinks.is_empty());
     }
+    // When only a few are behind, who they are and whom they miss: the
+    // tail of a start is usually one member declared down by a few.
+    let mut stragglers = Vec::new();
+    if whole + 3 >= members.len() {
+        for m in members {
+            let v = m.view.borrow();
+            let seen: std::collections::HashSet<&str> = v
+                .cell
+                .iter()
+                .flat_map(|c| c.members.iter().map(|x| x.host.as_str()))
+                .collect();
+            if seen.len() == sizes[&m.zone] {
+                continue;
+            }
+            let missing: Vec<&str> = members
+                .iter()
+                .filter(|o| o.zone == m.zone && !seen.contains(o.host.as_str()))
+                .map(|o| o.host.as_str())
+                .take(3)
+                .collect();
+            stragglers.push(format!("{} misses {}", m.host, missing.join(" ")));
+        }
+    }
+    let stragglers = if stragglers.is_empty() {
+        String::new()
+    } else {
+        format!("; behind: {}", stragglers.join(", "))
+    };
     shares.sort_by(f64::total_cmp);
     unused_links.sort_unstable();
     let unused = unused_links
@@ -219,7 +247,7 @@ fn progress(members: &[Member], sizes: &std::collections::BTreeMap<String, usize
         shares.get(i).map_or(0.0, |s| s * 100.0)
     };
     format!(
-        "{whole}/{n} see their whole cell (smallest view {smallest}; view as % of the cell: p10 {p10:.0}, median {p50:.0}; admitted cell-mates missing from the view, median {unused}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers} ({alone} with none), membership datagrams dropped {dropped}, peers refused {refused}",
+        "{whole}/{n} see their whole cell (smallest view {smallest}; view as % of the cell: p10 {p10:.0}, median {p50:.0}; admitted cell-mates missing from the view, median {unused}), {with_aggs} know aggregators, {with_sink} know a sink; fewest admitted peers {fewest_peers} ({alone} with none), membership datagrams dropped {dropped}, peers refused {refused}{stragglers}",
         n = members.len(),
         p10 = share(0.1),
         p50 = share(0.5),
