@@ -323,6 +323,9 @@ pub struct Mesh {
     /// random start, so members take the seeds in turn from different ones.
     pub(super) bootstrap_turn: usize,
     pub(super) last_prune: Instant,
+    /// When this member last dialled a member of another cell to keep a
+    /// link across cells (`keep_cross_links`).
+    pub(super) last_cross_dial: Option<Instant>,
     /// Connected peers that sent or were sent datagrams of this member's
     /// cell: cell members whether or not the view counts them now.
     pub(super) cell_peers: std::collections::HashSet<PeerId>,
@@ -503,6 +506,7 @@ impl Mesh {
                 bootstrap_backoff: connections::BOOTSTRAP_RETRY_MIN,
                 bootstrap_turn,
                 last_prune: Instant::now(),
+                last_cross_dial: None,
                 cell_peers: Default::default(),
                 announce_on_admit: Default::default(),
                 rng,

@@ -27,6 +27,12 @@ const PRUNE_SETTLE: Duration = Duration::from_secs(30);
 /// Connections to members of other cells a cell member keeps up by
 /// itself (see [`Mesh::keep_cross_links`]).
 const MIN_CROSS_LINKS: usize = 2;
+/// How long a dial for a link across cells is given to become an admitted
+/// peer before the next one: under a start-up storm an admission takes
+/// seconds, and dialling one more every tick made 4,000 such dials in a
+/// 500-member start (8 per member for 2 links), in the middle of which
+/// the views of 70-170 members fell apart again.
+const CROSS_DIAL_WAIT: Duration = Duration::from_secs(10);
 /// Bounds of the wait before a member asks a second bootstrap peer for
 /// referrals (see [`Mesh::ask_seeds`]).
 const SECOND_SEED_WAIT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(4));
@@ -157,7 +163,8 @@ impl Mesh {
     /// Keeps at least `MIN_CROSS_LINKS` connections to members of other
     /// cells, for sink adverts to reach every cell over gossip: once it
     /// sees most of its cell, a member holding fewer dials one member of
-    /// another cell per tick, from those peers referred it to or, failing
+    /// another cell at a time (`CROSS_DIAL_WAIT` apart), from those peers
+    /// referred it to or, failing
     /// that, from its directory. Seeds close most of the connections new
     /// members opened to them, so without this a cell's only ways out
     /// could all be gone.
@@ -179,6 +186,13 @@ impl Mesh {
         if cross >= MIN_CROSS_LINKS {
             return;
         }
+        let now = Instant::now();
+        if self
+            .last_cross_dial
+            .is_some_and(|t| now.duration_since(t) < CROSS_DIAL_WAIT)
+        {
+            return;
+        }
         let local = *self.swarm.local_peer_id();
         let next = loop {
             match self.cross_candidates.pop_front() {
@@ -197,6 +211,7 @@ impl Mesh {
         });
         if let Some(contact) = next {
             tracing::debug!(peer = %contact.peer, "dialling a member of another cell");
+            self.last_cross_dial = Some(now);
             self.dial_member(contact.peer, Some(contact.addr));
         }
     }
