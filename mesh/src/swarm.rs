@@ -380,6 +380,7 @@ pub(super) enum SeedAsk {
     /// The last ask went out (or gave up) at this time.
     Asked(Instant),
 }
+
 /// A random source for jitter, different per member and per start.
 fn jitter_rng(peer: &PeerId) -> rand::rngs::SmallRng {
     use rand::SeedableRng;
@@ -770,9 +771,10 @@ impl Mesh {
                 let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                 self.on_swim(peer, request);
             }
-            // A datagram that never reached its peer: the stream failed
-            // or its connection closed first. The empty answer's own
-            // failures say nothing about the datagram, which arrived.
+            // An exchange with a member built before the datagram streams
+            // failed: the datagram may not have arrived (a timeout can
+            // also be an answer that came too late, so this counts at most
+            // what was lost).
             SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(
                 request_response::Event::OutboundFailure { error, .. },
             )) => self.drop_swim(match error {

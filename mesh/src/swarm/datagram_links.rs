@@ -178,16 +178,12 @@ async fn write_link(
         Ok(stream) => stream,
         Err(OpenStreamError::UnsupportedProtocol(_)) => {
             let _ = events.send(LinkEvent::Legacy(peer)).await;
-            let _ = events
-                .send(LinkEvent::Dropped("unsupported", queue.len()))
-                .await;
+            give_up(&mut queue, &events, "unsupported", 0).await;
             return;
         }
         Err(e) => {
             tracing::debug!(%peer, error = %e, "cannot open a datagram stream");
-            let _ = events
-                .send(LinkEvent::Dropped("stream_error", queue.len()))
-                .await;
+            give_up(&mut queue, &events, "stream_error", 0).await;
             return;
         }
     };
@@ -198,13 +194,27 @@ async fn write_link(
         };
         if let Err(e) = written.await {
             tracing::debug!(%peer, error = %e, "datagram stream failed");
-            let _ = events
-                .send(LinkEvent::Dropped("stream_error", 1 + queue.len()))
-                .await;
+            give_up(&mut queue, &events, "stream_error", 1).await;
             return;
         }
     }
     let _ = stream.close().await;
+}
+
+/// Closes a writer's queue (the driver's next datagram opens a new
+/// stream) and reports what it held, and `lost` more, as dropped.
+async fn give_up(
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    events: &mpsc::Sender<LinkEvent>,
+    reason: &'static str,
+    lost: usize,
+) {
+    // Closed first, so that nothing enters after the count.
+    queue.close();
+    let n = lost + queue.len();
+    if n > 0 {
+        let _ = events.send(LinkEvent::Dropped(reason, n)).await;
+    }
 }
 
 /// Reads frames from `peer`'s stream until it ends or sends a bad frame.
