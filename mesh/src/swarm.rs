@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::futures::StreamExt;
-use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
     gossipsub, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
@@ -693,97 +692,19 @@ impl Mesh {
                 endpoint,
                 connection_id,
                 ..
-            } => {
-                let side = if endpoint.is_dialer() {
-                    "dialer"
-                } else {
-                    "listener"
-                };
-                metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
-                let asked = self.seed_ask == SeedAsk::Dialled(connection_id);
-                if asked {
-                    self.referral_only.insert(peer_id);
-                    self.seed_ask = SeedAsk::Asked(Instant::now());
-                }
-                self.on_connected(peer_id, endpoint.is_dialer());
-                // A seed that admitted this member already answers a
-                // second enrolment message with referrals.
-                if asked && self.table.admitted(&peer_id).is_some() {
-                    self.send_chain(peer_id);
-                }
-            }
+            } => self.on_connection_established(peer_id, &endpoint, connection_id),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
-            } => {
-                self.table.on_disconnected(&peer_id);
-                self.links.forget(&peer_id);
-                self.cell_peers.remove(&peer_id);
-                self.announce_on_admit.remove(&peer_id);
-                self.chains.remove(&peer_id);
-                self.peer_cells.remove(&peer_id);
-                self.referral_only.remove(&peer_id);
-                self.identified.remove(&peer_id);
-                if let Some(q) = self.pending.remove(&peer_id) {
-                    for _ in q {
-                        self.drop_swim("disconnected");
-                    }
-                }
-                self.view.send_modify(|v| {
-                    v.admitted.remove(&peer_id);
-                    v.rtt.remove(&peer_id);
-                });
-            }
+            } => self.on_last_connection_closed(peer_id),
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
                 error,
                 connection_id,
-            } => {
-                if self.seed_ask == SeedAsk::Dialled(connection_id) {
-                    self.seed_ask = SeedAsk::Asked(Instant::now());
-                }
-                let kind = match &error {
-                    libp2p::swarm::DialError::Denied { .. } => "denied",
-                    libp2p::swarm::DialError::Transport(_) => "transport",
-                    _ => "other",
-                };
-                metrics::counter!(DIAL_FAILURES, "error" => kind).increment(1);
-                let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) else {
-                    return;
-                };
-                self.announce_on_admit.remove(&peer);
-                if let Some(q) = self.pending.remove(&peer) {
-                    for _ in q {
-                        self.drop_swim("unreachable");
-                    }
-                }
-            }
+            } => self.on_dial_failed(peer_id, &error, connection_id),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Enrol(event)) => self.on_enrol(event),
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            })) => {
-                let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
-                self.on_swim(peer, request);
-            }
-            // An exchange with a member built before the datagram streams
-            // failed: the datagram may not have arrived (a timeout can
-            // also be an answer that came too late, so this counts at most
-            // what was lost).
-            SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(
-                request_response::Event::OutboundFailure { error, .. },
-            )) => self.drop_swim(match error {
-                request_response::OutboundFailure::Timeout => "stream_timeout",
-                request_response::OutboundFailure::ConnectionClosed => "stream_closed",
-                request_response::OutboundFailure::DialFailure => "unreachable",
-                request_response::OutboundFailure::UnsupportedProtocols => "unsupported",
-                _ => "stream_error",
-            }),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Swim(event)) => self.on_legacy_swim(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

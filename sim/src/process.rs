@@ -132,6 +132,23 @@ impl Fleet {
         Ok(pair.write(&self.dir.path().join("pki"), name)?)
     }
 
+    /// Issues a certificate and loads it as a mesh member's enrolment, for
+    /// members run in the test's own process.
+    pub fn enrolment(
+        &self,
+        role: Role,
+        name: &str,
+    ) -> anyhow::Result<starling_mesh::enrol::Enrolment> {
+        let (cert, key) = self.issue(role, name)?;
+        Ok(starling_mesh::enrol::Enrolment::load(
+            &starling_mesh::identity::TlsFiles {
+                ca_cert: self.ca_cert(),
+                cert,
+                key,
+            },
+        )?)
+    }
+
     /// Revokes the certificate issued to `name`, writing the fleet's list
     /// where hosts read it by default (`crl.pem` beside the CA).
     pub fn revoke(&self, name: &str) -> anyhow::Result<()> {

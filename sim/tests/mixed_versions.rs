@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::identity::Role;
 use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use starling_sim::Fleet;
@@ -18,16 +18,6 @@ use tokio::sync::watch;
 const MEMBERS: usize = 6;
 /// The members that run as the older build.
 const LEGACY: [usize; 2] = [1, 4];
-
-fn enrol(fleet: &Fleet, name: &str) -> Enrolment {
-    let (cert, key) = fleet.issue(Role::Node, name).expect("issue");
-    Enrolment::load(&TlsFiles {
-        ca_cert: fleet.ca_cert(),
-        cert,
-        key,
-    })
-    .expect("enrolment loads")
-}
 
 fn start(
     enrolment: Enrolment,
@@ -74,7 +64,12 @@ fn behind(views: &[watch::Receiver<MeshView>]) -> Vec<String> {
 async fn members_of_the_older_build_and_the_newer_form_one_cell() {
     let fleet = Fleet::new().expect("fleet");
     let (stop_tx, stop) = watch::channel(false);
-    let mut views = vec![start(enrol(&fleet, "m0"), Vec::new(), false, &stop)];
+    let mut views = vec![start(
+        fleet.enrolment(Role::Node, "m0").expect("enrolment"),
+        Vec::new(),
+        false,
+        &stop,
+    )];
     let seed = views[0]
         .wait_for(|v| !v.listen_addrs.is_empty())
         .await
@@ -84,7 +79,7 @@ async fn members_of_the_older_build_and_the_newer_form_one_cell() {
     for i in 1..MEMBERS {
         let name = format!("m{i}");
         views.push(start(
-            enrol(&fleet, &name),
+            fleet.enrolment(Role::Node, &name).expect("enrolment"),
             vec![seed.clone()],
             LEGACY.contains(&i),
             &stop,

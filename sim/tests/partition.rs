@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
-use starling_mesh::identity::{Role, TlsFiles};
+use starling_mesh::identity::Role;
 use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use starling_sim::netns::{NamespacePair, Side};
@@ -24,16 +24,6 @@ struct Member {
     name: String,
     side: Side,
     view: watch::Receiver<MeshView>,
-}
-
-fn enrol(fleet: &Fleet, name: &str) -> Enrolment {
-    let (cert, key) = fleet.issue(Role::Node, name).expect("issue");
-    Enrolment::load(&TlsFiles {
-        ca_cert: fleet.ca_cert(),
-        cert,
-        key,
-    })
-    .expect("enrolment loads")
 }
 
 /// Starts a member whose sockets live in `side`'s namespace.
@@ -137,7 +127,7 @@ async fn a_partitioned_cell_carries_on_in_two_halves_and_merges_when_it_heals() 
         let mut view = start(
             &pair,
             side,
-            enrol(&fleet, &name),
+            fleet.enrolment(Role::Node, &name).expect("enrolment"),
             seed.iter().cloned().collect(),
             &stop,
             &operator,

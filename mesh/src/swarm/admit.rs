@@ -32,9 +32,7 @@ impl Mesh {
         self.chains.remove(&peer);
         metrics::counter!(PEERS_REFUSED, "reason" => reason).increment(1);
         self.identified.remove(&peer);
-        for _ in self.pending.remove(&peer).unwrap_or_default() {
-            self.drop_swim("refused");
-        }
+        self.drop_pending(&peer, "refused");
         tracing::warn!(%peer, reason, detail, "peer refused");
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
         self.publish_dht_size();

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{kad, Multiaddr, PeerId};
 
@@ -408,6 +409,42 @@ impl Mesh {
         match self.swarm.dial(opts) {
             Ok(()) => metrics::counter!(DIALS, "cause" => "member").increment(1),
             Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
+        }
+    }
+
+    /// Drops the datagrams held for `peer`'s admission, counted as `reason`.
+    pub(super) fn drop_pending(&mut self, peer: &PeerId, reason: &'static str) {
+        for _ in self.pending.remove(peer).unwrap_or_default() {
+            self.drop_swim(reason);
+        }
+    }
+
+    /// Events of the request-response datagram protocol, spoken with
+    /// members built before the datagram streams.
+    pub(super) fn on_legacy_swim(&mut self, event: request_response::Event<SwimMessage, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
+                self.on_swim(peer, request);
+            }
+            // The exchange failed: the datagram may not have arrived (a
+            // timeout can also be an answer that came too late, so this
+            // counts at most what was lost).
+            request_response::Event::OutboundFailure { error, .. } => self.drop_swim(match error {
+                request_response::OutboundFailure::Timeout => "stream_timeout",
+                request_response::OutboundFailure::ConnectionClosed => "stream_closed",
+                request_response::OutboundFailure::DialFailure => "unreachable",
+                request_response::OutboundFailure::UnsupportedProtocols => "unsupported",
+                _ => "stream_error",
+            }),
+            _ => {}
         }
     }
 

@@ -4,13 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::ConnectionId;
+use libp2p::swarm::{ConnectionId, DialError};
 use libp2p::PeerId;
 use rand::RngExt;
 
 use super::{
-    Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, DIALS, PEERS_PRUNED, REFERRAL_GRACE,
+    Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, CONNECTIONS_OPENED, DIALS,
+    DIAL_FAILURES, PEERS_PRUNED, REFERRAL_GRACE,
 };
 use crate::identity::{PeerIdentity, Role};
 
@@ -158,6 +160,74 @@ impl Mesh {
             }
             _ => {}
         }
+    }
+
+    /// A connection is up: counted, recognised when it is a seed ask, and
+    /// its peer's admission started.
+    pub(super) fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        endpoint: &ConnectedPoint,
+        connection: ConnectionId,
+    ) {
+        let side = if endpoint.is_dialer() {
+            "dialer"
+        } else {
+            "listener"
+        };
+        metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
+        let asked = self.seed_ask == SeedAsk::Dialled(connection);
+        if asked {
+            self.referral_only.insert(peer);
+            self.seed_ask = SeedAsk::Asked(Instant::now());
+        }
+        self.on_connected(peer, endpoint.is_dialer());
+        // A seed that admitted this member already answers a second
+        // enrolment message with referrals.
+        if asked && self.table.admitted(&peer).is_some() {
+            self.send_chain(peer);
+        }
+    }
+
+    /// The last connection to `peer` closed: everything held for it goes.
+    pub(super) fn on_last_connection_closed(&mut self, peer: PeerId) {
+        self.table.on_disconnected(&peer);
+        self.links.forget(&peer);
+        self.cell_peers.remove(&peer);
+        self.announce_on_admit.remove(&peer);
+        self.chains.remove(&peer);
+        self.peer_cells.remove(&peer);
+        self.referral_only.remove(&peer);
+        self.identified.remove(&peer);
+        self.drop_pending(&peer, "disconnected");
+        self.view.send_modify(|v| {
+            v.admitted.remove(&peer);
+            v.rtt.remove(&peer);
+        });
+    }
+
+    /// A dial failed: counted; a seed ask on it is over, and what waited
+    /// for a peer still not connected goes.
+    pub(super) fn on_dial_failed(
+        &mut self,
+        peer: Option<PeerId>,
+        error: &DialError,
+        connection: ConnectionId,
+    ) {
+        if self.seed_ask == SeedAsk::Dialled(connection) {
+            self.seed_ask = SeedAsk::Asked(Instant::now());
+        }
+        let kind = match error {
+            DialError::Denied { .. } => "denied",
+            DialError::Transport(_) => "transport",
+            _ => "other",
+        };
+        metrics::counter!(DIAL_FAILURES, "error" => kind).increment(1);
+        let Some(peer) = peer.filter(|p| !self.swarm.is_connected(p)) else {
+            return;
+        };
+        self.announce_on_admit.remove(&peer);
+        self.drop_pending(&peer, "unreachable");
     }
 
     /// Keeps at least `MIN_CROSS_LINKS` connections to members of other

@@ -75,37 +75,12 @@ impl DatagramLinks {
         all_legacy: bool,
     ) -> Result<(Self, mpsc::Receiver<LinkEvent>), String> {
         let (events, receiver) = mpsc::channel(INBOUND_QUEUE);
-        if all_legacy {
-            let links = Self {
-                control,
-                writers: HashMap::new(),
-                legacy: HashSet::new(),
-                all_legacy,
-                events,
-            };
-            return Ok((links, receiver));
+        if !all_legacy {
+            let incoming = control
+                .accept(SWIM_STREAM_PROTOCOL)
+                .map_err(|e| format!("cannot accept {SWIM_STREAM_PROTOCOL}: {e}"))?;
+            tokio::spawn(accept_links(incoming, events.clone()));
         }
-        let mut incoming = control
-            .accept(SWIM_STREAM_PROTOCOL)
-            .map_err(|e| format!("cannot accept {SWIM_STREAM_PROTOCOL}: {e}"))?;
-        let readers = Arc::new(AtomicUsize::new(0));
-        let to_driver = events.clone();
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
-                if readers.load(Ordering::Relaxed) >= MAX_READERS {
-                    let _ = to_driver
-                        .send(LinkEvent::Dropped("too_many_streams", 1))
-                        .await;
-                    continue;
-                }
-                readers.fetch_add(1, Ordering::Relaxed);
-                let (readers, to_driver) = (readers.clone(), to_driver.clone());
-                tokio::spawn(async move {
-                    read_link(peer, stream, &to_driver).await;
-                    readers.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-        });
         let links = Self {
             control,
             writers: HashMap::new(),
@@ -163,6 +138,29 @@ impl DatagramLinks {
     pub fn forget(&mut self, peer: &PeerId) {
         self.writers.remove(peer);
         self.legacy.remove(peer);
+    }
+}
+
+/// Reads every inbound datagram stream in a task of its own, up to
+/// `MAX_READERS` at once.
+async fn accept_links(
+    mut incoming: libp2p_stream::IncomingStreams,
+    to_driver: mpsc::Sender<LinkEvent>,
+) {
+    let readers = Arc::new(AtomicUsize::new(0));
+    while let Some((peer, stream)) = incoming.next().await {
+        if readers.load(Ordering::Relaxed) >= MAX_READERS {
+            let _ = to_driver
+                .send(LinkEvent::Dropped("too_many_streams", 1))
+                .await;
+            continue;
+        }
+        readers.fetch_add(1, Ordering::Relaxed);
+        let (readers, to_driver) = (readers.clone(), to_driver.clone());
+        tokio::spawn(async move {
+            read_link(peer, stream, &to_driver).await;
+            readers.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
