@@ -28,7 +28,7 @@ fn an_independent_consumer_verifies_every_event_and_finds_an_injected_one() -> a
         &fleet,
         "sink-1",
         (&broker.bootstrap(), TOPIC),
-        "origin_proof = true",
+        "origin_proof = true\nrouting_headers = true",
     )?;
     let spool_dir = fleet.path().join(HOST).join("data/spool");
     std::fs::create_dir_all(&spool_dir)?;
@@ -50,6 +50,13 @@ fn an_independent_consumer_verifies_every_event_and_finds_an_injected_one() -> a
         .wait_for_sequence(HOST, EVENTS, Duration::from_secs(30))
         .map_err(|missing| anyhow::anyhow!("missing from Kafka: {missing:?}"))?;
     let genuine = reader.records[10].clone();
+    let genuine_seq = genuine.event.header.as_ref().map_or(0, |h| h.seq);
+    assert_eq!(
+        genuine.header("starling-seq"),
+        Some(genuine_seq.to_string().as_str()),
+        "kafka.routing_headers writes the sequence number"
+    );
+    assert_eq!(genuine.header("starling-kind"), Some("process_exec"));
     let mut fake = genuine.event.clone();
     if let Some(Body::ProcessExec(x)) = fake.body.as_mut() {
         x.argv = vec!["curl".into(), "http://harmless.invalid/".into()];
@@ -87,10 +94,6 @@ fn an_independent_consumer_verifies_every_event_and_finds_an_injected_one() -> a
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let seq = genuine
-        .header("starling-seq")
-        .unwrap_or_default()
-        .to_owned();
     let failures: Vec<String> = result["failures"]
         .as_array()
         .map(|a| {
@@ -113,7 +116,7 @@ fn an_independent_consumer_verifies_every_event_and_finds_an_injected_one() -> a
         "only the injected event fails: {failures:?}"
     );
     assert!(
-        failures[0].contains(&format!("seq {seq} ")),
+        failures[0].contains(&format!("seq {genuine_seq} ")),
         "the failure names the injected event: {failures:?}"
     );
     Ok(())

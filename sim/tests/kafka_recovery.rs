@@ -50,6 +50,7 @@ async fn a_fatal_producer_error_is_answered_retry_and_recovered() -> anyhow::Res
         partitions: 1,
         replication_factor: 1,
         delivery_timeout_ms: 10_000,
+        routing_headers: false,
         origin_proof: false,
         properties: Default::default(),
     })

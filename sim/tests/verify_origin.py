@@ -43,13 +43,10 @@ def varint(buf, i):
         shift += 7
 
 
-def parse_header(buf):
-    """The fields of a starling.v1.BatchHeader."""
-    names = {1: "host_id", 2: "batch_id", 3: "first_seq", 4: "last_seq",
-             5: "event_count", 6: "list_len", 7: "list_sha256", 8: "signed_at_unix_ms"}
-    out = {"host_id": "", "batch_id": 0, "first_seq": 0, "last_seq": 0,
-           "event_count": 0, "list_len": 0, "list_sha256": b"", "signed_at_unix_ms": 0}
-    i = 0
+def fields(buf):
+    """The top-level fields of a protobuf message: number -> last value
+    (an int for varints, bytes for length-delimited fields)."""
+    out, i = {}, 0
     while i < len(buf):
         key, i = varint(buf, i)
         field, wire = key >> 3, key & 7
@@ -58,11 +55,34 @@ def parse_header(buf):
         elif wire == 2:
             n, i = varint(buf, i)
             value, i = bytes(buf[i:i + n]), i + n
+        elif wire == 1:
+            value, i = bytes(buf[i:i + 8]), i + 8
+        elif wire == 5:
+            value, i = bytes(buf[i:i + 4]), i + 4
         else:
             raise ValueError(f"unexpected wire type {wire}")
+        out[field] = value
+    return out
+
+
+def parse_header(buf):
+    """The fields of a starling.v1.BatchHeader."""
+    names = {1: "host_id", 2: "batch_id", 3: "first_seq", 4: "last_seq",
+             5: "event_count", 6: "list_len", 7: "list_sha256", 8: "signed_at_unix_ms"}
+    out = {"host_id": "", "batch_id": 0, "first_seq": 0, "last_seq": 0,
+           "event_count": 0, "list_len": 0, "list_sha256": b"", "signed_at_unix_ms": 0}
+    for field, value in fields(buf).items():
         if field in names:
             out[names[field]] = value.decode() if field == 1 else value
     return out
+
+
+def event_host_and_seq(payload):
+    """The host id and sequence number a starling.v1.Event states in its
+    own header (field 1: host_id 1, seq 2): the signed bytes, not the
+    message's headers, which no signature covers."""
+    header = fields(fields(payload).get(1, b""))
+    return header.get(1, b"").decode(), header.get(2, 0)
 
 
 def frame(payload):
@@ -114,14 +134,19 @@ def check(messages):
     failures, batches = [], defaultdict(list)
     for key, headers, payload in messages:
         missing = [h for h in ("starling-batch-header", "starling-batch-signature",
-                               "starling-origin-certificate", "starling-seq")
+                               "starling-origin-certificate")
                    if h not in headers]
         if missing:
             failures.append(f"{key}: message without {missing}")
             continue
+        try:
+            event_host, seq = event_host_and_seq(payload)
+        except (IndexError, ValueError, UnicodeDecodeError) as e:
+            failures.append(f"{key}: an event that does not decode ({e})")
+            continue
         group = (headers["starling-batch-header"], headers["starling-batch-signature"],
                  headers["starling-origin-certificate"])
-        batches[group].append((key, headers, int(headers["starling-seq"]), payload))
+        batches[group].append((key, headers, event_host, seq, payload))
     verified_batches = verified_events = incomplete = 0
     for (header_bytes, signature, cert_der), members in batches.items():
         header = parse_header(header_bytes)
@@ -138,10 +163,16 @@ def check(messages):
             continue
         fingerprint = hashlib.sha256(cert_der).hexdigest()
         by_seq = defaultdict(set)
-        for key, headers, seq, payload in members:
-            if key != host or headers.get("starling-host", b"").decode() != host:
+        for key, headers, event_host, seq, payload in members:
+            # The routing headers (kafka.routing_headers) are optional and
+            # unsigned: when present they must agree with the event.
+            stated = {h: (headers[h] or b"").decode(errors="replace")
+                      for h in ("starling-host", "starling-seq") if h in headers}
+            if key != host or event_host != host or stated.get("starling-host", host) != host:
                 failures.append(f"{where}: seq {seq} filed under {key!r}")
-            elif headers.get("starling-origin", b"").decode() != fingerprint:
+            elif stated.get("starling-seq", str(seq)) != str(seq):
+                failures.append(f"{where}: seq {seq} headed as {stated['starling-seq']}")
+            elif (headers.get("starling-origin") or b"").decode(errors="replace") != fingerprint:
                 failures.append(f"{where}: seq {seq} names another certificate")
             elif not header["first_seq"] <= seq <= header["last_seq"]:
                 failures.append(f"{where}: seq {seq} outside the signed range")
@@ -167,7 +198,7 @@ def check(messages):
             failures.append(f"{where}: the events do not rebuild the signed list")
             continue
         verified_batches += 1
-        for _, _, seq, payload in members:
+        for _, _, _, seq, payload in members:
             if signed.get(seq) == payload:
                 verified_events += 1
             elif seq in signed:

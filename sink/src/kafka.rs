@@ -1,12 +1,14 @@
-//! Kafka delivery: one message per event, keyed by host id, with routing
-//! headers. The producer is idempotent with acks=all, and a batch counts as
-//! persisted only when every message's delivery report says PERSISTED
-//! (librdkafka's `rd_kafka_message_status`), not merely "no error".
+//! Kafka delivery: one message per event, keyed by host id, with the
+//! origin the sink checked in a header (and, as options, routing headers
+//! and the origin's proof). The producer is idempotent with acks=all, and a
+//! batch counts as persisted only when every message's delivery report
+//! says PERSISTED (librdkafka's `rd_kafka_message_status`), not merely "no
+//! error".
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -21,13 +23,15 @@ use tokio::sync::Notify;
 use crate::backend::Provenance;
 use crate::config::KafkaSection;
 
-/// Kafka header naming the payload's protobuf message type.
+/// With `kafka.routing_headers`: the payload's protobuf message type.
 pub const HEADER_SCHEMA: &str = "starling-schema";
-/// Kafka header naming the event kind (see `starling_proto::event_kind`).
+/// With `kafka.routing_headers`: the event kind (see
+/// `starling_proto::event_kind`).
 pub const HEADER_KIND: &str = "starling-kind";
-/// Kafka header with the event's host id.
+/// With `kafka.routing_headers`: the event's host id (also the key).
 pub const HEADER_HOST: &str = "starling-host";
-/// Kafka header with the event's per-host sequence number (decimal).
+/// With `kafka.routing_headers`: the event's per-host sequence number
+/// (decimal).
 pub const HEADER_SEQ: &str = "starling-seq";
 /// Kafka header with the lowercase hex SHA-256 of the certificate whose
 /// signature over the event's batch the sink checked: the event is the
@@ -170,6 +174,9 @@ pub struct KafkaWriter {
     producer: RwLock<Arc<SinkProducer>>,
     config: ClientConfig,
     topic: String,
+    /// Write kind, sequence number, host and schema into every message's
+    /// headers.
+    routing_headers: bool,
     /// Write the origin's seal into every message's headers.
     origin_proof: bool,
     /// Batches in a row the broker refused (see [`REPLACE_AFTER_REFUSALS`]).
@@ -205,6 +212,7 @@ impl KafkaWriter {
             producer: RwLock::new(Arc::new(producer)),
             config: c,
             topic: cfg.topic.clone(),
+            routing_headers: cfg.routing_headers,
             origin_proof: cfg.origin_proof,
             refusals_in_a_row: AtomicU32::new(0),
         })
@@ -310,32 +318,43 @@ impl KafkaWriter {
         provenance: &Provenance<'_>,
         reports: &Arc<BatchReports>,
     ) -> Result<(), KafkaWriteError> {
+        // Each header costs librdkafka about 0.1 us per message to copy,
+        // write and free, and the broker its bytes (docs/decisions.md,
+        // "Kafka"): the origin always, the rest when asked for.
+        let capacity =
+            1 + 4 * usize::from(self.routing_headers) + 3 * usize::from(self.origin_proof);
+        // The messages' timestamp (CreateTime), read once per batch:
+        // librdkafka otherwise reads the clock for every message.
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let mut seq_text = String::new();
         for (e, payload) in batch.iter_encoded() {
-            seq_text.clear();
-            write!(seq_text, "{}", e.seq).ok();
-            let mut headers =
-                OwnedHeaders::new_with_capacity(if self.origin_proof { 8 } else { 5 })
-                    .insert(Header {
-                        key: HEADER_SCHEMA,
-                        value: Some(starling_proto::SCHEMA_NAME),
-                    })
+            let mut headers = OwnedHeaders::new_with_capacity(capacity).insert(Header {
+                key: HEADER_ORIGIN,
+                value: Some(provenance.fingerprint),
+            });
+            if self.routing_headers {
+                seq_text.clear();
+                write!(seq_text, "{}", e.seq).ok();
+                headers = headers
                     .insert(Header {
                         key: HEADER_KIND,
                         value: Some(e.kind),
-                    })
-                    .insert(Header {
-                        key: HEADER_HOST,
-                        value: Some(batch.host_id.as_str()),
                     })
                     .insert(Header {
                         key: HEADER_SEQ,
                         value: Some(seq_text.as_str()),
                     })
                     .insert(Header {
-                        key: HEADER_ORIGIN,
-                        value: Some(provenance.fingerprint),
+                        key: HEADER_HOST,
+                        value: Some(batch.host_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: HEADER_SCHEMA,
+                        value: Some(starling_proto::SCHEMA_NAME),
                     });
+            }
             if self.origin_proof {
                 let seal = provenance.seal;
                 headers = headers
@@ -355,7 +374,8 @@ impl KafkaWriter {
             let mut record = BaseRecord::with_opaque_to(&self.topic, reports.clone())
                 .key(batch.host_id.as_str())
                 .payload(payload)
-                .headers(headers);
+                .headers(headers)
+                .timestamp(now_ms);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,

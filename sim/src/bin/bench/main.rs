@@ -62,11 +62,9 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let broker = Broker::start()?;
     rt.block_on(create_topic(&broker.bootstrap(), "bench.raw", PARTITIONS))?;
-    rt.block_on(create_topic(
-        &broker.bootstrap(),
-        "bench.raw-headers",
-        PARTITIONS,
-    ))?;
+    for topic in ["bench.raw-origin", "bench.raw-routing"] {
+        rt.block_on(create_topic(&broker.bootstrap(), topic, PARTITIONS))?;
+    }
 
     // Same payloads (encoded with host id and sequence), same producer settings.
     let payloads: Vec<Vec<u8>> = (0..args.events)
@@ -80,11 +78,19 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
         })
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len().max(1);
-    let raw = raw_producer(&broker.bootstrap(), "bench.raw", &payloads, false)?;
-    let raw_headers = raw_producer(&broker.bootstrap(), "bench.raw-headers", &payloads, true)?;
+    let bootstrap = broker.bootstrap();
+    let raw = raw_producer(&bootstrap, "bench.raw", &payloads, Headers::None)?;
+    let raw_origin = raw_producer(&bootstrap, "bench.raw-origin", &payloads, Headers::Origin)?;
+    let raw_routing = raw_producer(&bootstrap, "bench.raw-routing", &payloads, Headers::Routing)?;
     drop(payloads);
 
-    let starling = spool_to_kafka(&broker, args.events)?;
+    let starling = spool_to_kafka(&broker, args.events, "starling.events", "")?;
+    let routing = spool_to_kafka(
+        &broker,
+        args.events,
+        "starling.events-routing",
+        "routing_headers = true",
+    )?;
     println!("single-host throughput, {} events of {avg} bytes, {} partitions, tansu (memory storage) on loopback", args.events, PARTITIONS);
     println!(
         "  {:<52} {:>10} {:>13} {:>16}",
@@ -99,16 +105,24 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
         )
     };
     row("raw librdkafka producer (idempotent, acks=all, lz4)", &raw);
-    row("  the same, with the sink's five headers", &raw_headers);
+    row("  the same, with the sink's origin header", &raw_origin);
+    row("  the same, with the five of routing_headers", &raw_routing);
     row(
         "starling sink (QUIC in, checks, Kafka PERSISTED)",
         &starling.sink,
     );
     row("starling node (spool, sign, QUIC out)", &starling.node);
+    row("starling sink with kafka.routing_headers", &routing.sink);
+    let share = |sink: &Run, r: &Run| 100.0 * sink.events_per_cpu_sec() / r.events_per_cpu_sec();
     println!(
-        "  sink events per CPU-second: {:.0}% of the raw producer's (goal: 80%), {:.0}% of the raw producer's with the same headers",
-        100.0 * starling.sink.events_per_cpu_sec() / raw.events_per_cpu_sec(),
-        100.0 * starling.sink.events_per_cpu_sec() / raw_headers.events_per_cpu_sec()
+        "  sink events per CPU-second: {:.0}% of the raw producer's (goal: 80%), {:.0}% of the raw producer's with the same header",
+        share(&starling.sink, &raw),
+        share(&starling.sink, &raw_origin)
+    );
+    println!(
+        "  with kafka.routing_headers: {:.0}% of the raw producer's, {:.0}% of the raw producer's with the same headers",
+        share(&routing.sink, &raw),
+        share(&routing.sink, &raw_routing)
     );
     println!(
         "  end to end: {:.0}% of the raw producer's events/s",
@@ -154,14 +168,23 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::
     Ok(())
 }
 
-/// Produces `payloads` with librdkafka directly, with the sink's settings;
-/// with `headers`, each message also carries the five headers the sink
-/// writes (schema, kind, host, sequence number, origin fingerprint).
+/// The Kafka headers a raw producer run writes, as the sink would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    None,
+    /// The origin fingerprint, as the sink writes by default.
+    Origin,
+    /// The origin and the four of `kafka.routing_headers`.
+    Routing,
+}
+
+/// Produces `payloads` with librdkafka directly, with the sink's settings
+/// and the sink's `headers`.
 fn raw_producer(
     bootstrap: &str,
     topic: &str,
     payloads: &[Vec<u8>],
-    headers: bool,
+    headers: Headers,
 ) -> anyhow::Result<Run> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -176,31 +199,33 @@ fn raw_producer(
     let mut seq = String::new();
     for (i, p) in payloads.iter().enumerate() {
         let mut rec = BaseRecord::to(topic).key(HOST).payload(p);
-        if headers {
-            use std::fmt::Write;
-            seq.clear();
-            let _ = write!(seq, "{}", i + 1);
-            let h = OwnedHeaders::new_with_capacity(5)
-                .insert(Header {
-                    key: "starling-schema",
-                    value: Some(starling_proto::SCHEMA_NAME),
-                })
-                .insert(Header {
-                    key: "starling-kind",
-                    value: Some("process_exec"),
-                })
-                .insert(Header {
-                    key: "starling-host",
-                    value: Some(HOST),
-                })
-                .insert(Header {
-                    key: "starling-seq",
-                    value: Some(seq.as_str()),
-                })
-                .insert(Header {
-                    key: "starling-origin",
-                    value: Some(fingerprint.as_str()),
-                });
+        if headers != Headers::None {
+            let mut h = OwnedHeaders::new_with_capacity(5).insert(Header {
+                key: "starling-origin",
+                value: Some(fingerprint.as_str()),
+            });
+            if headers == Headers::Routing {
+                use std::fmt::Write;
+                seq.clear();
+                let _ = write!(seq, "{}", i + 1);
+                h = h
+                    .insert(Header {
+                        key: "starling-kind",
+                        value: Some("process_exec"),
+                    })
+                    .insert(Header {
+                        key: "starling-seq",
+                        value: Some(seq.as_str()),
+                    })
+                    .insert(Header {
+                        key: "starling-host",
+                        value: Some(HOST),
+                    })
+                    .insert(Header {
+                        key: "starling-schema",
+                        value: Some(starling_proto::SCHEMA_NAME),
+                    });
+            }
             rec = rec.headers(h);
         }
         loop {
@@ -223,10 +248,21 @@ fn raw_producer(
     })
 }
 
-fn spool_to_kafka(broker: &Broker, events: u64) -> anyhow::Result<StarlingRun> {
+/// Ships `events` from a prefilled spool through a sink to `topic`, the
+/// sink's `[kafka]` table given `kafka_toml` too.
+fn spool_to_kafka(
+    broker: &Broker,
+    events: u64,
+    topic: &str,
+    kafka_toml: &str,
+) -> anyhow::Result<StarlingRun> {
     let fleet = Fleet::new()?;
-    let topic = "starling.events";
-    let sink = SinkProcess::start(&fleet, "bench-sink", Some((&broker.bootstrap(), topic)))?;
+    let sink = SinkProcess::start_with_kafka_config(
+        &fleet,
+        "bench-sink",
+        (&broker.bootstrap(), topic),
+        kafka_toml,
+    )?;
     // Fill the node's spool before it starts, so the figure is shipping only.
     let spool_dir = fleet.path().join(HOST).join("data/spool");
     std::fs::create_dir_all(&spool_dir)?;
