@@ -36,6 +36,20 @@ struct Pending {
     /// Came in while the member was admitting its most: its request is
     /// to be answered with "busy".
     deferred: bool,
+    /// This member dialled it (and so presented its chain first).
+    dialer: bool,
+}
+
+/// A peer whose time to prove its enrolment ran out (see
+/// [`AdmissionTable::expired`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// The peer.
+    pub peer: PeerId,
+    /// It had been told to come back later, so it is not refused.
+    pub deferred: bool,
+    /// This member dialled it.
+    pub dialer: bool,
 }
 
 /// Sans-I/O admission bookkeeping: who is pending, admitted or blocked.
@@ -125,6 +139,7 @@ impl AdmissionTable {
             Pending {
                 waited: Duration::ZERO,
                 deferred,
+                dialer,
             },
         );
         if deferred {
@@ -204,9 +219,9 @@ impl AdmissionTable {
     /// enrolled member would cut it off its cell for the whole block.
     /// A peer's wait grows by the time since the last call, but by at most
     /// [`MAX_WAIT_STEP`]: when the member's own loop stalls, the peer is
-    /// not blamed for it. Each comes with whether it was deferred (told
-    /// to come back later, so not to be counted as refused).
-    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<(PeerId, bool)> {
+    /// not blamed for it. Each comes with whether it was deferred (told to
+    /// come back later) and which side dialled, for the count.
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<Expired> {
         let step = self
             .aged
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
@@ -215,14 +230,18 @@ impl AdmissionTable {
         for p in self.pending.values_mut() {
             p.waited += step;
         }
-        let late: Vec<(PeerId, bool)> = self
+        let late: Vec<Expired> = self
             .pending
             .iter()
             .filter(|(_, p)| p.waited >= timeout)
-            .map(|(peer, p)| (*peer, p.deferred))
+            .map(|(peer, p)| Expired {
+                peer: *peer,
+                deferred: p.deferred,
+                dialer: p.dialer,
+            })
             .collect();
-        for (p, _) in &late {
-            self.pending.remove(p);
+        for e in &late {
+            self.pending.remove(&e.peer);
         }
         late
     }
@@ -314,7 +333,14 @@ mod tests {
             let at = now + Duration::from_millis(500) * half_seconds;
             let late = t.expired(at, timeout);
             if !late.is_empty() {
-                assert_eq!(late, [(slow, false)]);
+                assert_eq!(
+                    late,
+                    [Expired {
+                        peer: slow,
+                        deferred: false,
+                        dialer: false
+                    }]
+                );
                 assert!(expired_at.is_none(), "expired once");
                 expired_at = Some(at - now);
             }
@@ -433,7 +459,14 @@ mod tests {
             assert!(t.expired(at, timeout).is_empty(), "at {step}");
         }
         let later = now + Duration::from_secs(46);
-        assert_eq!(t.expired(later, timeout), [(peer, false)]);
+        assert_eq!(
+            t.expired(later, timeout),
+            [Expired {
+                peer,
+                deferred: false,
+                dialer: false
+            }]
+        );
     }
 
     #[test]

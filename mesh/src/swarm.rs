@@ -152,6 +152,12 @@ pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
 /// Prometheus counter of connections established, by `side` (`dialer`,
 /// `listener`): with the pruned and refused counters it shows churn.
 pub const CONNECTIONS_OPENED: &str = "starling_mesh_connections_opened_total";
+/// Prometheus counter of connections established to a peer this member
+/// was already connected to, by `side` and, for its own dials, `cause`
+/// (`member`, `bootstrap`; `behaviour` for dials Kademlia or
+/// request-response asked for); two members that dial each other at once
+/// each count one.
+pub const CONNECTIONS_SECOND: &str = "starling_mesh_connections_second_total";
 /// Prometheus counter of dials, by `cause`: the member's own (`bootstrap`,
 /// or `member` to reach a cell member) and those its behaviours ask for
 /// (`kad` for DHT queries, `swim` for a datagram to an unconnected peer,
@@ -201,6 +207,13 @@ pub const REFERRALS: &str = "starling_mesh_referrals_total";
 /// admitting its most, by `side`: `listener` (told a dialer to come back),
 /// `dialer` (was told so).
 pub const ADMISSIONS_DEFERRED: &str = "starling_mesh_admissions_deferred_total";
+/// Prometheus counter of admissions given up after the admission timeout,
+/// by `side`: `dialer` (this member dialled the peer, which did not answer
+/// its enrolment request) or `listener` (the dialer did not present its
+/// chain). Seen when a peer's own loop lags, as a seed of a fleet starting
+/// at once can. Not a refusal: the connection closes, and the peer may
+/// come back, or be dialled again, after a short hold.
+pub const ADMISSIONS_ABANDONED: &str = "starling_mesh_admissions_abandoned_total";
 /// Prometheus gauge of connected peers awaiting admission, by `state`:
 /// `admitting` (their chains are being exchanged), `deferred` (to be told
 /// to come back later).
@@ -299,6 +312,9 @@ pub struct Mesh {
     cell: Option<Cell>,
     /// Membership datagrams waiting for their peer's admission.
     pending: HashMap<PeerId, Vec<SwimMessage>>,
+    /// Why this member dialled, by connection, until the dial ends (for
+    /// `CONNECTIONS_SECOND`). Bounded by `MAX_PENDING_PEERS`.
+    pub(super) dial_causes: HashMap<libp2p::swarm::ConnectionId, &'static str>,
     /// Membership datagrams' streams, and what their tasks report.
     pub(super) links: datagram_links::DatagramLinks,
     link_events: mpsc::Receiver<datagram_links::LinkEvent>,
@@ -490,6 +506,7 @@ impl Mesh {
                 commands,
                 cell: None,
                 pending: HashMap::new(),
+                dial_causes: HashMap::new(),
                 links,
                 link_events,
                 sinks: SinkBook::default(),
@@ -691,8 +708,14 @@ impl Mesh {
                 peer_id,
                 endpoint,
                 connection_id,
+                num_established,
                 ..
-            } => self.on_connection_established(peer_id, &endpoint, connection_id),
+            } => self.on_connection_established(
+                peer_id,
+                &endpoint,
+                connection_id,
+                num_established.get(),
+            ),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,

@@ -11,9 +11,9 @@ use libp2p::PeerId;
 use rand::RngExt;
 
 use super::{
-    EnrolMessage, Mesh, ADMISSIONS_DEFERRED, ADMISSIONS_PENDING, ENROL_RETRIES,
-    MAX_CROSS_CANDIDATES, MAX_PENDING_PEERS, PEERS_REFUSED, REFERRALS, REFER_OTHER_CELLS,
-    REFER_SAME_CELL,
+    EnrolMessage, Mesh, ADMISSIONS_ABANDONED, ADMISSIONS_DEFERRED, ADMISSIONS_PENDING,
+    ENROL_RETRIES, MAX_CROSS_CANDIDATES, MAX_PENDING_PEERS, PEERS_REFUSED, REFERRALS,
+    REFER_OTHER_CELLS, REFER_SAME_CELL,
 };
 use crate::admission::{OnConnect, OnRequest};
 use crate::enrol::AdmissionError;
@@ -46,15 +46,23 @@ impl Mesh {
 
     pub(super) fn expire_pending(&mut self) {
         let now = Instant::now();
-        for (peer, deferred) in self.table.expired(now, self.config.admission_timeout) {
+        for late in self.table.expired(now, self.config.admission_timeout) {
             let (low, high) = TIMEOUT_HOLD;
             let hold = self.rng.random_range(low..high);
-            self.swarm.behaviour_mut().redial.hold(peer, now + hold);
-            if deferred {
+            self.swarm
+                .behaviour_mut()
+                .redial
+                .hold(late.peer, now + hold);
+            if late.deferred {
                 // Told to come back later and did not leave: not refused.
-                let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = self.swarm.disconnect_peer_id(late.peer);
             } else {
-                self.refuse(peer, "timeout", "no enrolment proof in time");
+                // Not refused, not blocked: free to come back (or be
+                // dialled again) after the hold.
+                let side = if late.dialer { "dialer" } else { "listener" };
+                metrics::counter!(ADMISSIONS_ABANDONED, "side" => side).increment(1);
+                tracing::info!(peer = %late.peer, side, ?hold, "no enrolment answer in time: connection closed");
+                let _ = self.swarm.disconnect_peer_id(late.peer);
             }
         }
         let (pending, deferred) = self.table.pending_counts();

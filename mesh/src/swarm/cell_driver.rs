@@ -406,8 +406,12 @@ impl Mesh {
             .extend_addresses_through_behaviour()
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
+        let id = opts.connection_id();
         match self.swarm.dial(opts) {
-            Ok(()) => metrics::counter!(DIALS, "cause" => "member").increment(1),
+            Ok(()) => {
+                metrics::counter!(DIALS, "cause" => "member").increment(1);
+                self.note_dial(id, "member");
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
         }
     }

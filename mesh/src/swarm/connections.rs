@@ -11,8 +11,8 @@ use libp2p::PeerId;
 use rand::RngExt;
 
 use super::{
-    Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, CONNECTIONS_OPENED, DIALS,
-    DIAL_FAILURES, PEERS_PRUNED, REFERRAL_GRACE,
+    Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, CONNECTIONS_OPENED,
+    CONNECTIONS_SECOND, DIALS, DIAL_FAILURES, MAX_PENDING_PEERS, PEERS_PRUNED, REFERRAL_GRACE,
 };
 use crate::identity::{PeerIdentity, Role};
 
@@ -93,6 +93,7 @@ impl Mesh {
         match self.swarm.dial(opts) {
             Ok(()) => {
                 metrics::counter!(DIALS, "cause" => "bootstrap").increment(1);
+                self.note_dial(id, "bootstrap");
                 Some(id)
             }
             Err(e) => {
@@ -169,6 +170,7 @@ impl Mesh {
         peer: PeerId,
         endpoint: &ConnectedPoint,
         connection: ConnectionId,
+        established: u32,
     ) {
         let side = if endpoint.is_dialer() {
             "dialer"
@@ -176,6 +178,14 @@ impl Mesh {
             "listener"
         };
         metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
+        let cause = match self.dial_causes.remove(&connection) {
+            Some(cause) => cause,
+            None if endpoint.is_dialer() => "behaviour",
+            None => "remote",
+        };
+        if established > 1 {
+            metrics::counter!(CONNECTIONS_SECOND, "side" => side, "cause" => cause).increment(1);
+        }
         let asked = self.seed_ask == SeedAsk::Dialled(connection);
         if asked {
             self.referral_only.insert(peer);
@@ -186,6 +196,14 @@ impl Mesh {
         // enrolment message with referrals.
         if asked && self.table.admitted(&peer).is_some() {
             self.send_chain(peer);
+        }
+    }
+
+    /// Remembers why this member dialled `connection`, until the dial
+    /// ends.
+    pub(super) fn note_dial(&mut self, connection: ConnectionId, cause: &'static str) {
+        if self.dial_causes.len() < MAX_PENDING_PEERS {
+            self.dial_causes.insert(connection, cause);
         }
     }
 
@@ -217,6 +235,7 @@ impl Mesh {
         if self.seed_ask == SeedAsk::Dialled(connection) {
             self.seed_ask = SeedAsk::Asked(Instant::now());
         }
+        self.dial_causes.remove(&connection);
         let kind = match error {
             DialError::Denied { .. } => "denied",
             DialError::Transport(_) => "transport",
