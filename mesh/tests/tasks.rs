@@ -14,7 +14,7 @@ use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
 use starling_mesh::swarm::{
     CellSettings, Mesh, MeshCommand, MeshConfig, MeshView, TaskPlaneStatus, TaskSettings,
-    FORGER_STRIKES, INBOX_DIR, QUERIES_DIR, TASK_STATUS_FILE,
+    FORGER_STRIKES, INBOX_DIR, LEDGER_FILE, QUERIES_DIR, TASK_STATUS_FILE,
 };
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
@@ -688,6 +688,84 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     };
     assert_eq!(after_states, states_of(&before));
     for m in others.into_iter().chain(again) {
+        let _ = m.stop.send(true);
+    }
+}
+
+/// A ledger that no longer decodes does not stop the member: it is set
+/// aside for a person to look at, the member starts with an empty one, and
+/// the tasks still in their window come back from a peer and are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_ledger_is_set_aside_and_caught_up_from_peers() {
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let mut members = start_group(
+        &fleet,
+        &op,
+        states.path(),
+        &named("l", 2, 1),
+        2,
+        |_| vec![],
+        |_| None,
+    )
+    .await;
+    let addr = listen_addr(&mut members[0]).await;
+    assert_eq!(
+        publish(
+            &members[0],
+            "tag",
+            &op.task("tagged", every_host(), set_tag("kept"))
+        )
+        .await["verdict"],
+        "accepted"
+    );
+    wait_all(&members, "the task applied on both", 60, |m| {
+        state_of(m, "tagged").as_deref() == Some("applied")
+    })
+    .await;
+
+    let gone = members.pop().expect("l1");
+    let _ = gone.stop.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = gone.state.join(LEDGER_FILE);
+    let garbage = b"{\"tasks\": [truncated by a disk fault";
+    std::fs::write(&ledger, garbage).expect("ledger overwritten");
+    std::fs::remove_file(gone.state.join(TASK_STATUS_FILE)).expect("status removed");
+
+    let back = vec![start(
+        fleet.enrol(Role::Node, "l1"),
+        vec![addr],
+        &op,
+        &gone.state,
+        &[],
+        None,
+    )];
+    wait_all(
+        &back,
+        "the task caught up after the ledger was set aside",
+        60,
+        |m| state_of(m, "tagged").as_deref() == Some("applied"),
+    )
+    .await;
+    let aside: Vec<PathBuf> = std::fs::read_dir(&gone.state)
+        .expect("state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ledger.json.unreadable-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "one ledger set aside: {aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).expect("set-aside ledger"),
+        garbage,
+        "kept as it was"
+    );
+    let rewritten = std::fs::read(&ledger).expect("a new ledger");
+    assert!(serde_json::from_slice::<serde_json::Value>(&rewritten).is_ok());
+    for m in members.into_iter().chain(back) {
         let _ = m.stop.send(true);
     }
 }

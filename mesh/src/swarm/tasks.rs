@@ -45,6 +45,9 @@ pub const TASKS_REFUSED: &str = "starling_tasks_refused_total";
 /// Prometheus counter of tasks applied here, by `kind` and `result`
 /// (`applied`, `failed`).
 pub const TASKS_APPLIED: &str = "starling_tasks_applied_total";
+/// Prometheus counter of ledgers that could not be read at start and were
+/// set aside (see [`set_aside_ledger`]).
+pub const LEDGERS_SET_ASIDE: &str = "starling_tasks_ledgers_set_aside_total";
 /// Prometheus gauges: tasks held, and the trust root's version.
 pub const TASKS_HELD: &str = "starling_tasks_held";
 pub const TASK_ROOT_VERSION: &str = "starling_task_root_version";
@@ -161,6 +164,31 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A ledger that does not decode (a disk fault, a file edited by hand, one
+/// written by a newer build) is renamed to `ledger.json.unreadable-<unix
+/// seconds>` and the task plane starts with an empty one, so that the node
+/// keeps shipping telemetry: the tasks still in their window come back
+/// from peers at the first anti-entropy exchange and are applied again
+/// (applying is idempotent). Until then the host holds no fleet settings,
+/// cancellations or operator-key revocations of its own (docs/tasks.md).
+/// The file is kept for a person to look at.
+fn set_aside_ledger(path: &Path, error: &str) -> std::io::Result<Ledger> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".unreadable-{secs}"));
+    std::fs::rename(path, &aside)?;
+    metrics::counter!(LEDGERS_SET_ASIDE).increment(1);
+    tracing::error!(
+        path = %path.display(),
+        set_aside = %Path::new(&aside).display(),
+        error,
+        "task ledger unreadable: set aside; starting with an empty ledger, tasks in their window come back from peers"
+    );
+    Ok(Ledger::default())
+}
+
 impl TaskDriver {
     /// Loads the root in force (the installed one, or a later one taken
     /// by rotation) and the ledger.
@@ -209,8 +237,15 @@ impl TaskDriver {
         };
         let ledger_path = settings.state_dir.join(LEDGER_FILE);
         let ledger = match std::fs::read(&ledger_path) {
-            Ok(bytes) => serde_json::from_slice::<Ledger>(&bytes)
-                .map_err(|e| state_err(&ledger_path, format!("unreadable ledger: {e}")))?,
+            Ok(bytes) => match serde_json::from_slice::<Ledger>(&bytes) {
+                Ok(ledger) => ledger,
+                Err(e) => set_aside_ledger(&ledger_path, &e.to_string()).map_err(|io| {
+                    state_err(
+                        &ledger_path,
+                        format!("unreadable ledger ({e}) that cannot be set aside: {io}"),
+                    )
+                })?,
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
             Err(e) => return Err(state_err(&ledger_path, e.to_string())),
         };
