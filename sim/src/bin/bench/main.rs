@@ -35,6 +35,11 @@ struct Args {
     /// producer), `signing` (origin signatures and receipts per event).
     #[arg(long, value_delimiter = ',', default_values_t = [String::from("throughput"), String::from("signing")])]
     phases: Vec<String>,
+    /// Rounds of the throughput runs (1..=20). Each round runs everything
+    /// once; rows show the median, and each share is the median of the
+    /// rounds' own (this VM's figures vary by about a tenth between runs).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
 }
 
 /// Partitions of both topics (the harness's sinks create theirs with 3).
@@ -60,12 +65,6 @@ fn main() -> anyhow::Result<()> {
 
 fn throughput(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let broker = Broker::start()?;
-    rt.block_on(create_topic(&broker.bootstrap(), "bench.raw", PARTITIONS))?;
-    for topic in ["bench.raw-origin", "bench.raw-routing"] {
-        rt.block_on(create_topic(&broker.bootstrap(), topic, PARTITIONS))?;
-    }
-
     // Same payloads (encoded with host id and sequence), same producer settings.
     let payloads: Vec<Vec<u8>> = (0..args.events)
         .map(|i| {
@@ -78,57 +77,117 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
         })
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len().max(1);
-    let bootstrap = broker.bootstrap();
-    let raw = raw_producer(&bootstrap, "bench.raw", &payloads, Headers::None)?;
-    let raw_origin = raw_producer(&bootstrap, "bench.raw-origin", &payloads, Headers::Origin)?;
-    let raw_routing = raw_producer(&bootstrap, "bench.raw-routing", &payloads, Headers::Routing)?;
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round} of {}", args.rounds);
+        // A broker of its own, so a round does not pay for the messages
+        // of the rounds before it (tansu keeps them in memory).
+        let broker = Broker::start()?;
+        let bootstrap = broker.bootstrap();
+        for topic in ["bench.raw", "bench.raw-origin", "bench.raw-routing"] {
+            rt.block_on(create_topic(&bootstrap, topic, PARTITIONS))?;
+        }
+        rounds.push(Round {
+            raw: raw_producer(&bootstrap, "bench.raw", &payloads, Headers::None)?,
+            raw_origin: raw_producer(&bootstrap, "bench.raw-origin", &payloads, Headers::Origin)?,
+            raw_routing: raw_producer(
+                &bootstrap,
+                "bench.raw-routing",
+                &payloads,
+                Headers::Routing,
+            )?,
+            starling: spool_to_kafka(&broker, args.events, "starling.events", "")?,
+            routing: spool_to_kafka(
+                &broker,
+                args.events,
+                "starling.events-routing",
+                "routing_headers = true",
+            )?,
+        });
+    }
     drop(payloads);
 
-    let starling = spool_to_kafka(&broker, args.events, "starling.events", "")?;
-    let routing = spool_to_kafka(
-        &broker,
+    println!(
+        "single-host throughput, {} events of {avg} bytes, {} partitions, tansu (memory storage) on loopback; medians of {} rounds",
         args.events,
-        "starling.events-routing",
-        "routing_headers = true",
-    )?;
-    println!("single-host throughput, {} events of {avg} bytes, {} partitions, tansu (memory storage) on loopback", args.events, PARTITIONS);
+        PARTITIONS,
+        rounds.len()
+    );
     println!(
         "  {:<52} {:>10} {:>13} {:>16}",
         "", "events/s", "CPU-s", "events/CPU-s"
     );
-    let row = |name: &str, r: &Run| {
-        println!(
-            "  {name:<52} {:>10.0} {:>13.2} {:>16.0}",
-            r.events_per_sec(),
-            r.cpu_secs,
-            r.events_per_cpu_sec()
-        )
+    let row = |name: &str, run: fn(&Round) -> &Run| {
+        let per_sec = median(rounds.iter().map(|r| run(r).events_per_sec()));
+        let cpu = median(rounds.iter().map(|r| run(r).cpu_secs));
+        let per_cpu = median(rounds.iter().map(|r| run(r).events_per_cpu_sec()));
+        println!("  {name:<52} {per_sec:>10.0} {cpu:>13.2} {per_cpu:>16.0}")
     };
-    row("raw librdkafka producer (idempotent, acks=all, lz4)", &raw);
-    row("  the same, with the sink's origin header", &raw_origin);
-    row("  the same, with the five of routing_headers", &raw_routing);
-    row(
-        "starling sink (QUIC in, checks, Kafka PERSISTED)",
-        &starling.sink,
-    );
-    row("starling node (spool, sign, QUIC out)", &starling.node);
-    row("starling sink with kafka.routing_headers", &routing.sink);
-    let share = |sink: &Run, r: &Run| 100.0 * sink.events_per_cpu_sec() / r.events_per_cpu_sec();
+    row("raw librdkafka producer (idempotent, acks=all, lz4)", |r| {
+        &r.raw
+    });
+    row("  the same, with the sink's origin header", |r| {
+        &r.raw_origin
+    });
+    row("  the same, with the five of routing_headers", |r| {
+        &r.raw_routing
+    });
+    row("starling sink (QUIC in, checks, Kafka PERSISTED)", |r| {
+        &r.starling.sink
+    });
+    row("starling node (spool, sign, QUIC out)", |r| {
+        &r.starling.node
+    });
+    row("starling sink with kafka.routing_headers", |r| {
+        &r.routing.sink
+    });
+    // Each share is taken within a round (the sink against the raw
+    // producer of the same run), then the median over the rounds.
+    let share = |sink: fn(&Round) -> &Run, raw: fn(&Round) -> &Run| {
+        let each: Vec<f64> = rounds
+            .iter()
+            .map(|r| 100.0 * sink(r).events_per_cpu_sec() / raw(r).events_per_cpu_sec())
+            .collect();
+        let listed: Vec<String> = each.iter().map(|p| format!("{p:.0}")).collect();
+        (median(each.iter().copied()), listed.join(", "))
+    };
+    let (raw, each) = share(|r| &r.starling.sink, |r| &r.raw);
+    let (same, _) = share(|r| &r.starling.sink, |r| &r.raw_origin);
     println!(
-        "  sink events per CPU-second: {:.0}% of the raw producer's (goal: 80%), {:.0}% of the raw producer's with the same header",
-        share(&starling.sink, &raw),
-        share(&starling.sink, &raw_origin)
+        "  sink events per CPU-second: {raw:.0}% of the raw producer's (goal: 80%; rounds: {each}), {same:.0}% of the raw producer's with the same header"
     );
+    let (raw, _) = share(|r| &r.routing.sink, |r| &r.raw);
+    let (same, _) = share(|r| &r.routing.sink, |r| &r.raw_routing);
     println!(
-        "  with kafka.routing_headers: {:.0}% of the raw producer's, {:.0}% of the raw producer's with the same headers",
-        share(&routing.sink, &raw),
-        share(&routing.sink, &raw_routing)
+        "  with kafka.routing_headers: {raw:.0}% of the raw producer's, {same:.0}% of the raw producer's with the same headers"
     );
-    println!(
-        "  end to end: {:.0}% of the raw producer's events/s",
-        100.0 * starling.sink.events_per_sec() / raw.events_per_sec()
+    let end_to_end = median(
+        rounds
+            .iter()
+            .map(|r| 100.0 * r.starling.sink.events_per_sec() / r.raw.events_per_sec()),
     );
+    println!("  end to end: {end_to_end:.0}% of the raw producer's events/s");
     Ok(())
+}
+
+/// Everything measured once.
+struct Round {
+    raw: Run,
+    raw_origin: Run,
+    raw_routing: Run,
+    starling: StarlingRun,
+    routing: StarlingRun,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Events moved, the wall time it took and the CPU one process used.
