@@ -154,9 +154,12 @@ pub const PEERS_REFUSED: &str = "starling_mesh_peers_refused_total";
 pub const CONNECTIONS_OPENED: &str = "starling_mesh_connections_opened_total";
 /// Prometheus counter of connections established to a peer this member
 /// was already connected to, by `side` and, for its own dials, `cause`
-/// (`member`, `bootstrap`; `behaviour` for dials Kademlia or
-/// request-response asked for); two members that dial each other at once
-/// each count one.
+/// (`datagram`: membership datagrams waited for the peer; `referral`,
+/// `provider`: a cell-mate named by a peer or by the DHT; `cross`,
+/// `candidate`: a member of another cell; `bootstrap`; `behaviour` for
+/// dials Kademlia or request-response asked for; `remote` on the
+/// listening side); two members that dial each other at once each count
+/// one.
 pub const CONNECTIONS_SECOND: &str = "starling_mesh_connections_second_total";
 /// Prometheus counter of dials, by `cause`: the member's own (`bootstrap`,
 /// or `member` to reach a cell member) and those its behaviours ask for

@@ -312,7 +312,7 @@ impl Mesh {
             } else if self.announce_on_admit.len() < MAX_PENDING_PEERS
                 && self.announce_on_admit.insert(contact.peer)
             {
-                self.dial_member(contact.peer, Some(contact.addr));
+                self.dial_member(contact.peer, Some(contact.addr), "referral");
             }
         }
     }

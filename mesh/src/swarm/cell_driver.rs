@@ -224,7 +224,7 @@ impl Mesh {
             } else if self.announce_on_admit.len() < MAX_PENDING_PEERS
                 && self.announce_on_admit.insert(peer)
             {
-                self.dial_member(peer, None);
+                self.dial_member(peer, None, "provider");
             }
         }
         news
@@ -392,12 +392,13 @@ impl Mesh {
         }
         let queue = self.pending.entry(peer).or_default();
         queue.push(message);
-        self.dial_member(peer, addr);
+        self.dial_member(peer, addr, "datagram");
     }
 
     /// Dials a cell member (or a peer that may be one) unless connected
-    /// or dialling already; `addr` adds to what the DHT knows of it.
-    pub(super) fn dial_member(&mut self, peer: PeerId, addr: Option<Multiaddr>) {
+    /// or dialling already; `addr` adds to what the DHT knows of it, and
+    /// `why` is kept for `CONNECTIONS_SECOND`.
+    pub(super) fn dial_member(&mut self, peer: PeerId, addr: Option<Multiaddr>, why: &'static str) {
         if self.swarm.is_connected(&peer) {
             return;
         }
@@ -410,7 +411,7 @@ impl Mesh {
         match self.swarm.dial(opts) {
             Ok(()) => {
                 metrics::counter!(DIALS, "cause" => "member").increment(1);
-                self.note_dial(id, "member");
+                self.note_dial(id, why);
             }
             Err(e) => tracing::debug!(%peer, error = %e, "cannot dial member"),
         }

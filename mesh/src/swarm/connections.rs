@@ -68,7 +68,7 @@ impl Mesh {
         if !self.announce_on_admit.is_empty() {
             tracing::debug!("waiting for referred cell-mates rather than a seed");
         } else if let Some(contact) = self.cross_candidates.pop_front() {
-            self.dial_member(contact.peer, Some(contact.addr));
+            self.dial_member(contact.peer, Some(contact.addr), "candidate");
         } else {
             // One bootstrap peer per attempt, starting from one picked at
             // random: a fleet started together spreads over its seeds
@@ -301,7 +301,7 @@ impl Mesh {
         if let Some(contact) = next {
             tracing::debug!(peer = %contact.peer, "dialling a member of another cell");
             self.last_cross_dial = Some(now);
-            self.dial_member(contact.peer, Some(contact.addr));
+            self.dial_member(contact.peer, Some(contact.addr), "cross");
         }
     }
 
