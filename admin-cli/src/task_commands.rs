@@ -152,10 +152,10 @@ pub enum CreateKind {
         #[command(flatten)]
         common: Common,
         /// Turn an event kind off; repeatable.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::EVENT_KINDS))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::SENSOR_KINDS))]
         disable_kind: Vec<String>,
         /// Turn an event kind on; repeatable.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::EVENT_KINDS))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(starling_proto::SENSOR_KINDS))]
         enable_kind: Vec<String>,
         /// sensor.watch_paths (comma-separated).
         #[arg(long, value_delimiter = ',')]
@@ -579,10 +579,10 @@ fn parse_rate_limit(s: &str) -> anyhow::Result<KindRateLimit> {
     let (kind, rest) = s
         .split_once('=')
         .with_context(|| format!("{s:?}: expected KIND=PER_SECOND[/BURST]"))?;
-    if !starling_proto::EVENT_KINDS.contains(&kind) {
+    if !starling_proto::SENSOR_KINDS.contains(&kind) {
         bail!(
-            "{kind:?} is not an event kind ({})",
-            starling_proto::EVENT_KINDS.join(", ")
+            "{kind:?} is not a kind the sensor produces ({})",
+            starling_proto::SENSOR_KINDS.join(", ")
         );
     }
     let (rate, burst) = rest.split_once('/').unwrap_or((rest, "0"));

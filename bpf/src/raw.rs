@@ -458,6 +458,15 @@ fn decode_dns(b: &[u8], header: RecordHeader) -> Result<DnsRecord, RawError> {
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn the_kernel_kinds_are_the_sensor_kinds_starlingctl_offers() {
+        let mut kernel: Vec<&str> = KIND_NAMES.iter().map(|(_, n)| *n).collect();
+        let mut offered = starling_proto::SENSOR_KINDS.to_vec();
+        kernel.sort_unstable();
+        offered.sort_unstable();
+        assert_eq!(kernel, offered);
+    }
+
     /// A record of `len` bytes of kind `kind` with a filled-in header.
     fn record(kind: u32, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];

@@ -105,8 +105,46 @@ pub const EVENT_KINDS: &[&str] = &[
     "event_loss",
 ];
 
+/// The kinds the kernel sensor produces: those fleet configuration can
+/// turn on or off and rate-limit. The other kinds come from the node
+/// itself (`task_state`, `event_loss`) and are never filtered; the sensor
+/// crate checks that its own list matches this one.
+pub const SENSOR_KINDS: &[&str] = &[
+    "process_exec",
+    "process_fork",
+    "process_exit",
+    "tcp_connect",
+    "tcp_accept",
+    "tcp_listen",
+    "socket_bind",
+    "dns_query",
+    "file_open",
+    "file_rename",
+    "file_unlink",
+    "file_chmod",
+    "dev_file_write",
+    "privilege_change",
+    "ptrace",
+    "memfd_create",
+    "bpf_program_load",
+    "module_load",
+];
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sensor_kinds_are_every_kind_but_the_nodes_own() {
+        let not_sensor: Vec<&str> = super::EVENT_KINDS
+            .iter()
+            .copied()
+            .filter(|k| !super::SENSOR_KINDS.contains(k))
+            .collect();
+        assert_eq!(not_sensor, ["task_state", "event_loss"]);
+        assert!(super::SENSOR_KINDS
+            .iter()
+            .all(|k| super::EVENT_KINDS.contains(k)));
+    }
+
     #[test]
     fn the_kind_list_names_every_body_field_once() {
         let mut from_fields: Vec<&str> = (0..=200).filter_map(super::kind_of_body_field).collect();

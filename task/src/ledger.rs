@@ -301,10 +301,10 @@ impl Ledger {
 /// counted per name, and the node maps each to its TOML field.
 pub fn setting_key(s: &ConfigSetting) -> Result<String, String> {
     let kind = |k: &str| -> Result<String, String> {
-        if starling_proto::EVENT_KINDS.contains(&k) {
+        if starling_proto::SENSOR_KINDS.contains(&k) {
             Ok(k.to_owned())
         } else {
-            Err(format!("unknown event kind {k:?}"))
+            Err(format!("{k:?} is not a kind the sensor produces"))
         }
     };
     let list = |name: &str, values: &[String]| -> Result<String, String> {
@@ -334,5 +334,44 @@ pub fn setting_key(s: &ConfigSetting) -> Result<String, String> {
             format!("a ring buffer of {b} bytes (a power of two, at least 4096)"),
         ),
         Setting::RingBufferBytes(_) => Ok("sensor.ring_buffer_bytes".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use starling_proto::v1::{KindRateLimit, SensorKindSwitch};
+
+    use super::*;
+
+    fn switch(kind: &str) -> ConfigSetting {
+        ConfigSetting {
+            generation: 1,
+            reset: false,
+            setting: Some(Setting::SensorKind(SensorKindSwitch {
+                kind: kind.into(),
+                enabled: false,
+            })),
+        }
+    }
+
+    #[test]
+    fn only_kinds_the_sensor_produces_can_be_switched_or_limited() {
+        assert_eq!(
+            setting_key(&switch("dns_query")).as_deref(),
+            Ok("sensor.kinds.dns_query")
+        );
+        for own in ["event_loss", "task_state", "no_such_kind"] {
+            assert!(setting_key(&switch(own)).is_err(), "{own} switched");
+            let limit = ConfigSetting {
+                generation: 1,
+                reset: false,
+                setting: Some(Setting::RateLimit(KindRateLimit {
+                    kind: own.into(),
+                    per_second: 10,
+                    burst: 0,
+                })),
+            };
+            assert!(setting_key(&limit).is_err(), "{own} limited");
+        }
     }
 }
