@@ -185,7 +185,43 @@ fn keys_roots_and_tasks_from_the_command_line() {
             "y.bin"
         ]
     )
-    .contains("not an event kind"));
+    .contains("not a kind the sensor produces"));
+    // The node's own kinds are never filtered.
+    for own in ["event_loss", "task_state"] {
+        let limit = format!("{own}=1");
+        assert!(fails(
+            d,
+            &[
+                "task",
+                "create",
+                "config",
+                "--root",
+                "root.bin",
+                "--all",
+                "--rate-limit",
+                &limit,
+                "-o",
+                "y.bin"
+            ]
+        )
+        .contains("not a kind the sensor produces"));
+        assert!(fails(
+            d,
+            &[
+                "task",
+                "create",
+                "config",
+                "--root",
+                "root.bin",
+                "--all",
+                "--disable-kind",
+                own,
+                "-o",
+                "y.bin"
+            ]
+        )
+        .contains("invalid value"));
+    }
     assert!(
         fails(d, &["task", "sign", "--key", "keys/alice.pub", "t1.bin"])
             .contains("not an ed25519 private key")
