@@ -106,29 +106,10 @@ pub const EVENT_KINDS: &[&str] = &[
 ];
 
 /// The kinds the kernel sensor produces: those fleet configuration can
-/// turn on or off and rate-limit. The other kinds come from the node
-/// itself (`task_state`, `event_loss`) and are never filtered; the sensor
-/// crate checks that its own list matches this one.
-pub const SENSOR_KINDS: &[&str] = &[
-    "process_exec",
-    "process_fork",
-    "process_exit",
-    "tcp_connect",
-    "tcp_accept",
-    "tcp_listen",
-    "socket_bind",
-    "dns_query",
-    "file_open",
-    "file_rename",
-    "file_unlink",
-    "file_chmod",
-    "dev_file_write",
-    "privilege_change",
-    "ptrace",
-    "memfd_create",
-    "bpf_program_load",
-    "module_load",
-];
+/// turn on or off and rate-limit. They are [`EVENT_KINDS`] but the last
+/// two, which come from the node itself (`task_state`, `event_loss`) and
+/// are never filtered; the sensor crate checks that its own list matches.
+pub const SENSOR_KINDS: &[&str] = EVENT_KINDS.split_at(EVENT_KINDS.len() - 2).0;
 
 #[cfg(test)]
 mod tests {
