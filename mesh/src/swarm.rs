@@ -42,6 +42,7 @@ mod dht;
 mod dial_cause;
 mod fleet;
 mod forgers;
+mod inbound_handshakes;
 mod redial;
 mod revocations;
 mod task_config;
@@ -55,6 +56,7 @@ pub use behaviour::{EnrolMessage, MeshBehaviour, SwimMessage};
 use cell_driver::Cell;
 pub use fleet::{FleetAnswer, FleetQuery, FLEET_PROTOCOL, FLEET_QUERIES, QUERIES_DIR};
 pub use forgers::{FORGER_HOLD, FORGER_STRIKES, TASK_FORGERS};
+pub use inbound_handshakes::DIALS_SPARED;
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
@@ -318,6 +320,8 @@ pub struct Mesh {
     /// Why this member dialled, by connection, until the dial ends (for
     /// `CONNECTIONS_SECOND`). Bounded by `MAX_PENDING_PEERS`.
     pub(super) dial_causes: HashMap<libp2p::swarm::ConnectionId, &'static str>,
+    /// Inbound handshakes under way, which dials to their peers wait for.
+    pub(super) inbound: inbound_handshakes::InboundHandshakes,
     /// Membership datagrams' streams, and what their tasks report.
     pub(super) links: datagram_links::DatagramLinks,
     link_events: mpsc::Receiver<datagram_links::LinkEvent>,
@@ -510,6 +514,7 @@ impl Mesh {
                 cell: None,
                 pending: HashMap::new(),
                 dial_causes: HashMap::new(),
+                inbound: Default::default(),
                 links,
                 link_events,
                 sinks: SinkBook::default(),
@@ -719,6 +724,14 @@ impl Mesh {
                 connection_id,
                 num_established.get(),
             ),
+            SwarmEvent::IncomingConnection {
+                connection_id,
+                send_back_addr,
+                ..
+            } => self.inbound.started(connection_id, &send_back_addr),
+            SwarmEvent::IncomingConnectionError { connection_id, .. } => {
+                self.on_inbound_handshake_ended(connection_id, None)
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,

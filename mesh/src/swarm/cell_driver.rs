@@ -402,6 +402,14 @@ impl Mesh {
         if self.swarm.is_connected(&peer) {
             return;
         }
+        // The peer may be dialling this member right now: its connection
+        // would make this one a second (`inbound_handshakes`).
+        if addr
+            .as_ref()
+            .is_some_and(|a| self.inbound.wait_for(peer, a, why))
+        {
+            return;
+        }
         let opts = DialOpts::peer_id(peer)
             .addresses(addr.into_iter().collect())
             .extend_addresses_through_behaviour()

@@ -12,7 +12,8 @@ use rand::RngExt;
 
 use super::{
     Mesh, SeedAsk, CELL_FORMING_LOOKUP, CELL_LOOKUP_INTERVAL, CONNECTIONS_OPENED,
-    CONNECTIONS_SECOND, DIALS, DIAL_FAILURES, MAX_PENDING_PEERS, PEERS_PRUNED, REFERRAL_GRACE,
+    CONNECTIONS_SECOND, DIALS, DIALS_SPARED, DIAL_FAILURES, MAX_PENDING_PEERS, PEERS_PRUNED,
+    REFERRAL_GRACE,
 };
 use crate::identity::{PeerIdentity, Role};
 
@@ -178,6 +179,9 @@ impl Mesh {
             "listener"
         };
         metrics::counter!(CONNECTIONS_OPENED, "side" => side).increment(1);
+        if !endpoint.is_dialer() {
+            self.on_inbound_handshake_ended(connection, Some(peer));
+        }
         let cause = match self.dial_causes.remove(&connection) {
             Some(cause) => cause,
             None if endpoint.is_dialer() => "behaviour",
@@ -196,6 +200,23 @@ impl Mesh {
         // enrolment message with referrals.
         if asked && self.table.admitted(&peer).is_some() {
             self.send_chain(peer);
+        }
+    }
+
+    /// An inbound handshake ended (as `peer` when it succeeded): the dials
+    /// that waited for it are counted, and made when it was not their peer.
+    pub(super) fn on_inbound_handshake_ended(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<PeerId>,
+    ) {
+        let (answered, to_dial) = self.inbound.ended(connection, peer);
+        if answered > 0 {
+            metrics::counter!(DIALS_SPARED, "outcome" => "connected").increment(answered as u64);
+        }
+        for dial in to_dial {
+            metrics::counter!(DIALS_SPARED, "outcome" => "dialled").increment(1);
+            self.dial_member(dial.peer, Some(dial.addr), dial.why);
         }
     }
 
