@@ -3,6 +3,7 @@ fn main() {
         "proto/starling/v1/event.proto",
         "proto/starling/v1/data.proto",
         "proto/starling/v1/task.proto",
+        "proto/starling/v1/status.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -472,7 +472,7 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
                 bail!("no setting given (see `starlingctl task create config --help`)");
             }
             let generation = generation_or_now(generation);
-            let settings = settings
+            let settings: Vec<ConfigSetting> = settings
                 .into_iter()
                 .map(|s| ConfigSetting {
                     generation,
@@ -480,6 +480,10 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
                     setting: Some(s),
                 })
                 .collect();
+            // What every host would refuse as malformed is refused here.
+            for s in &settings {
+                starling_task::ledger::setting_key(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
             (common, "config", Body::Config(FleetConfig { settings }))
         }
         CreateKind::Tags {

@@ -186,6 +186,9 @@ fn keys_roots_and_tasks_from_the_command_line() {
             .contains("not a kind the sensor produces"));
         assert!(config_fails("--disable-kind", own).contains("invalid value"));
     }
+    // Paths the sensor could not load are refused before any host sees them.
+    assert!(config_fails("--watch-paths", "etc/shadow").contains("sensor.watch_paths"));
+    assert!(config_fails("--quiet-exes", "updatedb").contains("sensor.quiet_exes"));
     assert!(
         fails(d, &["task", "sign", "--key", "keys/alice.pub", "t1.bin"])
             .contains("not an ed25519 private key")

@@ -12,12 +12,13 @@ use aya::Ebpf;
 use crate::raw::{kind_number, KINDS};
 use crate::{cgroup, map_err, SensorError};
 
-/// Bytes of a path prefix the kernel matches (its LPM trie key).
-pub const PREFIX_MAX: usize = 256;
+/// Bytes of a path prefix the kernel matches (its LPM trie key); the map
+/// sizes live with the checks that keep configurations within them.
+pub const PREFIX_MAX: usize = starling_proto::sensor_limits::PREFIX_BYTES;
 /// Most watched (and most quiet) path prefixes (the tries' sizes).
-pub const PREFIXES_MAX: usize = 1024;
+pub const PREFIXES_MAX: usize = starling_proto::sensor_limits::PREFIXES;
 /// Most allow-listed executables and cgroups (the hash maps' sizes).
-pub const QUIET_MAX: usize = 1024;
+pub const QUIET_MAX: usize = starling_proto::sensor_limits::QUIET_ENTRIES;
 
 /// A rate limit for one kind of record.
 #[derive(Debug, Clone, PartialEq, Eq)]

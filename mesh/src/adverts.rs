@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 
 use crate::enrol::AdmissionError;
 use crate::identity::{PeerIdentity, Role};
@@ -26,25 +25,9 @@ pub const MAX_SINKS: usize = 256;
 /// How long a verified author is trusted before its chain is checked again.
 const VERIFIED_FOR: Duration = Duration::from_secs(600);
 
-/// What a sink says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SinkAdvert {
-    /// The sink's certificate chain, DER.
-    pub chain: Vec<Vec<u8>>,
-    /// host:port of its QUIC ingress.
-    pub ingress: String,
-    /// Connections in use, percent of its limit.
-    pub load_pct: u8,
-    /// Increases with every advert; older ones are ignored.
-    pub seq: u64,
-}
-
-impl SinkAdvert {
-    /// Encodes the advert for publishing.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
-    }
-}
+/// What a sink says about itself: protobuf (`starling.v1.SinkAdvert`),
+/// as everything gossiped fleet-wide is, since it crosses agent versions.
+pub use starling_proto::v1::SinkAdvert;
 
 /// Why an advert was refused.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +87,8 @@ impl SinkBook {
         if bytes.len() > MAX_ADVERT_BYTES {
             return Err(AdvertError::TooLarge(bytes.len()));
         }
-        let advert: SinkAdvert =
-            postcard::from_bytes(bytes).map_err(|e| AdvertError::Decode(e.to_string()))?;
+        let advert = <SinkAdvert as prost::Message>::decode(bytes)
+            .map_err(|e| AdvertError::Decode(e.to_string()))?;
         if advert.load_pct > 100 || advert.ingress.is_empty() || advert.ingress.len() > 256 {
             return Err(AdvertError::Bounds);
         }
@@ -143,7 +126,8 @@ impl SinkBook {
         }
         entry.peer = author;
         entry.ingress = advert.ingress;
-        entry.load_pct = advert.load_pct;
+        // Checked above: at most 100.
+        entry.load_pct = advert.load_pct.min(100) as u8;
         entry.seq = advert.seq;
         entry.last_heard = now;
         Ok(())
@@ -169,16 +153,18 @@ impl SinkBook {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     fn advert(seq: u64, load: u8) -> Vec<u8> {
         SinkAdvert {
             chain: vec![vec![1, 2, 3]],
             ingress: "127.0.0.1:7400".into(),
-            load_pct: load,
+            load_pct: u32::from(load),
             seq,
         }
-        .encode()
+        .encode_to_vec()
     }
 
     fn sink(name: &str) -> PeerIdentity {

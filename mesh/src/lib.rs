@@ -38,5 +38,6 @@ pub mod swarm;
 pub mod trust;
 pub mod view;
 
-/// Multiaddresses, as the daemons' configurations spell peers.
-pub use libp2p::Multiaddr;
+/// Multiaddresses, as the daemons' configurations spell peers, and peer
+/// ids, as the mesh names members (for the fuzz targets and tests).
+pub use libp2p::{Multiaddr, PeerId};

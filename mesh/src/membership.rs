@@ -111,6 +111,10 @@ pub enum MembershipError {
     BadInfo,
     #[error("swim: {0}")]
     Swim(String),
+    /// A datagram whose SWIM header names another member than the one
+    /// whose connection (certificate) it came over.
+    #[error("a datagram from {sender} claims to come from {claimed}")]
+    Impersonation { sender: String, claimed: String },
 }
 
 /// Dissemination key of an info record: newer versions replace older ones.
@@ -304,6 +308,18 @@ impl CellMembership {
     pub fn handle_data(&mut self, from: &MemberId, data: &[u8]) -> Result<(), MembershipError> {
         match data.split_first() {
             Some((&KIND_SWIM, rest)) => {
+                // foca believes the sender its header names; the transport
+                // knows who sent it. Unchecked, any admitted member could
+                // speak for another: refute a dead member's suspicion,
+                // answer probes for it, or suspect others in its name.
+                let header = foca::Codec::<MemberId>::decode_header(&mut PostcardCodec, rest)
+                    .map_err(|e| MembershipError::Decode(e.to_string()))?;
+                if !from.same_sender(&header.src) {
+                    return Err(MembershipError::Impersonation {
+                        sender: from.host.to_string(),
+                        claimed: header.src.host.chars().take(64).collect(),
+                    });
+                }
                 self.foca.handle_data(rest, &mut self.runtime).map_err(swim)
             }
             Some((&KIND_INFO_REQUEST, _)) => {
@@ -638,6 +654,35 @@ mod tests {
             m.handle_data(&from("b"), &forged),
             Err(MembershipError::BadInfo)
         ));
+    }
+
+    #[test]
+    fn a_swim_datagram_must_come_from_the_member_it_names() {
+        let (mut a, mut c) = (member("a"), member("c"));
+        c.join(from("a")).unwrap();
+        let mut out = Vec::new();
+        c.drain(&mut out);
+        let datagram = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { data, .. } if data.first() == Some(&KIND_SWIM) => Some(data.clone()),
+                _ => None,
+            })
+            .expect("c's join sends a to SWIM datagram");
+        // b relays c's datagram as its own: refused, and a learns nothing.
+        assert!(matches!(
+            a.handle_data(&from("b"), &datagram),
+            Err(MembershipError::Impersonation { .. })
+        ));
+        assert!(a.members().iter().all(|(id, _)| &*id.host != "c"));
+        // From c itself it is taken.
+        a.handle_data(&from("c"), &datagram).unwrap();
+        assert!(a.members().iter().any(|(id, _)| &*id.host == "c"));
+        // Production identities also carry the PeerId: the same name over
+        // another peer's connection is refused too.
+        let real = |peer: u8| MemberId::new("c", vec![peer; 4], Vec::new(), 0);
+        assert!(real(1).same_sender(&real(1)));
+        assert!(!real(1).same_sender(&real(2)));
     }
 
     #[test]

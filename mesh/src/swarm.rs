@@ -630,15 +630,23 @@ impl Mesh {
         }
     }
 
+    /// What the `hostile` test doubles gossip, as it is.
+    #[cfg(feature = "hostile")]
+    fn gossip_unchecked(&mut self, topic: &str, bytes: Vec<u8>) {
+        let topic = gossipsub::IdentTopic::new(topic);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            tracing::debug!(error = %e, "hostile gossip not sent");
+        }
+    }
+
     fn on_command(&mut self, command: MeshCommand) {
         match command {
             MeshCommand::SinkLoad(pct) => self.sink_load = pct.min(100),
             #[cfg(feature = "hostile")]
-            MeshCommand::GossipTaskUnchecked(bytes) => {
-                let topic = gossipsub::IdentTopic::new(TASK_TOPIC);
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-                    tracing::debug!(error = %e, "hostile gossip not sent");
-                }
+            MeshCommand::GossipTaskUnchecked(bytes) => self.gossip_unchecked(TASK_TOPIC, bytes),
+            #[cfg(feature = "hostile")]
+            MeshCommand::GossipSummaryUnchecked(bytes) => {
+                self.gossip_unchecked(TASK_STATUS_TOPIC, bytes)
             }
             MeshCommand::SpoolBacklog(events) => {
                 if let Some(d) = self.tasks.as_mut() {

@@ -116,4 +116,8 @@ pub enum MeshCommand {
     /// for benchmarks (feature `hostile`).
     #[cfg(feature = "hostile")]
     GossipTaskUnchecked(Vec<u8>),
+    /// Gossips these bytes as a cell summary, unchecked: a test double of
+    /// a member that makes summaries up (feature `hostile`).
+    #[cfg(feature = "hostile")]
+    GossipSummaryUnchecked(Vec<u8>),
 }

@@ -457,25 +457,17 @@ impl NodeConfig {
                 ));
             }
         }
-        for p in self
-            .sensor
-            .watch_paths
-            .iter()
-            .chain(&self.sensor.quiet_paths)
-        {
-            let ok = (p.starts_with('/') || p.starts_with("~/"))
-                && p.len() <= starling_bpf::PREFIX_MAX - 64
-                && !p.contains('\0');
-            if !ok {
-                return Err(invalid(
-                    "sensor.watch_paths",
-                    format!(
-                        "{p:?}: a prefix is an absolute path or starts with ~/, at most {} bytes",
-                        starling_bpf::PREFIX_MAX - 64
-                    ),
-                ));
-            }
-        }
+        use starling_proto::sensor_limits as limits;
+        limits::check_prefixes(&self.sensor.watch_paths)
+            .map_err(|e| invalid("sensor.watch_paths", e))?;
+        limits::check_prefixes(&self.sensor.quiet_paths)
+            .map_err(|e| invalid("sensor.quiet_paths", e))?;
+        let exes: Vec<String> = (self.sensor.quiet_exes.iter())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        limits::check_quiet_exes(&exes).map_err(|e| invalid("sensor.quiet_exes", e))?;
+        limits::check_quiet_cgroups(&self.sensor.quiet_cgroups)
+            .map_err(|e| invalid("sensor.quiet_cgroups", e))?;
         if self.spool.quota_bytes < 1 << 20 {
             return Err(invalid(
                 "spool.quota_bytes",

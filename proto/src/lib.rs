@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod json;
 pub mod limits;
+pub mod sensor_limits;
 pub mod task;
 
 /// Generated types of package `starling.v1`.

@@ -367,6 +367,28 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         audited.is_some(),
         "every node's task_state event reached a sink"
     );
+    // The fleet's view from a sink as from any node: a sink has no cell,
+    // but hears every cell's summary (`starlingctl task status` against
+    // its data directory).
+    let from_sink = || {
+        run(&[
+            &os("task"),
+            &os("status"),
+            &os("tag-web"),
+            &os("--json"),
+            &os("--data-dir"),
+            sinks[0].data_dir.as_os_str(),
+        ])
+    };
+    let counted_at_sink = wait_for(Duration::from_secs(60), || {
+        let v: serde_json::Value = serde_json::from_str(&from_sink().ok()?).ok()?;
+        (v["states"]["counts"]["applied"].as_u64() == Some(NODES as u64)).then_some(())
+    });
+    assert!(
+        counted_at_sink.is_some(),
+        "a sink's fleet view counts every node applied: {:?}",
+        from_sink()
+    );
 
     // `starlingctl fleet` from any node: the cell with every host's
     // version, then the cell's table asked of its aggregator, each host

@@ -22,8 +22,11 @@ pub const OTHER_VERSIONS: &str = "(other)";
 /// Most hosts in one cell's table.
 pub const MAX_TABLE_HOSTS: usize = 4096;
 
-/// What a host says about itself with each report.
+/// What a host says about itself with each report. Every field is
+/// defaulted when missing, so a heartbeat from another agent version
+/// (fewer or more fields) still reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Heartbeat {
     /// The agent's version.
     pub agent_version: String,

@@ -307,23 +307,24 @@ pub fn setting_key(s: &ConfigSetting) -> Result<String, String> {
             Err(format!("{k:?} is not a kind the sensor produces"))
         }
     };
-    let list = |name: &str, values: &[String]| -> Result<String, String> {
-        if values.len() > starling_proto::limits::MAX_TASK_LIST_ITEMS
-            || values.iter().any(|v| v.is_empty() || v.len() > 4096)
-        {
-            return Err(format!(
-                "{name}: {} entries, or an empty or oversized one",
-                values.len()
-            ));
-        }
-        Ok(name.to_owned())
+    // The sensor's own limits (starling_proto::sensor_limits): a setting
+    // every host accepts is one every sensor can load.
+    let list = |name: &str, values: &[String], check: fn(&[String]) -> Result<(), String>| {
+        check(values)
+            .map(|()| name.to_owned())
+            .map_err(|e| format!("{name}: {e}"))
     };
+    use starling_proto::sensor_limits as limits;
     match s.setting.as_ref().ok_or("a setting with no value")? {
         Setting::SensorKind(k) => Ok(format!("sensor.kinds.{}", kind(&k.kind)?)),
-        Setting::WatchPaths(l) => list("sensor.watch_paths", &l.values),
-        Setting::QuietPaths(l) => list("sensor.quiet_paths", &l.values),
-        Setting::QuietExes(l) => list("sensor.quiet_exes", &l.values),
-        Setting::QuietCgroups(l) => list("sensor.quiet_cgroups", &l.values),
+        Setting::WatchPaths(l) => list("sensor.watch_paths", &l.values, limits::check_prefixes),
+        Setting::QuietPaths(l) => list("sensor.quiet_paths", &l.values, limits::check_prefixes),
+        Setting::QuietExes(l) => list("sensor.quiet_exes", &l.values, limits::check_quiet_exes),
+        Setting::QuietCgroups(l) => list(
+            "sensor.quiet_cgroups",
+            &l.values,
+            limits::check_quiet_cgroups,
+        ),
         Setting::RateLimit(r) if !s.reset && r.per_second == 0 => {
             Err(format!("rate limit of {} at 0 per second", r.kind))
         }
@@ -339,7 +340,7 @@ pub fn setting_key(s: &ConfigSetting) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use starling_proto::v1::{KindRateLimit, SensorKindSwitch};
+    use starling_proto::v1::{KindRateLimit, SensorKindSwitch, StringList};
 
     use super::*;
 
@@ -373,5 +374,36 @@ mod tests {
             };
             assert!(setting_key(&limit).is_err(), "{own} limited");
         }
+    }
+
+    #[test]
+    fn path_lists_are_held_to_what_the_sensor_loads() {
+        let with = |setting: fn(StringList) -> Setting, values: Vec<String>| ConfigSetting {
+            generation: 1,
+            reset: false,
+            setting: Some(setting(StringList { values })),
+        };
+        let ok = vec!["/etc/".to_string(), "~/.ssh/".to_string()];
+        assert!(setting_key(&with(Setting::WatchPaths, ok.clone())).is_ok());
+        assert!(setting_key(&with(Setting::QuietPaths, ok)).is_ok());
+        for bad in [
+            vec!["etc/shadow".to_string()],
+            vec![format!("/{}", "a".repeat(300))],
+            vec!["/x".to_string(); 1025],
+        ] {
+            let e = setting_key(&with(Setting::WatchPaths, bad.clone())).unwrap_err();
+            assert!(e.starts_with("sensor.watch_paths: "), "{e}");
+            assert!(setting_key(&with(Setting::QuietPaths, bad)).is_err());
+        }
+        let exes = |v: &[&str]| {
+            with(
+                Setting::QuietExes,
+                v.iter().map(|s| s.to_string()).collect(),
+            )
+        };
+        assert!(setting_key(&exes(&["/usr/bin/updatedb"])).is_ok());
+        assert!(setting_key(&exes(&["updatedb"])).is_err());
+        let cgroups = with(Setting::QuietCgroups, vec!["/a".to_string(); 1025]);
+        assert!(setting_key(&cgroups).is_err());
     }
 }

@@ -93,6 +93,16 @@ fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl MemberId {
+    /// Whether `claimed` (a datagram's SWIM sender) is the member this
+    /// identity (the connection's, from its certificate) belongs to: the
+    /// same host and, where the connection's side carries one, the same
+    /// PeerId. Address and bump may differ: the transport knows neither.
+    pub fn same_sender(&self, claimed: &MemberId) -> bool {
+        self.key == claimed.key
+            && self.host == claimed.host
+            && (self.peer.is_empty() || self.peer == claimed.peer)
+    }
+
     /// An identity from its parts.
     pub fn new(host: impl Into<Arc<str>>, peer: Vec<u8>, addr: Vec<u8>, bump: u16) -> Self {
         let host = host.into();

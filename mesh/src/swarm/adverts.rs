@@ -26,7 +26,7 @@ impl Mesh {
         let advert = SinkAdvert {
             chain: self.enrolment.chain_der(),
             ingress,
-            load_pct: self.sink_load,
+            load_pct: u32::from(self.sink_load),
             seq: self.advert_seq,
         };
         let topic = self.sink_topic.clone();
@@ -34,7 +34,7 @@ impl Mesh {
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(topic, advert.encode())
+            .publish(topic, prost::Message::encode_to_vec(&advert))
         {
             // Usually no gossip peers yet: try again on the next tick
             // rather than a whole interval later.
@@ -54,7 +54,7 @@ impl Mesh {
             return self.on_task_gossip(source, id, &message.data);
         }
         if message.topic == gossipsub::IdentTopic::new(super::TASK_STATUS_TOPIC).hash() {
-            return self.on_task_summary(source, id, &message.data);
+            return self.on_task_summary(source, message.source, id, &message.data);
         }
         // The forwarding peer must be admitted; the author is checked by
         // what the message carries.

@@ -502,9 +502,16 @@ impl Mesh {
         self.cell_peers.insert(peer);
         tracing::trace!(%peer, bytes = message.data.len(), "membership datagram in");
         let from = MemberId::new(identity.name.as_str(), peer.to_bytes(), Vec::new(), 0);
-        if let Err(e) = cell.membership.handle_data(&from, &message.data) {
-            tracing::debug!(%peer, error = %e, "bad membership datagram");
-            self.drop_swim("invalid");
+        match cell.membership.handle_data(&from, &message.data) {
+            Ok(()) => {}
+            Err(e @ crate::membership::MembershipError::Impersonation { .. }) => {
+                tracing::debug!(%peer, error = %e, "membership datagram refused");
+                self.drop_swim("impersonation");
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad membership datagram");
+                self.drop_swim("invalid");
+            }
         }
         self.drain_membership();
     }

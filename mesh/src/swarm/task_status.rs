@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::{gossipsub, PeerId, StreamProtocol};
-use starling_task::rollup::{CellSummary, HostReport, Taken};
+use starling_task::rollup::{HostReport, Taken};
 
 use super::Mesh;
 
@@ -38,7 +38,9 @@ const PUBLISHER_SETTLE: Duration = Duration::from_secs(10);
 /// A cell not heard from for this long is left out of the fleet's view.
 const CELL_EXPIRY: Duration = Duration::from_secs(75);
 /// Prometheus counter of cell summaries, by `result` (`taken`,
-/// `malformed`, `not_admitted`), and of member reports, by `result`.
+/// `malformed`, `not_admitted` for a forwarder not admitted, `not_author`
+/// for one that does not name its signer as its aggregator), and of
+/// member reports, by `result`.
 pub const TASK_SUMMARIES: &str = "starling_task_summaries_total";
 pub const TASK_REPORTS: &str = "starling_task_reports_total";
 
@@ -237,28 +239,37 @@ impl Mesh {
         };
         d.fleet.take(summary.clone());
         d.status_dirty = true;
-        let Ok(bytes) = postcard::to_allocvec(&summary) else {
-            return;
-        };
+        let bytes = starling_task::rollup::encode_summary(&summary);
         let topic = gossipsub::IdentTopic::new(TASK_STATUS_TOPIC);
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             tracing::debug!(error = %e, "cell task summary not gossiped now");
         }
     }
 
-    /// A cell summary from gossip.
+    /// A cell summary from gossip, forwarded by `source` and written by
+    /// `author` (gossipsub checked its signature): the summary must name
+    /// its author as the aggregator to ask, so it can be traced to the
+    /// enrolled host that signed it.
     pub(super) fn on_task_summary(
         &mut self,
         source: PeerId,
+        author: Option<PeerId>,
         id: gossipsub::MessageId,
         data: &[u8],
     ) {
         let verdict = if self.table.admitted(&source).is_none() {
             Err("not_admitted")
         } else {
-            postcard::from_bytes::<CellSummary>(data)
-                .map_err(|_| "malformed")
-                .and_then(|s| s.check().map(|()| s).map_err(|_| "malformed"))
+            match starling_task::rollup::decode_summary(data) {
+                Err(e) => {
+                    tracing::debug!(%source, error = %e, "cell summary refused");
+                    Err("malformed")
+                }
+                Ok(s) if author.is_none_or(|a| a.to_string() != s.hosts.by_peer) => {
+                    Err("not_author")
+                }
+                Ok(s) => Ok(s),
+            }
         };
         let acceptance = match verdict {
             Ok(summary) => {
