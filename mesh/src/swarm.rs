@@ -45,6 +45,7 @@ mod forgers;
 mod inbound_handshakes;
 mod redial;
 mod revocations;
+mod status_writer;
 mod task_config;
 mod task_status;
 mod task_sync;

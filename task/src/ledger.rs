@@ -254,11 +254,13 @@ impl Ledger {
 
     /// Forgets tasks and cancellations whose window closed before `now`:
     /// a copy arriving later is refused as expired, so memory stays
-    /// bounded by the tasks still valid.
-    pub fn forget_expired(&mut self, now: u64) {
+    /// bounded by the tasks still valid. True when anything went.
+    pub fn forget_expired(&mut self, now: u64) -> bool {
         let gone = |not_after: u64| not_after.saturating_add(CLOCK_SKEW_ALLOWANCE_SECS) < now;
+        let before = (self.tasks.len(), self.cancelled.len());
         self.tasks.retain(|_, r| !gone(r.not_after));
         self.cancelled.retain(|_, until| !gone(*until));
+        before != (self.tasks.len(), self.cancelled.len())
     }
 
     /// Names the first setting or tag of `task` that is not newer than

@@ -182,10 +182,13 @@ impl TaskPlane {
             .collect()
     }
 
-    /// Forgets tasks whose window closed.
-    pub fn forget_expired(&mut self, now: u64) {
-        self.ledger.forget_expired(now);
-        self.reindex();
+    /// Forgets tasks whose window closed; true when it forgot any.
+    pub fn forget_expired(&mut self, now: u64) -> bool {
+        let forgot = self.ledger.forget_expired(now);
+        if forgot {
+            self.reindex();
+        }
+        forgot
     }
 
     /// What this host holds, for a peer to compare.

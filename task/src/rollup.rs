@@ -310,20 +310,42 @@ pub struct FleetStatus {
     pub cells: BTreeMap<String, CellSummary>,
 }
 
+/// What a summary changed in a host's view of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewChange {
+    /// Nothing: an older summary than the one held.
+    None,
+    /// Only when the cell was last heard from: the same counts again.
+    Fresher,
+    /// What the view shows: counts, hosts, a cell new or gone.
+    Content,
+}
+
 impl FleetStatus {
     /// Keeps `summary` when it is the newest of its cell.
-    pub fn take(&mut self, summary: CellSummary) {
-        match self.cells.get(&summary.cell) {
-            Some(old) if old.at_ms >= summary.at_ms => {}
-            _ => {
-                self.cells.insert(summary.cell.clone(), summary);
+    pub fn take(&mut self, summary: CellSummary) -> ViewChange {
+        let change = match self.cells.get(&summary.cell) {
+            Some(old) if old.at_ms >= summary.at_ms => return ViewChange::None,
+            Some(old)
+                if old.by == summary.by
+                    && old.members == summary.members
+                    && old.tasks == summary.tasks
+                    && old.hosts == summary.hosts =>
+            {
+                ViewChange::Fresher
             }
-        }
+            _ => ViewChange::Content,
+        };
+        self.cells.insert(summary.cell.clone(), summary);
+        change
     }
 
-    /// Forgets cells not heard from since `before_ms` (gone, or cut off).
-    pub fn expire(&mut self, before_ms: u64) {
+    /// Forgets cells not heard from since `before_ms` (gone, or cut off);
+    /// true when any went.
+    pub fn expire(&mut self, before_ms: u64) -> bool {
+        let before = self.cells.len();
         self.cells.retain(|_, s| s.at_ms >= before_ms);
+        self.cells.len() != before
     }
 
     /// Task `id` across the fleet.
@@ -406,9 +428,17 @@ mod tests {
         let old = one.summary("c1", "a", &["a".into()], 5);
         let mut newer = old.clone();
         newer.at_ms = 9;
-        fleet.take(newer);
-        fleet.take(old);
-        fleet.take(two.summary("c2", "x", &["x".into(), "y".into()], 7));
+        assert_eq!(fleet.take(old.clone()), ViewChange::Content, "a new cell");
+        assert_eq!(
+            fleet.take(newer),
+            ViewChange::Fresher,
+            "the same counts, later"
+        );
+        assert_eq!(fleet.take(old), ViewChange::None, "older than the one held");
+        assert_eq!(
+            fleet.take(two.summary("c2", "x", &["x".into(), "y".into()], 7)),
+            ViewChange::Content
+        );
         let t = fleet.task("t1");
         assert_eq!(t.counts["applied"], 1);
         assert_eq!(t.counts["pending"], 1);
@@ -418,7 +448,8 @@ mod tests {
             fleet.cells["c1"].at_ms, 9,
             "an older summary does not replace a newer one"
         );
-        fleet.expire(8);
+        assert!(fleet.expire(8), "c2 was last heard at 7");
+        assert!(!fleet.expire(8), "nothing more to forget");
         assert_eq!(fleet.task("t1").total(), 1);
     }
 

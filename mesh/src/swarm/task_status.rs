@@ -83,7 +83,9 @@ impl Mesh {
     pub(super) fn task_status_tick(&mut self, now: Instant) {
         if let Some(d) = self.tasks.as_mut() {
             let before = unix_ms().saturating_sub(CELL_EXPIRY.as_millis() as u64);
-            d.fleet.expire(before);
+            if d.fleet.expire(before) {
+                d.status_dirty = true;
+            }
         }
         let Some(cell) = self.cell.as_ref() else {
             return;
@@ -237,8 +239,7 @@ impl Mesh {
         let Some(d) = self.tasks.as_mut() else {
             return;
         };
-        d.fleet.take(summary.clone());
-        d.status_dirty = true;
+        d.take_summary(summary.clone());
         let bytes = starling_task::rollup::encode_summary(&summary);
         let topic = gossipsub::IdentTopic::new(TASK_STATUS_TOPIC);
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -275,8 +276,7 @@ impl Mesh {
             Ok(summary) => {
                 metrics::counter!(TASK_SUMMARIES, "result" => "taken").increment(1);
                 if let Some(d) = self.tasks.as_mut() {
-                    d.fleet.take(summary);
-                    d.status_dirty = true;
+                    d.take_summary(summary);
                 }
                 gossipsub::MessageAcceptance::Accept
             }

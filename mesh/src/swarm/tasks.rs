@@ -14,6 +14,7 @@ use libp2p::{gossipsub, PeerId};
 use serde::{Deserialize, Serialize};
 use starling_proto::v1::task_payload::Body;
 use starling_proto::v1::{ConfigSetting, TaskKind};
+use starling_task::rollup::ViewChange;
 use starling_task::{CheckedTask, Ledger, Received, TaskPlane, TrustedRoot};
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +35,10 @@ const AUDIT_QUEUE: usize = 4096;
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
 /// The status file is rewritten at most this often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often the status is rewritten when only the times cells were last
+/// heard from moved: each cell sends a summary every 2-60 s, and one that
+/// says the same again need not be written at once by every host.
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
 /// Tasks whose window closed are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -108,6 +113,10 @@ pub(super) struct TaskDriver {
     pub(super) fleet_hosts: super::fleet::FleetHosts,
     pub(super) status_dirty: bool,
     last_status: Option<Instant>,
+    /// Only when cells were last heard from changed (`STATUS_REFRESH`).
+    status_stale: bool,
+    /// Writes the status file off the event loop.
+    status_writer: super::status_writer::StatusWriter<TaskPlaneStatus>,
     /// Each task's state as last reported to the audit trail.
     reported: std::collections::HashMap<String, String>,
     audit: mpsc::Sender<starling_proto::v1::TaskStateChange>,
@@ -291,6 +300,10 @@ impl TaskDriver {
                 fleet_hosts: super::fleet::FleetHosts::new(),
                 status_dirty: true,
                 last_status: None,
+                status_stale: false,
+                status_writer: super::status_writer::StatusWriter::new(
+                    settings.state_dir.join(TASK_STATUS_FILE),
+                ),
                 settings,
             },
             rx,
@@ -356,14 +369,15 @@ impl TaskDriver {
     }
 
     fn write_status(&mut self, host: &str, now: Instant) {
-        if !self.status_dirty
-            || self
-                .last_status
-                .is_some_and(|t| now.duration_since(t) < STATUS_EVERY)
-        {
+        let since = self.last_status.map(|t| now.duration_since(t));
+        let due = since.is_none_or(|s| {
+            (self.status_dirty && s >= STATUS_EVERY) || (self.status_stale && s >= STATUS_REFRESH)
+        });
+        if !(due && (self.status_dirty || self.status_stale)) {
             return;
         }
         self.status_dirty = false;
+        self.status_stale = false;
         self.last_status = Some(now);
         let root = self.plane.root();
         let ledger = self.plane.ledger();
@@ -395,16 +409,17 @@ impl TaskDriver {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        // A view, rewritten on every change: renamed into place but not
-        // synced (a crash loses only a view the next tick writes again).
-        let path = self.settings.state_dir.join(TASK_STATUS_FILE);
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = serde_json::to_vec_pretty(&status)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-        {
-            tracing::debug!(error = %e, "task status not written");
+        self.status_writer.write(status);
+    }
+
+    /// Takes a cell summary into the fleet view: a change of what it
+    /// shows is written within a second, a summary that only says the
+    /// cell is still there within `STATUS_REFRESH`.
+    pub(super) fn take_summary(&mut self, summary: starling_task::rollup::CellSummary) {
+        match self.fleet.take(summary) {
+            ViewChange::Content => self.status_dirty = true,
+            ViewChange::Fresher => self.status_stale = true,
+            ViewChange::None => {}
         }
     }
 }
@@ -576,8 +591,12 @@ impl Mesh {
         }
         if now.duration_since(driver.last_forget) >= FORGET_EVERY {
             driver.last_forget = now;
-            driver.plane.forget_expired(unix_now());
-            driver.persist();
+            // Written only when something went: every member of a fleet
+            // started together would otherwise sync its ledger to disk in
+            // the same second each minute, for nothing.
+            if driver.plane.forget_expired(unix_now()) {
+                driver.persist();
+            }
         }
         if now.duration_since(driver.last_inbox) >= INBOX_CHECK {
             driver.last_inbox = now;

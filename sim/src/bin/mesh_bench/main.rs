@@ -743,19 +743,34 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .position(|m| m.host == victim_host)
         .unwrap_or(0);
+    // Lifeguard's local health stretches suspicion timeouts: how the
+    // members stand at the kill explains a slow figure.
+    let mut health = [0usize; 9];
+    for m in &members {
+        health[usize::from(m.view.borrow().stats.local_health).min(8)] += 1;
+    }
+    eprintln!("members by local-health score 0..8 at the kill: {health:?}");
     let killed = members.remove(victim);
     killed.task.abort();
     let at = Instant::now();
     let peers: Vec<&Member> = members.iter().filter(|m| m.zone == zone).collect();
     let mut noticed = None;
+    // When each member of the cell first saw it gone: a slow figure is a
+    // few stragglers or the whole cell.
+    let mut each: Vec<Option<Duration>> = vec![None; peers.len()];
     loop {
-        let gone = peers.iter().all(|m| {
-            m.view
+        for (m, seen) in peers.iter().zip(each.iter_mut()) {
+            let gone = m
+                .view
                 .borrow()
                 .cell
                 .as_ref()
-                .is_some_and(|c| !c.members.iter().any(|x| x.host == victim_host))
-        });
+                .is_some_and(|c| !c.members.iter().any(|x| x.host == victim_host));
+            if gone && seen.is_none() {
+                *seen = Some(at.elapsed());
+            }
+        }
+        let gone = each.iter().all(Option::is_some);
         if gone && noticed.is_none() {
             noticed = Some(at.elapsed());
         }
@@ -774,6 +789,21 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("counters: {}", counters(&metrics));
+    let mut times: Vec<(Duration, &str)> = (each.iter().zip(&peers))
+        .filter_map(|(t, m)| t.map(|t| (t, m.host.as_str())))
+        .collect();
+    times.sort();
+    if let (Some(first), Some(median)) = (times.first(), times.get(times.len() / 2)) {
+        eprintln!(
+            "first member to notice {:.1} s, median {:.1} s; the last: {}",
+            first.0.as_secs_f64(),
+            median.0.as_secs_f64(),
+            (times.iter().rev().take(3))
+                .map(|(t, h)| format!("{h} {:.1} s", t.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "killed aggregator {victim_host}: every member of its cell ({}) noticed in {:.1} s and agreed on a replacement in {:.1} s",
         peers.len(),
