@@ -33,6 +33,10 @@ const AUDIT_QUEUE: usize = 4096;
 /// Prometheus counter of task state changes not handed to the node (its
 /// queue was full or gone): holes in the audit trail, by `reason`.
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
+/// Prometheus counter of cell summaries taken into this host's fleet view,
+/// by `change`: `content` (what the view shows changed), `fresher` (the
+/// same again, later), `older` (older than the one held).
+pub const FLEET_VIEW_CHANGES: &str = "starling_task_fleet_view_changes_total";
 /// The status file is rewritten at most this often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the status is rewritten when only the times cells were last
@@ -416,7 +420,14 @@ impl TaskDriver {
     /// shows is written within a second, a summary that only says the
     /// cell is still there within `STATUS_REFRESH`.
     pub(super) fn take_summary(&mut self, summary: starling_task::rollup::CellSummary) {
-        match self.fleet.take(summary) {
+        let change = self.fleet.take(summary);
+        let label = match change {
+            ViewChange::Content => "content",
+            ViewChange::Fresher => "fresher",
+            ViewChange::None => "older",
+        };
+        metrics::counter!(FLEET_VIEW_CHANGES, "change" => label).increment(1);
+        match change {
             ViewChange::Content => self.status_dirty = true,
             ViewChange::Fresher => self.status_stale = true,
             ViewChange::None => {}
