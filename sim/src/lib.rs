@@ -5,6 +5,7 @@
 //! the many-node simulator.
 
 pub mod broker;
+pub mod cell_settings;
 pub mod client;
 pub mod event_queue;
 pub mod fleet;

@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
-use starling_mesh::swarm::{CellSettings, Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
+use starling_sim::cell_settings::test_cell;
 use starling_sim::process::local_metric;
 use starling_sim::tasks::Operator;
 use starling_sim::Fleet;
@@ -32,16 +32,7 @@ fn start(
     let config = MeshConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
         bootstrap,
-        cell: Some(CellSettings {
-            zone: Some("liars".into()),
-            expected_size: HONEST.len() as u32 + 1,
-            eligible: true,
-            capacity: 100,
-            relay: "127.0.0.1:1".into(),
-            election: ElectionParams::default(),
-            agent_version: "test".into(),
-            tags: Vec::new(),
-        }),
+        cell: Some(test_cell("liars", HONEST.len() as u32 + 1)),
         tasks: Some(op.settings(&host, Duration::from_secs(10))),
         ..Default::default()
     };

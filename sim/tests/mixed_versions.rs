@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
-use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_mesh::swarm::{Mesh, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
+use starling_sim::cell_settings::test_cell;
 use starling_sim::Fleet;
 use tokio::sync::watch;
 
@@ -28,16 +28,7 @@ fn start(
     let config = MeshConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
         bootstrap,
-        cell: Some(CellSettings {
-            zone: Some("mixed".into()),
-            expected_size: MEMBERS as u32,
-            eligible: true,
-            capacity: 100,
-            relay: "127.0.0.1:1".into(),
-            election: ElectionParams::default(),
-            agent_version: "test".into(),
-            tags: Vec::new(),
-        }),
+        cell: Some(test_cell("mixed", MEMBERS as u32)),
         legacy_datagrams: legacy,
         ..Default::default()
     };

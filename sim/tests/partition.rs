@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
-use starling_mesh::swarm::{CellSettings, Mesh, MeshConfig, MeshView};
+use starling_mesh::swarm::{Mesh, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
+use starling_sim::cell_settings::test_cell;
 use starling_sim::netns::{NamespacePair, Side};
 use starling_sim::tasks::Operator;
 use starling_sim::{is_root, Fleet};
@@ -40,16 +40,7 @@ fn start(
     let config = MeshConfig {
         listen: vec![listen.parse().expect("multiaddr")],
         bootstrap,
-        cell: Some(CellSettings {
-            zone: Some("split".into()),
-            expected_size: (2 * PER_SIDE) as u32,
-            eligible: true,
-            capacity: 100,
-            relay: "127.0.0.1:1".into(),
-            election: ElectionParams::default(),
-            agent_version: "test".into(),
-            tags: Vec::new(),
-        }),
+        cell: Some(test_cell("split", (2 * PER_SIDE) as u32)),
         tasks,
         ..Default::default()
     };
