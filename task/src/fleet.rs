@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod wire;
+pub(crate) use wire::check_text;
+pub use wire::{heartbeat_from_wire, heartbeat_to_wire, table_from_wire, table_to_wire};
+
 /// Longest text in a heartbeat (a version, a kernel release, an address).
 pub const MAX_FACT_TEXT: usize = 256;
 /// Most addresses and tags in a heartbeat.

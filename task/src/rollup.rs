@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::{CellHosts, CellTable, DownHost, Heartbeat, HostRow, MAX_TABLE_HOSTS};
 
 mod wire;
-pub use wire::{decode_summary, encode_summary, MAX_SUMMARY_BYTES};
+pub use wire::{
+    decode_report, decode_summary, encode_report, encode_summary, MAX_DETAIL_TEXT,
+    MAX_REPORT_BYTES, MAX_SUMMARY_BYTES,
+};
 
 /// Hosts named per state and cell in a summary; beyond it, a count.
 pub const MAX_NAMED_HOSTS: usize = 64;

@@ -11,10 +11,11 @@ use libp2p::{allow_block_list, gossipsub, identify, kad, ping};
 use serde::{Deserialize, Serialize};
 
 use super::dial_cause::DialCause;
+use super::proto_codec::{ProtoBehaviour, ProtoCodec};
 use super::redial;
 use super::{
-    fleet, forgers, task_status, task_sync, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION,
-    KAD_PROTOCOL, KAD_REPLICATION, MAX_ENROL_BYTES, MAX_SWIM_BYTES, PING_INTERVAL, SWIM_PROTOCOL,
+    fleet, forgers, task_sync, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION, KAD_PROTOCOL,
+    KAD_REPLICATION, MAX_ENROL_BYTES, MAX_SWIM_BYTES, PING_INTERVAL, SWIM_PROTOCOL,
     TASK_REPORT_PROTOCOL, TASK_SYNC_PROTOCOL,
 };
 use crate::rendezvous::{CellCard, Referral};
@@ -65,10 +66,8 @@ pub struct MeshBehaviour {
     pub(super) gossipsub: DialCause<gossipsub::Behaviour>,
     pub(super) tasks_sync:
         request_response::cbor::Behaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
-    pub(super) task_reports:
-        request_response::cbor::Behaviour<starling_task::rollup::HostReport, ()>,
-    pub(super) fleet_query:
-        DialCause<request_response::cbor::Behaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
+    pub(super) task_reports: ProtoBehaviour<starling_task::rollup::HostReport, ()>,
+    pub(super) fleet_query: DialCause<ProtoBehaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
 }
 
 /// Every behaviour of a member, configured.
@@ -130,19 +129,13 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(task_sync::TASK_SYNC_TIMEOUT),
     );
-    let report_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(task_status::MAX_REPORT_BYTES)
-        .set_response_size_maximum(64);
     let task_reports = request_response::Behaviour::with_codec(
-        report_codec,
+        ProtoCodec::default(),
         [(TASK_REPORT_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
-    let fleet_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(4096)
-        .set_response_size_maximum(fleet::MAX_FLEET_ANSWER_BYTES);
     let fleet_query = request_response::Behaviour::with_codec(
-        fleet_codec,
+        ProtoCodec::default(),
         [(fleet::FLEET_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );

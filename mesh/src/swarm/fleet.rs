@@ -3,7 +3,7 @@
 //! aggregators; a cell's summary carries its hosts down and its versions;
 //! and an operator's question for a cell's table (`starlingctl fleet
 //! --cell`, a file in `data_dir/tasks/queries`) is asked of that cell's
-//! aggregator over `/starling/fleet/1`. The logic is
+//! aggregator over `/starling/fleet/2`. The logic is
 //! `starling_task::fleet` and `starling_task::rollup`.
 
 use std::collections::HashMap;
@@ -15,12 +15,18 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use starling_task::fleet::{CellTable, Heartbeat};
 
+use prost::Message;
+use starling_proto::v1;
+use starling_proto::v1::fleet_answer::Answer;
+
+use super::proto_codec::WireMessage;
 use super::tasks::write_atomic;
 use super::Mesh;
 use crate::host_facts::{MachineFacts, ProcessUsage};
 
 /// Protocol of a question for a cell's table.
-pub const FLEET_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/fleet/1");
+/// (2: protobuf; 1 was CBOR.)
+pub const FLEET_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/fleet/2");
 /// Largest answer (a cell's table at its limits).
 pub const MAX_FLEET_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
 /// Directory (under the task state directory) of operators' questions.
@@ -45,20 +51,72 @@ const MAX_QUERY_FILE: u64 = 4096;
 const QUERY_RETRY: Duration = Duration::from_secs(2);
 const QUERY_TRIES: u32 = 3;
 
+/// Largest question (a cell's name, and room).
+const MAX_FLEET_QUERY_BYTES: u64 = 4096;
+
 /// A question for a cell's table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetQuery {
     pub cell: String,
 }
 
 /// The answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FleetAnswer {
     Table(CellTable),
     /// This member cannot answer for that cell (why).
     NotHere(String),
     /// The asker is not admitted (yet).
     NotAdmitted,
+}
+
+/// A question on the wire (`starling.v1.FleetQuery`).
+impl WireMessage for FleetQuery {
+    const MAX_BYTES: u64 = MAX_FLEET_QUERY_BYTES;
+
+    fn to_wire(&self) -> Vec<u8> {
+        v1::FleetQuery {
+            cell: self.cell.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        let wire = v1::FleetQuery::decode(bytes).map_err(|e| e.to_string())?;
+        Ok(FleetQuery { cell: wire.cell })
+    }
+}
+
+/// An answer on the wire (`starling.v1.FleetAnswer`); one that says none
+/// of the three (a later version's) is refused.
+impl WireMessage for FleetAnswer {
+    const MAX_BYTES: u64 = MAX_FLEET_ANSWER_BYTES;
+
+    fn to_wire(&self) -> Vec<u8> {
+        let answer = match self {
+            FleetAnswer::Table(t) => Answer::Table(starling_task::fleet::table_to_wire(t)),
+            FleetAnswer::NotHere(why) => Answer::NotHere(why.clone()),
+            FleetAnswer::NotAdmitted => Answer::NotAdmitted(true),
+        };
+        v1::FleetAnswer {
+            answer: Some(answer),
+        }
+        .encode_to_vec()
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        match v1::FleetAnswer::decode(bytes)
+            .map_err(|e| e.to_string())?
+            .answer
+        {
+            Some(Answer::Table(t)) => Ok(FleetAnswer::Table(
+                starling_task::fleet::table_from_wire(t)?,
+            )),
+            Some(Answer::NotHere(why)) => Ok(FleetAnswer::NotHere(why)),
+            Some(Answer::NotAdmitted(_)) => Ok(FleetAnswer::NotAdmitted),
+            None => Err("an answer that says nothing this version knows".into()),
+        }
+    }
 }
 
 /// What the heartbeat needs, and the operators' questions in flight.
@@ -210,7 +268,7 @@ impl Mesh {
         Ok(driver.rollup.table(cell, &me, &members, unix_ms()))
     }
 
-    /// Events of `/starling/fleet/1`.
+    /// Events of `/starling/fleet/2`.
     pub(super) fn on_fleet_query(
         &mut self,
         event: request_response::Event<FleetQuery, FleetAnswer>,

@@ -11,14 +11,14 @@ use libp2p::request_response::{self, ResponseChannel};
 use libp2p::{gossipsub, PeerId, StreamProtocol};
 use starling_task::rollup::{HostReport, Taken};
 
+use super::proto_codec::WireMessage;
 use super::Mesh;
 
 /// Protocol of a member's report to its aggregators.
-pub const TASK_REPORT_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/task-report/1");
+/// (2: protobuf; 1 was CBOR.)
+pub const TASK_REPORT_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/task-report/2");
 /// Gossipsub topic of cell summaries.
 pub const TASK_STATUS_TOPIC: &str = "starling/task-status/1";
-/// Largest report (its tasks at their limits).
-pub const MAX_REPORT_BYTES: u64 = 128 * 1024;
 /// A member reports at once when its states change, and at least this
 /// often (so that a newly elected aggregator learns every member).
 const REPORT_EVERY: Duration = Duration::from_secs(20);
@@ -43,6 +43,19 @@ const CELL_EXPIRY: Duration = Duration::from_secs(75);
 /// member reports, by `result`.
 pub const TASK_SUMMARIES: &str = "starling_task_summaries_total";
 pub const TASK_REPORTS: &str = "starling_task_reports_total";
+
+/// A member's report on the wire (`starling.v1.HostReport`).
+impl WireMessage for HostReport {
+    const MAX_BYTES: u64 = starling_task::rollup::MAX_REPORT_BYTES as u64;
+
+    fn to_wire(&self) -> Vec<u8> {
+        starling_task::rollup::encode_report(self)
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        starling_task::rollup::decode_report(bytes)
+    }
+}
 
 fn unix_ms() -> u64 {
     SystemTime::now()

@@ -1,20 +1,31 @@
-//! A cell summary on the wire: protobuf (`starling.v1.CellSummary`,
-//! proto/proto/starling/v1/status.proto), because summaries cross agent
-//! versions while a fleet rolls out and the postcard they were before
-//! fails as a whole on the first field one side does not know. Decoding
-//! is bounded: the bytes by [`MAX_SUMMARY_BYTES`], every list and text
-//! before it is copied, then [`CellSummary::check`].
+//! Cell summaries and host reports on the wire: protobuf
+//! (`starling.v1.CellSummary`, `starling.v1.HostReport`,
+//! proto/proto/starling/v1/status.proto), because both cross agent
+//! versions while a fleet rolls out, and the postcard and CBOR they were
+//! before fail as a whole on the first field one side does not know or
+//! lack one it needs. Decoding is bounded: the bytes by
+//! [`MAX_SUMMARY_BYTES`] or [`MAX_REPORT_BYTES`], every list and text
+//! before it is copied, then the value's own check.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 use starling_proto::v1;
 
-use super::{CellSummary, TaskCounts, MAX_NAMED_HOSTS, MAX_REPORTED_TASKS};
-use crate::fleet::{CellHosts, DownHost, MAX_FACT_ITEMS, MAX_FACT_TEXT, MAX_VERSIONS};
+use super::{CellSummary, HostReport, TaskCounts, MAX_NAMED_HOSTS, MAX_REPORTED_TASKS};
+use crate::fleet::{
+    check_text, heartbeat_from_wire, heartbeat_to_wire, CellHosts, DownHost, MAX_FACT_ITEMS,
+    MAX_VERSIONS,
+};
 
 /// Largest encoded summary taken (gossipsub's own limit is 288 KiB).
 pub const MAX_SUMMARY_BYTES: usize = 256 * 1024;
+/// Largest encoded report taken (a host's tasks at their limit, each with
+/// its detail at its limit, and a heartbeat).
+pub const MAX_REPORT_BYTES: usize = 512 * 1024;
+/// Longest detail of a task's state in a report (why it failed or was
+/// refused); a longer one is cut to it when the report is encoded.
+pub const MAX_DETAIL_TEXT: usize = 1024;
 /// States of one task in one summary (there are seven; room for more).
 const MAX_STATES: usize = 16;
 
@@ -74,13 +85,7 @@ pub fn decode_summary(bytes: &[u8]) -> Result<CellSummary, String> {
         return Err(format!("{} bytes", bytes.len()));
     }
     let wire = v1::CellSummary::decode(bytes).map_err(|e| e.to_string())?;
-    let text = |what: &str, t: &str| {
-        if t.len() > MAX_FACT_TEXT {
-            Err(format!("{what} over {MAX_FACT_TEXT} bytes"))
-        } else {
-            Ok(())
-        }
-    };
+    let text = check_text;
     text("cell", &wire.cell)?;
     text("aggregator", &wire.by)?;
     if wire.tasks.len() > MAX_REPORTED_TASKS {
@@ -151,9 +156,70 @@ pub fn decode_summary(bytes: &[u8]) -> Result<CellSummary, String> {
     Ok(summary)
 }
 
+/// `report` as it is sent to the cell's aggregators; a detail longer
+/// than [`MAX_DETAIL_TEXT`] is cut to it.
+pub fn encode_report(report: &HostReport) -> Vec<u8> {
+    v1::HostReport {
+        host: report.host.clone(),
+        states: (report.states.iter())
+            .map(|(task_id, (state, detail))| v1::HostTaskState {
+                task_id: task_id.clone(),
+                state: state.clone(),
+                detail: cut(detail, MAX_DETAIL_TEXT).to_owned(),
+            })
+            .collect(),
+        heartbeat: report.heartbeat.as_ref().map(heartbeat_to_wire),
+    }
+    .encode_to_vec()
+}
+
+/// A report from the network, or why it is refused.
+pub fn decode_report(bytes: &[u8]) -> Result<HostReport, String> {
+    if bytes.len() > MAX_REPORT_BYTES {
+        return Err(format!("{} bytes", bytes.len()));
+    }
+    let wire = v1::HostReport::decode(bytes).map_err(|e| e.to_string())?;
+    check_text("host", &wire.host)?;
+    if wire.states.len() > MAX_REPORTED_TASKS {
+        return Err(format!("{} tasks", wire.states.len()));
+    }
+    let mut states = BTreeMap::new();
+    for s in wire.states {
+        check_text("task id", &s.task_id)?;
+        check_text("state", &s.state)?;
+        if s.detail.len() > MAX_DETAIL_TEXT {
+            return Err(format!(
+                "detail of {} over {MAX_DETAIL_TEXT} bytes",
+                s.task_id
+            ));
+        }
+        if states.contains_key(&s.task_id) {
+            return Err(format!("task {} twice", s.task_id));
+        }
+        states.insert(s.task_id, (s.state, s.detail));
+    }
+    let heartbeat = wire.heartbeat.map(heartbeat_from_wire).transpose()?;
+    Ok(HostReport {
+        host: wire.host,
+        states,
+        heartbeat,
+    })
+}
+
+/// The longest prefix of `text` within `max` bytes that ends on a
+/// character.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::MAX_FACT_TEXT;
 
     fn summary() -> CellSummary {
         let mut tasks = BTreeMap::new();
@@ -252,5 +318,88 @@ mod tests {
         assert!(decode_summary(&twice.encode_to_vec())
             .unwrap_err()
             .contains("twice"));
+    }
+
+    fn report() -> HostReport {
+        let mut states = BTreeMap::new();
+        states.insert("tag-web".into(), ("applied".into(), String::new()));
+        states.insert(
+            "cfg-7".into(),
+            ("refused".into(), "older_generation: 6 < 7".into()),
+        );
+        HostReport {
+            host: "h1".into(),
+            states,
+            heartbeat: Some(crate::fleet::Heartbeat {
+                agent_version: "0.1.0".into(),
+                tags: vec!["web".into()],
+                cpu_pct: 0.5,
+                spool_backlog: 3,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_report_comes_back_as_it_went_and_a_long_detail_is_cut() {
+        let r = report();
+        assert_eq!(decode_report(&encode_report(&r)).unwrap(), r);
+        let mut long = report();
+        // A multi-byte character across the limit is not split.
+        let detail = format!("{}é and more", "x".repeat(MAX_DETAIL_TEXT - 1));
+        long.states
+            .insert("t".into(), ("failed".into(), detail.clone()));
+        let back = decode_report(&encode_report(&long)).unwrap();
+        assert_eq!(back.states["t"].1, detail[..MAX_DETAIL_TEXT - 1]);
+        let bare = HostReport {
+            heartbeat: None,
+            ..report()
+        };
+        assert_eq!(decode_report(&encode_report(&bare)).unwrap(), bare);
+    }
+
+    #[test]
+    fn reports_beyond_the_limits_are_refused() {
+        assert!(decode_report(&vec![0u8; MAX_REPORT_BYTES + 1]).is_err());
+        assert!(decode_report(&[0xff, 0xff, 0xff]).is_err());
+        let mut many = report();
+        for i in 0..=MAX_REPORTED_TASKS {
+            many.states
+                .insert(format!("t{i}"), ("applied".into(), String::new()));
+        }
+        assert!(decode_report(&encode_report(&many))
+            .unwrap_err()
+            .contains("tasks"));
+        let mut hostile = report();
+        hostile.host = "h".repeat(MAX_FACT_TEXT + 1);
+        assert!(decode_report(&encode_report(&hostile)).is_err());
+        let mut beat = report();
+        if let Some(h) = beat.heartbeat.as_mut() {
+            h.cpu_pct = -1.0;
+        }
+        assert!(decode_report(&encode_report(&beat)).is_err());
+        let twice = v1::HostReport {
+            states: vec![
+                v1::HostTaskState {
+                    task_id: "t".into(),
+                    state: "applied".into(),
+                    detail: String::new(),
+                };
+                2
+            ],
+            ..Default::default()
+        };
+        assert!(decode_report(&twice.encode_to_vec())
+            .unwrap_err()
+            .contains("twice"));
+        let detail = v1::HostReport {
+            states: vec![v1::HostTaskState {
+                task_id: "t".into(),
+                state: "failed".into(),
+                detail: "d".repeat(MAX_DETAIL_TEXT + 1),
+            }],
+            ..Default::default()
+        };
+        assert!(decode_report(&detail.encode_to_vec()).is_err());
     }
 }
