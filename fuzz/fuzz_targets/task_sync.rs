@@ -1,8 +1,9 @@
-//! The anti-entropy exchange (`/starling/tasks/1`) as a peer's bytes reach
-//! it: decoded with the codec the mesh's request-response behaviour uses
-//! (cbor4ii), then answered or followed up by a host holding one task. No
-//! input may panic, make a host send more than a fetch and a push, or hand
-//! it more copies than the limit.
+//! The anti-entropy exchange (`/starling/tasks/2`) as a peer's bytes reach
+//! it: decoded as the mesh's request-response codec decodes it (protobuf,
+//! `starling_task::sync::decode_request`/`decode_response`), then answered
+//! or followed up by a host holding one task. No input may panic, make a
+//! host send more than a fetch and a push, or hand it more copies than the
+//! limit; what decodes encodes back to itself.
 #![no_main]
 use std::sync::OnceLock;
 
@@ -12,7 +13,7 @@ use starling_proto::v1::{HostTags, TagChange, TargetSelector, TaskPayload};
 use starling_task::plane::MAX_SYNC_ITEMS;
 use starling_task::root::new_root;
 use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
-use starling_task::sync::{self, SyncRequest, SyncResponse};
+use starling_task::sync;
 use starling_task::{Ledger, OperatorKeyPair, TaskPlane, TrustedRoot};
 
 fn plane() -> &'static TaskPlane {
@@ -50,11 +51,15 @@ fn plane() -> &'static TaskPlane {
 
 fuzz_target!(|data: &[u8]| {
     let plane = plane();
-    if let Ok(request) = cbor4ii::serde::from_slice::<SyncRequest>(data) {
+    if let Ok(request) = sync::decode_request(data) {
+        let again = sync::decode_request(&sync::encode_request(&request));
+        assert_eq!(again.as_ref(), Ok(&request));
         let (_, copies) = sync::answer(plane, request);
         assert!(copies.len() <= MAX_SYNC_ITEMS);
     }
-    if let Ok(response) = cbor4ii::serde::from_slice::<SyncResponse>(data) {
+    if let Ok(response) = sync::decode_response(data) {
+        let again = sync::decode_response(&sync::encode_response(&response));
+        assert_eq!(again.as_ref(), Ok(&response));
         let step = sync::on_response(plane, response);
         assert!(step.copies.len() <= MAX_SYNC_ITEMS);
         assert!(step.requests.len() <= 2);

@@ -320,24 +320,72 @@ pub enum ViewChange {
     None,
     /// Only when the cell was last heard from: the same counts again.
     Fresher,
-    /// What the view shows: counts, hosts, a cell new or gone.
-    Content,
+    /// What the view shows (the first part that differs).
+    Content(ContentChange),
+}
+
+/// The first part of a cell's summary that differs from the one held, in
+/// the order they are compared: what makes a fleet's summaries change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentChange {
+    /// A cell not in the view.
+    NewCell,
+    /// Another aggregator summed it.
+    Publisher,
+    /// Its live member count.
+    Members,
+    /// A task's counts or named hosts.
+    Tasks,
+    /// Its hosts down (how many, which, since when).
+    Down,
+    /// Its live hosts by agent version.
+    Versions,
+    /// Where to ask for its table.
+    Contact,
+}
+
+impl ContentChange {
+    /// The label of `starling_task_fleet_view_changes_total{change}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentChange::NewCell => "new_cell",
+            ContentChange::Publisher => "publisher",
+            ContentChange::Members => "members",
+            ContentChange::Tasks => "tasks",
+            ContentChange::Down => "down",
+            ContentChange::Versions => "versions",
+            ContentChange::Contact => "contact",
+        }
+    }
 }
 
 impl FleetStatus {
     /// Keeps `summary` when it is the newest of its cell.
     pub fn take(&mut self, summary: CellSummary) -> ViewChange {
         let change = match self.cells.get(&summary.cell) {
+            None => ViewChange::Content(ContentChange::NewCell),
             Some(old) if old.at_ms >= summary.at_ms => return ViewChange::None,
-            Some(old)
-                if old.by == summary.by
-                    && old.members == summary.members
-                    && old.tasks == summary.tasks
-                    && old.hosts == summary.hosts =>
-            {
-                ViewChange::Fresher
+            Some(old) => {
+                let (h, o) = (&summary.hosts, &old.hosts);
+                let differs = [
+                    (old.by != summary.by, ContentChange::Publisher),
+                    (old.members != summary.members, ContentChange::Members),
+                    (old.tasks != summary.tasks, ContentChange::Tasks),
+                    (
+                        o.down_count != h.down_count || o.down != h.down,
+                        ContentChange::Down,
+                    ),
+                    (o.versions != h.versions, ContentChange::Versions),
+                    (
+                        o.by_peer != h.by_peer || o.by_addrs != h.by_addrs,
+                        ContentChange::Contact,
+                    ),
+                ];
+                match differs.into_iter().find(|(d, _)| *d) {
+                    Some((_, what)) => ViewChange::Content(what),
+                    None => ViewChange::Fresher,
+                }
             }
-            _ => ViewChange::Content,
         };
         self.cells.insert(summary.cell.clone(), summary);
         change
@@ -431,7 +479,10 @@ mod tests {
         let old = one.summary("c1", "a", &["a".into()], 5);
         let mut newer = old.clone();
         newer.at_ms = 9;
-        assert_eq!(fleet.take(old.clone()), ViewChange::Content, "a new cell");
+        assert_eq!(
+            fleet.take(old.clone()),
+            ViewChange::Content(ContentChange::NewCell)
+        );
         assert_eq!(
             fleet.take(newer),
             ViewChange::Fresher,
@@ -440,7 +491,7 @@ mod tests {
         assert_eq!(fleet.take(old), ViewChange::None, "older than the one held");
         assert_eq!(
             fleet.take(two.summary("c2", "x", &["x".into(), "y".into()], 7)),
-            ViewChange::Content
+            ViewChange::Content(ContentChange::NewCell)
         );
         let t = fleet.task("t1");
         assert_eq!(t.counts["applied"], 1);
@@ -454,6 +505,51 @@ mod tests {
         assert!(fleet.expire(8), "c2 was last heard at 7");
         assert!(!fleet.expire(8), "nothing more to forget");
         assert_eq!(fleet.task("t1").total(), 1);
+    }
+
+    #[test]
+    fn a_change_is_named_by_the_first_part_that_differs() {
+        let mut fleet = FleetStatus::default();
+        let mut cell = CellRollup::default();
+        cell.take(report("a", &[("t1", "applied")]), 0);
+        let first = cell.summary("c1", "a", &["a".into()], 5);
+        fleet.take(first.clone());
+        let mut next = first.clone();
+        let mut at = 5;
+        let mut change = |f: &mut FleetStatus, s: &mut CellSummary| {
+            at += 1;
+            s.at_ms = at;
+            f.take(s.clone())
+        };
+        next.hosts.by_addrs = vec!["/ip4/10.0.0.9/udp/1/quic-v1".into()];
+        assert_eq!(
+            change(&mut fleet, &mut next),
+            ViewChange::Content(ContentChange::Contact),
+            "where to ask for the table is part of what the view shows"
+        );
+        next.hosts.versions.insert("1.0".into(), 1);
+        assert_eq!(
+            change(&mut fleet, &mut next),
+            ViewChange::Content(ContentChange::Versions)
+        );
+        next.hosts.down_count = 1;
+        assert_eq!(
+            change(&mut fleet, &mut next),
+            ViewChange::Content(ContentChange::Down)
+        );
+        next.members = 2;
+        next.tasks.clear();
+        assert_eq!(
+            change(&mut fleet, &mut next),
+            ViewChange::Content(ContentChange::Members),
+            "the members are compared before the tasks"
+        );
+        next.by = "b".into();
+        assert_eq!(
+            change(&mut fleet, &mut next),
+            ViewChange::Content(ContentChange::Publisher)
+        );
+        assert_eq!(change(&mut fleet, &mut next), ViewChange::Fresher);
     }
 
     #[test]

@@ -1,55 +1,56 @@
 //! The anti-entropy exchange as a state machine (docs/tasks.md,
 //! "Dissemination and catch-up"): a request or an answer in, the answer to
 //! send, the requests that follow and the copies to check out. The mesh's
-//! driver carries these messages over `/starling/tasks/1` (CBOR); the
-//! simulator delivers them itself. Neither decides anything here.
+//! driver carries these messages over `/starling/tasks/2` (protobuf,
+//! [`wire`]); the simulator delivers them itself. Neither decides anything
+//! here.
 //!
 //! A host sends a peer a [`SyncRequest::Summary`]; the peer answers
 //! [`SyncResponse::Same`] or [`SyncResponse::Held`] with the prefixes of
 //! every task it holds; the host then fetches what it lacks and pushes
 //! what the peer lacks.
 
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
-
 use crate::plane::{ShortDigest, Summary, TaskPlane, MAX_SYNC_ITEMS};
 
-/// About what a summary takes on the wire (CBOR: a version, a 32-byte
-/// hash, a count), for the byte counters.
-pub const SUMMARY_BYTES: u64 = 48;
-/// What a `Same` answer takes on the wire.
-pub const SAME_BYTES: u64 = 1;
+mod wire;
+pub use wire::{
+    decode_request, decode_response, encode_request, encode_response, MAX_SYNC_MESSAGE_BYTES,
+};
+
+/// What a `Same` or `Taken` answer takes on the wire.
+pub const SAME_BYTES: u64 = 2;
 
 /// An anti-entropy request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncRequest {
     /// What the sender holds.
     Summary(Summary),
     /// Tasks the sender lacks, by 8-byte digest prefix (concatenated).
-    Fetch(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Tasks the receiver lacks.
-    Push(Vec<ByteBuf>),
+    Fetch(Vec<u8>),
+    /// Tasks the receiver lacks (signed tasks, as signed).
+    Push(Vec<Vec<u8>>),
 }
 
 /// An anti-entropy answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncResponse {
     /// The summaries match.
     Same,
     /// Prefixes of every task the responder holds (concatenated).
-    Held(#[serde(with = "serde_bytes")] Vec<u8>),
+    Held(Vec<u8>),
     /// The tasks fetched.
-    Tasks(Vec<ByteBuf>),
+    Tasks(Vec<Vec<u8>>),
     /// Pushed tasks were taken (each checked like any copy).
     Taken,
 }
 
 impl SyncRequest {
     /// The bytes this message carries, as the counters count them (the
-    /// summary at its encoded size, prefixes and tasks at theirs).
+    /// summary at its encoded size, prefixes and tasks at theirs, without
+    /// their framing).
     pub fn payload_bytes(&self) -> u64 {
         match self {
-            SyncRequest::Summary(_) => SUMMARY_BYTES,
+            SyncRequest::Summary(s) => wire::summary_bytes(s),
             SyncRequest::Fetch(p) => p.len() as u64,
             SyncRequest::Push(tasks) => tasks.iter().map(|t| t.len() as u64).sum(),
         }
@@ -63,7 +64,7 @@ impl SyncResponse {
             SyncResponse::Same => SAME_BYTES,
             SyncResponse::Held(p) => p.len() as u64,
             SyncResponse::Tasks(tasks) => tasks.iter().map(|t| t.len() as u64).sum(),
-            SyncResponse::Taken => 0,
+            SyncResponse::Taken => SAME_BYTES,
         }
     }
 }
@@ -76,7 +77,7 @@ pub struct SyncStep {
     /// Requests to send to the peer.
     pub requests: Vec<SyncRequest>,
     /// Signed tasks that arrived, at most [`MAX_SYNC_ITEMS`].
-    pub copies: Vec<ByteBuf>,
+    pub copies: Vec<Vec<u8>>,
 }
 
 /// Starts an exchange: the summary to send a peer.
@@ -85,7 +86,7 @@ pub fn open(plane: &TaskPlane) -> SyncRequest {
 }
 
 /// A peer's request: the answer, and the copies it pushed to check.
-pub fn answer(plane: &TaskPlane, request: SyncRequest) -> (SyncResponse, Vec<ByteBuf>) {
+pub fn answer(plane: &TaskPlane, request: SyncRequest) -> (SyncResponse, Vec<Vec<u8>>) {
     match request {
         SyncRequest::Summary(theirs) => {
             let ours = plane.summary();
@@ -98,13 +99,7 @@ pub fn answer(plane: &TaskPlane, request: SyncRequest) -> (SyncResponse, Vec<Byt
             (response, Vec::new())
         }
         SyncRequest::Fetch(prefixes) => (
-            SyncResponse::Tasks(
-                plane
-                    .tasks_for(&split_prefixes(&prefixes))
-                    .into_iter()
-                    .map(ByteBuf::from)
-                    .collect(),
-            ),
+            SyncResponse::Tasks(plane.tasks_for(&split_prefixes(&prefixes))),
             Vec::new(),
         ),
         SyncRequest::Push(mut tasks) => {
@@ -125,9 +120,7 @@ pub fn on_response(plane: &TaskPlane, response: SyncResponse) -> SyncStep {
                 requests.push(SyncRequest::Fetch(wanted.concat()));
             }
             if !lacking.is_empty() {
-                requests.push(SyncRequest::Push(
-                    lacking.into_iter().map(ByteBuf::from).collect(),
-                ));
+                requests.push(SyncRequest::Push(lacking));
             }
             SyncStep {
                 requests,
@@ -222,10 +215,11 @@ mod tests {
         assert_eq!(a.summary(), b.summary());
         assert_eq!(a.summary().count, 3);
         // The summary, one prefix to fetch and one task pushed; back the
-        // prefixes held and one task.
-        assert_eq!(a_out, SUMMARY_BYTES + 8 + only_a.len() as u64);
-        assert_eq!(b_out, 2 * 8 + only_b.len() as u64);
+        // prefixes held, one task and the push taken.
+        let summary = wire::summary_bytes(&a.summary());
+        assert_eq!(a_out, summary + 8 + only_a.len() as u64);
+        assert_eq!(b_out, 2 * 8 + only_b.len() as u64 + SAME_BYTES);
         // Level: the next exchange costs a summary and a `Same`.
-        assert_eq!(exchange(&mut a, &mut b, NOW), (SUMMARY_BYTES, SAME_BYTES));
+        assert_eq!(exchange(&mut a, &mut b, NOW), (summary, SAME_BYTES));
     }
 }

@@ -64,8 +64,7 @@ pub struct MeshBehaviour {
     pub(super) ping: ping::Behaviour,
     pub(super) kad: DialCause<kad::Behaviour<kad::store::MemoryStore>>,
     pub(super) gossipsub: DialCause<gossipsub::Behaviour>,
-    pub(super) tasks_sync:
-        request_response::cbor::Behaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
+    pub(super) tasks_sync: ProtoBehaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
     pub(super) task_reports: ProtoBehaviour<starling_task::rollup::HostReport, ()>,
     pub(super) fleet_query: DialCause<ProtoBehaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
 }
@@ -121,11 +120,8 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
     )?;
     let (score_params, score_thresholds) = forgers::gossip_scoring();
     gossipsub.with_peer_score(score_params, score_thresholds)?;
-    let sync_codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(task_sync::MAX_TASK_SYNC_BYTES)
-        .set_response_size_maximum(task_sync::MAX_TASK_SYNC_BYTES);
     let tasks_sync = request_response::Behaviour::with_codec(
-        sync_codec,
+        ProtoCodec::default(),
         [(TASK_SYNC_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(task_sync::TASK_SYNC_TIMEOUT),
     );

@@ -1,6 +1,6 @@
 //! Anti-entropy between peers, methods of [`Mesh`]: every
 //! `sync_interval` a member compares notes with one admitted peer over
-//! `/starling/tasks/1` and fetches what it lacks and pushes what the peer
+//! `/starling/tasks/2` and fetches what it lacks and pushes what the peer
 //! lacks (docs/tasks.md, "Dissemination and catch-up"). The logic is
 //! `starling_task::TaskPlane`.
 
@@ -11,12 +11,12 @@ use libp2p::{PeerId, StreamProtocol};
 use starling_task::{sync, Blame};
 
 use super::forgers::FORGER_STRIKES;
+use super::proto_codec::WireMessage;
 use super::Mesh;
 
 /// Protocol of the anti-entropy exchange.
-pub const TASK_SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/tasks/1");
-/// Largest anti-entropy message (tasks up to `MAX_SYNC_BYTES`, framing).
-pub const MAX_TASK_SYNC_BYTES: u64 = 5 * 1024 * 1024;
+/// (2: protobuf; 1 was CBOR.)
+pub const TASK_SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/tasks/2");
 /// A member with no admitted peer looks again for one to sync with this
 /// often.
 pub(super) const NO_PEER_RETRY: Duration = Duration::from_secs(1);
@@ -37,6 +37,32 @@ pub const TASK_SYNCS: &str = "starling_task_syncs_total";
 /// Prometheus counter of anti-entropy bytes, by `direction`.
 pub const TASK_SYNC_BYTES: &str = "starling_task_sync_bytes_total";
 pub use starling_task::sync::{SyncRequest, SyncResponse};
+
+/// An anti-entropy request on the wire (`starling.v1.SyncRequest`).
+impl WireMessage for SyncRequest {
+    const MAX_BYTES: u64 = sync::MAX_SYNC_MESSAGE_BYTES as u64;
+
+    fn to_wire(&self) -> Vec<u8> {
+        sync::encode_request(self)
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        sync::decode_request(bytes)
+    }
+}
+
+/// An anti-entropy answer on the wire (`starling.v1.SyncResponse`).
+impl WireMessage for SyncResponse {
+    const MAX_BYTES: u64 = sync::MAX_SYNC_MESSAGE_BYTES as u64;
+
+    fn to_wire(&self) -> Vec<u8> {
+        sync::encode_response(self)
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        sync::decode_response(bytes)
+    }
+}
 
 impl Mesh {
     /// Every `sync_interval`, compares notes with one admitted peer.
@@ -73,7 +99,7 @@ impl Mesh {
     /// root (an honest peer sends root tasks first); they blame the peer
     /// once per exchange, and after [`FORGER_STRIKES`] of them the rest go
     /// unchecked. Whether the peer is still trusted.
-    fn take_synced(&mut self, peer: PeerId, copies: &[serde_bytes::ByteBuf]) -> bool {
+    fn take_synced(&mut self, peer: PeerId, copies: &[Vec<u8>]) -> bool {
         let root_before = self.tasks.as_ref().map(|d| d.plane.root().version);
         let mut suspect = Vec::new();
         for copy in copies {

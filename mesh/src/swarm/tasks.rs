@@ -34,8 +34,10 @@ const AUDIT_QUEUE: usize = 4096;
 /// queue was full or gone): holes in the audit trail, by `reason`.
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
 /// Prometheus counter of cell summaries taken into this host's fleet view,
-/// by `change`: `content` (what the view shows changed), `fresher` (the
-/// same again, later), `older` (older than the one held).
+/// by `change`: the first part of what the view shows that changed
+/// (`new_cell`, `publisher`, `members`, `tasks`, `down`, `versions`,
+/// `contact`), `fresher` (the same again, later), `older` (older than the
+/// one held).
 pub const FLEET_VIEW_CHANGES: &str = "starling_task_fleet_view_changes_total";
 /// The status file is rewritten at most this often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -422,13 +424,13 @@ impl TaskDriver {
     pub(super) fn take_summary(&mut self, summary: starling_task::rollup::CellSummary) {
         let change = self.fleet.take(summary);
         let label = match change {
-            ViewChange::Content => "content",
+            ViewChange::Content(what) => what.as_str(),
             ViewChange::Fresher => "fresher",
             ViewChange::None => "older",
         };
         metrics::counter!(FLEET_VIEW_CHANGES, "change" => label).increment(1);
         match change {
-            ViewChange::Content => self.status_dirty = true,
+            ViewChange::Content(_) => self.status_dirty = true,
             ViewChange::Fresher => self.status_stale = true,
             ViewChange::None => {}
         }

@@ -70,6 +70,16 @@ struct Args {
 
 mod forgeries;
 
+/// How many members have each local-health score, 0 to 8: a busy
+/// process stretches suspicion (mesh/src/health.rs).
+fn health_scores(members: &[Member]) -> [usize; 9] {
+    let mut health = [0usize; 9];
+    for m in members {
+        health[usize::from(m.view.borrow().stats.local_health).min(8)] += 1;
+    }
+    health
+}
+
 /// One member running in this process.
 struct Member {
     host: String,
@@ -423,6 +433,10 @@ async fn tasks_phase(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
+        "members by local-health score 0..8 once the fleet view counted the task: {:?}",
+        health_scores(members)
+    );
+    eprintln!(
         "task counters: {}",
         metrics
             .render()
@@ -676,6 +690,10 @@ async fn main() -> anyhow::Result<()> {
         rss_mb / members.len() as f64,
     );
 
+    eprintln!(
+        "members by local-health score 0..8 at the end of the window: {:?}",
+        health_scores(&members)
+    );
     if let Some(op) = &operator {
         println!(
             "task plane in steady state: anti-entropy {:.1} B/s received per member (summaries, answers), cell summaries included in the gossip figure above",
@@ -745,11 +763,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     // Lifeguard's local health stretches suspicion timeouts: how the
     // members stand at the kill explains a slow figure.
-    let mut health = [0usize; 9];
-    for m in &members {
-        health[usize::from(m.view.borrow().stats.local_health).min(8)] += 1;
-    }
-    eprintln!("members by local-health score 0..8 at the kill: {health:?}");
+    eprintln!(
+        "members by local-health score 0..8 at the kill: {:?}",
+        health_scores(&members)
+    );
     let killed = members.remove(victim);
     killed.task.abort();
     let at = Instant::now();
