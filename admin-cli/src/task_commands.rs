@@ -361,16 +361,51 @@ fn publish(task: &Path, data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// The task plane's status file of the node at `data_dir`.
+/// How long `read_status` waits for the node to answer an ask with a
+/// fresh status (it looks every second).
+const STATUS_ASK_WAIT: Duration = Duration::from_secs(3);
+
+/// The task plane's status of the node at `data_dir`, fresh: the node
+/// rewrites its status file at once only while someone asks for it
+/// (`starling_mesh::swarm::ask_for_status`), so this asks and waits up to
+/// [`STATUS_ASK_WAIT`] for the answer; without one (no rights to ask, or
+/// the node is stopped) it shows the file as last written and says how
+/// old it is.
 pub(crate) fn read_status(
     data_dir: &Path,
 ) -> anyhow::Result<starling_mesh::swarm::TaskPlaneStatus> {
-    let path = task_dir(data_dir).join(starling_mesh::swarm::TASK_STATUS_FILE);
-    let text = read(&path).with_context(|| {
-        "is starling-node running with a task plane, and is --data-dir its data_dir?"
-    })?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a task status", path.display()))
+    let dir = task_dir(data_dir);
+    let path = dir.join(starling_mesh::swarm::TASK_STATUS_FILE);
+    let asked = match starling_mesh::swarm::ask_for_status(&dir) {
+        Ok(at) => Some(unix_ms(at)),
+        Err(e) => {
+            eprintln!(
+                "note: cannot ask the node for a fresh status ({e}); showing the last one written"
+            );
+            None
+        }
+    };
+    let deadline = std::time::Instant::now() + STATUS_ASK_WAIT;
+    loop {
+        let text = read(&path).with_context(|| {
+            "is starling-node running with a task plane, and is --data-dir its data_dir?"
+        })?;
+        let status: starling_mesh::swarm::TaskPlaneStatus = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a task status", path.display()))?;
+        let fresh = asked.is_none_or(|at| status.updated_unix_ms >= at);
+        if fresh {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let age = unix_ms(now()).saturating_sub(status.updated_unix_ms) / 1000;
+            eprintln!(
+                "note: the node did not refresh its status within {} s (is it running?); this one is {age} s old",
+                STATUS_ASK_WAIT.as_secs()
+            );
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {

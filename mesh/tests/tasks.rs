@@ -13,8 +13,8 @@ use starling_mesh::election::ElectionParams;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
 use starling_mesh::swarm::{
-    CellSettings, Mesh, MeshCommand, MeshConfig, MeshView, TaskPlaneStatus, TaskSettings,
-    FORGER_STRIKES, INBOX_DIR, LEDGER_FILE, QUERIES_DIR, TASK_STATUS_FILE,
+    ask_for_status, CellSettings, Mesh, MeshCommand, MeshConfig, MeshView, TaskPlaneStatus,
+    TaskSettings, FORGER_STRIKES, INBOX_DIR, LEDGER_FILE, QUERIES_DIR, TASK_STATUS_FILE,
 };
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
@@ -193,11 +193,33 @@ async fn start_group(
     members
 }
 
+/// [`start_group`] of `n` members named `prefix0`, `prefix1`, ..., in a
+/// cell expected to hold `expected`, without tags or revocation lists.
+async fn start_plain(
+    fleet: &Fleet,
+    op: &Operator,
+    states: &Path,
+    prefix: &str,
+    n: usize,
+    expected: u32,
+) -> Vec<Member> {
+    let names = named(prefix, n, 1);
+    start_group(fleet, op, states, &names, expected, |_| vec![], |_| None).await
+}
+
 fn named(prefix: &str, n: usize, width: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:0width$}")).collect()
 }
 
+/// A member's status, asked to be kept fresh (callers poll), as
+/// `starlingctl task status` asks.
 fn status(m: &Member) -> Option<TaskPlaneStatus> {
+    let _ = ask_for_status(&m.state);
+    status_unasked(m)
+}
+
+/// A member's status file as it stands, without asking for a fresh one.
+fn status_unasked(m: &Member) -> Option<TaskPlaneStatus> {
     let bytes = std::fs::read(m.state.join(TASK_STATUS_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -700,16 +722,7 @@ async fn an_unreadable_ledger_is_set_aside_and_caught_up_from_peers() {
     let fleet = Fleet::new();
     let op = Operator::new();
     let states = tempfile::tempdir().expect("tempdir");
-    let mut members = start_group(
-        &fleet,
-        &op,
-        states.path(),
-        &named("l", 2, 1),
-        2,
-        |_| vec![],
-        |_| None,
-    )
-    .await;
+    let mut members = start_plain(&fleet, &op, states.path(), "l", 2, 2).await;
     let addr = listen_addr(&mut members[0]).await;
     assert_eq!(
         publish(
@@ -770,6 +783,68 @@ async fn an_unreadable_ledger_is_set_aside_and_caught_up_from_peers() {
     }
 }
 
+/// The status file is kept fresh only while someone reads it: a task
+/// applied on a host nobody asks about does not rewrite it at once (every
+/// host of a fleet rewriting it each second cost 300 members of one
+/// process their timers), and an ask brings it up to date within a
+/// couple of seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_is_rewritten_at_once_only_when_asked_for() {
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let members = start_plain(&fleet, &op, states.path(), "s", 1, 1).await;
+    let m = &members[0];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(s) = status_unasked(m) {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no first status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(first.tasks.is_empty());
+    assert_eq!(
+        publish(m, "tag", &op.task("quiet", every_host(), set_tag("q"))).await["verdict"],
+        "accepted"
+    );
+    // Unread, the status stays as it was for seconds after the change
+    // (read, it is rewritten within one).
+    for _ in 0..30 {
+        let s = status_unasked(m).expect("status");
+        assert_eq!(
+            s.updated_unix_ms, first.updated_unix_ms,
+            "rewritten though nobody asked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let asked = ask_for_status(&m.state).expect("ask");
+    let asked_ms = asked
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status_unasked(m).expect("status");
+        if s.updated_unix_ms >= asked_ms {
+            assert!(
+                s.tasks.iter().any(|t| t.task_id == "quiet"),
+                "the fresh status shows the task: {:?}",
+                s.tasks
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not rewritten within 5 s of the ask"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in members {
+        let _ = m.stop.send(true);
+    }
+}
+
 /// A compromised member (its certificate is genuine; its trust root was
 /// replaced by an intruder's, so it takes the intruder's tasks as valid and
 /// relays them) floods forged tasks by gossip and offers them by
@@ -786,16 +861,7 @@ async fn a_member_relaying_forgeries_is_ignored_and_honest_tasks_arrive() {
     let op = Operator::new();
     let intruder = Operator::with_seed(66);
     let states = tempfile::tempdir().expect("tempdir");
-    let mut honest = start_group(
-        &fleet,
-        &op,
-        states.path(),
-        &named("h", HONEST, 1),
-        50,
-        |_| vec![],
-        |_| None,
-    )
-    .await;
+    let mut honest = start_plain(&fleet, &op, states.path(), "h", HONEST, 50).await;
     let addr = listen_addr(&mut honest[0]).await;
     let forger = start(
         fleet.enrol(Role::Node, "forger"),

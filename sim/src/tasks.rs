@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use starling_mesh::swarm::{TaskPlaneStatus, TaskSettings, INBOX_DIR, TASK_STATUS_FILE};
+use starling_mesh::swarm::{
+    ask_for_status, TaskPlaneStatus, TaskSettings, INBOX_DIR, TASK_STATUS_FILE,
+};
 use starling_proto::v1::{task_payload::Body, HostTags, TagChange, TargetSelector, TaskPayload};
 use starling_task::sign::{sign_root, sign_task, unsigned_root, unsigned_task};
 use starling_task::OperatorKeyPair;
@@ -91,10 +93,12 @@ impl Operator {
         Ok(())
     }
 
-    /// `host`'s task plane status, once written.
+    /// `host`'s task plane status, once written; asks for it to be kept
+    /// fresh, as `starlingctl task status` does (callers poll).
     pub fn status(&self, host: &str) -> Option<TaskPlaneStatus> {
-        let path = self.states.join(host).join(TASK_STATUS_FILE);
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        let dir = self.states.join(host);
+        let _ = ask_for_status(&dir);
+        serde_json::from_slice(&std::fs::read(dir.join(TASK_STATUS_FILE)).ok()?).ok()
     }
 
     /// The state of task `id` at `host`, if it holds it.

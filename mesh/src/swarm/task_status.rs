@@ -19,9 +19,12 @@ use super::Mesh;
 pub const TASK_REPORT_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/task-report/2");
 /// Gossipsub topic of cell summaries.
 pub const TASK_STATUS_TOPIC: &str = "starling/task-status/1";
-/// A member reports at once when its states change, and at least this
-/// often (so that a newly elected aggregator learns every member).
-const REPORT_EVERY: Duration = Duration::from_secs(20);
+/// A member reports at once when its states change, and about this often
+/// otherwise (so that a newly elected aggregator learns every member),
+/// spread U[0.5, 1.5): every member of a fleet takes a task within a
+/// second or two, and reports due in the same second from all of them
+/// come in bursts.
+pub(super) const REPORT_EVERY: Duration = Duration::from_secs(20);
 /// Least time between two reports of a member (a changed state, or a
 /// report that timed out, goes again after it).
 const REPORT_RETRY: Duration = Duration::from_secs(2);
@@ -113,8 +116,9 @@ impl Mesh {
         // report that did not get through) goes out within a second.
         let since = driver.last_report.map(|t| now.duration_since(t));
         let due = driver.reported_to != aggregators
-            || since
-                .is_none_or(|s| s >= REPORT_EVERY || (driver.report_dirty && s >= REPORT_RETRY));
+            || since.is_none_or(|s| {
+                s >= driver.report_every || (driver.report_dirty && s >= REPORT_RETRY)
+            });
         // A member holding a task reports at once; one holding none (its
         // heartbeat only) once its cell's aggregators have settled: while
         // a fleet starts, cells and their aggregators change every few
@@ -130,6 +134,8 @@ impl Mesh {
         {
             driver.report_dirty = false;
             driver.last_report = Some(now);
+            driver.report_every =
+                REPORT_EVERY.mul_f64(rand::RngExt::random_range(&mut self.rng, 0.5..1.5));
             driver.reported_to.clone_from(&aggregators);
             if let Some(report) = self.own_report() {
                 let mut peers = self.peers_of(&aggregators);

@@ -39,12 +39,35 @@ pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
 /// `contact`), `fresher` (the same again, later), `older` (older than the
 /// one held).
 pub const FLEET_VIEW_CHANGES: &str = "starling_task_fleet_view_changes_total";
-/// The status file is rewritten at most this often.
+/// While someone reads it, the status file is rewritten at most this
+/// often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// How often the status is rewritten when only the times cells were last
-/// heard from moved: each cell sends a summary every 2-60 s, and one that
-/// says the same again need not be written at once by every host.
+/// How often a read status is rewritten when only the times cells were
+/// last heard from moved: each cell sends a summary every 2-60 s, and one
+/// that says the same again need not be written at once.
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// A reader's ask ([`ask_for_status`]) keeps the status that fresh for
+/// this long; unread, it is rewritten at most every `STATUS_UNREAD_EVERY`
+/// when something in it changed. Nearly every host of a fleet is read by
+/// nobody, and 300 members of one process rewriting theirs every second
+/// while a task spread kept their timers late (docs/tasks.md).
+const STATUS_READ_FOR: Duration = Duration::from_secs(30);
+const STATUS_UNREAD_EVERY: Duration = Duration::from_secs(60);
+/// The file a reader touches to ask for a fresh status (in the task
+/// state directory, beside the status file).
+pub const STATUS_WANTED_FILE: &str = "status.wanted";
+
+/// Asks the task plane whose state directory is `state_dir` for a fresh
+/// status file: it is rewritten within about a second, and kept fresh
+/// while asks keep coming (`starlingctl task status`, `--watch`). Fails
+/// when the directory cannot be written (a reader without the rights
+/// then sees the status as last written).
+pub fn ask_for_status(state_dir: &Path) -> std::io::Result<SystemTime> {
+    let now = SystemTime::now();
+    let file = std::fs::File::create(state_dir.join(STATUS_WANTED_FILE))?;
+    file.set_modified(now)?;
+    Ok(now)
+}
 /// Tasks whose window closed are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -121,6 +144,10 @@ pub(super) struct TaskDriver {
     last_status: Option<Instant>,
     /// Only when cells were last heard from changed (`STATUS_REFRESH`).
     status_stale: bool,
+    /// When a reader last asked for the status (the wanted file's time),
+    /// and whether the ask is not answered yet.
+    status_asked_at: Option<SystemTime>,
+    status_ask_open: bool,
     /// Writes the status file off the event loop.
     status_writer: super::status_writer::StatusWriter<TaskPlaneStatus>,
     /// Each task's state as last reported to the audit trail.
@@ -130,6 +157,8 @@ pub(super) struct TaskDriver {
     /// aggregators, and when it did (`task_status`).
     pub(super) report_dirty: bool,
     pub(super) last_report: Option<Instant>,
+    /// When the next periodic report is due after the last (spread).
+    pub(super) report_every: Duration,
     /// The aggregators it last reported to.
     pub(super) reported_to: Vec<String>,
     /// As an aggregator: the latest report of each cell member, whether
@@ -285,6 +314,7 @@ impl TaskDriver {
                 audit,
                 report_dirty: true,
                 last_report: None,
+                report_every: super::task_status::REPORT_EVERY,
                 reported_to: Vec::new(),
                 rollup: Default::default(),
                 rollup_dirty: false,
@@ -307,6 +337,8 @@ impl TaskDriver {
                 status_dirty: true,
                 last_status: None,
                 status_stale: false,
+                status_asked_at: None,
+                status_ask_open: false,
                 status_writer: super::status_writer::StatusWriter::new(
                     settings.state_dir.join(TASK_STATUS_FILE),
                 ),
@@ -374,16 +406,40 @@ impl TaskDriver {
         self.report_changes();
     }
 
+    /// Looks at the wanted file: a newer time than seen is a reader's ask.
+    fn check_status_asked(&mut self) {
+        let asked = std::fs::metadata(self.settings.state_dir.join(STATUS_WANTED_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        if asked.is_some() && asked != self.status_asked_at {
+            self.status_asked_at = asked;
+            self.status_ask_open = true;
+        }
+    }
+
     fn write_status(&mut self, host: &str, now: Instant) {
         let since = self.last_status.map(|t| now.duration_since(t));
-        let due = since.is_none_or(|s| {
-            (self.status_dirty && s >= STATUS_EVERY) || (self.status_stale && s >= STATUS_REFRESH)
+        let read = self.status_asked_at.is_some_and(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .is_ok_and(|ago| ago < STATUS_READ_FOR)
         });
-        if !(due && (self.status_dirty || self.status_stale)) {
+        let changed = self.status_dirty || self.status_stale;
+        let due = match since {
+            None => true,
+            _ if self.status_ask_open => true,
+            Some(s) if read => {
+                (self.status_dirty && s >= STATUS_EVERY)
+                    || (self.status_stale && s >= STATUS_REFRESH)
+            }
+            Some(s) => changed && s >= STATUS_UNREAD_EVERY,
+        };
+        if !due {
             return;
         }
         self.status_dirty = false;
         self.status_stale = false;
+        self.status_ask_open = false;
         self.last_status = Some(now);
         let root = self.plane.root();
         let ledger = self.plane.ledger();
@@ -613,6 +669,7 @@ impl Mesh {
         }
         if now.duration_since(driver.last_inbox) >= INBOX_CHECK {
             driver.last_inbox = now;
+            driver.check_status_asked();
             // The operator's two directories, looked at as often.
             self.read_inbox();
             self.read_fleet_queries(now);
