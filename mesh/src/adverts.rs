@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::enrol::AdmissionError;
 use crate::identity::{PeerIdentity, Role};
@@ -22,6 +22,9 @@ pub const SINK_TOPIC: &str = "starling/sinks/1";
 pub const MAX_ADVERT_BYTES: usize = 20 * 1024;
 /// Most sinks remembered (a fleet has a handful).
 pub const MAX_SINKS: usize = 256;
+/// Most mesh addresses kept of a sink, and the longest.
+pub const MAX_SINK_ADDRS: usize = 8;
+const MAX_ADDR_LEN: usize = 256;
 /// How long a verified author is trusted before its chain is checked again.
 const VERIFIED_FOR: Duration = Duration::from_secs(600);
 
@@ -54,6 +57,10 @@ pub struct KnownSink {
     pub peer: PeerId,
     /// host:port of its QUIC ingress.
     pub ingress: String,
+    /// Its mesh addresses (at most [`MAX_SINK_ADDRS`]; ones that do not
+    /// parse are left out), for members that send it their cell's
+    /// summary or ask it for the fleet's view.
+    pub mesh_addrs: Vec<Multiaddr>,
     pub load_pct: u8,
     seq: u64,
     last_heard: Instant,
@@ -89,7 +96,12 @@ impl SinkBook {
         }
         let advert = <SinkAdvert as prost::Message>::decode(bytes)
             .map_err(|e| AdvertError::Decode(e.to_string()))?;
-        if advert.load_pct > 100 || advert.ingress.is_empty() || advert.ingress.len() > 256 {
+        if advert.load_pct > 100
+            || advert.ingress.is_empty()
+            || advert.ingress.len() > 256
+            || advert.mesh_addrs.len() > MAX_SINK_ADDRS
+            || advert.mesh_addrs.iter().any(|a| a.len() > MAX_ADDR_LEN)
+        {
             return Err(AdvertError::Bounds);
         }
         let identity = match self.verified.get(&author) {
@@ -115,6 +127,7 @@ impl SinkBook {
                 name: identity.name.clone(),
                 peer: author,
                 ingress: String::new(),
+                mesh_addrs: Vec::new(),
                 load_pct: 0,
                 seq: 0,
                 last_heard: now,
@@ -126,6 +139,11 @@ impl SinkBook {
         }
         entry.peer = author;
         entry.ingress = advert.ingress;
+        entry.mesh_addrs = advert
+            .mesh_addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         // Checked above: at most 100.
         entry.load_pct = advert.load_pct.min(100) as u8;
         entry.seq = advert.seq;
@@ -163,6 +181,10 @@ mod tests {
             ingress: "127.0.0.1:7400".into(),
             load_pct: u32::from(load),
             seq,
+            mesh_addrs: vec![
+                "/ip4/127.0.0.1/udp/7401/quic-v1".into(),
+                "not an address".into(),
+            ],
         }
         .encode_to_vec()
     }
@@ -196,6 +218,13 @@ mod tests {
         let s: Vec<_> = book.sinks().collect();
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].name.as_str(), s[0].load_pct), ("s1", 40));
+        assert_eq!(
+            s[0].mesh_addrs,
+            vec!["/ip4/127.0.0.1/udp/7401/quic-v1"
+                .parse::<Multiaddr>()
+                .unwrap()],
+            "addresses that parse are kept"
+        );
         book.expire(now + Duration::from_secs(31), Duration::from_secs(30));
         assert_eq!(book.sinks().count(), 0, "silent sinks are forgotten");
     }

@@ -40,13 +40,14 @@ mod connections;
 mod datagram_links;
 mod dht;
 mod dial_cause;
+mod file_writer;
 mod fleet;
+mod fleet_view;
 mod forgers;
 mod inbound_handshakes;
 mod proto_codec;
 mod redial;
 mod revocations;
-mod status_writer;
 mod task_config;
 mod task_status;
 mod task_sync;
@@ -62,7 +63,7 @@ pub use inbound_handshakes::DIALS_SPARED;
 pub use proto_codec::WireMessage;
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
-pub use task_status::{TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_STATUS_TOPIC, TASK_SUMMARIES};
+pub use task_status::{CELL_SUMMARY_PROTOCOL, TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_SUMMARIES};
 pub use task_sync::{
     SyncRequest, SyncResponse, MAX_TASK_SYNCS_IN_FLIGHT, TASK_SYNCS, TASK_SYNC_BYTES,
     TASK_SYNC_PROTOCOL, TASK_SYNC_TIMEOUT,
@@ -472,13 +473,11 @@ impl Mesh {
             Some(settings) => {
                 let (driver, settings_rx, events_rx) =
                     tasks::TaskDriver::load(settings, &enrolment.identity().name)?;
-                for topic in [TASK_TOPIC, TASK_STATUS_TOPIC] {
-                    swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .subscribe(&gossipsub::IdentTopic::new(topic))
-                        .map_err(|e| build(&e))?;
-                }
+                swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(TASK_TOPIC))
+                    .map_err(|e| build(&e))?;
                 (Some(driver), Some(settings_rx), Some(events_rx))
             }
             None => (None, None, None),
@@ -584,16 +583,35 @@ impl Mesh {
                     None => std::future::pending().await,
                 }
             };
+            // A clone sees what the driver's receiver has seen.
+            let mut ledger_saved = self.tasks.as_ref().map(|d| d.ledger_saved.clone());
+            let ledger_saved = async move {
+                let Some(saved) = ledger_saved.as_mut() else {
+                    return std::future::pending().await;
+                };
+                if saved.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = timer => self.fire_timers(),
                 Some(command) = self.commands.recv() => self.on_command(command),
                 Some(event) = self.link_events.recv() => self.on_link_event(event),
                 _ = tick.tick() => self.on_tick(),
+                _ = ledger_saved => self.on_ledger_saved(),
                 _ = shutdown.changed() => break,
             }
         }
         self.leave().await;
+        if let Some(driver) = self.tasks.as_ref() {
+            if tokio::time::timeout(Duration::from_secs(5), driver.flush_ledger())
+                .await
+                .is_err()
+            {
+                tracing::error!("task ledger not saved within 5 s of shutdown");
+            }
+        }
     }
 
     /// Gives the UDP socket behind a new QUIC listen address a receive
@@ -648,9 +666,7 @@ impl Mesh {
             #[cfg(feature = "hostile")]
             MeshCommand::GossipTaskUnchecked(bytes) => self.gossip_unchecked(TASK_TOPIC, bytes),
             #[cfg(feature = "hostile")]
-            MeshCommand::GossipSummaryUnchecked(bytes) => {
-                self.gossip_unchecked(TASK_STATUS_TOPIC, bytes)
-            }
+            MeshCommand::SendSummaryUnchecked(bytes) => self.send_summary_unchecked(&bytes),
             MeshCommand::SpoolBacklog(events) => {
                 if let Some(d) = self.tasks.as_mut() {
                     d.fleet_hosts.spool_backlog = events;
@@ -788,6 +804,9 @@ impl Mesh {
             SwarmEvent::Behaviour(MeshBehaviourEvent::TasksSync(event)) => self.on_task_sync(event),
             SwarmEvent::Behaviour(MeshBehaviourEvent::TaskReports(event)) => {
                 self.on_task_report(event)
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::CellSummaries(event)) => {
+                self.on_cell_summary(event)
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::FleetQuery(event)) => {
                 self.on_fleet_query(event)

@@ -116,8 +116,9 @@ pub enum MeshCommand {
     /// for benchmarks (feature `hostile`).
     #[cfg(feature = "hostile")]
     GossipTaskUnchecked(Vec<u8>),
-    /// Gossips these bytes as a cell summary, unchecked: a test double of
-    /// a member that makes summaries up (feature `hostile`).
+    /// Sends this encoded cell summary to every sink as it is, whatever
+    /// cell and aggregator it names: a test double of a member that makes
+    /// summaries up (feature `hostile`).
     #[cfg(feature = "hostile")]
-    GossipSummaryUnchecked(Vec<u8>),
+    SendSummaryUnchecked(Vec<u8>),
 }

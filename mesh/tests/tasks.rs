@@ -139,14 +139,24 @@ fn start_in_cell_of(
             tags: tags.clone(),
         }),
         revocations,
-        tasks: Some(TaskSettings {
-            root_file: op.root_file.clone(),
-            state_dir: state.to_path_buf(),
-            sync_interval: Duration::from_secs(2),
-            local_tags: tags,
-        }),
+        tasks: Some(task_settings(op, state, tags)),
         ..Default::default()
     };
+    run_member(enrolment, config, state)
+}
+
+/// The task plane of a member or sink of these tests.
+fn task_settings(op: &Operator, state: &Path, local_tags: Vec<String>) -> TaskSettings {
+    TaskSettings {
+        root_file: op.root_file.clone(),
+        state_dir: state.to_path_buf(),
+        sync_interval: Duration::from_secs(2),
+        local_tags,
+    }
+}
+
+/// Starts a mesh with `config` and keeps what the tests drive it by.
+fn run_member(enrolment: Enrolment, config: MeshConfig, state: &Path) -> Member {
     let (mut mesh, view, commands) = Mesh::start(enrolment, config).expect("mesh starts");
     let audit = mesh.take_task_events().expect("a task plane");
     let (stop, rx) = watch::channel(false);
@@ -158,6 +168,21 @@ fn start_in_cell_of(
         state: state.to_path_buf(),
         audit,
     }
+}
+
+/// A sink's mesh (no cell; it holds every cell's summary and answers
+/// members' questions for the fleet's view), bootstrapping from
+/// `bootstrap`, with its task plane in `state`.
+fn start_sink(fleet: &Fleet, op: &Operator, state: &Path, bootstrap: Vec<Multiaddr>) -> Member {
+    std::fs::create_dir_all(state).expect("sink state dir");
+    let config = MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
+        bootstrap,
+        sink_ingress: Some("127.0.0.1:1".into()),
+        tasks: Some(task_settings(op, state, Vec::new())),
+        ..Default::default()
+    };
+    run_member(fleet.enrol(Role::Sink, "sink"), config, state)
 }
 
 /// Starts members named `names`, each bootstrapping from the first, in a
@@ -320,7 +345,7 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
             vec![]
         }
     };
-    let members = start_group(
+    let mut members = start_group(
         &fleet,
         &op,
         states.path(),
@@ -330,6 +355,8 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
         |_| None,
     )
     .await;
+    let seed = listen_addr(&mut members[0]).await;
+    let _sink = start_sink(&fleet, &op, &states.path().join("sink"), vec![seed]);
     wait_all(&members, "every member's task plane", 60, |m| {
         status(m).is_some()
     })
@@ -468,6 +495,7 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     )
     .await;
     let addr = listen_addr(&mut members[0]).await;
+    let _sink = start_sink(&fleet, &op, &states.path().join("sink"), vec![addr.clone()]);
     wait_all(&members, "the whole cell", 60, |m| {
         m.view
             .borrow()
@@ -783,6 +811,88 @@ async fn an_unreadable_ledger_is_set_aside_and_caught_up_from_peers() {
     }
 }
 
+/// A crash between admitting a task and applying it leaves the task in
+/// the ledger as pending (it is saved before it is applied): the next
+/// start applies it, once, without waiting for a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_admitted_but_not_applied_before_a_crash_is_applied_at_the_next_start() {
+    let fleet = Fleet::new();
+    let op = Operator::new();
+    let states = tempfile::tempdir().expect("tempdir");
+    let state = states.path().join("c0");
+    std::fs::create_dir_all(&state).expect("state dir");
+    // The ledger as the crash left it: the task admitted, not applied.
+    let root = starling_task::TrustedRoot::reload(&std::fs::read(&op.root_file).expect("root"))
+        .expect("root loads");
+    let mut plane = starling_task::TaskPlane::new(
+        root,
+        starling_task::Ledger::default(),
+        "c0",
+        Default::default(),
+    );
+    let task = op.task("interrupted", every_host(), set_tag("resumed"));
+    assert!(matches!(
+        plane.receive(&task, now()),
+        starling_task::Received::Accepted { apply: true, .. }
+    ));
+    std::fs::write(
+        state.join(LEDGER_FILE),
+        serde_json::to_vec(plane.ledger()).expect("ledger encodes"),
+    )
+    .expect("ledger written");
+
+    let mut alone = vec![start(
+        fleet.enrol(Role::Node, "c0"),
+        vec![],
+        &op,
+        &state,
+        &[],
+        None,
+    )];
+    let change = tokio::time::timeout(Duration::from_secs(20), alone[0].audit.recv())
+        .await
+        .expect("an audit event within 20 s")
+        .expect("the plane runs");
+    assert_eq!(
+        (change.task_id.as_str(), change.state.as_str()),
+        ("interrupted", "applied")
+    );
+    wait_all(&alone, "the tag in force", 20, |m| {
+        status(m).is_some_and(|s| s.tags.contains(&"resumed".to_string()))
+    })
+    .await;
+    assert!(alone[0].audit.try_recv().is_err(), "applied once");
+
+    // Stopped and started again: the ledger says applied, nothing is
+    // applied again.
+    let m = alone.pop().expect("c0");
+    let _ = m.stop.send(true);
+    let mut closed = m.audit;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while closed.recv().await.is_some() {}
+    })
+    .await
+    .expect("stopped");
+    let mut again = start(
+        fleet.enrol(Role::Node, "c0"),
+        vec![],
+        &op,
+        &state,
+        &[],
+        None,
+    );
+    wait_all(
+        std::slice::from_ref(&again),
+        "the status after the restart",
+        20,
+        |m| state_of(m, "interrupted").as_deref() == Some("applied"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(again.audit.try_recv().is_err(), "nothing applied again");
+    let _ = again.stop.send(true);
+}
+
 /// The status file is kept fresh only while someone reads it: a task
 /// applied on a host nobody asks about does not rewrite it at once (every
 /// host of a fleet rewriting it each second cost 300 members of one
@@ -985,7 +1095,7 @@ async fn the_fleet_view_shows_every_host_its_heartbeat_and_who_is_down() {
     let fleet = Fleet::new();
     let op = Operator::new();
     let states = tempfile::tempdir().expect("tempdir");
-    let members = start_group(
+    let mut members = start_group(
         &fleet,
         &op,
         states.path(),
@@ -995,6 +1105,8 @@ async fn the_fleet_view_shows_every_host_its_heartbeat_and_who_is_down() {
         |_| None,
     )
     .await;
+    let seed = listen_addr(&mut members[0]).await;
+    let _sink = start_sink(&fleet, &op, &states.path().join("sink"), vec![seed]);
     // What f3's node would say of its spool.
     members[3]
         .commands

@@ -1,9 +1,9 @@
-//! Cell summaries trace to the member that signed them: a member that
-//! gossips a summary naming another member as its aggregator is refused
-//! by every host (`not_author`), while one it signs under its own name
-//! travels the same path and is taken (summaries are advisory; the audit
-//! trail is the record). The liar is the `hostile` test double of a
-//! modified agent.
+//! Cell summaries trace to the member that sent them: a member that
+//! sends the sinks a summary naming another member as its aggregator is
+//! refused (`not_author`), while one it sends under its own name travels
+//! the same path and is taken (summaries are advisory; the audit trail is
+//! the record). The liar is the `hostile` test double of a modified
+//! agent; the honest members see the sink's view of the fleet.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 const HONEST: [&str; 3] = ["h0", "h1", "h2"];
 const NOT_AUTHOR: &str = "starling_task_summaries_total{result=\"not_author\"}";
 
+/// A member of the cell, or (with `sink`) a sink.
 fn start(
     enrolment: Enrolment,
     bootstrap: Vec<Multiaddr>,
@@ -29,10 +30,12 @@ fn start(
     stop: &watch::Receiver<bool>,
 ) -> (watch::Receiver<MeshView>, mpsc::Sender<MeshCommand>) {
     let host = enrolment.identity().name.clone();
+    let sink = enrolment.identity().role == Role::Sink;
     let config = MeshConfig {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")],
         bootstrap,
-        cell: Some(test_cell("liars", HONEST.len() as u32 + 1)),
+        cell: (!sink).then(|| test_cell("liars", HONEST.len() as u32 + 1)),
+        sink_ingress: sink.then(|| "127.0.0.1:1".to_string()),
         tasks: Some(op.settings(&host, Duration::from_secs(10))),
         ..Default::default()
     };
@@ -103,6 +106,12 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
         &op,
         &stop,
     );
+    let _sink = start(
+        fleet.enrolment(Role::Sink, "sink").expect("enrolment"),
+        vec![seed.clone()],
+        &op,
+        &stop,
+    );
     let cell_size = HONEST.len() + 1;
     let whole = |v: &watch::Receiver<MeshView>| {
         v.borrow()
@@ -128,8 +137,8 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
     })
     .await;
 
-    // The liar gossips a summary of a cell in h1's name, then one in its
-    // own: the same path, only the author differs.
+    // The liar sends the sink a summary of a cell in h1's name, then one
+    // in its own: the same path, only the author differs.
     let peer_of =
         |v: &watch::Receiver<MeshView>| v.borrow().local_peer_id.expect("a peer id").to_string();
     let forged = made_up("forged-cell", HONEST[1], peer_of(&views[1]), "t1");
@@ -146,7 +155,7 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
             "the liar's own summary never arrived, so the refusal below would prove nothing"
         );
         for bytes in [&forged, &own] {
-            liar.send(MeshCommand::GossipSummaryUnchecked(bytes.clone()))
+            liar.send(MeshCommand::SendSummaryUnchecked(bytes.clone()))
                 .await
                 .expect("liar runs");
         }
@@ -159,7 +168,7 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
     for host in HONEST {
         assert!(
             !holds(host, "forged-cell"),
-            "{host} took a summary signed by the liar in h1's name"
+            "{host} was shown a summary the liar sent in h1's name"
         );
         let counts = op.status(host).expect("status").fleet_view.task("t1");
         assert_eq!(

@@ -12,8 +12,8 @@ use crate::fleet::{CellHosts, CellTable, DownHost, Heartbeat, HostRow, MAX_TABLE
 
 mod wire;
 pub use wire::{
-    decode_report, decode_summary, encode_report, encode_summary, MAX_DETAIL_TEXT,
-    MAX_REPORT_BYTES, MAX_SUMMARY_BYTES,
+    decode_report, decode_summary, encode_report, encode_summary, summary_from_wire,
+    summary_to_wire, MAX_DETAIL_TEXT, MAX_REPORT_BYTES, MAX_SUMMARY_BYTES,
 };
 
 /// Hosts named per state and cell in a summary; beyond it, a count.

@@ -28,6 +28,11 @@ impl Mesh {
             ingress,
             load_pct: u32::from(self.sink_load),
             seq: self.advert_seq,
+            mesh_addrs: self
+                .contact_addrs()
+                .into_iter()
+                .take(crate::adverts::MAX_SINK_ADDRS)
+                .collect(),
         };
         let topic = self.sink_topic.clone();
         if let Err(e) = self
@@ -52,9 +57,6 @@ impl Mesh {
         self.stats.gossip_bytes_in += message.data.len() as u64;
         if message.topic == gossipsub::IdentTopic::new(super::TASK_TOPIC).hash() {
             return self.on_task_gossip(source, id, &message.data);
-        }
-        if message.topic == gossipsub::IdentTopic::new(super::TASK_STATUS_TOPIC).hash() {
-            return self.on_task_summary(source, message.source, id, &message.data);
         }
         // The forwarding peer must be admitted; the author is checked by
         // what the message carries.

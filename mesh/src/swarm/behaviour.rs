@@ -14,8 +14,8 @@ use super::dial_cause::DialCause;
 use super::proto_codec::{ProtoBehaviour, ProtoCodec};
 use super::redial;
 use super::{
-    fleet, forgers, task_sync, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION, KAD_PROTOCOL,
-    KAD_REPLICATION, MAX_ENROL_BYTES, MAX_SWIM_BYTES, PING_INTERVAL, SWIM_PROTOCOL,
+    fleet, forgers, task_sync, CELL_SUMMARY_PROTOCOL, ENROL_PROTOCOL, GOSSIP_QUEUE_PER_CONNECTION,
+    KAD_PROTOCOL, KAD_REPLICATION, MAX_ENROL_BYTES, MAX_SWIM_BYTES, PING_INTERVAL, SWIM_PROTOCOL,
     TASK_REPORT_PROTOCOL, TASK_SYNC_PROTOCOL,
 };
 use crate::rendezvous::{CellCard, Referral};
@@ -66,6 +66,8 @@ pub struct MeshBehaviour {
     pub(super) gossipsub: DialCause<gossipsub::Behaviour>,
     pub(super) tasks_sync: ProtoBehaviour<task_sync::SyncRequest, task_sync::SyncResponse>,
     pub(super) task_reports: ProtoBehaviour<starling_task::rollup::HostReport, ()>,
+    /// A cell's summary, from its publishing aggregator to each sink.
+    pub(super) cell_summaries: DialCause<ProtoBehaviour<starling_task::rollup::CellSummary, ()>>,
     pub(super) fleet_query: DialCause<ProtoBehaviour<fleet::FleetQuery, fleet::FleetAnswer>>,
 }
 
@@ -130,6 +132,11 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         [(TASK_REPORT_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let cell_summaries = request_response::Behaviour::with_codec(
+        ProtoCodec::default(),
+        [(CELL_SUMMARY_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
     let fleet_query = request_response::Behaviour::with_codec(
         ProtoCodec::default(),
         [(fleet::FLEET_PROTOCOL, ProtocolSupport::Full)],
@@ -139,6 +146,7 @@ pub(super) fn build_behaviour(key: &libp2p::identity::Keypair) -> Result<MeshBeh
         tasks_sync,
         task_reports,
         fleet_query: DialCause::new(fleet_query, "fleet"),
+        cell_summaries: DialCause::new(cell_summaries, "summary"),
         blocked: Default::default(),
         redial: Default::default(),
         enrol,

@@ -19,20 +19,24 @@ use prost::Message;
 use starling_proto::v1;
 use starling_proto::v1::fleet_answer::Answer;
 
+use super::file_writer::write_atomic;
 use super::proto_codec::WireMessage;
-use super::tasks::write_atomic;
 use super::Mesh;
 use crate::host_facts::{MachineFacts, ProcessUsage};
 
 /// Protocol of a question for a cell's table.
 /// (2: protobuf; 1 was CBOR.)
 pub const FLEET_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/fleet/2");
-/// Largest answer (a cell's table at its limits).
-pub const MAX_FLEET_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest answer: a cell's table at its limits, or the fleet's view (a
+/// summary of a cell holding a few tasks is 150-300 bytes, so 16 MiB is
+/// room for some 50,000 cells; docs/tasks.md, "Limits").
+pub const MAX_FLEET_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
+/// Most cells in a fleet view taken from a sink.
+pub const MAX_VIEW_CELLS: usize = 100_000;
 /// Directory (under the task state directory) of operators' questions.
 pub const QUERIES_DIR: &str = "queries";
-/// Prometheus counter of cell tables asked of this member, by `result`
-/// (`answered`, `not_here`, `not_admitted`).
+/// Prometheus counter of cell tables and fleet views asked of this
+/// member, by `result` (`answered`, `view`, `not_here`, `not_admitted`).
 pub const FLEET_QUERIES: &str = "starling_fleet_queries_total";
 /// A member holding no task reports (its heartbeat) once its cell's
 /// aggregators have stayed the same this long: while a fleet starts, cells
@@ -50,20 +54,28 @@ const MAX_QUERY_FILE: u64 = 4096;
 /// `QUERY_TRIES` times in all.
 const QUERY_RETRY: Duration = Duration::from_secs(2);
 const QUERY_TRIES: u32 = 3;
+/// A question for a cell this member has not heard of waits this long for
+/// a sink's view of the fleet (members hold no view until asked).
+const VIEW_FOR_QUERY: Duration = Duration::from_secs(6);
 
 /// Largest question (a cell's name, and room).
 const MAX_FLEET_QUERY_BYTES: u64 = 4096;
 
-/// A question for a cell's table.
+/// A question for a cell's table, or (`view`, asked of a sink) for the
+/// fleet's view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetQuery {
     pub cell: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub view: bool,
 }
 
 /// The answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FleetAnswer {
     Table(CellTable),
+    /// Every cell's latest summary, from a sink.
+    View(Vec<starling_task::rollup::CellSummary>),
     /// This member cannot answer for that cell (why).
     NotHere(String),
     /// The asker is not admitted (yet).
@@ -77,13 +89,17 @@ impl WireMessage for FleetQuery {
     fn to_wire(&self) -> Vec<u8> {
         v1::FleetQuery {
             cell: self.cell.clone(),
+            view: self.view,
         }
         .encode_to_vec()
     }
 
     fn from_wire(bytes: &[u8]) -> Result<Self, String> {
         let wire = v1::FleetQuery::decode(bytes).map_err(|e| e.to_string())?;
-        Ok(FleetQuery { cell: wire.cell })
+        Ok(FleetQuery {
+            cell: wire.cell,
+            view: wire.view,
+        })
     }
 }
 
@@ -95,6 +111,12 @@ impl WireMessage for FleetAnswer {
     fn to_wire(&self) -> Vec<u8> {
         let answer = match self {
             FleetAnswer::Table(t) => Answer::Table(starling_task::fleet::table_to_wire(t)),
+            FleetAnswer::View(cells) => Answer::View(v1::FleetView {
+                cells: cells
+                    .iter()
+                    .map(starling_task::rollup::summary_to_wire)
+                    .collect(),
+            }),
             FleetAnswer::NotHere(why) => Answer::NotHere(why.clone()),
             FleetAnswer::NotAdmitted => Answer::NotAdmitted(true),
         };
@@ -112,6 +134,17 @@ impl WireMessage for FleetAnswer {
             Some(Answer::Table(t)) => Ok(FleetAnswer::Table(
                 starling_task::fleet::table_from_wire(t)?,
             )),
+            Some(Answer::View(v)) => {
+                if v.cells.len() > MAX_VIEW_CELLS {
+                    return Err(format!("a view of {} cells", v.cells.len()));
+                }
+                let cells = v
+                    .cells
+                    .into_iter()
+                    .map(starling_task::rollup::summary_from_wire)
+                    .collect::<Result<_, _>>()?;
+                Ok(FleetAnswer::View(cells))
+            }
             Some(Answer::NotHere(why)) => Ok(FleetAnswer::NotHere(why)),
             Some(Answer::NotAdmitted(_)) => Ok(FleetAnswer::NotAdmitted),
             None => Err("an answer that says nothing this version knows".into()),
@@ -131,6 +164,9 @@ pub(super) struct FleetHosts {
     aggregators_since: Option<Instant>,
     asked: HashMap<OutboundRequestId, Asked>,
     retries: Vec<(Instant, Asked)>,
+    /// Questions for a cell not in this member's view yet, and since
+    /// when: asked again once a sink's view came, for up to `VIEW_FOR_QUERY`.
+    awaiting_view: Vec<(Instant, FleetQuery, PathBuf)>,
 }
 
 struct Asked {
@@ -160,7 +196,13 @@ impl FleetHosts {
             aggregators_since: None,
             asked: HashMap::new(),
             retries: Vec::new(),
+            awaiting_view: Vec::new(),
         }
+    }
+
+    /// Whether a question waits for the fleet's view from a sink.
+    pub(super) fn wants_view(&self) -> bool {
+        !self.awaiting_view.is_empty()
     }
 
     /// Whether the cell's aggregators have been `aggregators` for
@@ -290,6 +332,10 @@ impl Mesh {
                     },
                 ..
             } => {
+                if self.is_view_question(request_id) {
+                    self.on_view_answer(request_id, Some(response));
+                    return;
+                }
                 let Some(asked) = self
                     .tasks
                     .as_mut()
@@ -305,6 +351,9 @@ impl Mesh {
                         }
                     },
                     FleetAnswer::NotHere(why) => serde_json::json!({ "error": why }),
+                    FleetAnswer::View(_) => {
+                        serde_json::json!({ "error": "the aggregator answered with the fleet's view, not the cell's table" })
+                    }
                     FleetAnswer::NotAdmitted if asked.tries < QUERY_TRIES => {
                         if let Some(d) = self.tasks.as_mut() {
                             d.fleet_hosts
@@ -322,6 +371,9 @@ impl Mesh {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
+                if self.on_view_answer(request_id, None) {
+                    return;
+                }
                 if let Some(asked) = self
                     .tasks
                     .as_mut()
@@ -345,6 +397,8 @@ impl Mesh {
     ) {
         let (answer, result) = if self.table.admitted(&peer).is_none() {
             (FleetAnswer::NotAdmitted, "not_admitted")
+        } else if query.view {
+            self.answer_view()
         } else {
             match self.own_cell_table(&query.cell) {
                 Ok(table) => (FleetAnswer::Table(table), "answered"),
@@ -374,6 +428,13 @@ impl Mesh {
             asked.tries += 1;
             self.ask(asked);
         }
+        let waiting = match self.tasks.as_mut() {
+            Some(d) => std::mem::take(&mut d.fleet_hosts.awaiting_view),
+            None => return,
+        };
+        for (since, query, result) in waiting {
+            self.take_fleet_query(query, result, since, now);
+        }
         let Some(driver) = self.tasks.as_ref() else {
             return;
         };
@@ -391,20 +452,39 @@ impl Mesh {
             let _ = std::fs::remove_file(&path);
             let result = path.with_extension("result");
             match query {
-                Ok(query) => self.take_fleet_query(query, result),
+                Ok(query) => self.take_fleet_query(query, result, now, now),
                 Err(e) => write_result(&result, &serde_json::json!({ "error": e })),
             }
         }
     }
 
-    fn take_fleet_query(&mut self, query: FleetQuery, result: PathBuf) {
+    /// An operator's question, asked at `since`.
+    fn take_fleet_query(
+        &mut self,
+        query: FleetQuery,
+        result: PathBuf,
+        since: Instant,
+        now: Instant,
+    ) {
         if let Ok(table) = self.own_cell_table(&query.cell) {
             write_result(&result, &serde_json::json!({ "table": table }));
             return;
         }
-        let Some(driver) = self.tasks.as_ref() else {
+        let can_ask_a_sink =
+            self.config.sink_ingress.is_none() && self.sinks.sinks().next().is_some();
+        let Some(driver) = self.tasks.as_mut() else {
             return;
         };
+        if !driver.fleet.cells.contains_key(&query.cell)
+            && can_ask_a_sink
+            && now.duration_since(since) < VIEW_FOR_QUERY
+        {
+            driver
+                .fleet_hosts
+                .awaiting_view
+                .push((since, query, result));
+            return;
+        }
         let Some(summary) = driver.fleet.cells.get(&query.cell) else {
             let known: Vec<&String> = driver.fleet.cells.keys().take(32).collect();
             write_result(

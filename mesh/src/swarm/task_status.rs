@@ -1,15 +1,17 @@
 //! The fleet's view of every task, methods of [`Mesh`]: each member
 //! reports its task states to its cell's aggregators over
-//! `/starling/task-report/1`, each aggregator gossips its cell's summary
-//! on `starling/task-status/1`, and every member adds the summaries up
-//! (`starling_task::rollup`). A member hears one message per cell, never
-//! one per host (docs/tasks.md, "Status").
+//! `/starling/task-report/2`, the cell's publishing aggregator sends its
+//! cell's summary to every sink over `/starling/cell-summary/1`, sinks
+//! hold every cell's summary (`starling_task::rollup`), and a member whose
+//! status someone reads asks a sink for them (`fleet_view`). No host hears
+//! a message per host of the fleet, and a member hears a summary only
+//! when someone asks it for the fleet's view (docs/tasks.md, "Status").
 
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::request_response::{self, ResponseChannel};
-use libp2p::{gossipsub, PeerId, StreamProtocol};
-use starling_task::rollup::{HostReport, Taken};
+use libp2p::{PeerId, StreamProtocol};
+use starling_task::rollup::{CellSummary, HostReport, Taken};
 
 use super::proto_codec::WireMessage;
 use super::Mesh;
@@ -17,8 +19,10 @@ use super::Mesh;
 /// Protocol of a member's report to its aggregators.
 /// (2: protobuf; 1 was CBOR.)
 pub const TASK_REPORT_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/task-report/2");
-/// Gossipsub topic of cell summaries.
-pub const TASK_STATUS_TOPIC: &str = "starling/task-status/1";
+/// Protocol of a cell's summary, from its publisher to each sink. (Until
+/// 2026-12-07 summaries were gossiped to every host on
+/// `starling/task-status/1`.)
+pub const CELL_SUMMARY_PROTOCOL: StreamProtocol = StreamProtocol::new("/starling/cell-summary/1");
 /// A member reports at once when its states change, and about this often
 /// otherwise (so that a newly elected aggregator learns every member),
 /// spread U[0.5, 1.5): every member of a fleet takes a task within a
@@ -40,12 +44,26 @@ const HOSTS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 const PUBLISHER_SETTLE: Duration = Duration::from_secs(10);
 /// A cell not heard from for this long is left out of the fleet's view.
 const CELL_EXPIRY: Duration = Duration::from_secs(75);
-/// Prometheus counter of cell summaries, by `result` (`taken`,
-/// `malformed`, `not_admitted` for a forwarder not admitted, `not_author`
-/// for one that does not name its signer as its aggregator), and of
-/// member reports, by `result`.
+/// Prometheus counter of cell summaries, by `result`: at a publisher
+/// `sent` and `send_failed`; at a sink `taken`, `not_admitted` (the sender
+/// is not admitted yet), `not_author` (the summary does not name its
+/// sender as its aggregator), and `not_a_sink` at a member that is not
+/// one. And of member reports, by `result`.
 pub const TASK_SUMMARIES: &str = "starling_task_summaries_total";
 pub const TASK_REPORTS: &str = "starling_task_reports_total";
+
+/// A cell's summary on the wire (`starling.v1.CellSummary`).
+impl WireMessage for CellSummary {
+    const MAX_BYTES: u64 = starling_task::rollup::MAX_SUMMARY_BYTES as u64;
+
+    fn to_wire(&self) -> Vec<u8> {
+        starling_task::rollup::encode_summary(self)
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, String> {
+        starling_task::rollup::decode_summary(bytes)
+    }
+}
 
 /// A member's report on the wire (`starling.v1.HostReport`).
 impl WireMessage for HostReport {
@@ -259,56 +277,88 @@ impl Mesh {
             return;
         };
         d.take_summary(summary.clone());
-        let bytes = starling_task::rollup::encode_summary(&summary);
-        let topic = gossipsub::IdentTopic::new(TASK_STATUS_TOPIC);
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-            tracing::debug!(error = %e, "cell task summary not gossiped now");
+        self.send_summary(&summary);
+    }
+
+    /// Sends `summary` to every sink known (a fleet has a handful).
+    fn send_summary(&mut self, summary: &CellSummary) {
+        let sinks: Vec<(PeerId, Vec<libp2p::Multiaddr>)> = self
+            .sinks
+            .sinks()
+            .map(|s| (s.peer, s.mesh_addrs.clone()))
+            .collect();
+        if sinks.is_empty() {
+            tracing::debug!(cell = %summary.cell, "no sink known: cell summary not sent");
+        }
+        for (peer, addrs) in sinks {
+            for addr in addrs {
+                self.swarm.add_peer_address(peer, addr);
+            }
+            self.swarm
+                .behaviour_mut()
+                .cell_summaries
+                .send_request(&peer, summary.clone());
+            metrics::counter!(TASK_SUMMARIES, "result" => "sent").increment(1);
         }
     }
 
-    /// A cell summary from gossip, forwarded by `source` and written by
-    /// `author` (gossipsub checked its signature): the summary must name
-    /// its author as the aggregator to ask, so it can be traced to the
-    /// enrolled host that signed it.
-    pub(super) fn on_task_summary(
-        &mut self,
-        source: PeerId,
-        author: Option<PeerId>,
-        id: gossipsub::MessageId,
-        data: &[u8],
-    ) {
-        let verdict = if self.table.admitted(&source).is_none() {
-            Err("not_admitted")
-        } else {
-            match starling_task::rollup::decode_summary(data) {
-                Err(e) => {
-                    tracing::debug!(%source, error = %e, "cell summary refused");
-                    Err("malformed")
-                }
-                Ok(s) if author.is_none_or(|a| a.to_string() != s.hosts.by_peer) => {
-                    Err("not_author")
-                }
-                Ok(s) => Ok(s),
+    /// Sends `bytes` to every sink as a summary, whatever it says (the
+    /// `hostile` test double).
+    #[cfg(feature = "hostile")]
+    pub(super) fn send_summary_unchecked(&mut self, bytes: &[u8]) {
+        match starling_task::rollup::decode_summary(bytes) {
+            Ok(summary) => self.send_summary(&summary),
+            Err(e) => tracing::warn!(error = %e, "hostile summary does not decode"),
+        }
+    }
+
+    /// Events of `/starling/cell-summary/1`: at a sink, a cell's summary
+    /// from its publisher, taken only when it names its sender (the
+    /// identity its admission proved) as its aggregator.
+    pub(super) fn on_cell_summary(&mut self, event: request_response::Event<CellSummary, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .cell_summaries
+                    .send_response(channel, ());
+                let result = self.take_cell_summary(peer, request);
+                metrics::counter!(TASK_SUMMARIES, "result" => result).increment(1);
             }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "cell summary not delivered to a sink");
+                metrics::counter!(TASK_SUMMARIES, "result" => "send_failed").increment(1);
+            }
+            _ => {}
+        }
+    }
+
+    fn take_cell_summary(&mut self, peer: PeerId, summary: CellSummary) -> &'static str {
+        if self.config.sink_ingress.is_none() {
+            return "not_a_sink";
+        }
+        let Some(proven) = self.table.admitted(&peer).map(|id| id.name.clone()) else {
+            return "not_admitted";
         };
-        let acceptance = match verdict {
-            Ok(summary) => {
-                metrics::counter!(TASK_SUMMARIES, "result" => "taken").increment(1);
-                if let Some(d) = self.tasks.as_mut() {
-                    d.take_summary(summary);
-                }
-                gossipsub::MessageAcceptance::Accept
+        if proven != summary.by || peer.to_string() != summary.hosts.by_peer {
+            tracing::debug!(%peer, %proven, by = %summary.by, "cell summary refused: not its author's");
+            return "not_author";
+        }
+        match self.tasks.as_mut() {
+            Some(d) => {
+                d.take_summary(summary);
+                "taken"
             }
-            Err(reason) => {
-                metrics::counter!(TASK_SUMMARIES, "result" => reason).increment(1);
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+            None => "not_a_sink",
+        }
     }
 
     pub(super) fn on_task_report(&mut self, event: request_response::Event<HostReport, ()>) {

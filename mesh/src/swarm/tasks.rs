@@ -18,6 +18,7 @@ use starling_task::rollup::ViewChange;
 use starling_task::{CheckedTask, Ledger, Received, TaskPlane, TrustedRoot};
 use tokio::sync::{mpsc, watch};
 
+use super::file_writer::{pretty_json, write_atomic, Durability, FileWriter};
 use super::task_config::TaskSettings;
 use super::Mesh;
 
@@ -149,7 +150,19 @@ pub(super) struct TaskDriver {
     status_asked_at: Option<SystemTime>,
     status_ask_open: bool,
     /// Writes the status file off the event loop.
-    status_writer: super::status_writer::StatusWriter<TaskPlaneStatus>,
+    status_writer: FileWriter<TaskPlaneStatus>,
+    /// Saves the ledger off the event loop (synced), and says which save
+    /// finished last.
+    ledger_writer: FileWriter<Vec<u8>>,
+    pub(super) ledger_saved: watch::Receiver<u64>,
+    /// Tasks admitted here, to apply once the ledger that holds them is
+    /// saved (the save's sequence number): a crash before then loses the
+    /// task (peers have it), a crash after leaves it pending in the
+    /// ledger, applied again at the next start. Never applied unrecorded.
+    awaiting_save: Vec<(u64, CheckedTask)>,
+    /// Tasks a restart interrupted (pending in the ledger) are applied at
+    /// the first tick.
+    resume_pending: bool,
     /// Each task's state as last reported to the audit trail.
     reported: std::collections::HashMap<String, String>,
     audit: mpsc::Sender<starling_proto::v1::TaskStateChange>,
@@ -170,8 +183,12 @@ pub(super) struct TaskDriver {
     pub(super) summary_members: Vec<String>,
     /// Since when this member has been its cell's publisher.
     pub(super) publisher_since: Option<Instant>,
-    /// The newest summary of every cell.
+    /// The newest summary of every cell: at a sink every cell's, at an
+    /// aggregator its own cell's, and at any member the view a sink gave
+    /// it while its status was read.
     pub(super) fleet: starling_task::rollup::FleetStatus,
+    /// Its question to a sink for the fleet's view.
+    pub(super) view_fetch: super::fleet_view::ViewFetch,
 }
 
 /// Why the task plane could not start.
@@ -191,21 +208,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename,
-/// so a crash leaves the old contents or the new, never half.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A ledger that does not decode (a disk fault, a file edited by hand, one
@@ -300,6 +302,9 @@ impl TaskDriver {
             settings.local_tags.iter().cloned().collect(),
         );
         let (fleet_settings, rx) = watch::channel(plane.ledger().settings());
+        let ledger_writer = FileWriter::new(ledger_path, Durability::Synced, |bytes: &Vec<u8>| {
+            Ok(bytes.clone())
+        });
         let (audit, audit_rx) = mpsc::channel(AUDIT_QUEUE);
         // What the ledger already says was reported before the restart.
         let reported = plane
@@ -322,6 +327,7 @@ impl TaskDriver {
                 summary_members: Vec::new(),
                 publisher_since: None,
                 fleet: Default::default(),
+                view_fetch: Default::default(),
                 plane,
                 topic: gossipsub::IdentTopic::new(TASK_TOPIC),
                 // The first exchange comes early: a member that starts
@@ -339,9 +345,15 @@ impl TaskDriver {
                 status_stale: false,
                 status_asked_at: None,
                 status_ask_open: false,
-                status_writer: super::status_writer::StatusWriter::new(
+                status_writer: FileWriter::new(
                     settings.state_dir.join(TASK_STATUS_FILE),
+                    Durability::View,
+                    pretty_json,
                 ),
+                ledger_saved: ledger_writer.written(),
+                ledger_writer,
+                awaiting_save: Vec::new(),
+                resume_pending: true,
                 settings,
             },
             rx,
@@ -392,18 +404,27 @@ impl TaskDriver {
         self.reported.retain(|id, _| held.contains(id));
     }
 
-    fn persist(&mut self) {
-        let path = self.settings.state_dir.join(LEDGER_FILE);
-        let result = serde_json::to_vec(self.plane.ledger())
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&path, &bytes));
-        if let Err(e) = result {
-            tracing::error!(path = %path.display(), error = %e, "task ledger not saved; a restart would apply the latest tasks again");
-        }
+    /// Saves the ledger (off the event loop); returns the save's sequence
+    /// number, which `ledger_saved` reaches once it is on disk.
+    fn persist(&mut self) -> u64 {
+        let seq = match serde_json::to_vec(self.plane.ledger()) {
+            Ok(bytes) => self.ledger_writer.write(bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "task ledger not encoded; a restart would apply the latest tasks again");
+                0
+            }
+        };
         metrics::gauge!(TASKS_HELD).set(self.plane.summary().count as f64);
         self.status_dirty = true;
         self.report_dirty = true;
         self.report_changes();
+        seq
+    }
+
+    /// Waits until every ledger save handed over so far is on disk (at
+    /// shutdown).
+    pub(super) async fn flush_ledger(&self) {
+        self.ledger_writer.flush().await;
     }
 
     /// Looks at the wanted file: a newer time than seen is a reader's ask.
@@ -417,17 +438,28 @@ impl TaskDriver {
         }
     }
 
+    /// Whether someone asked for this host's status within
+    /// `STATUS_READ_FOR`, or an operator's question waits for the
+    /// fleet's view.
+    pub(super) fn being_read(&self) -> bool {
+        self.status_ask_open
+            || self.fleet_hosts.wants_view()
+            || self.status_asked_at.is_some_and(|at| {
+                SystemTime::now()
+                    .duration_since(at)
+                    .is_ok_and(|ago| ago < STATUS_READ_FOR)
+            })
+    }
+
     fn write_status(&mut self, host: &str, now: Instant) {
         let since = self.last_status.map(|t| now.duration_since(t));
-        let read = self.status_asked_at.is_some_and(|at| {
-            SystemTime::now()
-                .duration_since(at)
-                .is_ok_and(|ago| ago < STATUS_READ_FOR)
-        });
+        let read = self.being_read();
         let changed = self.status_dirty || self.status_stale;
         let due = match since {
             None => true,
-            _ if self.status_ask_open => true,
+            // An ask is answered with the fleet's view it set off, unless
+            // the sink takes longer than `VIEW_WAIT`.
+            _ if self.status_ask_open => !self.view_fetch.waiting(now),
             Some(s) if read => {
                 (self.status_dirty && s >= STATUS_EVERY)
                     || (self.status_stale && s >= STATUS_REFRESH)
@@ -540,9 +572,9 @@ impl Mesh {
                 metrics::counter!(TASKS_RECEIVED, "source" => source, "verdict" => "accepted")
                     .increment(1);
                 tracing::info!(task = %task.task_id, kind = starling_task::root::kind_name(task.kind), apply, source, "task accepted");
-                driver.persist();
+                let saved_as = driver.persist();
                 if apply {
-                    self.apply_task(&task);
+                    driver.awaiting_save.push((saved_as, *task));
                 }
                 Ok(true)
             }
@@ -560,6 +592,34 @@ impl Mesh {
                 tracing::debug!(source, error = %r, "task refused");
                 Err(r)
             }
+        }
+    }
+
+    /// A ledger save finished: applies the tasks it recorded.
+    pub(super) fn on_ledger_saved(&mut self) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        let saved = *driver.ledger_saved.borrow_and_update();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut driver.awaiting_save)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= saved);
+        driver.awaiting_save = waiting;
+        for (_, task) in ready {
+            self.apply_task(&task);
+        }
+    }
+
+    /// Applies the tasks the ledger holds as admitted but not applied: a
+    /// restart came between the two (applying is idempotent).
+    fn resume_pending(&mut self) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        driver.resume_pending = false;
+        for task in driver.plane.pending(unix_now()) {
+            tracing::info!(task = %task.task_id, "applying a task a restart interrupted");
+            self.apply_task(&task);
         }
     }
 
@@ -658,6 +718,12 @@ impl Mesh {
         if let Some(cell) = self.cell.as_ref() {
             driver.plane.set_cell(&cell.name);
         }
+        if driver.resume_pending {
+            self.resume_pending();
+        }
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
         if now.duration_since(driver.last_forget) >= FORGET_EVERY {
             driver.last_forget = now;
             // Written only when something went: every member of a fleet
@@ -677,6 +743,7 @@ impl Mesh {
         self.release_forgers(now);
         self.start_sync(now);
         self.task_status_tick(now);
+        self.fleet_view_tick(now);
         let host = self.enrolment.identity().name.clone();
         if let Some(driver) = self.tasks.as_mut() {
             driver.write_status(&host, now);

@@ -18,7 +18,7 @@ use crate::fleet::{
     MAX_VERSIONS,
 };
 
-/// Largest encoded summary taken (gossipsub's own limit is 288 KiB).
+/// Largest encoded summary taken.
 pub const MAX_SUMMARY_BYTES: usize = 256 * 1024;
 /// Largest encoded report taken (a host's tasks at their limit, each with
 /// its detail at its limit, and a heartbeat).
@@ -29,8 +29,13 @@ pub const MAX_DETAIL_TEXT: usize = 1024;
 /// States of one task in one summary (there are seven; room for more).
 const MAX_STATES: usize = 16;
 
-/// `summary` as it is gossiped.
+/// `summary` as it is sent to the sinks.
 pub fn encode_summary(summary: &CellSummary) -> Vec<u8> {
+    summary_to_wire(summary).encode_to_vec()
+}
+
+/// `summary` as its protobuf message (also one cell of a fleet view).
+pub fn summary_to_wire(summary: &CellSummary) -> v1::CellSummary {
     let tasks = summary
         .tasks
         .iter()
@@ -76,7 +81,6 @@ pub fn encode_summary(summary: &CellSummary) -> Vec<u8> {
             by_addrs: h.by_addrs.clone(),
         }),
     }
-    .encode_to_vec()
 }
 
 /// A summary from the network, or why it is refused.
@@ -84,7 +88,12 @@ pub fn decode_summary(bytes: &[u8]) -> Result<CellSummary, String> {
     if bytes.len() > MAX_SUMMARY_BYTES {
         return Err(format!("{} bytes", bytes.len()));
     }
-    let wire = v1::CellSummary::decode(bytes).map_err(|e| e.to_string())?;
+    summary_from_wire(v1::CellSummary::decode(bytes).map_err(|e| e.to_string())?)
+}
+
+/// A summary's protobuf message from the network (also one cell of a
+/// fleet view), checked against the limits, or why it is refused.
+pub fn summary_from_wire(wire: v1::CellSummary) -> Result<CellSummary, String> {
     let text = check_text;
     text("cell", &wire.cell)?;
     text("aggregator", &wire.by)?;

@@ -69,6 +69,7 @@ struct Args {
 }
 
 mod forgeries;
+mod kill;
 mod tasks;
 
 /// How many members have each local-health score, 0 to 8: a busy
@@ -459,7 +460,9 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let sink = enrol(&ca, dir.path(), Role::Sink, "bench-sink")?;
-    let (_sink_view, _sink_task, _) = start(sink, seed_addrs.clone(), None, &stop, None)?;
+    // With the task plane the sink holds the fleet's view (every cell's summary).
+    let (_sink_view, _sink_task, _) =
+        start(sink, seed_addrs.clone(), None, &stop, operator.as_ref())?;
     let all_started = started.elapsed();
     eprintln!(
         "  {:>5.1} s  all {} members started",
@@ -562,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(op) = &operator {
         println!(
-            "task plane in steady state: anti-entropy {:.1} B/s received per member (summaries, answers), cell summaries included in the gossip figure above",
+            "task plane in steady state: anti-entropy {:.1} B/s received per member (summaries, answers); cell summaries go to the sink, not to members",
             (t1 - t0) / members.len() as f64 / args.window as f64
         );
         tasks::tasks_phase(
@@ -614,84 +617,20 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // Kill (abort, no goodbye) an aggregator of the first cell.
+    // Kill (abort, no goodbye) an aggregator of the first cell; with the
+    // task plane, again in another cell once local health is back to 0.
     let zone = members[0].zone.clone();
-    let victim_host = members[0]
-        .view
-        .borrow()
-        .cell
-        .as_ref()
-        .map(|c| c.aggregators[0].clone())
-        .unwrap_or_default();
-    let victim = members
-        .iter()
-        .position(|m| m.host == victim_host)
-        .unwrap_or(0);
-    // Lifeguard's local health stretches suspicion timeouts: how the
-    // members stand at the kill explains a slow figure.
-    eprintln!(
-        "members by local-health score 0..8 at the kill: {:?}",
-        health_scores(&members)
-    );
-    let killed = members.remove(victim);
-    killed.task.abort();
-    let at = Instant::now();
-    let peers: Vec<&Member> = members.iter().filter(|m| m.zone == zone).collect();
-    let mut noticed = None;
-    // When each member of the cell first saw it gone: a slow figure is a
-    // few stragglers or the whole cell.
-    let mut each: Vec<Option<Duration>> = vec![None; peers.len()];
-    loop {
-        for (m, seen) in peers.iter().zip(each.iter_mut()) {
-            let gone = m
-                .view
-                .borrow()
-                .cell
-                .as_ref()
-                .is_some_and(|c| !c.members.iter().any(|x| x.host == victim_host));
-            if gone && seen.is_none() {
-                *seen = Some(at.elapsed());
-            }
-        }
-        let gone = each.iter().all(Option::is_some);
-        if gone && noticed.is_none() {
-            noticed = Some(at.elapsed());
-        }
-        let replaced =
-            peers.iter().all(|m| {
-                m.view.borrow().cell.as_ref().is_some_and(|c| {
-                    c.aggregators.len() >= 2 && !c.aggregators.contains(&victim_host)
-                })
-            });
-        if gone && replaced {
-            break;
-        }
-        if at.elapsed() > Duration::from_secs(120) {
-            anyhow::bail!("the killed aggregator was not replaced within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if operator.is_none() {
+        kill::kill_aggregator(&mut members, &zone, &metrics, "after the window").await?;
+    } else {
+        kill::kill_aggregator(&mut members, &zone, &metrics, "right after the tasks").await?;
+        kill::settle(&members, Duration::from_secs(120)).await;
+        let other = members
+            .iter()
+            .map(|m| m.zone.clone())
+            .find(|z| *z != zone)
+            .unwrap_or(zone);
+        kill::kill_aggregator(&mut members, &other, &metrics, "once local health is 0").await?;
     }
-    eprintln!("counters: {}", counters(&metrics));
-    let mut times: Vec<(Duration, &str)> = (each.iter().zip(&peers))
-        .filter_map(|(t, m)| t.map(|t| (t, m.host.as_str())))
-        .collect();
-    times.sort();
-    if let (Some(first), Some(median)) = (times.first(), times.get(times.len() / 2)) {
-        eprintln!(
-            "first member to notice {:.1} s, median {:.1} s; the last: {}",
-            first.0.as_secs_f64(),
-            median.0.as_secs_f64(),
-            (times.iter().rev().take(3))
-                .map(|(t, h)| format!("{h} {:.1} s", t.as_secs_f64()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    println!(
-        "killed aggregator {victim_host}: every member of its cell ({}) noticed in {:.1} s and agreed on a replacement in {:.1} s",
-        peers.len(),
-        noticed.unwrap_or_default().as_secs_f64(),
-        at.elapsed().as_secs_f64()
-    );
     Ok(())
 }
