@@ -63,7 +63,9 @@ pub use inbound_handshakes::DIALS_SPARED;
 pub use proto_codec::WireMessage;
 pub use redial::DIALS_HELD;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
-pub use task_status::{CELL_SUMMARY_PROTOCOL, TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_SUMMARIES};
+pub use task_status::{
+    sink_cell, CELL_SUMMARY_PROTOCOL, TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_SUMMARIES,
+};
 pub use task_sync::{
     SyncRequest, SyncResponse, MAX_TASK_SYNCS_IN_FLIGHT, TASK_SYNCS, TASK_SYNC_BYTES,
     TASK_SYNC_PROTOCOL, TASK_SYNC_TIMEOUT,

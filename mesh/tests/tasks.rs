@@ -403,12 +403,13 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
     }
 
     // Any member's fleet view counts every member once: the ten targeted
-    // applied it, the other forty were not targeted (summed from the
-    // cell's aggregator, not from a message per member).
+    // applied it, the other forty were not targeted, nor was the sink
+    // (summed by the cell's aggregator and handed out by the sink, not
+    // from a message per member).
     wait_all(&members, "the fleet view of the task", 60, |m| {
         status(m).is_some_and(|s| {
             let t = s.fleet_view.task("dns-off");
-            t.counts.get("applied") == Some(&10) && t.counts.get("not_targeted") == Some(&40)
+            t.counts.get("applied") == Some(&10) && t.counts.get("not_targeted") == Some(&41)
         })
     })
     .await;
@@ -522,7 +523,8 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
         60,
         |m| {
             status(m).is_some_and(|s| {
-                s.fleet_view.task("first").counts.get("applied") == Some(&(N as u32))
+                // Every member, and the sink (it counts itself).
+                s.fleet_view.task("first").counts.get("applied") == Some(&(N as u32 + 1))
             })
         },
     )
@@ -581,7 +583,8 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
     wait_all(&members[..1], "the absent member reported down", 60, |m| {
         status(m).is_some_and(|s| {
             let t = s.fleet_view.task("while-away-1");
-            t.counts.get("applied") == Some(&7)
+            // The seven members present and the sink.
+            t.counts.get("applied") == Some(&8)
                 && t.hosts
                     .get(starling_task::rollup::DOWN)
                     .is_some_and(|h| h == std::slice::from_ref(&away_name))
@@ -615,7 +618,7 @@ async fn an_absent_member_catches_up_and_revocations_are_enforced() {
         60,
         |m| {
             status(m).is_some_and(|s| {
-                s.fleet_view.task("while-away-1").counts.get("applied") == Some(&8)
+                s.fleet_view.task("while-away-1").counts.get("applied") == Some(&9)
             })
         },
     )
@@ -1121,12 +1124,16 @@ async fn the_fleet_view_shows_every_host_its_heartbeat_and_who_is_down() {
             .is_some_and(|c| c.members.len() == N)
     })
     .await;
+    // The members' cell; the sink counts itself in a cell of its own
+    // (once it has run for two minutes, as it holds no task).
+    let sink_cell = starling_mesh::swarm::sink_cell("sink");
     let versions_counted = |m: &Member| -> u32 {
         status(m).map_or(0, |s| {
             s.fleet_view
                 .cells
-                .values()
-                .map(|c| c.hosts.versions.values().sum::<u32>())
+                .iter()
+                .filter(|(name, _)| **name != sink_cell)
+                .map(|(_, c)| c.hosts.versions.values().sum::<u32>())
                 .sum()
         })
     };
@@ -1139,8 +1146,11 @@ async fn the_fleet_view_shows_every_host_its_heartbeat_and_who_is_down() {
     )
     .await;
     let s = status(&members[0]).expect("status");
-    assert_eq!(s.fleet_view.cells.len(), 1);
-    let (cell, summary) = s.fleet_view.cells.iter().next().expect("one cell");
+    let cells: Vec<_> = (s.fleet_view.cells.iter())
+        .filter(|(name, _)| **name != sink_cell)
+        .collect();
+    assert_eq!(cells.len(), 1, "{:?}", s.fleet_view.cells.keys());
+    let (cell, summary) = cells[0];
     assert_eq!(summary.hosts.versions.get("test"), Some(&(N as u32)));
     assert_eq!(summary.hosts.down_count, 0);
 

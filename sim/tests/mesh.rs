@@ -368,8 +368,10 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         "every node's task_state event reached a sink"
     );
     // The fleet's view from a sink as from any node: a sink has no cell,
-    // but hears every cell's summary (`starlingctl task status` against
-    // its data directory).
+    // but every cell's aggregator sends it the cell's summary (`starlingctl
+    // task status` against its data directory), and each sink counts its
+    // own state as the one host of `sink/<name>`: the nodes and both sinks
+    // applied the task.
     let from_sink = || {
         run(&[
             &os("task"),
@@ -382,11 +384,12 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
     };
     let counted_at_sink = wait_for(Duration::from_secs(60), || {
         let v: serde_json::Value = serde_json::from_str(&from_sink().ok()?).ok()?;
-        (v["states"]["counts"]["applied"].as_u64() == Some(NODES as u64)).then_some(())
+        (v["states"]["counts"]["applied"].as_u64() == Some((NODES + sinks.len()) as u64))
+            .then_some(())
     });
     assert!(
         counted_at_sink.is_some(),
-        "a sink's fleet view counts every node applied: {:?}",
+        "a sink's fleet view counts every node and sink applied: {:?}",
         from_sink()
     );
 
@@ -410,12 +413,19 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         counted.is_some(),
         "the cell summary counts every node's version"
     );
+    // The overview: the nodes' cell and each sink's own.
+    let overview = format!(
+        "{} cells: {} hosts live, 0 down",
+        1 + sinks.len(),
+        NODES + sinks.len()
+    );
+    let shown = wait_for(Duration::from_secs(30), || {
+        let text = run(&[&os("fleet"), &os("--data-dir"), data_dir.as_os_str()]).ok()?;
+        text.contains(&overview).then_some(text)
+    });
     let text = run(&[&os("fleet"), &os("--data-dir"), data_dir.as_os_str()])?;
     println!("{text}");
-    assert!(
-        text.contains(&format!("1 cells: {NODES} hosts live, 0 down")),
-        "{text}"
-    );
+    assert!(shown.is_some(), "{overview:?} not shown:\n{text}");
     let text = run(&[
         &os("fleet"),
         &os("--cell"),

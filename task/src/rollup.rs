@@ -1,8 +1,9 @@
 //! The fleet's view of every task, rolled up without a message per host:
 //! each host reports its states to its cell's aggregators, each
-//! aggregator sums its cell into a [`CellSummary`] that the mesh gossips,
-//! and every host adds up the summaries of all cells ([`FleetStatus`]).
-//! A host hears one message per cell, never one per host of the fleet.
+//! aggregator sums its cell into a [`CellSummary`] that the mesh sends to
+//! the sinks, and a host asked for the fleet's view adds up the summaries
+//! of all cells a sink holds ([`FleetStatus`]). No host hears a message
+//! per host of the fleet.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -225,7 +225,8 @@ impl Mesh {
             .cell
             .as_ref()
             .map(|c| c.agent_version.clone())
-            .unwrap_or_default();
+            // A sink has no cell settings: it is of this build.
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
         let addrs = self.contact_addrs();
         let driver = self.tasks.as_mut()?;
         let (cpu_pct, rss_bytes) = driver.fleet_hosts.usage.sample();
@@ -295,6 +296,11 @@ impl Mesh {
                     .into_iter()
                     .map(|(id, _)| id.host.to_string())
                     .collect::<Vec<String>>(),
+            ),
+            None if self.config.sink_ingress.is_some() => (
+                super::task_status::sink_cell(&me),
+                vec![me.clone()],
+                Vec::new(),
             ),
             None => return Err("this member is in no cell".into()),
         };

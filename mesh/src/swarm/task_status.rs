@@ -52,6 +52,12 @@ const CELL_EXPIRY: Duration = Duration::from_secs(75);
 pub const TASK_SUMMARIES: &str = "starling_task_summaries_total";
 pub const TASK_REPORTS: &str = "starling_task_reports_total";
 
+/// The name under which sink `sink` counts its own state in the fleet's
+/// view, as the one host of a cell of its own.
+pub fn sink_cell(sink: &str) -> String {
+    format!("sink/{sink}")
+}
+
 /// A cell's summary on the wire (`starling.v1.CellSummary`).
 impl WireMessage for CellSummary {
     const MAX_BYTES: u64 = starling_task::rollup::MAX_SUMMARY_BYTES as u64;
@@ -122,6 +128,9 @@ impl Mesh {
             }
         }
         let Some(cell) = self.cell.as_ref() else {
+            if self.config.sink_ingress.is_some() {
+                self.count_sink_itself(now);
+            }
             return;
         };
         let me = self.enrolment.identity().name.clone();
@@ -203,6 +212,31 @@ impl Mesh {
         }
     }
 
+    /// A sink has no cell, so no aggregator counts it: it sums its own
+    /// report as the one host of the cell [`sink_cell`] and sends that to
+    /// the other sinks like any cell's summary, so that its own state for
+    /// a task (a revocation list it applied) and its heartbeat are in the
+    /// fleet's view.
+    fn count_sink_itself(&mut self, now: Instant) {
+        let me = self.enrolment.identity().name.clone();
+        let due = self.tasks.as_ref().is_some_and(|d| {
+            d.last_report
+                .map(|t| now.duration_since(t))
+                .is_none_or(|s| s >= d.report_every || (d.report_dirty && s >= REPORT_RETRY))
+        });
+        if due {
+            let report = self.own_report();
+            if let (Some(report), Some(d)) = (report, self.tasks.as_mut()) {
+                d.report_dirty = false;
+                d.last_report = Some(now);
+                if d.rollup.take(report, unix_ms()) == Taken::Changed {
+                    d.rollup_dirty = true;
+                }
+            }
+        }
+        self.publish_summary(now, &sink_cell(&me), &me);
+    }
+
     /// Whether this member's cell has formed, as far as heartbeats go: it
     /// sees three quarters of the expected cell size, or it has run for
     /// [`super::fleet::FORMED_AFTER`] (a fleet smaller than one cell).
@@ -234,6 +268,8 @@ impl Mesh {
                         .map(|(id, _)| id.host.to_string()),
                 )
                 .collect(),
+            // A sink is the one host of its own "cell" (`sink_cell`).
+            None if self.config.sink_ingress.is_some() => vec![me.to_owned()],
             None => return,
         };
         members.sort();
@@ -244,8 +280,8 @@ impl Mesh {
         let since = d.last_summary.map(|t| now.duration_since(t));
         // A cell holding tasks is summed within seconds of a change; one
         // with heartbeats alone every HOSTS_SUMMARY_EVERY: every summary
-        // is gossiped to the whole fleet, and while cells form their
-        // members come and go every second.
+        // goes to every sink, and while cells form their members come
+        // and go every second.
         let due = match since {
             None => true,
             Some(s) if d.rollup.holds_tasks() => (changed && s >= SUMMARY_MIN) || s >= SUMMARY_MAX,

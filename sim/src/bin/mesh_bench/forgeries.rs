@@ -174,7 +174,8 @@ async fn honest_deliveries(
     phase: &str,
 ) -> anyhow::Result<Vec<Delivery>> {
     let series = "starling_tasks_applied_total{kind=\"tags\",result=\"applied\"}";
-    let n = members.len() as f64;
+    // The sink applies the tasks too.
+    let n = members.len() as f64 + 1.0;
     let mut out = Vec::new();
     for i in 0..HONEST_TASKS {
         let id = format!("{phase}-{i}");
