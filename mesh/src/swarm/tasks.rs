@@ -2,8 +2,9 @@
 //! gossipsub (checked before gossipsub forwards them), the operator's
 //! inbox, applying what targets this host, the audit trail, and the state
 //! kept across restarts (docs/tasks.md). Anti-entropy is in `task_sync`,
-//! the fleet view in `task_status`, configuration in `task_config`. The
-//! logic is `starling_task::TaskPlane`.
+//! reports and summaries in `task_status`, the fleet's view at a member in
+//! `fleet_view`, the status file in `status_file`, configuration in
+//! `task_config`. The logic is `starling_task::TaskPlane`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,16 +12,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::{gossipsub, PeerId};
-use serde::{Deserialize, Serialize};
 use starling_proto::v1::task_payload::Body;
-use starling_proto::v1::{ConfigSetting, TaskKind};
-use starling_task::rollup::ViewChange;
+use starling_proto::v1::TaskKind;
 use starling_task::{CheckedTask, Ledger, Received, TaskPlane, TrustedRoot};
 use tokio::sync::{mpsc, watch};
 
 use super::file_writer::{pretty_json, write_atomic, Durability, FileWriter};
 use super::task_config::TaskSettings;
 use super::Mesh;
+
+mod status_file;
+pub(in crate::swarm) use status_file::detail_of;
+pub use status_file::{
+    ask_for_status, TaskLine, TaskPlaneStatus, FLEET_VIEW_CHANGES, STATUS_WANTED_FILE,
+};
 
 /// Gossipsub topic of signed tasks.
 pub const TASK_TOPIC: &str = "starling/tasks/1";
@@ -34,41 +39,6 @@ const AUDIT_QUEUE: usize = 4096;
 /// Prometheus counter of task state changes not handed to the node (its
 /// queue was full or gone): holes in the audit trail, by `reason`.
 pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
-/// Prometheus counter of cell summaries taken into this host's fleet view,
-/// by `change`: the first part of what the view shows that changed
-/// (`new_cell`, `publisher`, `members`, `tasks`, `down`, `versions`,
-/// `contact`), `fresher` (the same again, later), `older` (older than the
-/// one held).
-pub const FLEET_VIEW_CHANGES: &str = "starling_task_fleet_view_changes_total";
-/// While someone reads it, the status file is rewritten at most this
-/// often.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// How often a read status is rewritten when only the times cells were
-/// last heard from moved: each cell sends a summary every 2-60 s, and one
-/// that says the same again need not be written at once.
-const STATUS_REFRESH: Duration = Duration::from_secs(10);
-/// A reader's ask ([`ask_for_status`]) keeps the status that fresh for
-/// this long; unread, it is rewritten at most every `STATUS_UNREAD_EVERY`
-/// when something in it changed. Nearly every host of a fleet is read by
-/// nobody, and 300 members of one process rewriting theirs every second
-/// while a task spread kept their timers late (docs/tasks.md).
-const STATUS_READ_FOR: Duration = Duration::from_secs(30);
-const STATUS_UNREAD_EVERY: Duration = Duration::from_secs(60);
-/// The file a reader touches to ask for a fresh status (in the task
-/// state directory, beside the status file).
-pub const STATUS_WANTED_FILE: &str = "status.wanted";
-
-/// Asks the task plane whose state directory is `state_dir` for a fresh
-/// status file: it is rewritten within about a second, and kept fresh
-/// while asks keep coming (`starlingctl task status`, `--watch`). Fails
-/// when the directory cannot be written (a reader without the rights
-/// then sees the status as last written).
-pub fn ask_for_status(state_dir: &Path) -> std::io::Result<SystemTime> {
-    let now = SystemTime::now();
-    let file = std::fs::File::create(state_dir.join(STATUS_WANTED_FILE))?;
-    file.set_modified(now)?;
-    Ok(now)
-}
 /// Tasks whose window closed are forgotten this often.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -92,37 +62,6 @@ pub const LEDGER_FILE: &str = "ledger.json";
 pub const ROOT_FILE: &str = "root.bin";
 pub const INBOX_DIR: &str = "inbox";
 pub const TASK_STATUS_FILE: &str = "status.json";
-
-/// What one task is on this host, for `starlingctl task list`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskLine {
-    pub task_id: String,
-    pub kind: String,
-    pub state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-    pub not_after: u64,
-    pub signers: Vec<String>,
-}
-
-/// The task plane on this host, written to `status.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TaskPlaneStatus {
-    pub host: String,
-    pub fleet: String,
-    pub root_version: u64,
-    pub root_expires: u64,
-    pub tasks: Vec<TaskLine>,
-    pub tags: Vec<String>,
-    /// Fleet settings held: key, generation, value.
-    pub settings: Vec<(String, u64, String)>,
-    /// Copies refused since start, by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// Every task across the fleet, from the cells' summaries.
-    #[serde(default)]
-    pub fleet_view: starling_task::rollup::FleetStatus,
-    pub updated_unix_ms: u64,
-}
 
 /// The plane and what drives it.
 pub(super) struct TaskDriver {
@@ -425,134 +364,6 @@ impl TaskDriver {
     /// shutdown).
     pub(super) async fn flush_ledger(&self) {
         self.ledger_writer.flush().await;
-    }
-
-    /// Looks at the wanted file: a newer time than seen is a reader's ask.
-    fn check_status_asked(&mut self) {
-        let asked = std::fs::metadata(self.settings.state_dir.join(STATUS_WANTED_FILE))
-            .and_then(|m| m.modified())
-            .ok();
-        if asked.is_some() && asked != self.status_asked_at {
-            self.status_asked_at = asked;
-            self.status_ask_open = true;
-        }
-    }
-
-    /// Whether someone asked for this host's status within
-    /// `STATUS_READ_FOR`, or an operator's question waits for the
-    /// fleet's view.
-    pub(super) fn being_read(&self) -> bool {
-        self.status_ask_open
-            || self.fleet_hosts.wants_view()
-            || self.status_asked_at.is_some_and(|at| {
-                SystemTime::now()
-                    .duration_since(at)
-                    .is_ok_and(|ago| ago < STATUS_READ_FOR)
-            })
-    }
-
-    fn write_status(&mut self, host: &str, now: Instant) {
-        let since = self.last_status.map(|t| now.duration_since(t));
-        let read = self.being_read();
-        let changed = self.status_dirty || self.status_stale;
-        let due = match since {
-            None => true,
-            // An ask is answered with the fleet's view it set off, unless
-            // the sink takes longer than `VIEW_WAIT`.
-            _ if self.status_ask_open => !self.view_fetch.waiting(now),
-            Some(s) if read => {
-                (self.status_dirty && s >= STATUS_EVERY)
-                    || (self.status_stale && s >= STATUS_REFRESH)
-            }
-            Some(s) => changed && s >= STATUS_UNREAD_EVERY,
-        };
-        if !due {
-            return;
-        }
-        self.status_dirty = false;
-        self.status_stale = false;
-        self.status_ask_open = false;
-        self.last_status = Some(now);
-        let root = self.plane.root();
-        let ledger = self.plane.ledger();
-        let status = TaskPlaneStatus {
-            host: host.into(),
-            fleet: root.fleet.clone(),
-            root_version: root.version,
-            root_expires: root.expires,
-            tasks: ledger
-                .tasks()
-                .map(|(id, r)| TaskLine {
-                    task_id: id.clone(),
-                    kind: r.kind.clone(),
-                    state: r.state.as_str().into(),
-                    detail: detail_of(&r.state),
-                    not_after: r.not_after,
-                    signers: r.signers.iter().map(|k| k.0.clone()).collect(),
-                })
-                .collect(),
-            tags: self.plane.facts().tags.into_iter().collect(),
-            settings: ledger
-                .settings()
-                .into_iter()
-                .map(|(k, (g, s))| (k, g, setting_value(&s)))
-                .collect(),
-            refused: self.refused.clone(),
-            fleet_view: self.fleet.clone(),
-            updated_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        };
-        self.status_writer.write(status);
-    }
-
-    /// Takes a cell summary into the fleet view: a change of what it
-    /// shows is written within a second, a summary that only says the
-    /// cell is still there within `STATUS_REFRESH`.
-    pub(super) fn take_summary(&mut self, summary: starling_task::rollup::CellSummary) {
-        let change = self.fleet.take(summary);
-        let label = match change {
-            ViewChange::Content(what) => what.as_str(),
-            ViewChange::Fresher => "fresher",
-            ViewChange::None => "older",
-        };
-        metrics::counter!(FLEET_VIEW_CHANGES, "change" => label).increment(1);
-        match change {
-            ViewChange::Content(_) => self.status_dirty = true,
-            ViewChange::Fresher => self.status_stale = true,
-            ViewChange::None => {}
-        }
-    }
-}
-
-/// Why a task is in its state here, for people (empty when applied,
-/// pending or not targeted).
-pub(super) fn detail_of(state: &starling_task::TaskState) -> String {
-    use starling_task::TaskState;
-    match state {
-        TaskState::Failed { reason } => reason.clone(),
-        TaskState::Refused { reason, detail } => format!("{}: {detail}", reason.as_str()),
-        TaskState::Stopped { why } => why.clone(),
-        TaskState::Pending | TaskState::Applied | TaskState::NotTargeted => String::new(),
-    }
-}
-
-/// A setting's value as text, for views.
-fn setting_value(s: &ConfigSetting) -> String {
-    use starling_proto::v1::config_setting::Setting;
-    if s.reset {
-        return "(local file)".into();
-    }
-    match &s.setting {
-        Some(Setting::SensorKind(k)) => if k.enabled { "on" } else { "off" }.into(),
-        Some(Setting::WatchPaths(l))
-        | Some(Setting::QuietPaths(l))
-        | Some(Setting::QuietExes(l))
-        | Some(Setting::QuietCgroups(l)) => l.values.join(","),
-        Some(Setting::RateLimit(r)) => format!("{}/s burst {}", r.per_second, r.burst),
-        Some(Setting::SpoolQuotaBytes(b)) => b.to_string(),
-        Some(Setting::RingBufferBytes(b)) => b.to_string(),
-        None => String::new(),
     }
 }
 
