@@ -386,6 +386,11 @@ impl Mesh {
                 let saved_as = driver.persist();
                 if apply {
                     driver.awaiting_save.push((saved_as, *task));
+                    // A save already finished (or none was made: the
+                    // ledger did not encode) sends no further news.
+                    if saved_as <= *driver.ledger_saved.borrow() {
+                        self.on_ledger_saved();
+                    }
                 }
                 Ok(true)
             }
