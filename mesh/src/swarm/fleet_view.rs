@@ -45,26 +45,25 @@ impl Mesh {
         if self.config.sink_ingress.is_some() {
             return;
         }
-        let sinks: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .sinks
-            .sinks()
-            .map(|s| (s.peer, s.mesh_addrs.clone()))
-            .collect();
-        let Some(d) = self.tasks.as_mut() else {
+        let Some(d) = self.tasks.as_ref() else {
             return;
         };
         let recent = d
             .view_fetch
             .last_asked
             .is_some_and(|t| now.duration_since(t) < VIEW_EVERY);
-        if sinks.is_empty() || !d.being_read() || d.view_fetch.in_flight.is_some() || recent {
+        if !d.being_read() || d.view_fetch.in_flight.is_some() || recent {
             return;
         }
-        let (peer, addrs) = sinks[d.view_fetch.next_sink % sinks.len()].clone();
-        d.view_fetch.last_asked = Some(now);
-        for addr in addrs {
-            self.swarm.add_peer_address(peer, addr);
+        let sinks = self.reachable_sinks();
+        let Some(d) = self.tasks.as_mut() else {
+            return;
+        };
+        if sinks.is_empty() {
+            return;
         }
+        let peer = sinks[d.view_fetch.next_sink % sinks.len()];
+        d.view_fetch.last_asked = Some(now);
         let id = self.swarm.behaviour_mut().fleet_query.send_request(
             &peer,
             FleetQuery {
@@ -75,6 +74,25 @@ impl Mesh {
         if let Some(d) = self.tasks.as_mut() {
             d.view_fetch.in_flight = Some(id);
         }
+    }
+
+    /// The sinks known, with the mesh addresses their adverts carry handed
+    /// to the swarm, so that a request to one dials it.
+    pub(super) fn reachable_sinks(&mut self) -> Vec<PeerId> {
+        let sinks: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .sinks
+            .sinks()
+            .map(|s| (s.peer, s.mesh_addrs.clone()))
+            .collect();
+        sinks
+            .into_iter()
+            .map(|(peer, addrs)| {
+                for addr in addrs {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+                peer
+            })
+            .collect()
     }
 
     /// Whether question `id` is this member's for the fleet's view.

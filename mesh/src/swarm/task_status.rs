@@ -318,18 +318,11 @@ impl Mesh {
 
     /// Sends `summary` to every sink known (a fleet has a handful).
     fn send_summary(&mut self, summary: &CellSummary) {
-        let sinks: Vec<(PeerId, Vec<libp2p::Multiaddr>)> = self
-            .sinks
-            .sinks()
-            .map(|s| (s.peer, s.mesh_addrs.clone()))
-            .collect();
+        let sinks = self.reachable_sinks();
         if sinks.is_empty() {
             tracing::debug!(cell = %summary.cell, "no sink known: cell summary not sent");
         }
-        for (peer, addrs) in sinks {
-            for addr in addrs {
-                self.swarm.add_peer_address(peer, addr);
-            }
+        for peer in sinks {
             self.swarm
                 .behaviour_mut()
                 .cell_summaries
