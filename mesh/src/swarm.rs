@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::futures::StreamExt;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ListenError, SwarmEvent};
 use libp2p::{
     gossipsub, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
@@ -179,6 +179,11 @@ pub const DIALS: &str = "starling_mesh_dials_total";
 /// `transport` (unreachable, or the handshake timed out), `denied` (held
 /// back, see [`DIALS_HELD`]), `other`.
 pub const DIAL_FAILURES: &str = "starling_mesh_dial_failures_total";
+/// Prometheus counter of inbound connections that never became one, by
+/// `error`: `denied` (a peer held off, for example a forger, or over a
+/// limit), `transport` (the handshake failed or timed out) or `other`:
+/// how often a refused peer keeps dialling shows here.
+pub const INBOUND_FAILURES: &str = "starling_mesh_inbound_failures_total";
 /// Prometheus counter of connections closed because the member did not
 /// need them (outside its cell, beyond its links across cells).
 pub const PEERS_PRUNED: &str = "starling_mesh_connections_pruned_total";
@@ -713,7 +718,17 @@ impl Mesh {
                 send_back_addr,
                 ..
             } => self.inbound.started(connection_id, &send_back_addr),
-            SwarmEvent::IncomingConnectionError { connection_id, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                let error = match error {
+                    ListenError::Denied { .. } => "denied",
+                    ListenError::Transport(_) => "transport",
+                    _ => "other",
+                };
+                metrics::counter!(INBOUND_FAILURES, "error" => error).increment(1);
                 self.on_inbound_handshake_ended(connection_id, None)
             }
             SwarmEvent::ConnectionClosed {

@@ -14,7 +14,8 @@ use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
 use starling_mesh::swarm::{
     ask_for_status, CellSettings, Mesh, MeshCommand, MeshConfig, MeshView, TaskPlaneStatus,
-    TaskSettings, FORGER_STRIKES, INBOX_DIR, LEDGER_FILE, QUERIES_DIR, TASK_STATUS_FILE,
+    TaskSettings, FORGER_HOLD, FORGER_STRIKES, INBOX_DIR, LEDGER_FILE, QUERIES_DIR,
+    TASK_STATUS_FILE,
 };
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
@@ -152,6 +153,7 @@ fn task_settings(op: &Operator, state: &Path, local_tags: Vec<String>) -> TaskSe
         state_dir: state.to_path_buf(),
         sync_interval: Duration::from_secs(2),
         local_tags,
+        forger_hold: FORGER_HOLD,
     }
 }
 

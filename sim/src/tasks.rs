@@ -58,6 +58,7 @@ impl Operator {
             state_dir: self.states.join(host),
             sync_interval: sync,
             local_tags: Vec::new(),
+            forger_hold: starling_mesh::swarm::FORGER_HOLD,
         }
     }
 

@@ -266,7 +266,8 @@ impl Mesh {
     }
 
     /// Where peers reach this member: its external addresses (the
-    /// advertised one first), or, before it has any, what it listens on.
+    /// advertised one first), or, before it has any, the addresses it
+    /// listens on (see [`listen_contacts`]).
     pub(super) fn contact_addrs(&self) -> Vec<String> {
         let external: Vec<String> = self
             .swarm
@@ -277,11 +278,7 @@ impl Mesh {
         if !external.is_empty() {
             return external;
         }
-        self.swarm
-            .listeners()
-            .take(starling_task::fleet::MAX_FACT_ITEMS)
-            .map(|a| a.to_string())
-            .collect()
+        listen_contacts(&self.view.borrow().listen_addrs)
     }
 
     /// The table of this member's cell, when it is one of its aggregators.
@@ -547,5 +544,57 @@ fn read_query(path: &Path) -> Result<FleetQuery, String> {
 fn write_result(path: &Path, result: &serde_json::Value) {
     if let Err(e) = write_atomic(path, result.to_string().as_bytes()) {
         tracing::warn!(path = %path.display(), error = %e, "fleet answer not written");
+    }
+}
+
+/// The listen addresses another host can use, as swarm events reported
+/// them (one per interface for a wildcard listener, never `0.0.0.0`
+/// itself): those on a routable interface first, loopback last, at most
+/// `MAX_FACT_ITEMS`.
+fn listen_contacts(listening: &[libp2p::Multiaddr]) -> Vec<String> {
+    use libp2p::multiaddr::Protocol;
+    let ip = |a: &libp2p::Multiaddr| {
+        a.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        })
+    };
+    let mut usable: Vec<&libp2p::Multiaddr> = listening
+        .iter()
+        .filter(|a| ip(a).is_some_and(|ip| !ip.is_unspecified()))
+        .collect();
+    usable.sort_by_key(|a| ip(a).is_some_and(|ip| ip.is_loopback()));
+    usable
+        .into_iter()
+        .take(starling_task::fleet::MAX_FACT_ITEMS)
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_contacts_leave_out_wildcards_and_put_loopback_last() {
+        let addrs: Vec<libp2p::Multiaddr> = [
+            "/ip4/127.0.0.1/udp/4001/quic-v1",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+            "/ip4/10.1.2.3/udp/4001/quic-v1",
+            "/ip6/::/udp/4001/quic-v1",
+            "/ip6/fd00::7/udp/4001/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
+        assert_eq!(
+            listen_contacts(&addrs),
+            [
+                "/ip4/10.1.2.3/udp/4001/quic-v1",
+                "/ip6/fd00::7/udp/4001/quic-v1",
+                "/ip4/127.0.0.1/udp/4001/quic-v1",
+            ]
+        );
     }
 }

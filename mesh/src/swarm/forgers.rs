@@ -17,15 +17,11 @@ use starling_task::{Blame, Refusal};
 
 use super::Mesh;
 
-/// Gossipsub topic score a task copy refused as a forgery costs its
-/// forwarder, and the application score of a peer held off: either puts
-/// it below [`FORGER_GRAYLIST`].
+/// The application score of a peer held off: below [`FORGER_GRAYLIST`].
 const FORGERY_PENALTY: f64 = -100.0;
 /// Score below which gossipsub ignores a peer (its gossip and publish
 /// thresholds sit above, at their defaults).
 const FORGER_GRAYLIST: f64 = -80.0;
-/// How much of a forwarder's count of forgeries is left after each second.
-const FORGERY_MEMORY: f64 = 0.99;
 /// How long a forger is held off.
 pub const FORGER_HOLD: Duration = Duration::from_secs(60);
 /// Copies a peer may relay within [`FORGER_HOLD`] that this host refuses
@@ -37,29 +33,21 @@ pub const FORGER_STRIKES: u32 = 3;
 /// `sync`).
 pub const TASK_FORGERS: &str = "starling_task_forgers_total";
 
-/// Gossipsub peer scoring as the mesh uses it: only refused tasks by
-/// gossip, and a hold, cost score. Every other component is off: members
-/// on one address (a test, a NAT) must not be penalised for it, nor quiet
-/// mesh peers for delivering few messages (tasks are rare), nor members
-/// slowed by a busy host.
+/// Gossipsub peer scoring as the mesh uses it: only a hold costs score,
+/// through the application's score (0, or [`FORGERY_PENALTY`] while held
+/// off), so a peer is graylisted exactly while it is held off. No topic
+/// component: gossipsub's own count of invalid messages does not decay
+/// while the peer is away, so a forger released after its hold came back
+/// still graylisted: connected, every message's signature checked, none
+/// looked at by the task plane (which would hold it off again) until the
+/// count had decayed, about 11 s of 1 to 1.5 cores for the members of a
+/// cell under a flood (docs/tasks.md, "Forgers are ignored"). Every other
+/// component is off as well: members on one address (a test, a NAT)
+/// must not be penalised for it, nor quiet mesh peers for delivering few
+/// messages (tasks are rare), nor members slowed by a busy host.
 pub(super) fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let tasks = gossipsub::TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 0.0,
-        first_message_deliveries_weight: 0.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: FORGERY_PENALTY,
-        invalid_message_deliveries_decay: FORGERY_MEMORY,
-        ..Default::default()
-    };
     let params = gossipsub::PeerScoreParams {
-        topics: [(
-            gossipsub::IdentTopic::new(super::tasks::TASK_TOPIC).hash(),
-            tasks,
-        )]
-        .into(),
-        // The application's score: 0, or FORGERY_PENALTY while held off.
+        topics: Default::default(),
         app_specific_weight: 1.0,
         ip_colocation_factor_weight: 0.0,
         behaviour_penalty_weight: 0.0,
@@ -75,8 +63,10 @@ pub(super) fn gossip_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerSc
 
 /// Which peers are held off as forgers and which are suspect: the
 /// decisions, without I/O (the [`Mesh`] methods below act on them).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ForgerWatch {
+    /// How long a forger is held off (and how long strikes count).
+    hold: Duration,
     /// Held off until.
     held: HashMap<PeerId, Instant>,
     /// Suspect copies relayed, and since when they are counted.
@@ -84,6 +74,15 @@ pub struct ForgerWatch {
 }
 
 impl ForgerWatch {
+    /// Holds forgers off for `hold` ([`FORGER_HOLD`] in production).
+    pub fn new(hold: Duration) -> Self {
+        Self {
+            hold,
+            held: HashMap::new(),
+            strikes: HashMap::new(),
+        }
+    }
+
     /// Whether `peer` is held off now.
     pub fn is_held(&self, peer: &PeerId) -> bool {
         self.held.contains_key(peer)
@@ -100,7 +99,7 @@ impl ForgerWatch {
             Blame::Certain => true,
             Blame::Suspect => {
                 let (count, since) = self.strikes.entry(peer).or_insert((0, now));
-                if now.duration_since(*since) > FORGER_HOLD {
+                if now.duration_since(*since) > self.hold {
                     (*count, *since) = (0, now);
                 }
                 *count += 1;
@@ -109,7 +108,7 @@ impl ForgerWatch {
         };
         if forger {
             self.strikes.remove(&peer);
-            self.held.insert(peer, now + FORGER_HOLD);
+            self.held.insert(peer, now + self.hold);
         }
         forger
     }
@@ -117,8 +116,9 @@ impl ForgerWatch {
     /// The peers whose hold ends by `now`, no longer held; stale strikes
     /// are forgotten.
     pub fn release(&mut self, now: Instant) -> Vec<PeerId> {
+        let hold = self.hold;
         self.strikes
-            .retain(|_, (_, since)| now.duration_since(*since) <= FORGER_HOLD);
+            .retain(|_, (_, since)| now.duration_since(*since) <= hold);
         let released: Vec<PeerId> = self
             .held
             .iter()
@@ -157,7 +157,7 @@ impl Mesh {
             return driver.forgers.is_held(&peer);
         }
         metrics::counter!(TASK_FORGERS, "via" => via).increment(1);
-        tracing::warn!(%peer, via, error = %refusal, "a peer relayed forged tasks; held off for {} s", FORGER_HOLD.as_secs());
+        tracing::warn!(%peer, via, error = %refusal, "a peer relayed forged tasks; held off for {} s", driver.forgers.hold.as_secs());
         let behaviour = self.swarm.behaviour_mut();
         behaviour
             .gossipsub
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn certain_forgers_are_held_at_once_and_suspects_after_three_strikes() {
         let now = Instant::now();
-        let mut watch = ForgerWatch::default();
+        let mut watch = ForgerWatch::new(FORGER_HOLD);
         let (forger, rotated, late) = (PeerId::random(), PeerId::random(), PeerId::random());
         assert!(watch.on_refusal(forger, Blame::Certain, now));
         assert!(watch.is_held(&forger));
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn strikes_are_counted_within_a_hold_and_holds_end() {
         let now = Instant::now();
-        let mut watch = ForgerWatch::default();
+        let mut watch = ForgerWatch::new(FORGER_HOLD);
         let peer = PeerId::random();
         for i in 0..5u64 {
             // One suspect copy every 40 s never adds up to a forger.

@@ -18,6 +18,9 @@ pub struct TaskSettings {
     pub sync_interval: Duration,
     /// Tags from the host's own configuration.
     pub local_tags: Vec<String>,
+    /// How long a peer that relayed forgeries is held off
+    /// ([`super::FORGER_HOLD`] unless a test needs it shorter).
+    pub forger_hold: Duration,
 }
 
 /// The `[tasks]` section of a daemon's configuration (node and sink).
@@ -83,6 +86,7 @@ impl TasksConfig {
             state_dir: task_state_dir(data_dir),
             sync_interval: Duration::from_secs(self.sync_interval_secs),
             local_tags: self.tags.clone(),
+            forger_hold: super::FORGER_HOLD,
         })
     }
 }

@@ -43,7 +43,9 @@ pub const TASK_EVENTS_DROPPED: &str = "starling_task_events_dropped_total";
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 /// Prometheus counter of task copies received, by `source` (`gossip`,
-/// `sync`, `operator`) and `verdict` (`accepted`, `duplicate`, `refused`).
+/// `sync`, `operator`) and `verdict` (`accepted`, `duplicate`, `refused`;
+/// by gossip also `not_admitted` and `held_off`: not looked at, from a
+/// peer not admitted yet or held off as a forger).
 pub const TASKS_RECEIVED: &str = "starling_tasks_received_total";
 /// Prometheus counter of task copies refused, by `reason`.
 pub const TASKS_REFUSED: &str = "starling_tasks_refused_total";
@@ -277,7 +279,7 @@ impl TaskDriver {
                 fleet_settings,
                 refused: BTreeMap::new(),
                 in_flight: Default::default(),
-                forgers: Default::default(),
+                forgers: super::forgers::ForgerWatch::new(settings.forger_hold),
                 fleet_hosts: super::fleet::FleetHosts::new(),
                 status_dirty: true,
                 last_status: None,
@@ -497,17 +499,26 @@ impl Mesh {
     pub(super) fn on_task_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) {
         // A peer not admitted yet may be in a moment: its copy is not
         // used, without blame. A forger's copies are not even looked at.
-        let acceptance = if self.table.admitted(&source).is_none() || self.is_forger(&source) {
+        let unchecked = if self.table.admitted(&source).is_none() {
+            Some("not_admitted")
+        } else if self.is_forger(&source) {
+            Some("held_off")
+        } else {
+            None
+        };
+        let acceptance = if let Some(verdict) = unchecked {
+            metrics::counter!(TASKS_RECEIVED, "source" => "gossip", "verdict" => verdict)
+                .increment(1);
             gossipsub::MessageAcceptance::Ignore
         } else {
             match self.take_task(data, "gossip") {
                 Ok(true) => gossipsub::MessageAcceptance::Accept,
                 Ok(false) => gossipsub::MessageAcceptance::Ignore,
-                // A copy no honest host relays costs its forwarder
-                // gossipsub score at once; forgers are held off
-                // (`forgers`). A copy that is merely late or early here,
-                // or that another root could explain, is dropped without
-                // a penalty.
+                // Neither is relayed. A copy no honest host relays is
+                // invalid to gossipsub (which scores no topic: holding a
+                // forger off is `forgers`' job alone); one that is merely
+                // late or early here, or that another root could explain,
+                // is ignored.
                 Err(r) => {
                     self.blame_relay(source, &r, "gossip");
                     if r.blame == starling_task::Blame::Certain {
