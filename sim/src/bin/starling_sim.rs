@@ -12,6 +12,12 @@ use clap::Parser;
 use starling_sim::fleet::{self, report, Progress, Scenario};
 use starling_sim::process::ProcessUsage;
 
+// Simulated members allocate and free small buffers for every message
+// (decoded identities, encoded datagrams): glibc's malloc and free took
+// about a fifth of a run (docs/simulator.md, "What it costs").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(about = "Simulate a Starling fleet in virtual time and report on it")]
 struct Args {
