@@ -10,6 +10,7 @@ pub mod client;
 pub mod event_queue;
 pub mod fleet;
 pub mod hostile_relay;
+pub mod in_process;
 pub mod kafka;
 pub mod load;
 pub mod netns;

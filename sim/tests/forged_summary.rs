@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
-use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::swarm::{MeshCommand, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use starling_sim::cell_settings::test_cell;
+use starling_sim::in_process::{spawn_member, start_seeded, wait_until};
 use starling_sim::process::local_metric;
 use starling_sim::tasks::Operator;
 use starling_sim::Fleet;
@@ -39,9 +40,7 @@ fn start(
         tasks: Some(op.settings(&host, Duration::from_secs(10))),
         ..Default::default()
     };
-    let (mesh, view, commands) = Mesh::start(enrolment, config).expect("mesh starts");
-    tokio::spawn(mesh.run(stop.clone()));
-    (view, commands)
+    spawn_member(enrolment, config, stop).expect("mesh starts")
 }
 
 /// A summary of cell `cell` that says `by` (at `by_peer`) summed it and
@@ -63,43 +62,18 @@ fn made_up(cell: &str, by: &str, by_peer: String, task: &str) -> Vec<u8> {
     encode_summary(&summary)
 }
 
-async fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_summary_that_names_another_member_as_its_author_is_refused() {
     let fleet = Fleet::new().expect("fleet");
     let dir = tempfile::tempdir().expect("tempdir");
     let op = Operator::new(dir.path(), "sim").expect("operator");
     let (_stop_tx, stop) = watch::channel(false);
-    let (first, _) = start(
-        fleet.enrolment(Role::Node, HONEST[0]).expect("enrolment"),
-        Vec::new(),
-        &op,
-        &stop,
-    );
-    let seed = first
-        .clone()
-        .wait_for(|v| !v.listen_addrs.is_empty())
-        .await
-        .expect("seed listens")
-        .listen_addrs[0]
-        .clone();
-    let mut views = vec![first];
-    for host in &HONEST[1..] {
-        let (view, _) = start(
-            fleet.enrolment(Role::Node, host).expect("enrolment"),
-            vec![seed.clone()],
-            &op,
-            &stop,
-        );
-        views.push(view);
-    }
+    let (views, seed) = start_seeded(&HONEST, |host, bootstrap| {
+        let enrolment = fleet.enrolment(Role::Node, host).expect("enrolment");
+        start(enrolment, bootstrap, &op, &stop).0
+    })
+    .await
+    .expect("members start");
     let (liar_view, liar) = start(
         fleet.enrolment(Role::Node, "liar").expect("enrolment"),
         vec![seed.clone()],
@@ -119,7 +93,7 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
             .as_ref()
             .is_some_and(|c| c.members.len() == cell_size)
     };
-    wait_until("a cell of every member", 90, || {
+    wait_until("a cell of every member", Duration::from_secs(90), || {
         views.iter().all(whole) && whole(&liar_view)
     })
     .await;
@@ -133,9 +107,11 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
         op.status(host)
             .is_some_and(|s| s.fleet_view.task("t1").counts.get("applied") == Some(&hosts))
     };
-    wait_until("the fleet view counts t1 applied everywhere", 60, || {
-        HONEST.iter().all(|h| applied(h))
-    })
+    wait_until(
+        "the fleet view counts t1 applied everywhere",
+        Duration::from_secs(60),
+        || HONEST.iter().all(|h| applied(h)),
+    )
     .await;
 
     // The liar sends the sink a summary of a cell in h1's name, then one
@@ -162,9 +138,11 @@ async fn a_summary_that_names_another_member_as_its_author_is_refused() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    wait_until("summaries refused as not their author's", 10, || {
-        local_metric(NOT_AUTHOR).unwrap_or(0.0) > refused_before
-    })
+    wait_until(
+        "summaries refused as not their author's",
+        Duration::from_secs(10),
+        || local_metric(NOT_AUTHOR).unwrap_or(0.0) > refused_before,
+    )
     .await;
     for host in HONEST {
         assert!(

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::Role;
-use starling_mesh::swarm::{Mesh, MeshCommand, MeshConfig, MeshView};
+use starling_mesh::swarm::{MeshCommand, MeshConfig, MeshView};
 use starling_mesh::Multiaddr;
 use starling_proto::v1::{SignedTask, TaskPayload};
 use starling_sim::cell_settings::test_cell;
+use starling_sim::in_process::{spawn_member, start_seeded, wait_until};
 use starling_sim::process::local_metric;
 use starling_sim::tasks::Operator;
 use starling_sim::Fleet;
@@ -50,22 +51,11 @@ fn start(
         tasks,
         ..Default::default()
     };
-    let (mesh, view, commands) = Mesh::start(enrolment, config).expect("mesh starts");
-    tokio::spawn(mesh.run(stop.clone()));
-    (view, commands)
+    spawn_member(enrolment, config, stop).expect("mesh starts")
 }
 
 fn metric(series: &str) -> f64 {
     local_metric(series).unwrap_or(0.0)
-}
-
-async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,29 +66,12 @@ async fn a_forger_is_held_off_again_at_its_first_forgery_after_its_hold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let op = Operator::new(dir.path(), "sim").expect("operator");
     let (_stop_tx, stop) = watch::channel(false);
-    let (first, _) = start(
-        fleet.enrolment(Role::Node, HONEST[0]).expect("enrolment"),
-        Vec::new(),
-        Some(&op),
-        &stop,
-    );
-    let seed = first
-        .clone()
-        .wait_for(|v| !v.listen_addrs.is_empty())
-        .await
-        .expect("seed listens")
-        .listen_addrs[0]
-        .clone();
-    let mut views = vec![first];
-    for host in &HONEST[1..] {
-        let (view, _) = start(
-            fleet.enrolment(Role::Node, host).expect("enrolment"),
-            vec![seed.clone()],
-            Some(&op),
-            &stop,
-        );
-        views.push(view);
-    }
+    let (views, seed) = start_seeded(&HONEST, |host, bootstrap| {
+        let enrolment = fleet.enrolment(Role::Node, host).expect("enrolment");
+        start(enrolment, bootstrap, Some(&op), &stop).0
+    })
+    .await
+    .expect("members start");
     let (forger_view, forger) = start(
         fleet.enrolment(Role::Node, "forger").expect("enrolment"),
         vec![seed.clone()],
