@@ -143,10 +143,6 @@ impl InfoBook {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberInfo>> {
         self.infos.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn has(&self, host: &str) -> bool {
-        self.lock().contains_key(host)
-    }
 }
 
 impl BroadcastHandler<MemberId> for InfoBook {
@@ -353,13 +349,16 @@ impl CellMembership {
     /// record this member lacks, or who came up and have not answered for
     /// it since, a few at a time, for it directly.
     pub fn handle_tick(&mut self) {
+        let infos = self.book.lock();
         let missing: Vec<MemberId> = self
             .foca
             .iter_members()
-            .map(|m| m.id().clone())
-            .filter(|id| self.unanswered.contains(&id.key) || !self.book.has(&id.host))
+            .map(|m| m.id())
+            .filter(|id| self.unanswered.contains(&id.key) || !infos.contains_key(&*id.host))
             .take(MAX_INFO_REQUESTS_PER_TICK)
+            .cloned()
             .collect();
+        drop(infos);
         for id in missing {
             self.direct
                 .push((id, Bytes::from_static(&[KIND_INFO_REQUEST])));
@@ -495,12 +494,12 @@ impl CellMembership {
 
     /// Whether a live member has this libp2p PeerId (as bytes).
     pub fn has_peer(&self, peer: &[u8]) -> bool {
-        self.foca.iter_members().any(|m| m.id().peer == peer)
+        self.foca.iter_members().any(|m| *m.id().peer == *peer)
     }
 
     /// The libp2p PeerIds (as bytes) of the live members.
     pub fn peers(&self) -> impl Iterator<Item = &[u8]> {
-        self.foca.iter_members().map(|m| m.id().peer.as_slice())
+        self.foca.iter_members().map(|m| &*m.id().peer)
     }
 
     /// Live members other than this one, with their info when known.
@@ -625,7 +624,14 @@ mod tests {
         let read: MemberId = postcard::from_bytes(&now).unwrap();
         assert_eq!(read, id);
         let back: Before = postcard::from_bytes(&now).unwrap();
-        assert_eq!((back.peer, back.addr, back.bump), (id.peer, id.addr, 7));
+        assert_eq!(
+            (back.peer.as_slice(), back.addr.as_slice(), back.bump),
+            (&*id.peer, &*id.addr, 7)
+        );
+        // A decoder that cannot lend its input (JSON's byte arrays) gives
+        // the same identity as postcard's borrowing one.
+        let json = serde_json::to_vec(&id).unwrap();
+        assert_eq!(serde_json::from_slice::<MemberId>(&json).unwrap(), id);
     }
 
     #[test]

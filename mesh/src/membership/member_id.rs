@@ -1,27 +1,31 @@
 //! A cell member's identity, and the cheap comparison foca needs of it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A member of a cell: its host id, where to reach it, and a bump that a
 /// restarted host increments to rejoin under a fresh identity.
 ///
 /// Identities travel in every SWIM message, so a member that learns of
-/// another from gossip can reach it without a lookup.
-#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "MemberIdWire")]
+/// another from gossip can reach it without a lookup. foca copies them
+/// freely (every update it applies, every probe target it draws), so the
+/// parts are shared, not owned: a copy is three reference counts, not two
+/// allocations and their bytes (a fifth of a simulated host's CPU was
+/// copying, allocating and freeing identities; docs/simulator.md).
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize)]
 pub struct MemberId {
     /// The enrolled host name: what makes two identities the same member.
     pub host: Arc<str>,
     /// libp2p PeerId bytes. As bytes, not a sequence of numbers: postcard
     /// writes both the same (a length, then the bytes), but a sequence one
     /// element at a time, which was a tenth of a simulated host's CPU.
-    #[serde(with = "serde_bytes")]
-    pub peer: Vec<u8>,
+    #[serde(serialize_with = "as_bytes")]
+    pub peer: Arc<[u8]>,
     /// One dialable libp2p multiaddr, as bytes (may be empty).
-    #[serde(with = "serde_bytes")]
-    pub addr: Vec<u8>,
+    #[serde(serialize_with = "as_bytes")]
+    pub addr: Arc<[u8]>,
     pub bump: u16,
     /// A keyed hash of `host`, computed once: foca compares members by
     /// [`foca::Identity::addr`] in a linear scan of the cell for every
@@ -31,20 +35,28 @@ pub struct MemberId {
     pub(super) key: HostKey,
 }
 
-/// How a [`MemberId`] travels: everything but its local key.
+fn as_bytes<S: Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(bytes)
+}
+
+/// How a [`MemberId`] travels: everything but its local key, borrowed from
+/// the datagram where the decoder allows, so that decoding allocates each
+/// part once.
 #[derive(Deserialize)]
-struct MemberIdWire {
-    host: Arc<str>,
-    #[serde(with = "serde_bytes")]
-    peer: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    addr: Vec<u8>,
+struct MemberIdWire<'a> {
+    #[serde(borrow)]
+    host: Cow<'a, str>,
+    #[serde(borrow, with = "serde_bytes")]
+    peer: Cow<'a, [u8]>,
+    #[serde(borrow, with = "serde_bytes")]
+    addr: Cow<'a, [u8]>,
     bump: u16,
 }
 
-impl From<MemberIdWire> for MemberId {
-    fn from(w: MemberIdWire) -> Self {
-        Self::new(w.host, w.peer, w.addr, w.bump)
+impl<'de> Deserialize<'de> for MemberId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = MemberIdWire::deserialize(d)?;
+        Ok(Self::new(&*w.host, &*w.peer, &*w.addr, w.bump))
     }
 }
 
@@ -69,9 +81,9 @@ impl PartialEq for MemberId {
     fn eq(&self, other: &Self) -> bool {
         self.key == other.key
             && self.bump == other.bump
-            && self.host == other.host
-            && bytes_eq(&self.peer, &other.peer)
-            && bytes_eq(&self.addr, &other.addr)
+            && shared_eq(&self.host, &other.host)
+            && shared_eq(&self.peer, &other.peer)
+            && shared_eq(&self.addr, &other.addr)
     }
 }
 
@@ -86,10 +98,11 @@ impl std::hash::Hash for MemberId {
     }
 }
 
-/// Byte strings compared without calling `memcmp` for empty ones (an
-/// identity's peer and address are empty in simulations and often equal).
-fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && (a.is_empty() || a == b)
+/// Shared parts compared without calling `memcmp` where it cannot differ:
+/// copies of one identity share their parts, and empty ones are equal.
+fn shared_eq<T: ?Sized + PartialEq + AsRef<[u8]>>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    let (x, y): (&[u8], &[u8]) = ((**a).as_ref(), (**b).as_ref());
+    Arc::ptr_eq(a, b) || (x.len() == y.len() && (x.is_empty() || x == y))
 }
 
 impl MemberId {
@@ -100,12 +113,17 @@ impl MemberId {
     pub fn same_sender(&self, claimed: &MemberId) -> bool {
         self.key == claimed.key
             && self.host == claimed.host
-            && (self.peer.is_empty() || self.peer == claimed.peer)
+            && (self.peer.is_empty() || shared_eq(&self.peer, &claimed.peer))
     }
 
     /// An identity from its parts.
-    pub fn new(host: impl Into<Arc<str>>, peer: Vec<u8>, addr: Vec<u8>, bump: u16) -> Self {
-        let host = host.into();
+    pub fn new(
+        host: impl Into<Arc<str>>,
+        peer: impl Into<Arc<[u8]>>,
+        addr: impl Into<Arc<[u8]>>,
+        bump: u16,
+    ) -> Self {
+        let (host, peer, addr) = (host.into(), peer.into(), addr.into());
         let key = HostKey::of(&host);
         Self {
             host,
@@ -119,7 +137,7 @@ impl MemberId {
     /// An identity known only by host name (simulations, tests, and the
     /// authenticated sender of a datagram, whose name is all that counts).
     pub fn named(host: &str) -> Self {
-        Self::new(host, Vec::new(), Vec::new(), 0)
+        Self::new(host, &[][..], &[][..], 0)
     }
 }
 

@@ -321,7 +321,7 @@ impl Mesh {
                     let Ok(peer) = PeerId::from_bytes(&to.peer) else {
                         continue;
                     };
-                    let addr = Multiaddr::try_from(to.addr).ok();
+                    let addr = Multiaddr::try_from(to.addr.to_vec()).ok();
                     self.send_swim(
                         peer,
                         addr,
