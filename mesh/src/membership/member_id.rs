@@ -12,8 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// another from gossip can reach it without a lookup. foca copies them
 /// freely (every update it applies, every probe target it draws), so the
 /// parts are shared, not owned: a copy is three reference counts, not two
-/// allocations and their bytes (a fifth of a simulated host's CPU was
-/// copying, allocating and freeing identities; docs/simulator.md).
+/// allocations and their bytes (copying, allocating and freeing
+/// identities led a simulated host's profile; docs/simulator.md).
 #[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize)]
 pub struct MemberId {
     /// The enrolled host name: what makes two identities the same member.
