@@ -100,7 +100,7 @@ impl std::hash::Hash for MemberId {
 
 /// Shared parts compared without calling `memcmp` where it cannot differ:
 /// copies of one identity share their parts, and empty ones are equal.
-fn shared_eq<T: ?Sized + PartialEq + AsRef<[u8]>>(a: &Arc<T>, b: &Arc<T>) -> bool {
+fn shared_eq<T: ?Sized + AsRef<[u8]>>(a: &Arc<T>, b: &Arc<T>) -> bool {
     let (x, y): (&[u8], &[u8]) = ((**a).as_ref(), (**b).as_ref());
     Arc::ptr_eq(a, b) || (x.len() == y.len() && (x.is_empty() || x == y))
 }
