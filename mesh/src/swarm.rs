@@ -49,6 +49,7 @@ mod inbound_handshakes;
 mod proto_codec;
 mod redial;
 mod revocations;
+mod subscriptions;
 mod task_config;
 mod task_status;
 mod task_sync;
@@ -63,6 +64,7 @@ pub use forgers::{FORGER_HOLD, FORGER_STRIKES, TASK_FORGERS};
 pub use inbound_handshakes::DIALS_SPARED;
 pub use proto_codec::WireMessage;
 pub use redial::DIALS_HELD;
+pub use subscriptions::SUBSCRIPTIONS_LOST;
 pub use task_config::{task_state_dir, TaskSettings, TasksConfig};
 pub use task_status::{
     sink_cell, CELL_SUMMARY_PROTOCOL, TASK_REPORTS, TASK_REPORT_PROTOCOL, TASK_SUMMARIES,
@@ -339,6 +341,11 @@ pub struct Mesh {
     link_events: mpsc::Receiver<datagram_links::LinkEvent>,
     pub(super) sinks: SinkBook,
     sink_topic: gossipsub::IdentTopic,
+    /// The gossip topics this member subscribes to, stated to every peer
+    /// in its enrolment messages.
+    topics: Vec<String>,
+    /// Admitted peers' stated topics, until gossipsub has heard them.
+    subscriptions: subscriptions::SubscriptionWatch,
     sink_load: u8,
     advert_seq: u64,
     last_advert: Option<Instant>,
@@ -477,6 +484,7 @@ impl Mesh {
             .gossipsub
             .subscribe(&sink_topic)
             .map_err(|e| build(&e))?;
+        let mut topics = vec![SINK_TOPIC.to_string()];
         let (tasks, fleet_settings, task_events) = match config.tasks.clone() {
             Some(settings) => {
                 let (driver, settings_rx, events_rx) =
@@ -486,6 +494,7 @@ impl Mesh {
                     .gossipsub
                     .subscribe(&gossipsub::IdentTopic::new(TASK_TOPIC))
                     .map_err(|e| build(&e))?;
+                topics.push(TASK_TOPIC.to_string());
                 (Some(driver), Some(settings_rx), Some(events_rx))
             }
             None => (None, None, None),
@@ -529,6 +538,8 @@ impl Mesh {
                 link_events,
                 sinks: SinkBook::default(),
                 sink_topic,
+                topics,
+                subscriptions: Default::default(),
                 sink_load: 0,
                 advert_seq: 0,
                 last_advert: None,
@@ -680,6 +691,7 @@ impl Mesh {
         self.prune_connections(now);
         self.keep_cross_links();
         self.reload_revocations(now);
+        self.close_lost_subscriptions(now);
         if let Some(cell) = self.cell.as_mut() {
             if now.duration_since(cell.last_tick) >= MEMBERSHIP_TICK {
                 cell.last_tick = now;

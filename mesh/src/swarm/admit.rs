@@ -91,6 +91,7 @@ impl Mesh {
                         busy_ms: Some(wait.as_millis().min(u128::from(u32::MAX)) as u32),
                         card: None,
                         referrals: self.referrals_while_busy(peer, &request),
+                        topics: Vec::new(),
                     };
                     let _ = self
                         .swarm
@@ -99,7 +100,7 @@ impl Mesh {
                         .send_response(channel, busy);
                     return;
                 }
-                self.check(peer, &request.chain, request.card.as_ref());
+                self.check(peer, &request);
                 if self.table.admitted(&peer).is_some() {
                     let mut answer = self.own_message();
                     answer.referrals = self.referrals_for(&peer);
@@ -120,7 +121,7 @@ impl Mesh {
                     self.told_busy(peer, Duration::from_millis(u64::from(ms)))
                 }
                 None => {
-                    self.check(peer, &response.chain, response.card.as_ref());
+                    self.check(peer, &response);
                     if self.table.admitted(&peer).is_some() {
                         self.follow_referrals(&response.referrals);
                         let own = self.cell.as_ref().map(|c| c.name.as_str());
@@ -180,6 +181,7 @@ impl Mesh {
             busy_ms: None,
             card: self.cell.as_ref().map(|c| c.card.clone()),
             referrals: Vec::new(),
+            topics: self.topics.clone(),
         }
     }
 
@@ -325,10 +327,12 @@ impl Mesh {
             .send_request(&peer, request);
     }
 
-    /// Checks a peer's chain and, when it passes, admits the peer: its
-    /// cell card (if any) goes into the directory, and a peer of this
-    /// member's cell that the view lacks gets an announce.
-    pub(super) fn check(&mut self, peer: PeerId, chain: &[Vec<u8>], card: Option<&CellCard>) {
+    /// Checks the chain of a peer's enrolment message and, when it passes,
+    /// admits the peer: its cell card (if any) goes into the directory, a
+    /// peer of this member's cell that the view lacks gets an announce,
+    /// and the topics it states are watched for (`subscriptions`).
+    pub(super) fn check(&mut self, peer: PeerId, message: &EnrolMessage) {
+        let (chain, card) = (message.chain.as_slice(), message.card.as_ref());
         let result = self.enrolment.admit(&peer, chain, SystemTime::now());
         match self
             .table
@@ -336,6 +340,8 @@ impl Mesh {
         {
             Ok(id) => {
                 tracing::info!(%peer, identity = %id, "peer admitted");
+                self.subscriptions
+                    .on_admitted(peer, &message.topics, Instant::now());
                 self.chains.insert(peer, chain.to_vec());
                 if let Some(addrs) = self.identified.remove(&peer) {
                     self.add_to_dht(peer, addrs);

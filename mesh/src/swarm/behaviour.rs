@@ -41,6 +41,11 @@ pub struct EnrolMessage {
     /// admitted like any peer before it is used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub referrals: Vec<Referral>,
+    /// The gossip topics the sender subscribes to, so that the receiver
+    /// can tell when gossipsub lost the sender's announcement of one
+    /// (`subscriptions`; absent from members that predate it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 /// One membership datagram, labelled with the sender's cell so that

@@ -238,6 +238,7 @@ impl Mesh {
         self.peer_cells.remove(&peer);
         self.referral_only.remove(&peer);
         self.identified.remove(&peer);
+        self.subscriptions.forget(&peer);
         self.drop_pending(&peer, "disconnected");
         self.view.send_modify(|v| {
             v.admitted.remove(&peer);
