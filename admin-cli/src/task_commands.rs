@@ -601,6 +601,7 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
         not_after: start.saturating_add(Duration::from(common.valid_for).as_secs()),
         target: Some(target),
         reason: common.reason,
+        rollout: None,
         body: Some(body),
     };
     let unsigned = unsigned_task(&payload);

@@ -35,6 +35,7 @@ fn plane() -> &'static TaskPlane {
                 ..Default::default()
             }),
             reason: String::new(),
+            rollout: None,
             body: Some(Body::Tags(HostTags {
                 changes: vec![TagChange {
                     tag: "x".into(),

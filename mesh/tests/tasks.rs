@@ -91,6 +91,7 @@ impl Operator {
             not_after: now() + 3600,
             target: Some(target),
             reason: "test".into(),
+            rollout: None,
             body: Some(body),
         };
         sign_task(&unsigned_task(&payload), &self.key).expect("signed task")
@@ -460,6 +461,7 @@ async fn a_task_reaches_every_member_and_only_the_targeted_apply_it() {
         not_after: now() + 3600,
         target: Some(every_host()),
         reason: String::new(),
+        rollout: None,
         body: Some(dns_off()),
     };
     let forged = sign_task(&unsigned_task(&payload), &forger).expect("signed");

@@ -106,6 +106,7 @@ impl SampleTask {
                 ..Default::default()
             }),
             reason: "turn the DNS collector off fleet-wide".into(),
+            rollout: None,
             body: Some(Body::Config(FleetConfig {
                 settings: vec![ConfigSetting {
                     generation: 1,

@@ -74,6 +74,7 @@ impl Operator {
                 ..Default::default()
             }),
             reason: "test".into(),
+            rollout: None,
             body: Some(Body::Tags(HostTags {
                 changes: vec![TagChange {
                     tag: tag.into(),

@@ -42,6 +42,7 @@ fn tag_task(key: &OperatorKeyPair, epoch: u64, id: &str, target: TargetSelector)
         not_after: epoch + 3600,
         target: Some(target),
         reason: "simulation".into(),
+        rollout: None,
         body: Some(Body::Tags(HostTags {
             changes: vec![TagChange {
                 tag: id.into(),

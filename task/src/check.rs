@@ -441,6 +441,20 @@ fn check_payload(p: &TaskPayload, signatures: usize) -> Result<&Body, String> {
             kind_name(kind_of(body))
         ));
     }
+    if let Some(plan) = &p.rollout {
+        if !matches!(body, Body::Config(_) | Body::Tags(_)) {
+            return Err(format!(
+                "a {} task takes no rollout plan (it reaches every host at once)",
+                kind_name(kind_of(body))
+            ));
+        }
+        crate::rollout::Plan::from_proto(plan)?;
+        // Until hosts stage waves (docs/rollouts.md, "On a host"), a
+        // planned task is refused rather than applied everywhere at once.
+        return Err(
+            "a rollout plan: this version checks plans but does not stage waves yet".into(),
+        );
+    }
     let count = |n: usize, what: &str| {
         if n == 0 || n > MAX_TASK_LIST_ITEMS {
             Err(format!("{n} {what} (1 to {MAX_TASK_LIST_ITEMS})"))

@@ -6,8 +6,9 @@ use prost::Message as _;
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
 use starling_proto::v1::{
-    CancelTasks, ConfigSetting, FleetConfig, HostTags, RevokeOperatorKeys, SensorKindSwitch,
-    SignedRoot, SignedTask, TagChange, TargetSelector, TaskKind, TaskPayload,
+    CancelTasks, ConfigSetting, FleetConfig, HostTags, RevokeOperatorKeys, RolloutPlan,
+    RolloutWave, SensorKindSwitch, SignedRoot, SignedTask, TagChange, TargetSelector, TaskKind,
+    TaskPayload,
 };
 
 use crate::check::{check_task, Blame, Refusal, RefusalReason, Verdict, CLOCK_SKEW_ALLOWANCE_SECS};
@@ -97,6 +98,7 @@ fn task(id: &str, body: Body) -> TaskPayload {
             ..Default::default()
         }),
         reason: "test".into(),
+        rollout: None,
         body: Some(body),
     }
 }
@@ -189,6 +191,47 @@ fn malformed() {
         &h.ops.signed_task(&partial, &[0, 1]),
         RefusalReason::Malformed,
     );
+    // A rollout plan on a task that must reach every host at once, or
+    // out of bounds; and, until hosts stage waves, any plan.
+    let wave = |share| RolloutWave {
+        share_basis_points: share,
+        soak_secs: 60,
+        ..Default::default()
+    };
+    let mut planned_revocation = task(
+        "t",
+        Body::RevokeKeys(RevokeOperatorKeys {
+            key_ids: vec![h.ops.id(2)],
+        }),
+    );
+    planned_revocation.rollout = Some(RolloutPlan {
+        waves: vec![wave(10_000)],
+    });
+    let r = h.refused(
+        &h.ops.signed_task(&planned_revocation, &[0, 1]),
+        RefusalReason::Malformed,
+    );
+    assert!(r.detail.contains("takes no rollout plan"), "{}", r.detail);
+    let mut unfinished = task("t", tag("x", 1));
+    unfinished.rollout = Some(RolloutPlan {
+        waves: vec![wave(100), wave(5_000)],
+    });
+    let r = h.refused(
+        &h.ops.signed_task(&unfinished, &[0]),
+        RefusalReason::Malformed,
+    );
+    assert!(r.detail.contains("last wave"), "{}", r.detail);
+    let mut planned = task("t", tag("x", 1));
+    planned.rollout = Some(RolloutPlan {
+        waves: vec![wave(100), wave(10_000)],
+    });
+    let r = h.refused(&h.ops.signed_task(&planned, &[0]), RefusalReason::Malformed);
+    assert!(
+        r.detail.contains("does not stage waves yet"),
+        "{}",
+        r.detail
+    );
+    assert_eq!(r.blame, Blame::Suspect, "a newer version may stage it");
     // A kind a newer version may know: the relay is only suspect.
     let unknown_kind = task("t", kind_off(1, "no_such_kind"));
     let newer = h.refused(

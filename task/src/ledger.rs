@@ -34,6 +34,9 @@ pub enum TaskState {
     Stopped { why: String },
     /// Does not target this host (relayed only).
     NotTargeted,
+    /// Applied, then taken back (its rollout halted, or this host turned
+    /// unhealthy within its soak): what it replaced is in force again.
+    RolledBack { why: String },
 }
 
 impl TaskState {
@@ -46,6 +49,7 @@ impl TaskState {
             Self::Refused { .. } => "refused",
             Self::Stopped { .. } => "stopped",
             Self::NotTargeted => "not_targeted",
+            Self::RolledBack { .. } => "rolled_back",
         }
     }
 }
@@ -65,6 +69,24 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// The signed task, kept so peers that lack it can be given it.
     pub signed: Vec<u8>,
+    /// What applying it replaced, kept for a task with a rollout plan
+    /// until it is rolled back ([`Ledger::roll_back`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<Replaced>,
+}
+
+/// A setting as the ledger holds it: its generation and the encoded
+/// `ConfigSetting`.
+pub type HeldSetting = (u64, Vec<u8>);
+
+/// The settings and tags a task replaced: for each, the entry this host
+/// held before (none: the fleet did not set it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replaced {
+    /// Setting key -> (generation, encoded setting) before.
+    pub settings: Vec<(String, Option<HeldSetting>)>,
+    /// Tag -> (generation, present) before.
+    pub tags: Vec<(String, Option<(u64, bool)>)>,
 }
 
 /// What the host should do with a task it just accepted.
@@ -82,7 +104,7 @@ pub enum Plan {
 pub struct Ledger {
     tasks: BTreeMap<String, TaskRecord>,
     /// Setting key -> (generation, encoded ConfigSetting) applied.
-    settings: BTreeMap<String, (u64, Vec<u8>)>,
+    settings: BTreeMap<String, HeldSetting>,
     /// Tag -> (generation, present).
     tags: BTreeMap<String, (u64, bool)>,
     /// Generation of the revocation list applied.
@@ -184,6 +206,7 @@ impl Ledger {
                 signers: task.signers.clone(),
                 state,
                 signed: task.signed.clone(),
+                replaced: None,
             },
         );
         plan
@@ -199,17 +222,26 @@ impl Ledger {
             return;
         }
         record.state = TaskState::Applied;
+        let mut replaced = task.payload.rollout.is_some().then(Replaced::default);
         match &task.payload.body {
             Some(Body::Config(c)) => {
                 for s in &c.settings {
                     if let Ok(key) = setting_key(s) {
-                        self.settings.insert(key, (s.generation, s.encode_to_vec()));
+                        let before = self
+                            .settings
+                            .insert(key.clone(), (s.generation, s.encode_to_vec()));
+                        if let Some(r) = replaced.as_mut() {
+                            r.settings.push((key, before));
+                        }
                     }
                 }
             }
             Some(Body::Tags(t)) => {
                 for c in &t.changes {
-                    self.tags.insert(c.tag.clone(), (c.generation, !c.remove));
+                    let before = self.tags.insert(c.tag.clone(), (c.generation, !c.remove));
+                    if let Some(r) = replaced.as_mut() {
+                        r.tags.push((c.tag.clone(), before));
+                    }
                 }
             }
             Some(Body::Revocations(r)) => self.revocations_generation = r.generation,
@@ -240,6 +272,83 @@ impl Ledger {
             }
             Some(Body::Root(_)) | None => {}
         }
+        if let Some(record) = self.tasks.get_mut(&task.task_id) {
+            record.replaced = replaced;
+        }
+    }
+
+    /// Takes back task `id`, applied here with a rollout plan: each
+    /// setting and tag it set, unless a newer task has set it since, holds
+    /// what it held before again (a setting the fleet did not set before
+    /// goes back to the local file's), at the task's own generation, so
+    /// neither this task nor an older one can set it again. True when
+    /// anything changed (the host then applies its settings anew).
+    pub fn roll_back(&mut self, id: &str, why: String) -> bool {
+        let Some(record) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        if record.state != TaskState::Applied {
+            return false;
+        }
+        let Some(replaced) = record.replaced.take() else {
+            return false;
+        };
+        record.state = TaskState::RolledBack { why };
+        let Ok(envelope) = starling_proto::v1::SignedTask::decode(record.signed.as_slice()) else {
+            return false;
+        };
+        let Ok(payload) = starling_proto::v1::TaskPayload::decode(envelope.payload.as_slice())
+        else {
+            return false;
+        };
+        let mut changed = false;
+        match payload.body {
+            Some(Body::Config(c)) => {
+                for s in &c.settings {
+                    let Ok(key) = setting_key(s) else { continue };
+                    let ours = self.settings.get(&key).is_some_and(|(g, bytes)| {
+                        *g == s.generation && *bytes == s.encode_to_vec()
+                    });
+                    if !ours {
+                        continue;
+                    }
+                    let before = replaced
+                        .settings
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, before)| before.clone());
+                    let restored = match before {
+                        Some((_, bytes)) => bytes,
+                        None => ConfigSetting {
+                            generation: s.generation,
+                            reset: true,
+                            setting: s.setting.clone(),
+                        }
+                        .encode_to_vec(),
+                    };
+                    self.settings.insert(key, (s.generation, restored));
+                    changed = true;
+                }
+            }
+            Some(Body::Tags(t)) => {
+                for c in &t.changes {
+                    let ours = self.tags.get(&c.tag) == Some(&(c.generation, !c.remove));
+                    if !ours {
+                        continue;
+                    }
+                    let present = replaced
+                        .tags
+                        .iter()
+                        .find(|(tag, _)| *tag == c.tag)
+                        .and_then(|(_, before)| *before)
+                        .is_some_and(|(_, present)| present);
+                    self.tags.insert(c.tag.clone(), (c.generation, present));
+                    changed = true;
+                }
+            }
+            _ => {}
+        }
+        changed
     }
 
     /// Marks task `id` failed with `reason` (it may be applied again by a
@@ -342,9 +451,158 @@ pub fn setting_key(s: &ConfigSetting) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use starling_proto::v1::{KindRateLimit, SensorKindSwitch, StringList};
+    use starling_proto::v1::{
+        FleetConfig, HostTags, KindRateLimit, SensorKindSwitch, SignedTask, StringList, TagChange,
+        TargetSelector, TaskKind, TaskPayload,
+    };
 
     use super::*;
+
+    /// A task as the check would pass it, with a rollout plan or not.
+    fn checked(id: &str, body: Body, planned: bool) -> CheckedTask {
+        let payload = TaskPayload {
+            fleet: "f".into(),
+            task_id: id.into(),
+            not_before: 0,
+            not_after: u64::MAX / 2,
+            target: Some(TargetSelector {
+                all: true,
+                ..Default::default()
+            }),
+            reason: String::new(),
+            rollout: planned.then(crate::rollout::default_plan),
+            body: Some(body),
+        };
+        let signed = SignedTask {
+            payload: payload.encode_to_vec(),
+            signatures: Vec::new(),
+        }
+        .encode_to_vec();
+        CheckedTask {
+            task_id: id.into(),
+            kind: TaskKind::Config,
+            payload,
+            digest: crate::check::sha256(&signed),
+            signers: BTreeSet::new(),
+            signed,
+            new_root: None,
+        }
+    }
+
+    fn kind_setting(generation: u64, kind: &str, enabled: bool) -> Body {
+        Body::Config(FleetConfig {
+            settings: vec![ConfigSetting {
+                generation,
+                reset: false,
+                setting: Some(Setting::SensorKind(SensorKindSwitch {
+                    kind: kind.into(),
+                    enabled,
+                })),
+            }],
+        })
+    }
+
+    fn apply(ledger: &mut Ledger, task: &CheckedTask) {
+        let facts = HostFacts::default();
+        assert_eq!(ledger.admit(task, &facts), Plan::Apply);
+        ledger.applied(task);
+    }
+
+    fn setting(ledger: &Ledger, key: &str) -> (u64, ConfigSetting) {
+        ledger.settings().remove(key).expect("set")
+    }
+
+    #[test]
+    fn a_rolled_back_task_restores_what_it_replaced_at_its_own_generation() {
+        let mut ledger = Ledger::default();
+        let key = "sensor.kinds.dns_query";
+        apply(
+            &mut ledger,
+            &checked("on", kind_setting(1, "dns_query", true), false),
+        );
+        let off = checked("off", kind_setting(5, "dns_query", false), true);
+        apply(&mut ledger, &off);
+        assert!(matches!(
+            setting(&ledger, key).1.setting,
+            Some(Setting::SensorKind(SensorKindSwitch { enabled: false, .. }))
+        ));
+        assert!(ledger.roll_back("off", "halted".into()));
+        assert_eq!(ledger.task("off").unwrap().state.as_str(), "rolled_back");
+        let (generation, restored) = setting(&ledger, key);
+        assert_eq!(generation, 5, "the task's generation stays");
+        assert!(matches!(
+            restored.setting,
+            Some(Setting::SensorKind(SensorKindSwitch { enabled: true, .. }))
+        ));
+        // Neither an older task nor this one can set it again.
+        let older = checked("older", kind_setting(4, "dns_query", false), false);
+        assert_eq!(ledger.admit(&older, &HostFacts::default()), Plan::Nothing);
+        assert!(!ledger.roll_back("off", "again".into()), "rolled back once");
+        // A newer task sets it as usual.
+        apply(
+            &mut ledger,
+            &checked("newer", kind_setting(6, "dns_query", false), false),
+        );
+        assert_eq!(setting(&ledger, key).0, 6);
+    }
+
+    #[test]
+    fn a_setting_the_fleet_did_not_set_goes_back_to_the_local_file() {
+        let mut ledger = Ledger::default();
+        let task = checked("off", kind_setting(3, "process_exec", false), true);
+        apply(&mut ledger, &task);
+        assert!(ledger.roll_back("off", "unhealthy".into()));
+        let (generation, restored) = setting(&ledger, "sensor.kinds.process_exec");
+        assert_eq!(generation, 3);
+        assert!(restored.reset, "the local file's value rules again");
+    }
+
+    #[test]
+    fn a_rollback_leaves_what_a_newer_task_set_since_and_tags_too() {
+        let mut ledger = Ledger::default();
+        let key = "sensor.kinds.process_exec";
+        apply(
+            &mut ledger,
+            &checked("a", kind_setting(2, "process_exec", false), true),
+        );
+        apply(
+            &mut ledger,
+            &checked("b", kind_setting(3, "process_exec", true), false),
+        );
+        assert!(!ledger.roll_back("a", "halted".into()));
+        assert_eq!(setting(&ledger, key).0, 3);
+        // Tags: one added by a planned task goes away again; one it
+        // removed comes back.
+        let tags = |changes: Vec<(&str, u64, bool)>| {
+            Body::Tags(HostTags {
+                changes: changes
+                    .into_iter()
+                    .map(|(tag, generation, remove)| TagChange {
+                        tag: tag.into(),
+                        generation,
+                        remove,
+                    })
+                    .collect(),
+            })
+        };
+        apply(
+            &mut ledger,
+            &checked("t1", tags(vec![("old", 1, false)]), false),
+        );
+        apply(
+            &mut ledger,
+            &checked("t2", tags(vec![("new", 2, false), ("old", 2, true)]), true),
+        );
+        assert_eq!(ledger.tags(), BTreeSet::from(["new".to_string()]));
+        assert!(ledger.roll_back("t2", "halted".into()));
+        assert_eq!(ledger.tags(), BTreeSet::from(["old".to_string()]));
+        // A task without a plan keeps nothing to roll back with.
+        apply(
+            &mut ledger,
+            &checked("t3", tags(vec![("x", 3, false)]), false),
+        );
+        assert!(!ledger.roll_back("t3", "halted".into()));
+    }
 
     fn switch(kind: &str) -> ConfigSetting {
         ConfigSetting {

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod keys;
 pub mod ledger;
 pub mod plane;
+pub mod rollout;
 pub mod rollup;
 pub mod root;
 pub mod sign;

@@ -79,6 +79,7 @@ pub fn tag_task(ops: &Operators, id: &str, tag: &str, target: TargetSelector) ->
             not_after: NOW + 1000,
             target: Some(target),
             reason: String::new(),
+            rollout: None,
             body: Some(Body::Tags(HostTags {
                 changes: vec![TagChange {
                     tag: tag.into(),

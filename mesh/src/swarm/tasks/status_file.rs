@@ -185,7 +185,7 @@ pub(in crate::swarm) fn detail_of(state: &starling_task::TaskState) -> String {
     match state {
         TaskState::Failed { reason } => reason.clone(),
         TaskState::Refused { reason, detail } => format!("{}: {detail}", reason.as_str()),
-        TaskState::Stopped { why } => why.clone(),
+        TaskState::Stopped { why } | TaskState::RolledBack { why } => why.clone(),
         TaskState::Pending | TaskState::Applied | TaskState::NotTargeted => String::new(),
     }
 }
