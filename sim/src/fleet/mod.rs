@@ -16,6 +16,7 @@
 
 pub mod publish;
 pub mod report;
+pub mod rollout;
 pub mod scenario;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

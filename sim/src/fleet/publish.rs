@@ -52,6 +52,8 @@ pub struct TaskOutcome {
     pub latency_ms: f64,
     pub loss: f64,
     pub trace_hash: String,
+    /// The task's rollout in waves, when the scenario has one.
+    pub rollout: Option<super::rollout::RolloutOutcome>,
 }
 
 /// The scenario's mean one-way latency, jitter included (the task
@@ -72,9 +74,10 @@ pub fn run(scenario: &Scenario, task: &TaskPublish, cells: usize) -> anyhow::Res
     let hosts = usize::try_from(scenario.hosts)?;
     let sync = Duration::from_secs(task.sync_interval_s);
     let latency_ms = mean_latency_ms(scenario);
+    let config_cell_size = hosts.div_ceil(cells.max(1)).max(2);
     let config = SpreadConfig {
         hosts,
-        cell_size: hosts.div_ceil(cells.max(1)).max(2),
+        cell_size: config_cell_size,
         cross_links: task.cross_links,
         latency: Duration::from_secs_f64(latency_ms / 1e3),
         loss: scenario.loss.independent,
@@ -136,6 +139,22 @@ pub fn run(scenario: &Scenario, task: &TaskPublish, cells: usize) -> anyhow::Res
         .collect();
     catch_up.sort_by(f32::total_cmp);
 
+    let rollout = match &task.rollout {
+        Some(model) => {
+            let held: Vec<Option<Duration>> = (0..hosts)
+                .map(|h| spread.held_at(t, h).map(|at| at.saturating_sub(published)))
+                .collect();
+            let latency = Duration::from_secs_f64(latency_ms / 1e3);
+            Some(super::rollout::run(
+                &held,
+                config_cell_size,
+                latency,
+                model,
+                scenario.seed,
+            )?)
+        }
+        None => None,
+    };
     let held = delivery_s.len() as u64;
     Ok(TaskOutcome {
         online_hosts,
@@ -153,6 +172,7 @@ pub fn run(scenario: &Scenario, task: &TaskPublish, cells: usize) -> anyhow::Res
         latency_ms,
         loss: scenario.loss.independent,
         trace_hash: format!("{:016x}", spread.trace_hash()),
+        rollout,
     })
 }
 

@@ -80,6 +80,9 @@ pub struct TaskPublish {
     /// bring them the task.
     #[serde(default = "default_away_pct")]
     pub away_pct: f64,
+    /// The task rolls out in waves, with a share of the hosts that apply
+    /// it failing (`super::rollout`).
+    pub rollout: Option<super::rollout::RolloutModel>,
 }
 
 fn default_sync_interval() -> u64 {
@@ -345,6 +348,11 @@ impl Scenario {
             }
             if self.hosts < 2 {
                 return bad("a task needs at least 2 hosts".into());
+            }
+            if let Some(r) = &t.rollout {
+                if let Err(problem) = r.check() {
+                    return bad(problem);
+                }
             }
         }
         for e in &self.events {
