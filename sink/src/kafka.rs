@@ -200,7 +200,7 @@ impl KafkaWriter {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", "20")
             .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string());
         let producer: SinkProducer = c.create_with_context(DeliveryRouter)?;
         if cfg.create_topic {

@@ -250,7 +250,7 @@ fn raw_producer(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "20")
         .create()?;
     let cpu0 = cpu_of(std::process::id())?;
     let start = Instant::now();
