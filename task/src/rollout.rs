@@ -225,7 +225,7 @@ fn crossed(wave: &Wave, tally: &WaveTally) -> bool {
 /// the rest failed, its threshold would hold (an empty wave is done).
 fn done(wave: &Wave, tally: &WaveTally) -> bool {
     u64::from(tally.soaked) * u64::from(WHOLE)
-        >= u64::from(WHOLE - wave.max_failed_bp) * u64::from(tally.hosts)
+        >= u64::from(WHOLE.saturating_sub(wave.max_failed_bp)) * u64::from(tally.hosts)
 }
 
 /// The counts of a rollout, wave by wave, as the rolled-up status has
