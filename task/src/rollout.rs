@@ -146,15 +146,7 @@ impl Plan {
 /// larger share takes in a superset, and each task draws anew (a host
 /// that was in the first wave once is not in it every time).
 pub fn rollout_point(task_id: &str, host_id: &str) -> u32 {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"starling.v1.wave\0");
-    ctx.update(task_id.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(host_id.as_bytes());
-    let d = ctx.finish();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d.as_ref()[..8]);
-    (u64::from_be_bytes(first) % u64::from(WHOLE)) as u32
+    crate::target::draw_point(b"starling.v1.wave\0", task_id, host_id)
 }
 
 /// A cell's canary for `task_id`: of `members` (the cell's targeted

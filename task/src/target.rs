@@ -68,15 +68,24 @@ pub fn in_sample(basis_points: u32, seed: &str, host_id: &str) -> bool {
     if basis_points == 0 || basis_points >= 10_000 {
         return true;
     }
+    draw_point(b"starling.v1.sample\0", seed, host_id) < basis_points
+}
+
+/// A host's place, 0 to 9,999, in the draw named by `domain` and `seed`:
+/// SHA-256(`domain`, `seed`, `\0`, host id), its first 8 bytes big-endian,
+/// modulo 10,000. Every host computes the same for every host, and a
+/// share taking in the points below it takes in a superset as it grows
+/// (target samples, rollout waves).
+pub fn draw_point(domain: &[u8], seed: &str, host_id: &str) -> u32 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"starling.v1.sample\0");
+    ctx.update(domain);
     ctx.update(seed.as_bytes());
     ctx.update(b"\0");
     ctx.update(host_id.as_bytes());
     let d = ctx.finish();
     let mut first = [0u8; 8];
     first.copy_from_slice(&d.as_ref()[..8]);
-    (u64::from_be_bytes(first) % 10_000) < u64::from(basis_points)
+    (u64::from_be_bytes(first) % 10_000) as u32
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ impl Summary {
                 t.add_row([k.to_string(), v]);
             }
             if let Some(r) = &task.rollout {
-                for (k, v) in rollout_rows(r) {
+                for (k, v) in r.summary_rows() {
                     t.add_row([k.to_string(), v]);
                 }
             }
@@ -521,47 +521,6 @@ fn draw_legend<'a, CT: plotters::coord::CoordTranslate>(
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()
-}
-
-/// The summary's lines for a rollout in waves.
-fn rollout_rows(r: &super::rollout::RolloutOutcome) -> Vec<(&'static str, String)> {
-    let secs = |t: Option<f32>| t.map_or("never".to_string(), |t| format!("{t:.1} s"));
-    let waves = r
-        .waves
-        .iter()
-        .map(|w| format!("{}/{}", w.applied, w.hosts))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut rows = vec![
-        ("rollout: applied per wave", waves),
-        (
-            "rollout: hosts hurt",
-            format!("{} ({:.3} % of {})", r.hurt, r.hurt_pct, r.hosts),
-        ),
-    ];
-    match r.halted_at_s {
-        Some(halted) => {
-            let after = r.crossed_at_s.map_or(String::new(), |c| {
-                format!(", {:.1} s after failures crossed the threshold", halted - c)
-            });
-            rows.push((
-                "rollout: halted",
-                format!(
-                    "at {halted:.1} s in wave {}{after}",
-                    r.halted_wave.map_or("-".to_string(), |w| w.to_string())
-                ),
-            ));
-            rows.push((
-                "rollout: halt heard by hosts",
-                format!(
-                    "p50 {:.1} s, p99.9 {:.1} s, 100 % {:.1} s after the halt ({} hosts)",
-                    r.halt_heard.p50, r.halt_heard.p999, r.halt_heard.max, r.halt_heard.count
-                ),
-            ));
-        }
-        None => rows.push(("rollout: every host applied", secs(r.all_applied_at_s))),
-    }
-    rows
 }
 
 /// Up to 400 points of the task's delivery CDF over the online hosts.

@@ -115,6 +115,50 @@ pub struct RolloutOutcome {
     pub all_applied_at_s: Option<f32>,
 }
 
+impl RolloutOutcome {
+    /// Its lines in the run's summary table.
+    pub fn summary_rows(&self) -> Vec<(&'static str, String)> {
+        let r = self;
+        let secs = |t: Option<f32>| t.map_or("never".to_string(), |t| format!("{t:.1} s"));
+        let waves = r
+            .waves
+            .iter()
+            .map(|w| format!("{}/{}", w.applied, w.hosts))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut rows = vec![
+            ("rollout: applied per wave", waves),
+            (
+                "rollout: hosts hurt",
+                format!("{} ({:.3} % of {})", r.hurt, r.hurt_pct, r.hosts),
+            ),
+        ];
+        match r.halted_at_s {
+            Some(halted) => {
+                let after = r.crossed_at_s.map_or(String::new(), |c| {
+                    format!(", {:.1} s after failures crossed the threshold", halted - c)
+                });
+                rows.push((
+                    "rollout: halted",
+                    format!(
+                        "at {halted:.1} s in wave {}{after}",
+                        r.halted_wave.map_or("-".to_string(), |w| w.to_string())
+                    ),
+                ));
+                rows.push((
+                    "rollout: halt heard by hosts",
+                    format!(
+                        "p50 {:.1} s, p99.9 {:.1} s, 100 % {:.1} s after the halt ({} hosts)",
+                        r.halt_heard.p50, r.halt_heard.p999, r.halt_heard.max, r.halt_heard.count
+                    ),
+                ));
+            }
+            None => rows.push(("rollout: every host applied", secs(r.all_applied_at_s))),
+        }
+        rows
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Event {
     /// The host holds the task.
