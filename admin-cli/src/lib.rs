@@ -3,6 +3,7 @@
 //! task plane's files ([`tasks`]) and the fleet's hosts ([`fleet`]).
 
 pub mod fleet;
+pub mod rollout;
 pub mod tasks;
 
 use std::path::PathBuf;

@@ -103,6 +103,12 @@ pub struct Common {
     out: PathBuf,
     #[command(flatten)]
     target: Target,
+    /// Roll it out in waves (config and tags tasks): `default` (0.05%,
+    /// a canary per cell, 1%, 10%, 50%, 100%, each tolerating 2% failed)
+    /// or waves such as `1%:2m,canary:2m,10%:5m,100%:5m/1%`
+    /// (SHARE[:SOAK][/TOLERATED]; docs/rollouts.md).
+    #[arg(long, value_parser = starling_admin::rollout::parse_plan)]
+    rollout: Option<starling_proto::v1::RolloutPlan>,
 }
 
 /// Which hosts apply it (every host relays it).
@@ -601,7 +607,7 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
         not_after: start.saturating_add(Duration::from(common.valid_for).as_secs()),
         target: Some(target),
         reason: common.reason,
-        rollout: None,
+        rollout: common.rollout,
         body: Some(body),
     };
     let unsigned = unsigned_task(&payload);

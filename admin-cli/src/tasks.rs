@@ -240,6 +240,12 @@ pub fn render_task(signed: &[u8], root: Option<&TrustedRoot>, now: u64) -> anyho
     for line in p.body.as_ref().map(describe_body).unwrap_or_default() {
         out.push_str(&format!("  - {line}\n"));
     }
+    if let Some(plan) = &p.rollout {
+        out.push_str(&format!(
+            "  rollout: {}\n",
+            sanitize(&crate::rollout::describe_plan(plan))
+        ));
+    }
     out.push_str(&format!(
         "  signed by: {}\n",
         if s.signatures.is_empty() {
@@ -290,6 +296,7 @@ pub fn task_json(
         "not_after": p.not_after,
         "target": p.target.as_ref().map(describe_target),
         "does": p.body.as_ref().map(describe_body).unwrap_or_default(),
+        "rollout": p.rollout.as_ref().map(crate::rollout::describe_plan),
         "signed_by": s.signatures.iter().map(|x| x.key_id.clone()).collect::<Vec<_>>(),
         "verdict": root.map(|r| verdict(signed, r, now)),
     }))
@@ -347,7 +354,9 @@ pub fn render_fleet_status(
             sanitize(id),
             progress_bar(n("applied"), targeted),
             n("applied").to_string(),
-            n("pending").to_string(),
+            // Under way: pending, and under a rollout waiting for its
+            // wave or soaking (the waves' lines below tell them apart).
+            (n("pending") + n("waiting") + n("soaking")).to_string(),
             unanswered.to_string(),
             n(starling_task::rollup::DOWN).to_string(),
             n("failed").to_string(),
@@ -357,6 +366,9 @@ pub fn render_fleet_status(
         ]);
     }
     out.push_str(&format!("{table}\n"));
+    for id in &ids {
+        out.push_str(&render_waves(id, &fleet.task(id)));
+    }
     if hosts {
         for id in &ids {
             for (state, names) in &fleet.task(id).hosts {
@@ -367,6 +379,35 @@ pub fn render_fleet_status(
         }
     }
     out
+}
+
+/// A task's rollout wave by wave (nothing for a task without a plan):
+/// each wave's hosts, how many soaked, how many failed, and the hosts
+/// waiting, soaking and rolled back across the waves.
+fn render_waves(id: &str, t: &starling_task::rollup::TaskCounts) -> String {
+    if t.waves.is_empty() {
+        return String::new();
+    }
+    let n = |s: &str| t.counts.get(s).copied().unwrap_or(0);
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["WAVE", "HOSTS", "SOAKED", "FAILED"]);
+    for (k, w) in t.waves.iter().enumerate() {
+        table.add_row([
+            k.to_string(),
+            w.hosts.to_string(),
+            progress_bar(w.soaked, w.hosts),
+            w.failed.to_string(),
+        ]);
+    }
+    format!(
+        "rollout of {}: {} waiting, {} soaking, {} rolled back\n{table}\n",
+        sanitize(id),
+        n("waiting"),
+        n("soaking"),
+        n("rolled_back")
+    )
 }
 
 /// `[#####.....]  50% of 10` (hosts not answering count as not done;
@@ -384,4 +425,55 @@ fn progress_bar(done: u32, of: u32) -> String {
         ".".repeat(WIDTH as usize - filled),
         done * 100 / of
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use starling_task::rollout::WaveTally;
+    use starling_task::rollup::{CellSummary, FleetStatus, TaskCounts};
+
+    use super::*;
+
+    #[test]
+    fn a_planned_task_shows_its_waves() {
+        let mut t = TaskCounts::default();
+        t.counts.insert("applied".into(), 3);
+        t.counts.insert("waiting".into(), 9);
+        t.waves = vec![
+            WaveTally {
+                hosts: 3,
+                soaked: 3,
+                failed: 0,
+            },
+            WaveTally {
+                hosts: 9,
+                soaked: 0,
+                failed: 0,
+            },
+        ];
+        let mut fleet = FleetStatus::default();
+        fleet.take(CellSummary {
+            cell: "c".into(),
+            by: "a".into(),
+            at_ms: 1,
+            members: 12,
+            tasks: [("roll".to_string(), t)].into(),
+            hosts: Default::default(),
+        });
+        let out = render_fleet_status(&fleet, Some("roll"), false);
+        assert!(
+            out.contains("rollout of roll: 9 waiting, 0 soaking"),
+            "{out}"
+        );
+        assert!(
+            out.contains("100% of 3") && out.contains("0% of 9"),
+            "{out}"
+        );
+        assert!(
+            out.contains("┆ 3       ┆ 9       ┆"),
+            "the waiting count as pending: {out}"
+        );
+        let plain = TaskCounts::default();
+        assert!(render_waves("plain", &plain).is_empty());
+    }
 }

@@ -127,6 +127,36 @@ fn keys_roots_and_tasks_from_the_command_line() {
     .unwrap();
     assert_eq!(json["verdict"], "accept it");
     assert_eq!(json["kind"], "tags");
+    assert!(json["rollout"].is_null(), "no plan");
+
+    // A task rolled out in waves: the plan is in the task, shown as it
+    // was written, and hosts accept it.
+    starlingctl(
+        d,
+        &[
+            "task",
+            "create",
+            "tags",
+            "--root",
+            "root.bin",
+            "--all",
+            "--set",
+            "db",
+            "--id",
+            "t2",
+            "--rollout",
+            "1%:2m,canary:1m,100%:5m/5%",
+            "-o",
+            "t2.bin",
+        ],
+    );
+    starlingctl(d, &["task", "sign", "--key", "keys/carol.key", "t2.bin"]);
+    let shown = starlingctl(d, &["task", "show", "t2.bin", "--root", "root.bin"]);
+    assert!(
+        shown.contains("rollout: 1%:2m/2%,canary:1m/2%,100%:5m/5%"),
+        "{shown}"
+    );
+    assert!(shown.contains("accept it"), "{shown}");
 
     // Revoking a key needs two signatures.
     let carol = starling_task::KeyId::of(
@@ -186,6 +216,7 @@ fn keys_roots_and_tasks_from_the_command_line() {
             .contains("not a kind the sensor produces"));
         assert!(config_fails("--disable-kind", own).contains("invalid value"));
     }
+    assert!(config_fails("--rollout", "10%,50%").contains("last wave"));
     // Paths the sensor could not load are refused before any host sees them.
     assert!(config_fails("--watch-paths", "etc/shadow").contains("sensor.watch_paths"));
     assert!(config_fails("--quiet-exes", "updatedb").contains("sensor.quiet_exes"));

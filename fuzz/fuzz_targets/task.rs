@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         Verdict::Accepted(t) => {
             assert!(!t.signers.is_empty());
             ledger.admit(&t, &HostFacts::default());
-            ledger.applied(&t);
+            ledger.applied(&t, 0);
         }
         Verdict::Duplicate | Verdict::Refused(_) => {}
     }

@@ -62,6 +62,9 @@ pub struct KnownSink {
     /// summary or ask it for the fleet's view.
     pub mesh_addrs: Vec<Multiaddr>,
     pub load_pct: u8,
+    /// What it decided for each rollout under way (checked:
+    /// `starling_task::rollout::check_decision`).
+    pub rollouts: Vec<starling_proto::v1::RolloutDecision>,
     seq: u64,
     last_heard: Instant,
 }
@@ -101,6 +104,8 @@ impl SinkBook {
             || advert.ingress.len() > 256
             || advert.mesh_addrs.len() > MAX_SINK_ADDRS
             || advert.mesh_addrs.iter().any(|a| a.len() > MAX_ADDR_LEN)
+            || advert.rollouts.len() > starling_task::rollout::MAX_ANNOUNCED
+            || (advert.rollouts.iter()).any(|d| starling_task::rollout::check_decision(d).is_err())
         {
             return Err(AdvertError::Bounds);
         }
@@ -129,6 +134,7 @@ impl SinkBook {
                 ingress: String::new(),
                 mesh_addrs: Vec::new(),
                 load_pct: 0,
+                rollouts: Vec::new(),
                 seq: 0,
                 last_heard: now,
             });
@@ -146,6 +152,7 @@ impl SinkBook {
             .collect();
         // Checked above: at most 100.
         entry.load_pct = advert.load_pct.min(100) as u8;
+        entry.rollouts = advert.rollouts;
         entry.seq = advert.seq;
         entry.last_heard = now;
         Ok(())
@@ -185,6 +192,12 @@ mod tests {
                 "/ip4/127.0.0.1/udp/7401/quic-v1".into(),
                 "not an address".into(),
             ],
+            rollouts: vec![starling_proto::v1::RolloutDecision {
+                task_id: "t".into(),
+                open_waves: 2,
+                halted: false,
+                halt_reason: String::new(),
+            }],
         }
         .encode_to_vec()
     }
@@ -218,6 +231,7 @@ mod tests {
         let s: Vec<_> = book.sinks().collect();
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].name.as_str(), s[0].load_pct), ("s1", 40));
+        assert_eq!(s[0].rollouts[0].open_waves, 2, "its rollout decisions kept");
         assert_eq!(
             s[0].mesh_addrs,
             vec!["/ip4/127.0.0.1/udp/7401/quic-v1"
@@ -253,6 +267,17 @@ mod tests {
         assert!(book
             .on_advert(PeerId::random(), &[0xff; 64], now, |_, _| Ok(sink("s")))
             .is_err());
+        let mut wide = SinkAdvert::decode(advert(1, 1).as_slice()).unwrap();
+        wide.rollouts[0].open_waves = 99;
+        assert!(
+            matches!(
+                book.on_advert(PeerId::random(), &wide.encode_to_vec(), now, |_, _| Ok(
+                    sink("s")
+                )),
+                Err(AdvertError::Bounds)
+            ),
+            "a decision out of bounds"
+        );
         assert!(book
             .on_advert(
                 PeerId::random(),

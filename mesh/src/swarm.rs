@@ -49,6 +49,7 @@ mod inbound_handshakes;
 mod proto_codec;
 mod redial;
 mod revocations;
+mod rollouts;
 mod subscriptions;
 mod task_config;
 mod task_status;

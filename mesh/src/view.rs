@@ -111,6 +111,10 @@ pub enum MeshCommand {
     /// A node's events spooled and not yet acknowledged (its heartbeat
     /// carries them to the fleet view).
     SpoolBacklog(u64),
+    /// The node's health (docs/rollouts.md, "Health"): None when healthy,
+    /// else why not. A task under a rollout plan soaks only while its
+    /// host is healthy, and is taken back when it turns unhealthy.
+    Health(Option<String>),
     /// Gossips these bytes on the task topic without checking them, as a
     /// compromised host's modified agent would: a test double of a forger
     /// for benchmarks (feature `hostile`).

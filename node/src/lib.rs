@@ -7,6 +7,7 @@
 pub mod config;
 pub mod enrich;
 pub mod fleet;
+pub mod health;
 pub mod mesh;
 pub mod metrics_names;
 pub mod relay;

@@ -10,6 +10,7 @@ use clap::Parser;
 use starling_mesh::identity::{identity_of, Role};
 use starling_mesh::trust::DataPlaneTrust;
 use starling_node::config::NodeConfig;
+use starling_node::health::{record_start, HealthWatch, SensorState};
 use starling_node::metrics_names as m;
 use starling_node::spool::Spool;
 use starling_node::uplink::{Targets, Uplink};
@@ -96,6 +97,8 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    // Every start is recorded: a restart loop makes the node unhealthy.
+    let starts = record_start(&config.data_dir);
     let spool_path = config.data_dir.join("spool");
     let spool = Arc::new(
         Spool::open(
@@ -123,6 +126,7 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     let audit_spooled = spooled_tx.clone();
 
     let (filters_tx, filters_rx) = watch::channel(starling_node::sensor::filters_of(&config));
+    let (sensor_state, sensor_state_rx) = watch::channel(SensorState::Disabled);
     let sensor_task = if config.sensor.enabled {
         let filters = filters_rx.borrow().clone();
         let sensor_config = starling_bpf::SensorConfig {
@@ -137,6 +141,7 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
                     "sensor loaded"
                 );
                 metrics::gauge!(m::SENSOR_UP).set(1.0);
+                sensor_state.send_replace(SensorState::Loaded);
                 let spool = spool.clone();
                 let shutdown = shutdown_rx.clone();
                 Some(tokio::spawn(starling_node::sensor::run(
@@ -145,11 +150,13 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
                     spooled_tx,
                     filters_rx.clone(),
                     config.sensor.hash_max_bytes,
+                    sensor_state.clone(),
                     shutdown,
                 )))
             }
             Err(e) => {
                 metrics::gauge!(m::SENSOR_UP).set(0.0);
+                sensor_state.send_replace(SensorState::Down(e.to_string()));
                 tracing::error!(
                     error = %e,
                     "sensor-degraded: the kernel sensor could not load; the node keeps shipping its spool"
@@ -166,8 +173,17 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     // Tasks that end by themselves once shutdown turns true.
     let mut background = vec![tokio::spawn(trust.clone().watch(shutdown_rx.clone()))];
     let (targets, fleet_settings) = if config.mesh.enabled {
-        let parts =
-            starling_node::mesh::start(&config, &trust, spool.clone(), shutdown_rx.clone())?;
+        let health = starling_node::mesh::HealthInputs {
+            sensor: sensor_state_rx,
+            watch: HealthWatch::new(&starts, unix_now()),
+        };
+        let parts = starling_node::mesh::start(
+            &config,
+            &trust,
+            spool.clone(),
+            health,
+            shutdown_rx.clone(),
+        )?;
         background.extend(parts.tasks);
         if let Some(changes) = parts.task_events {
             background.push(tokio::spawn(starling_node::fleet::write_audit_events(
@@ -214,11 +230,18 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
             // The sensor failing is not fatal to shipping what is spooled,
             // but it is a degraded node: say so loudly.
             metrics::gauge!(m::SENSOR_UP).set(0.0);
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "sensor stopped; node is sensor-degraded"),
-                Err(e) => tracing::error!(error = %e, "sensor task panicked; node is sensor-degraded"),
-            }
+            let why = match r {
+                Ok(Ok(())) => "stopped".to_owned(),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "sensor stopped; node is sensor-degraded");
+                    format!("stopped: {e}")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sensor task panicked; node is sensor-degraded");
+                    format!("panicked: {e}")
+                }
+            };
+            sensor_state.send_replace(SensorState::Down(why));
             sensor_task = None;
             shutdown_signal().await;
             tracing::info!("shutting down");
@@ -274,4 +297,10 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
+use crate::health::{HealthWatch, SensorState, HEALTHY};
 use crate::relay::{self, Relay};
 use crate::targets;
 use crate::uplink::{Target, Targets};
@@ -37,13 +38,22 @@ pub struct MeshParts {
     pub task_events: Option<mpsc::Receiver<starling_proto::v1::TaskStateChange>>,
 }
 
-/// Joins the mesh as configured; the relay checks peers with `trust`, and
-/// the member's heartbeat carries `spool`'s backlog. Must run inside the
-/// runtime.
+/// What the node's health is judged by (crate::health), handed to the
+/// mesh every two seconds.
+pub struct HealthInputs {
+    /// The sensor as the node last saw it.
+    pub sensor: watch::Receiver<SensorState>,
+    pub watch: HealthWatch,
+}
+
+/// Joins the mesh as configured; the relay checks peers with `trust`, the
+/// member's heartbeat carries `spool`'s backlog, and its rollouts soak by
+/// `health`. Must run inside the runtime.
 pub fn start(
     config: &NodeConfig,
     trust: &DataPlaneTrust,
     spool: Arc<crate::spool::Spool>,
+    health: HealthInputs,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<MeshParts> {
     let section = &config.mesh;
@@ -152,7 +162,11 @@ pub fn start(
     tasks.push(tokio::spawn(report(
         view.clone(),
         serving_tx,
-        LocalLoad { relay, spool },
+        LocalLoad {
+            relay,
+            spool,
+            health,
+        },
         commands,
         target_rx.clone(),
         config.data_dir.join(STATUS_FILE),
@@ -171,18 +185,21 @@ pub fn start(
 }
 
 /// What this node tells the mesh about itself: its relay's load (when it
-/// may relay) and its spool's backlog (for its heartbeat).
+/// may relay), its spool's backlog (for its heartbeat) and its health
+/// (for its rollouts).
 struct LocalLoad {
     relay: Option<Arc<Relay>>,
     spool: Arc<crate::spool::Spool>,
+    health: HealthInputs,
 }
 
 /// Every two seconds: tells the relay whether it serves, tells the mesh
-/// the relay's load and the spool's backlog, and writes the status file.
+/// the relay's load, the spool's backlog and the node's health, and
+/// writes the status file.
 async fn report(
     view: watch::Receiver<MeshView>,
     serving: watch::Sender<bool>,
-    load: LocalLoad,
+    mut load: LocalLoad,
     commands: mpsc::Sender<MeshCommand>,
     target: watch::Receiver<Option<Target>>,
     status_path: PathBuf,
@@ -202,7 +219,15 @@ async fn report(
         let is_aggregator = view.borrow().is_aggregator();
         serving.send_if_modified(|s| std::mem::replace(s, is_aggregator) != is_aggregator);
         let relay_nodes = load.relay.as_ref().map_or(0, |r| r.nodes());
-        let _ = commands.try_send(MeshCommand::SpoolBacklog(load.spool.stats().events));
+        let spooled = load.spool.stats();
+        let _ = commands.try_send(MeshCommand::SpoolBacklog(spooled.events));
+        let sensor = load.health.sensor.borrow().clone();
+        let unhealthy = load
+            .health
+            .watch
+            .observe(std::time::Instant::now(), &sensor, &spooled);
+        metrics::gauge!(HEALTHY).set(if unhealthy.is_none() { 1.0 } else { 0.0 });
+        let _ = commands.try_send(MeshCommand::Health(unhealthy));
         if let Some(r) = &load.relay {
             let _ = commands.try_send(MeshCommand::NodeLoad {
                 attached: r.nodes() as u32,

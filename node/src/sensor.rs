@@ -44,13 +44,15 @@ pub fn record_append(spool: &Spool, outcome: &AppendOutcome) {
 
 /// Runs until `shutdown` turns true. `spooled` is bumped after every write
 /// so the uplink knows there is more to send. New values of `filters`
-/// (a config reload) are applied to the kernel as they come.
+/// (a config reload) are applied to the kernel as they come, and `state`
+/// says whether the kernel took them (the node's health).
 pub async fn run(
     mut sensor: Sensor,
     spool: Arc<Spool>,
     spooled: watch::Sender<u64>,
     filters: watch::Receiver<SensorFilters>,
     hash_max_bytes: u64,
+    state: watch::Sender<crate::health::SensorState>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let clock = BootClock::now();
@@ -88,8 +90,12 @@ pub async fn run(
                             "sensor filters applied"
                         );
                         current = new;
+                        state.send_replace(crate::health::SensorState::Loaded);
                     }
-                    Err(e) => tracing::error!(error = %e, "sensor filters refused; the previous ones stay"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "sensor filters refused; the previous ones stay");
+                        state.send_replace(crate::health::SensorState::FiltersRefused(e.to_string()));
+                    }
                 }
                 continue;
             }

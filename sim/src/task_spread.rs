@@ -550,7 +550,7 @@ impl TaskSpread {
         match plane.receive(signed, now) {
             Received::Accepted { task, apply } => {
                 if apply {
-                    plane.applied(&task);
+                    plane.applied(&task, now);
                 }
                 if let Some(index) = self.messages.iter().position(|m| m == signed) {
                     if self.held_at[index][host as usize].is_none() {

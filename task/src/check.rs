@@ -449,11 +449,6 @@ fn check_payload(p: &TaskPayload, signatures: usize) -> Result<&Body, String> {
             ));
         }
         crate::rollout::Plan::from_proto(plan)?;
-        // Until hosts stage waves (docs/rollouts.md, "On a host"), a
-        // planned task is refused rather than applied everywhere at once.
-        return Err(
-            "a rollout plan: this version checks plans but does not stage waves yet".into(),
-        );
     }
     let count = |n: usize, what: &str| {
         if n == 0 || n > MAX_TASK_LIST_ITEMS {

@@ -62,7 +62,7 @@ impl Host {
         match self.check(signed) {
             Verdict::Accepted(t) => {
                 if self.ledger.admit(&t, &self.facts) == Plan::Apply {
-                    self.ledger.applied(&t);
+                    self.ledger.applied(&t, NOW);
                 }
                 Ok(self.ledger.task(&t.task_id).unwrap().state.clone())
             }
@@ -192,7 +192,7 @@ fn malformed() {
         RefusalReason::Malformed,
     );
     // A rollout plan on a task that must reach every host at once, or
-    // out of bounds; and, until hosts stage waves, any plan.
+    // out of bounds.
     let wave = |share| RolloutWave {
         share_basis_points: share,
         soak_secs: 60,
@@ -221,17 +221,15 @@ fn malformed() {
         RefusalReason::Malformed,
     );
     assert!(r.detail.contains("last wave"), "{}", r.detail);
+    // A plan within bounds: the task waits for its wave.
     let mut planned = task("t", tag("x", 1));
     planned.rollout = Some(RolloutPlan {
         waves: vec![wave(100), wave(10_000)],
     });
-    let r = h.refused(&h.ops.signed_task(&planned, &[0]), RefusalReason::Malformed);
-    assert!(
-        r.detail.contains("does not stage waves yet"),
-        "{}",
-        r.detail
+    assert_eq!(
+        h.deliver(&h.ops.signed_task(&planned, &[0])),
+        Ok(TaskState::Waiting)
     );
-    assert_eq!(r.blame, Blame::Suspect, "a newer version may stage it");
     // A kind a newer version may know: the relay is only suspect.
     let unknown_kind = task("t", kind_off(1, "no_such_kind"));
     let newer = h.refused(
@@ -406,7 +404,7 @@ fn a_revoked_key_signs_nothing_and_its_pending_tasks_stop() {
         TaskState::Stopped { .. }
     ));
     // Applying it after the revocation changes nothing.
-    h.ledger.applied(&checked);
+    h.ledger.applied(&checked, 0);
     assert!(h.ledger.settings().is_empty());
     h.refused(
         &h.ops.signed_task(&task("new", tag("x", 1)), &[2]),

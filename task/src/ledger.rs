@@ -21,7 +21,13 @@ use crate::target::{targets, HostFacts};
 pub enum TaskState {
     /// Targets this host; not applied yet.
     Pending,
-    /// Applied.
+    /// Targets this host under a rollout plan whose wave for this host is
+    /// not open yet (docs/rollouts.md, "On a host").
+    Waiting,
+    /// Applied under a rollout plan at `since` (Unix seconds), and healthy
+    /// since; `Applied` once its wave's soak has passed.
+    Soaking { since: u64 },
+    /// Applied (under a rollout plan: and soaked).
     Applied,
     /// Applying it failed.
     Failed { reason: String },
@@ -44,6 +50,8 @@ impl TaskState {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Waiting => "waiting",
+            Self::Soaking { .. } => "soaking",
             Self::Applied => "applied",
             Self::Failed { .. } => "failed",
             Self::Refused { .. } => "refused",
@@ -89,13 +97,23 @@ pub struct Replaced {
     pub tags: Vec<(String, Option<(u64, bool)>)>,
 }
 
+impl TaskRecord {
+    /// The payload of the signed task kept (None only if the bytes a
+    /// check once passed no longer decode, which a ledger from a newer
+    /// version could hold).
+    pub fn payload(&self) -> Option<starling_proto::v1::TaskPayload> {
+        let envelope = starling_proto::v1::SignedTask::decode(self.signed.as_slice()).ok()?;
+        starling_proto::v1::TaskPayload::decode(envelope.payload.as_slice()).ok()
+    }
+}
+
 /// What the host should do with a task it just accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Apply it, then call [`Ledger::applied`] (or [`Ledger::failed`]).
     Apply,
-    /// Nothing: it does not target this host, or was stopped or refused
-    /// here (the state says which).
+    /// Nothing now: it does not target this host, or was stopped or
+    /// refused here, or it waits for its wave (the state says which).
     Nothing,
 }
 
@@ -189,6 +207,8 @@ impl Ledger {
                 reason: RefusalReason::OlderGeneration,
                 detail: stale,
             }
+        } else if task.payload.rollout.is_some() {
+            TaskState::Waiting
         } else {
             TaskState::Pending
         };
@@ -212,17 +232,36 @@ impl Ledger {
         plan
     }
 
-    /// Marks task `id` applied and takes on what it set. Applying it again
+    /// Task `id`, waiting for its wave, may be applied now: it becomes
+    /// pending (the driver saves the ledger, then applies it). False when
+    /// it was not waiting.
+    pub fn open(&mut self, id: &str) -> bool {
+        match self.tasks.get_mut(id) {
+            Some(r) if r.state == TaskState::Waiting => {
+                r.state = TaskState::Pending;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks task `id` applied at `now` (Unix seconds) and takes on what
+    /// it set; a task with a rollout plan soaks first. Applying it again
     /// changes nothing.
-    pub fn applied(&mut self, task: &CheckedTask) {
+    pub fn applied(&mut self, task: &CheckedTask, now: u64) {
         let Some(record) = self.tasks.get_mut(&task.task_id) else {
             return;
         };
         if record.state != TaskState::Pending {
             return;
         }
-        record.state = TaskState::Applied;
-        let mut replaced = task.payload.rollout.is_some().then(Replaced::default);
+        let planned = task.payload.rollout.is_some();
+        record.state = if planned {
+            TaskState::Soaking { since: now }
+        } else {
+            TaskState::Applied
+        };
+        let mut replaced = planned.then(Replaced::default);
         match &task.payload.body {
             Some(Body::Config(c)) => {
                 for s in &c.settings {
@@ -284,21 +323,54 @@ impl Ledger {
     /// neither this task nor an older one can set it again. True when
     /// anything changed (the host then applies its settings anew).
     pub fn roll_back(&mut self, id: &str, why: String) -> bool {
+        self.take_back(id, TaskState::RolledBack { why })
+    }
+
+    /// Task `id` turned this host unhealthy within its soak: it is rolled
+    /// back as by [`Ledger::roll_back`] and counts as failed here.
+    pub fn failed_in_soak(&mut self, id: &str, reason: String) -> bool {
+        self.take_back(id, TaskState::Failed { reason })
+    }
+
+    /// Task `id` waits for its wave and its rollout halted: it is never
+    /// applied here. False when it was not waiting.
+    pub fn halted_waiting(&mut self, id: &str, why: String) -> bool {
+        match self.tasks.get_mut(id) {
+            Some(r) if r.state == TaskState::Waiting => {
+                r.state = TaskState::Stopped { why };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Task `id` soaked its wave here: it is applied, and what it
+    /// replaced is still kept (a halt of a later wave takes it back on
+    /// every host that took it).
+    pub fn soaked(&mut self, id: &str) -> bool {
+        match self.tasks.get_mut(id) {
+            Some(r) if matches!(r.state, TaskState::Soaking { .. }) => {
+                r.state = TaskState::Applied;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Rolls back task `id` (applied or soaking, with what it replaced
+    /// kept) and leaves it in `state`; true when a setting or tag changed.
+    fn take_back(&mut self, id: &str, state: TaskState) -> bool {
         let Some(record) = self.tasks.get_mut(id) else {
             return false;
         };
-        if record.state != TaskState::Applied {
+        if !matches!(record.state, TaskState::Applied | TaskState::Soaking { .. }) {
             return false;
         }
         let Some(replaced) = record.replaced.take() else {
             return false;
         };
-        record.state = TaskState::RolledBack { why };
-        let Ok(envelope) = starling_proto::v1::SignedTask::decode(record.signed.as_slice()) else {
-            return false;
-        };
-        let Ok(payload) = starling_proto::v1::TaskPayload::decode(envelope.payload.as_slice())
-        else {
+        record.state = state;
+        let Some(payload) = record.payload() else {
             return false;
         };
         let mut changed = false;
@@ -502,10 +574,62 @@ mod tests {
         })
     }
 
+    /// Admits and applies `task`; one with a plan waits until its wave
+    /// is opened.
     fn apply(ledger: &mut Ledger, task: &CheckedTask) {
         let facts = HostFacts::default();
-        assert_eq!(ledger.admit(task, &facts), Plan::Apply);
-        ledger.applied(task);
+        let plan = ledger.admit(task, &facts);
+        if task.payload.rollout.is_some() {
+            assert_eq!(plan, Plan::Nothing);
+            assert_eq!(
+                ledger.task(&task.task_id).unwrap().state,
+                TaskState::Waiting
+            );
+            assert!(ledger.open(&task.task_id));
+        } else {
+            assert_eq!(plan, Plan::Apply);
+        }
+        ledger.applied(task, 100);
+    }
+
+    #[test]
+    fn a_planned_task_waits_soaks_and_is_let_go_or_taken_back() {
+        let mut ledger = Ledger::default();
+        let key = "sensor.kinds.dns_query";
+        let task =
+            |id: &str, generation| checked(id, kind_setting(generation, "dns_query", false), true);
+        let first = task("first", 1);
+        apply(&mut ledger, &first);
+        assert_eq!(
+            ledger.task("first").unwrap().state,
+            TaskState::Soaking { since: 100 }
+        );
+        assert!(!ledger.open("first"), "only a waiting task opens");
+        // Soaked: applied, and what it replaced still kept.
+        assert!(ledger.soaked("first"));
+        assert_eq!(ledger.task("first").unwrap().state, TaskState::Applied);
+        assert!(ledger.task("first").unwrap().replaced.is_some());
+        // Unhealthy within its soak: taken back, and failed.
+        apply(&mut ledger, &task("second", 2));
+        assert!(ledger.failed_in_soak("second", "sensor not loaded".into()));
+        assert_eq!(ledger.task("second").unwrap().state.as_str(), "failed");
+        assert_eq!(setting(&ledger, key).0, 2, "held at the task's generation");
+        assert!(
+            matches!(
+                setting(&ledger, key).1.setting,
+                Some(Setting::SensorKind(SensorKindSwitch { enabled: false, .. }))
+            ),
+            "what the first task set is in force again"
+        );
+        // Halted while waiting: never applied.
+        let third = task("third", 3);
+        assert_eq!(ledger.admit(&third, &HostFacts::default()), Plan::Nothing);
+        assert!(ledger.halted_waiting("third", "halted at wave 0".into()));
+        assert_eq!(ledger.task("third").unwrap().state.as_str(), "stopped");
+        assert!(!ledger.open("third"));
+        ledger.applied(&third, 200);
+        assert_eq!(ledger.task("third").unwrap().state.as_str(), "stopped");
+        assert_eq!(setting(&ledger, key).0, 2);
     }
 
     fn setting(ledger: &Ledger, key: &str) -> (u64, ConfigSetting) {

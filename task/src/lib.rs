@@ -24,6 +24,6 @@ mod testkit;
 pub use check::{check_task, Blame, CheckedTask, Refusal, RefusalReason, Verdict};
 pub use keys::{KeyId, OperatorKeyPair, OperatorPublicKey};
 pub use ledger::{Ledger, Plan, TaskState};
-pub use plane::{Received, Summary, TaskPlane};
+pub use plane::{Received, Staged, Summary, TaskPlane};
 pub use root::TrustedRoot;
 pub use target::HostFacts;

@@ -18,6 +18,9 @@ use crate::ledger::{Ledger, Plan};
 use crate::root::TrustedRoot;
 use crate::target::HostFacts;
 
+mod staging;
+pub use staging::Staged;
+
 /// The first 8 bytes of a task's payload digest: how peers name tasks in
 /// anti-entropy (a collision only makes a host fetch one task it holds).
 pub type ShortDigest = [u8; 8];
@@ -137,14 +140,14 @@ impl TaskPlane {
         }
     }
 
-    /// The driver applied `task`: the ledger takes on what it set, and a
-    /// root task replaces the root.
-    pub fn applied(&mut self, task: &CheckedTask) {
+    /// The driver applied `task` at `now` (Unix seconds): the ledger takes
+    /// on what it set, and a root task replaces the root.
+    pub fn applied(&mut self, task: &CheckedTask, now: u64) {
         let pending = self
             .ledger
             .task(&task.task_id)
             .is_some_and(|r| r.state == crate::ledger::TaskState::Pending);
-        self.ledger.applied(task);
+        self.ledger.applied(task, now);
         if pending {
             if let Some(next) = &task.new_root {
                 if next.version == self.root.version + 1 {
@@ -280,7 +283,7 @@ mod tests {
         match p.receive(signed, NOW) {
             Received::Accepted { task, apply } => {
                 if apply {
-                    p.applied(&task);
+                    p.applied(&task, NOW);
                 }
                 true
             }
@@ -369,8 +372,8 @@ mod tests {
         let mut again = TaskPlane::new(p.root().clone(), persisted, "h", BTreeSet::new());
         let pending = again.pending(NOW);
         assert_eq!(pending.len(), 1);
-        again.applied(&pending[0]);
-        again.applied(&pending[0]);
+        again.applied(&pending[0], NOW);
+        again.applied(&pending[0], NOW);
         assert!(again.pending(NOW).is_empty());
         assert!(again.facts().tags.contains("web"));
     }

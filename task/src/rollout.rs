@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use starling_proto::v1::{RolloutPlan, RolloutWave};
 
+mod decisions;
+pub use decisions::{check_decision, combine, Decided, SinkDecisions, MAX_ANNOUNCED};
+
 /// Most waves in a plan.
 pub const MAX_WAVES: usize = 8;
 /// Longest soak of a wave: a day.
@@ -162,7 +165,7 @@ pub fn cell_canary<'a>(
 }
 
 /// What the counts say of one wave's hosts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WaveTally {
     /// Hosts of the wave the counts know of, in any state (waiting,
     /// applying, soaking, not answering, down, soaked, failed).
@@ -171,6 +174,32 @@ pub struct WaveTally {
     pub soaked: u32,
     /// Could not apply, or unhealthy within the soak.
     pub failed: u32,
+}
+
+impl WaveTally {
+    /// Counts one host the plan places in this wave, in `state` (its
+    /// state for the task as the rolled-up status has it). A host that
+    /// will never apply the task (not targeted, refused, stopped) is not
+    /// one of the wave's hosts; `applied` is soaked (a planned task is
+    /// `soaking` until then); every other state (waiting, pending,
+    /// soaking, no answer, down, rolled back) is a host of the wave that
+    /// neither soaked nor failed.
+    pub fn count(&mut self, state: &str) {
+        match state {
+            "not_targeted" | "refused" | "stopped" => return,
+            "applied" => self.soaked += 1,
+            "failed" => self.failed += 1,
+            _ => {}
+        }
+        self.hosts += 1;
+    }
+
+    /// Adds another cell's tally of the same wave.
+    pub fn add(&mut self, other: &WaveTally) {
+        self.hosts = self.hosts.saturating_add(other.hosts);
+        self.soaked = self.soaked.saturating_add(other.soaked);
+        self.failed = self.failed.saturating_add(other.failed);
+    }
 }
 
 /// What the operator said of a rollout last (signed control tasks).

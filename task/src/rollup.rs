@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{CellHosts, CellTable, DownHost, Heartbeat, HostRow, MAX_TABLE_HOSTS};
+use crate::rollout::{self, RolloutCounts, WaveTally};
 
 mod wire;
 pub use wire::{
@@ -34,6 +35,12 @@ pub const DOWN: &str = "down";
 pub const DOWN_MEMORY_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_DOWN_HOSTS: usize = 4096;
 
+/// Whether a host's state for a task is one it moves on from by itself
+/// (a host that left in it counts as `down`, not in it).
+fn is_under_way(state: &str) -> bool {
+    matches!(state, "pending" | "waiting" | "soaking")
+}
+
 /// What one host says about its tasks (to its cell's aggregators).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostReport {
@@ -53,6 +60,11 @@ pub struct TaskCounts {
     /// State -> some of the hosts in it (all but `applied` and
     /// `not_targeted`, at most [`MAX_NAMED_HOSTS`] each per cell).
     pub hosts: BTreeMap<String, Vec<String>>,
+    /// For a task with a rollout plan, its hosts wave by wave (one per
+    /// wave of the plan; empty when the aggregator does not hold the
+    /// task's plan).
+    #[serde(default)]
+    pub waves: Vec<WaveTally>,
 }
 
 impl TaskCounts {
@@ -75,6 +87,12 @@ impl TaskCounts {
                 .entry(s.clone())
                 .or_default()
                 .extend(hosts.iter().cloned());
+        }
+        if self.waves.len() < other.waves.len() {
+            self.waves.resize(other.waves.len(), WaveTally::default());
+        }
+        for (mine, theirs) in self.waves.iter_mut().zip(&other.waves) {
+            mine.add(theirs);
         }
     }
 
@@ -113,6 +131,9 @@ impl CellSummary {
             }
             if t.hosts.values().any(|h| h.len() > MAX_NAMED_HOSTS) {
                 return Err("too many hosts named".into());
+            }
+            if t.waves.len() > rollout::MAX_WAVES {
+                return Err(format!("{} waves", t.waves.len()));
             }
         }
         Ok(())
@@ -234,8 +255,17 @@ impl CellRollup {
     /// that it did not report, `not_reporting` when it sent nothing. A
     /// host that reported and is no longer live counts in its last final
     /// state (applied, failed, refused, stopped, not targeted) or as
-    /// `down`, for a day.
-    pub fn summary(&mut self, cell: &str, by: &str, members: &[String], at_ms: u64) -> CellSummary {
+    /// `down`, for a day. A task with a plan in `plans` (the rollouts this
+    /// aggregator holds, by task id) is also counted wave by wave: each
+    /// host in the wave the plan places it in (docs/rollouts.md).
+    pub fn summary(
+        &mut self,
+        cell: &str,
+        by: &str,
+        members: &[String],
+        at_ms: u64,
+        plans: &BTreeMap<String, rollout::Plan>,
+    ) -> CellSummary {
         self.refresh(members, at_ms);
         let live: BTreeSet<&String> = members.iter().collect();
         let gone: Vec<&String> = self
@@ -253,13 +283,26 @@ impl CellRollup {
         let mut tasks: BTreeMap<String, TaskCounts> = BTreeMap::new();
         for id in task_ids {
             let counts = tasks.entry(id.clone()).or_default();
+            let mut waves = plans.get(id).map(|plan| {
+                let canary = rollout::cell_canary(id, members.iter().map(String::as_str));
+                (plan, canary, vec![WaveTally::default(); plan.waves().len()])
+            });
+            let mut count = |state: &str, host: &str| {
+                counts.add(state, host);
+                if let Some((plan, canary, tallies)) = waves.as_mut() {
+                    let wave = plan.wave_of(id, host, *canary == Some(host));
+                    if let Some(t) = tallies.get_mut(wave) {
+                        t.count(state);
+                    }
+                }
+            };
             for host in members {
                 match self.reports.get(host) {
                     Some(r) => match r.report.states.get(id) {
-                        Some((state, _)) => counts.add(state, host),
-                        None => counts.add(NO_ANSWER, host),
+                        Some((state, _)) => count(state, host),
+                        None => count(NO_ANSWER, host),
                     },
-                    None => counts.add(NOT_REPORTING, host),
+                    None => count(NOT_REPORTING, host),
                 }
             }
             for host in &gone {
@@ -268,9 +311,12 @@ impl CellRollup {
                     .get(*host)
                     .and_then(|r| r.report.states.get(id));
                 match last {
-                    Some((state, _)) if state != "pending" => counts.add(state, host),
-                    _ => counts.add(DOWN, host),
+                    Some((state, _)) if !is_under_way(state) => count(state, host),
+                    _ => count(DOWN, host),
                 }
+            }
+            if let Some((_, _, tallies)) = waves {
+                counts.waves = tallies;
             }
         }
         let mut hosts = CellHosts {
@@ -411,6 +457,30 @@ impl FleetStatus {
         total
     }
 
+    /// Task `id`'s rollout of `waves` waves across the fleet: each cell's
+    /// wave counts added up, complete when every cell in the view counted
+    /// the task wave by wave and every live member in some state.
+    pub fn rollout_counts(&self, id: &str, waves: usize) -> RolloutCounts {
+        let mut counts = RolloutCounts {
+            waves: vec![WaveTally::default(); waves],
+            complete: !self.cells.is_empty(),
+        };
+        for s in self.cells.values() {
+            match s.tasks.get(id) {
+                Some(t) if t.waves.len() == waves => {
+                    for (total, cell) in counts.waves.iter_mut().zip(&t.waves) {
+                        total.add(cell);
+                    }
+                    if t.total() < s.members {
+                        counts.complete = false;
+                    }
+                }
+                _ => counts.complete = false,
+            }
+        }
+        counts
+    }
+
     /// Every task any cell reports.
     pub fn task_ids(&self) -> BTreeSet<String> {
         self.cells
@@ -428,6 +498,8 @@ impl FleetStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_PLANS: &BTreeMap<String, rollout::Plan> = &BTreeMap::new();
 
     fn report(host: &str, states: &[(&str, &str)]) -> HostReport {
         HostReport {
@@ -449,7 +521,7 @@ mod tests {
         cell.take(report("gone", &[("t1", "applied")]), 0);
         cell.take(report("stopped", &[("t1", "pending")]), 0);
         let members: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let s = cell.summary("c1", "a", &members, 10);
+        let s = cell.summary("c1", "a", &members, 10, NO_PLANS);
         let t = &s.tasks["t1"];
         assert_eq!(
             t.total(),
@@ -466,7 +538,7 @@ mod tests {
         assert_eq!(t.hosts[DOWN], ["stopped"]);
         assert!(!t.hosts.contains_key("applied"));
         // A day later the departed are forgotten.
-        let later = cell.summary("c1", "a", &members, 10 + DOWN_MEMORY_MS + 1);
+        let later = cell.summary("c1", "a", &members, 10 + DOWN_MEMORY_MS + 1, NO_PLANS);
         assert_eq!(later.tasks["t1"].total(), 4);
     }
 
@@ -477,7 +549,7 @@ mod tests {
         one.take(report("a", &[("t1", "applied")]), 0);
         let mut two = CellRollup::default();
         two.take(report("x", &[("t1", "pending")]), 0);
-        let old = one.summary("c1", "a", &["a".into()], 5);
+        let old = one.summary("c1", "a", &["a".into()], 5, NO_PLANS);
         let mut newer = old.clone();
         newer.at_ms = 9;
         assert_eq!(
@@ -491,7 +563,7 @@ mod tests {
         );
         assert_eq!(fleet.take(old), ViewChange::None, "older than the one held");
         assert_eq!(
-            fleet.take(two.summary("c2", "x", &["x".into(), "y".into()], 7)),
+            fleet.take(two.summary("c2", "x", &["x".into(), "y".into()], 7, NO_PLANS)),
             ViewChange::Content(ContentChange::NewCell)
         );
         let t = fleet.task("t1");
@@ -513,7 +585,7 @@ mod tests {
         let mut fleet = FleetStatus::default();
         let mut cell = CellRollup::default();
         cell.take(report("a", &[("t1", "applied")]), 0);
-        let first = cell.summary("c1", "a", &["a".into()], 5);
+        let first = cell.summary("c1", "a", &["a".into()], 5, NO_PLANS);
         fleet.take(first.clone());
         let mut next = first.clone();
         let mut at = 5;
@@ -560,7 +632,7 @@ mod tests {
         for m in &members {
             cell.take(report(m, &[("t", "failed")]), 0);
         }
-        let s = cell.summary("c", "h0", &members, 1);
+        let s = cell.summary("c", "h0", &members, 1, NO_PLANS);
         assert_eq!(s.tasks["t"].counts["failed"], 200);
         assert_eq!(s.tasks["t"].hosts["failed"].len(), MAX_NAMED_HOSTS);
         assert!(s.check().is_ok());
@@ -605,15 +677,15 @@ mod tests {
         assert_eq!(cell.take(beat("a", "1.1"), 100), Taken::Changed);
         assert_eq!(cell.take(beat("a", "1.0"), 100), Taken::Changed);
         let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let s = cell.summary("c1", "a", &all, 1_000);
+        let s = cell.summary("c1", "a", &all, 1_000, NO_PLANS);
         assert_eq!(s.hosts.down_count, 0);
         assert_eq!(s.hosts.versions["1.0"], 3);
         assert_eq!(s.hosts.versions["1.1"], 1);
         // d leaves at 1,000 (last seen live), c at 5,000.
         let three = &all[..3];
-        cell.summary("c1", "a", three, 5_000);
+        cell.summary("c1", "a", three, 5_000, NO_PLANS);
         let two = &all[..2];
-        let s = cell.summary("c1", "a", two, 9_000);
+        let s = cell.summary("c1", "a", two, 9_000, NO_PLANS);
         assert_eq!(s.hosts.down_count, 2);
         let down: Vec<(&str, u64)> = s
             .hosts

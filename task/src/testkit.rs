@@ -69,25 +69,27 @@ pub fn plane(ops: &Operators, host: &str) -> TaskPlane {
 }
 
 /// A task of fleet "f" setting tag `tag` (generation 1) on `target`,
-/// signed by the first operator, valid around [`NOW`].
+/// valid around [`NOW`], unsigned.
+pub fn tag_payload(id: &str, tag: &str, target: TargetSelector) -> TaskPayload {
+    TaskPayload {
+        fleet: "f".into(),
+        task_id: id.into(),
+        not_before: NOW - 10,
+        not_after: NOW + 1000,
+        target: Some(target),
+        reason: String::new(),
+        rollout: None,
+        body: Some(Body::Tags(HostTags {
+            changes: vec![TagChange {
+                tag: tag.into(),
+                generation: 1,
+                remove: false,
+            }],
+        })),
+    }
+}
+
+/// [`tag_payload`] signed by the first operator.
 pub fn tag_task(ops: &Operators, id: &str, tag: &str, target: TargetSelector) -> Vec<u8> {
-    ops.signed_task(
-        &TaskPayload {
-            fleet: "f".into(),
-            task_id: id.into(),
-            not_before: NOW - 10,
-            not_after: NOW + 1000,
-            target: Some(target),
-            reason: String::new(),
-            rollout: None,
-            body: Some(Body::Tags(HostTags {
-                changes: vec![TagChange {
-                    tag: tag.into(),
-                    generation: 1,
-                    remove: false,
-                }],
-            })),
-        },
-        &[0],
-    )
+    ops.signed_task(&tag_payload(id, tag, target), &[0])
 }

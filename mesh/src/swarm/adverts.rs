@@ -33,6 +33,11 @@ impl Mesh {
                 .into_iter()
                 .take(crate::adverts::MAX_SINK_ADDRS)
                 .collect(),
+            rollouts: self
+                .tasks
+                .as_ref()
+                .map(|d| d.announced.clone())
+                .unwrap_or_default(),
         };
         let topic = self.sink_topic.clone();
         if let Err(e) = self

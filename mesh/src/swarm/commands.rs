@@ -34,6 +34,14 @@ impl Mesh {
                     d.fleet_hosts.spool_backlog = events;
                 }
             }
+            MeshCommand::Health(unhealthy) => {
+                if let Some(d) = self.tasks.as_mut() {
+                    if d.unhealthy != unhealthy {
+                        tracing::info!(unhealthy = ?unhealthy, "host health changed");
+                        d.unhealthy = unhealthy;
+                    }
+                }
+            }
             MeshCommand::NodeLoad { attached, load_pct } => {
                 let pct = load_pct.min(100);
                 let version = self.version();

@@ -43,7 +43,7 @@ const HOSTS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// first aggregator this long.
 const PUBLISHER_SETTLE: Duration = Duration::from_secs(10);
 /// A cell not heard from for this long is left out of the fleet's view.
-const CELL_EXPIRY: Duration = Duration::from_secs(75);
+pub(super) const CELL_EXPIRY: Duration = Duration::from_secs(75);
 /// Prometheus counter of cell summaries, by `result`: at a publisher
 /// `sent` and `send_failed`; at a sink `taken`, `not_admitted` (the sender
 /// is not admitted yet), `not_author` (the summary does not name its
@@ -259,20 +259,11 @@ impl Mesh {
     }
 
     fn publish_summary(&mut self, now: Instant, cell_name: &str, me: &str) {
-        let mut members: Vec<String> = match self.cell.as_ref() {
-            Some(c) => std::iter::once(me.to_owned())
-                .chain(
-                    c.membership
-                        .members()
-                        .into_iter()
-                        .map(|(id, _)| id.host.to_string()),
-                )
-                .collect(),
-            // A sink is the one host of its own "cell" (`sink_cell`).
-            None if self.config.sink_ingress.is_some() => vec![me.to_owned()],
-            None => return,
-        };
-        members.sort();
+        // A sink is the one host of its own "cell" (`sink_cell`).
+        if self.cell.is_none() && self.config.sink_ingress.is_none() {
+            return;
+        }
+        let members = self.cell_members_and_me();
         let Some(d) = self.tasks.as_mut() else {
             return;
         };
@@ -293,7 +284,8 @@ impl Mesh {
         d.rollup_dirty = false;
         d.summary_members.clone_from(&members);
         d.last_summary = Some(now);
-        let mut summary = d.rollup.summary(cell_name, me, &members, unix_ms());
+        let plans = d.plane.rollout_plans();
+        let mut summary = d.rollup.summary(cell_name, me, &members, unix_ms(), &plans);
         let has_hosts = !summary.hosts.versions.is_empty() || summary.hosts.down_count > 0;
         if summary.tasks.is_empty() && !has_hosts && !d.fleet.cells.contains_key(cell_name) {
             // No task, no heartbeat and nobody down in the cell, and none

@@ -130,6 +130,15 @@ pub(super) struct TaskDriver {
     pub(super) fleet: starling_task::rollup::FleetStatus,
     /// Its question to a sink for the fleet's view.
     pub(super) view_fetch: super::fleet_view::ViewFetch,
+    /// This host's health as the node last said (None: healthy, or no
+    /// node to say otherwise, as at a sink).
+    pub(super) unhealthy: Option<String>,
+    /// At a sink: its rollout decisions, and the ones it last computed
+    /// (what its advert carries).
+    pub(super) decisions: starling_task::rollout::SinkDecisions,
+    pub(super) announced: Vec<starling_proto::v1::RolloutDecision>,
+    /// When this host last stepped its rollouts.
+    pub(super) last_stage: Option<Instant>,
 }
 
 /// Why the task plane could not start.
@@ -145,7 +154,7 @@ pub enum TaskPlaneError {
     },
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -269,6 +278,12 @@ impl TaskDriver {
                 publisher_since: None,
                 fleet: Default::default(),
                 view_fetch: Default::default(),
+                unhealthy: None,
+                decisions: starling_task::rollout::SinkDecisions::new(
+                    super::task_status::CELL_EXPIRY.as_millis() as u64,
+                ),
+                announced: Vec::new(),
+                last_stage: None,
                 plane,
                 topic: gossipsub::IdentTopic::new(TASK_TOPIC),
                 // The first exchange comes early: a member that starts
@@ -303,8 +318,8 @@ impl TaskDriver {
     }
 
     /// Hands every state change since the last call to the audit trail:
-    /// applied, failed, refused and stopped (pending and not targeted
-    /// are not news).
+    /// soaking, applied, failed, refused, stopped and rolled back
+    /// (pending, waiting and not targeted are not news).
     fn report_changes(&mut self) {
         let root_version = self.plane.root().version;
         for (id, r) in self.plane.ledger().tasks() {
@@ -315,7 +330,9 @@ impl TaskDriver {
             self.reported.insert(id.clone(), state.to_owned());
             if matches!(
                 r.state,
-                starling_task::TaskState::Pending | starling_task::TaskState::NotTargeted
+                starling_task::TaskState::Pending
+                    | starling_task::TaskState::Waiting
+                    | starling_task::TaskState::NotTargeted
             ) {
                 continue;
             }
@@ -345,9 +362,16 @@ impl TaskDriver {
         self.reported.retain(|id, _| held.contains(id));
     }
 
+    /// Hands the fleet settings the ledger holds to the node, which
+    /// applies them.
+    pub(super) fn hand_settings_to_node(&self) {
+        let settings = self.plane.ledger().settings();
+        self.fleet_settings.send_replace(settings);
+    }
+
     /// Saves the ledger (off the event loop); returns the save's sequence
     /// number, which `ledger_saved` reaches once it is on disk.
-    fn persist(&mut self) -> u64 {
+    pub(super) fn persist(&mut self) -> u64 {
         let seq = match serde_json::to_vec(self.plane.ledger()) {
             Ok(bytes) => self.ledger_writer.write(bytes),
             Err(e) => {
@@ -387,12 +411,7 @@ impl Mesh {
                 tracing::info!(task = %task.task_id, kind = starling_task::root::kind_name(task.kind), apply, source, "task accepted");
                 let saved_as = driver.persist();
                 if apply {
-                    driver.awaiting_save.push((saved_as, *task));
-                    // A save already finished (or none was made: the
-                    // ledger did not encode) sends no further news.
-                    if saved_as <= *driver.ledger_saved.borrow() {
-                        self.on_ledger_saved();
-                    }
+                    self.apply_once_saved(saved_as, vec![*task]);
                 }
                 Ok(true)
             }
@@ -410,6 +429,22 @@ impl Mesh {
                 tracing::debug!(source, error = %r, "task refused");
                 Err(r)
             }
+        }
+    }
+
+    /// Applies `tasks` once the ledger save `saved_as` that records them
+    /// as pending is on disk.
+    pub(super) fn apply_once_saved(&mut self, saved_as: u64, tasks: Vec<CheckedTask>) {
+        let Some(driver) = self.tasks.as_mut() else {
+            return;
+        };
+        driver
+            .awaiting_save
+            .extend(tasks.into_iter().map(|t| (saved_as, t)));
+        // A save already finished (or none was made: the ledger did not
+        // encode) sends no further news.
+        if saved_as <= *driver.ledger_saved.borrow() {
+            self.on_ledger_saved();
         }
     }
 
@@ -453,7 +488,7 @@ impl Mesh {
         };
         match outcome {
             Ok(()) => {
-                driver.plane.applied(task);
+                driver.plane.applied(task, unix_now());
                 metrics::counter!(TASKS_APPLIED, "kind" => kind, "result" => "applied")
                     .increment(1);
                 tracing::info!(task = %task.task_id, kind, "task applied");
@@ -465,8 +500,7 @@ impl Mesh {
             }
         }
         if task.kind == TaskKind::Config {
-            let settings = driver.plane.ledger().settings();
-            driver.fleet_settings.send_replace(settings);
+            driver.hand_settings_to_node();
         }
         if task.kind == TaskKind::Root {
             let path = driver.settings.state_dir.join(ROOT_FILE);
@@ -570,6 +604,7 @@ impl Mesh {
         self.release_forgers(now);
         self.start_sync(now);
         self.task_status_tick(now);
+        self.rollouts_tick(now);
         self.fleet_view_tick(now);
         let host = self.enrolment.identity().name.clone();
         if let Some(driver) = self.tasks.as_mut() {

@@ -5,6 +5,9 @@ use rustls_pki_types::CertificateDer;
 use starling_mesh::enrol::Enrolment;
 use starling_mesh::identity::{FleetCa, Role, TlsFiles};
 
+#[allow(dead_code)]
+pub mod task_plane;
+
 /// A fleet CA and the credentials it issued.
 pub struct Fleet {
     dir: tempfile::TempDir,

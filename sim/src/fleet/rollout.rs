@@ -9,11 +9,12 @@
 //! intervals (docs/rollouts.md, "Where the decision is computed"): a
 //! member reports a change within [`REPORT_WITHIN`], its cell's
 //! aggregator sums the cell every [`SUM_EVERY`] while reports come and
-//! sends the sum to the sink, the aggregator asks the sink for the
-//! decisions every [`ASK_EVERY`], and a member hears them in the answer
-//! to its next report, every [`MEMBER_REPORT_EVERY`]. The daemon does not
-//! run this path yet; when it does, the simulator must run its code
-//! instead of this model.
+//! sends the sum to the sink, the sink opens no wave beyond the first
+//! until it has held the task for [`SINK_SETTLE`], advertises a changed
+//! decision at most every [`ADVERT_MIN`], the advert reaches every host
+//! by gossip in [`GOSSIP_HOPS`] hops, and a host acts on it at its next
+//! rollout step, every [`STAGE_EVERY`]. The simulator runs the daemon's
+//! code for the waves and decisions but not for this path yet.
 
 use std::time::Duration;
 
@@ -30,11 +31,16 @@ use crate::task_spread::host_name;
 pub const REPORT_WITHIN: Duration = Duration::from_secs(2);
 /// A cell's aggregator sums its cell at most this often.
 pub const SUM_EVERY: Duration = Duration::from_secs(2);
-/// A cell's aggregator asks a sink for the decisions this often while a
-/// rollout is under way.
-pub const ASK_EVERY: Duration = Duration::from_secs(5);
-/// A member waiting or soaking reports (and hears the decisions) this often.
-pub const MEMBER_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// The sink opens no wave beyond the first before it has held the task
+/// this long (the daemon's cell expiry: `SinkDecisions`).
+pub const SINK_SETTLE: Duration = Duration::from_secs(75);
+/// A sink advertises a changed decision at most this often.
+pub const ADVERT_MIN: Duration = Duration::from_secs(1);
+/// Gossip hops from the sink to the farthest host (gossipsub's mesh of
+/// degree 6 spans a million hosts in 8).
+pub const GOSSIP_HOPS: u32 = 8;
+/// A host steps its rollouts this often.
+pub const STAGE_EVERY: Duration = Duration::from_secs(1);
 /// The task id the waves are drawn for (the draw depends on it).
 const TASK_ID: &str = "sim-rollout";
 
@@ -171,12 +177,20 @@ enum Event {
     Sum(u32),
     /// The cell's sum reaches the sink.
     Summary(u32),
-    /// The cell's aggregator asks the sink.
-    Ask(u32),
-    /// The sink's answer reaches the aggregator.
-    Answer { cell: u32, open: u8, halted: bool },
-    /// The member reports and hears its aggregator's decisions.
-    Tick(u32),
+    /// The sink decides again (its settle time is over).
+    Decide,
+    /// The sink advertises its decision.
+    Advert,
+    /// A host acts on advert `advert` (an index into the adverts sent).
+    Hear { host: u32, advert: u16 },
+}
+
+/// A sink's advert of its decision, and when it left.
+#[derive(Debug, Clone, Copy)]
+struct Advert {
+    at: Duration,
+    open: usize,
+    halted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,9 +211,6 @@ struct Cell {
     at_sink: Option<Vec<WaveTally>>,
     sent: Vec<WaveTally>,
     changed: bool,
-    /// The decisions the aggregator last heard.
-    open: u8,
-    halted: bool,
 }
 
 /// Rolls the task out over `held` (for each host, when it held the task,
@@ -250,8 +261,6 @@ pub fn run(
             at_sink: None,
             sent: Vec::new(),
             changed: true,
-            open: 1,
-            halted: false,
         })
         .collect();
     // Every member counts in its wave from its cell's first sum.
@@ -276,17 +285,20 @@ pub fn run(
             queue.push(*at, Event::Held(h as u32));
         }
     }
-    // Each cell's aggregator starts summing and asking once it holds the
-    // task (its first member to hold it, in the model).
+    // Each cell's aggregator starts summing once it holds the task (its
+    // first member to hold it, in the model).
     for c in 0..cells {
         let members = c * cell_size..((c + 1) * cell_size).min(hosts);
         if let Some(first) = members.filter_map(|h| held[h]).min() {
             let sum_phase = SUM_EVERY.mul_f64(rng.random::<f64>());
-            let ask_phase = ASK_EVERY.mul_f64(rng.random::<f64>());
             queue.push(first + sum_phase, Event::Sum(c as u32));
-            queue.push(first + ask_phase, Event::Ask(c as u32));
         }
     }
+    // The sink holds the task about when the first host does.
+    let sink_held = held.iter().flatten().min().copied().unwrap_or_default();
+    queue.push(sink_held + SINK_SETTLE, Event::Decide);
+    let spread = latency * GOSSIP_HOPS;
+    let mut adverts: Vec<Advert> = Vec::new();
 
     let horizon = Duration::from_secs(model.horizon_s);
     let fail_after = Duration::from_secs_f64(model.fail_after_s);
@@ -313,13 +325,22 @@ pub fn run(
             Event::Held(h) => {
                 let h = h as usize;
                 state[h] = HostState::Waiting;
-                // Wave 0 is open from the start; a member knows no more
-                // until its first report is answered.
+                // It acts on the sink's latest advert (adverts are
+                // kept, not tied to the task) once that reached it; wave
+                // 0 is open from the start.
                 if wave_of[h] == 0 {
                     apply(h, now, &mut state, &mut applied_at, &mut queue);
                 }
-                let phase = MEMBER_REPORT_EVERY.mul_f64(rng.random::<f64>());
-                queue.push(now + phase, Event::Tick(h as u32));
+                if let Some(last) = adverts.last() {
+                    let step = STAGE_EVERY.mul_f64(rng.random::<f64>());
+                    queue.push(
+                        (last.at + spread).max(now) + step,
+                        Event::Hear {
+                            host: h as u32,
+                            advert: (adverts.len() - 1) as u16,
+                        },
+                    );
+                }
             }
             Event::Verdict(h) => {
                 let h = h as usize;
@@ -380,45 +401,58 @@ pub fn run(
                     total.failed += n.failed;
                 }
                 cell.at_sink = Some(cell.sent.clone());
-                let counts = RolloutCounts {
-                    waves: sink_totals.clone(),
-                    complete: sink_cells == cells,
-                };
-                let next = rollout::decide(&plan, &counts, Control::Running);
-                for opened in opened_at.iter_mut().take(next.open) {
-                    opened.get_or_insert(now);
-                }
-                if next.halt.is_some() && decision.halt.is_none() {
-                    halted_at = Some(now);
-                }
-                decision = Decision {
-                    open: next.open.max(decision.open),
-                    // A halt holds.
-                    halt: decision.halt.or(next.halt),
-                };
+                queue.push(now, Event::Decide);
             }
-            Event::Ask(c) => {
-                queue.push(
-                    now + latency * 2,
-                    Event::Answer {
-                        cell: c,
-                        open: decision.open as u8,
-                        halted: decision.halt.is_some(),
-                    },
+            Event::Decide => {
+                let changed = sink_decides(
+                    &plan,
+                    &sink_totals,
+                    sink_cells == cells && now >= sink_held + SINK_SETTLE,
+                    now,
+                    &mut decision,
+                    &mut opened_at,
+                    &mut halted_at,
                 );
-                if decision.halt.is_none() || heard < online_held {
-                    queue.push(now + ASK_EVERY, Event::Ask(c));
+                if changed {
+                    let next = adverts.last().map_or(now, |a| (a.at + ADVERT_MIN).max(now));
+                    queue.push(next, Event::Advert);
                 }
             }
-            Event::Answer { cell, open, halted } => {
-                let cell = &mut cell_state[cell as usize];
-                cell.open = cell.open.max(open);
-                cell.halted |= halted;
+            Event::Advert => {
+                let advert = Advert {
+                    at: now,
+                    open: decision.open,
+                    halted: decision.halt.is_some(),
+                };
+                if adverts
+                    .last()
+                    .is_some_and(|a| a.open == advert.open && a.halted == advert.halted)
+                {
+                    continue;
+                }
+                adverts.push(advert);
+                let index = (adverts.len() - 1) as u16;
+                for (h, s) in state.iter().enumerate() {
+                    if *s == HostState::Away {
+                        continue;
+                    }
+                    let hops = latency * rng.random_range(1..=GOSSIP_HOPS);
+                    let step = STAGE_EVERY.mul_f64(rng.random::<f64>());
+                    queue.push(
+                        now + hops + step,
+                        Event::Hear {
+                            host: h as u32,
+                            advert: index,
+                        },
+                    );
+                }
             }
-            Event::Tick(h) => {
-                let h = h as usize;
-                let cell = &cell_state[h / cell_size];
-                if cell.halted {
+            Event::Hear { host, advert } => {
+                let h = host as usize;
+                let Some(a) = adverts.get(usize::from(advert)).copied() else {
+                    continue;
+                };
+                if a.halted {
                     if heard_halt[h].is_none() {
                         heard_halt[h] = Some(now);
                         heard += 1;
@@ -426,10 +460,9 @@ pub fn run(
                     // Halted: it rolls back (if it applied) and stops.
                     continue;
                 }
-                if state[h] == HostState::Waiting && wave_of[h] < cell.open {
+                if state[h] == HostState::Waiting && usize::from(wave_of[h]) < a.open {
                     apply(h, now, &mut state, &mut applied_at, &mut queue);
                 }
-                queue.push(now + MEMBER_REPORT_EVERY, Event::Tick(h as u32));
             }
         }
         if heard == online_held && decision.halt.is_some() {
@@ -484,6 +517,38 @@ pub fn run(
         halt_heard: Quantiles::of(&halt_heard),
         all_applied_at_s,
     })
+}
+
+/// The sink decides from its totals (`complete`: every cell counted and
+/// its settle time over) and keeps a halt; true when what it would
+/// advertise changed.
+fn sink_decides(
+    plan: &Plan,
+    totals: &[WaveTally],
+    complete: bool,
+    now: Duration,
+    decision: &mut Decision,
+    opened_at: &mut [Option<Duration>],
+    halted_at: &mut Option<Duration>,
+) -> bool {
+    let counts = RolloutCounts {
+        waves: totals.to_vec(),
+        complete,
+    };
+    let next = rollout::decide(plan, &counts, Control::Running);
+    for opened in opened_at.iter_mut().take(next.open) {
+        opened.get_or_insert(now);
+    }
+    if next.halt.is_some() && decision.halt.is_none() {
+        *halted_at = Some(now);
+    }
+    let before = (decision.open, decision.halt.is_some());
+    *decision = Decision {
+        open: next.open.max(decision.open),
+        // A halt holds.
+        halt: decision.halt.or(next.halt),
+    };
+    before != (decision.open, decision.halt.is_some())
 }
 
 #[cfg(test)]

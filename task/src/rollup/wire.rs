@@ -53,6 +53,13 @@ pub fn summary_to_wire(summary: &CellSummary) -> v1::CellSummary {
                         named: t.hosts.get(s).cloned().unwrap_or_default(),
                     })
                     .collect(),
+                waves: (t.waves.iter())
+                    .map(|w| v1::WaveCount {
+                        hosts: w.hosts,
+                        soaked: w.soaked,
+                        failed: w.failed,
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -122,6 +129,16 @@ pub fn summary_from_wire(wire: v1::CellSummary) -> Result<CellSummary, String> {
                 counts.hosts.insert(s.state, s.named);
             }
         }
+        if t.waves.len() > crate::rollout::MAX_WAVES {
+            return Err(format!("{} waves of {}", t.waves.len(), t.task_id));
+        }
+        counts.waves = (t.waves.iter())
+            .map(|w| crate::rollout::WaveTally {
+                hosts: w.hosts,
+                soaked: w.soaked,
+                failed: w.failed,
+            })
+            .collect();
         if tasks.insert(t.task_id.clone(), counts).is_some() {
             return Err(format!("task {} twice", t.task_id));
         }
@@ -237,6 +254,18 @@ mod tests {
         t.counts.insert("failed".into(), 2);
         t.hosts
             .insert("failed".into(), vec!["h1".into(), "h2".into()]);
+        t.waves = vec![
+            crate::rollout::WaveTally {
+                hosts: 2,
+                soaked: 1,
+                failed: 1,
+            },
+            crate::rollout::WaveTally {
+                hosts: 40,
+                soaked: 39,
+                failed: 1,
+            },
+        ];
         tasks.insert("tag-web".into(), t);
         let mut versions = BTreeMap::new();
         versions.insert("0.1.0".into(), 41);
@@ -309,6 +338,10 @@ mod tests {
         let mut long = summary();
         long.by = "a".repeat(MAX_FACT_TEXT + 1);
         assert!(decode_summary(&encode_summary(&long)).is_err());
+        let mut waves = summary();
+        waves.tasks.get_mut("tag-web").unwrap().waves =
+            vec![crate::rollout::WaveTally::default(); crate::rollout::MAX_WAVES + 1];
+        assert!(decode_summary(&encode_summary(&waves)).is_err());
         // The same state twice (no encoder of ours writes it).
         let twice = v1::CellSummary {
             tasks: vec![v1::CellTaskStates {
@@ -321,6 +354,7 @@ mod tests {
                     };
                     2
                 ],
+                waves: vec![],
             }],
             ..Default::default()
         };

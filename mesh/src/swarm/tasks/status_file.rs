@@ -186,7 +186,10 @@ pub(in crate::swarm) fn detail_of(state: &starling_task::TaskState) -> String {
         TaskState::Failed { reason } => reason.clone(),
         TaskState::Refused { reason, detail } => format!("{}: {detail}", reason.as_str()),
         TaskState::Stopped { why } | TaskState::RolledBack { why } => why.clone(),
-        TaskState::Pending | TaskState::Applied | TaskState::NotTargeted => String::new(),
+        TaskState::Soaking { since } => format!("applied at {since} (Unix s), soaking"),
+        TaskState::Pending | TaskState::Waiting | TaskState::Applied | TaskState::NotTargeted => {
+            String::new()
+        }
     }
 }
 
