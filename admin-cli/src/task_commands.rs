@@ -13,8 +13,8 @@ use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
 use starling_proto::v1::{
     CancelTasks, ConfigSetting, FleetConfig, HostTags, KindRateLimit, RevocationList,
-    RevokeOperatorKeys, SensorKindSwitch, SignedRoot, StringList, TagChange, TargetSelector,
-    TaskPayload,
+    RevokeOperatorKeys, RolloutAction, RolloutControl, SensorKindSwitch, SignedRoot, StringList,
+    TagChange, TargetSelector, TaskPayload,
 };
 use starling_task::keys::OperatorKeyPair;
 use starling_task::sign::{sign_task, unsigned_task};
@@ -234,6 +234,29 @@ pub enum CreateKind {
         #[arg(long = "task", required = true)]
         task_ids: Vec<String>,
     },
+    /// Pause, resume or abort the rollout of tasks with a plan
+    /// (docs/rollouts.md); target the whole fleet (--all).
+    Rollout {
+        #[command(flatten)]
+        common: Common,
+        /// What to do with the rollouts.
+        #[arg(long, value_enum)]
+        action: RolloutActionArg,
+        /// Task id; repeatable.
+        #[arg(long = "task", required = true)]
+        task_ids: Vec<String>,
+    },
+}
+
+/// What a rollout task does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RolloutActionArg {
+    /// No further wave opens; hosts of open waves keep what they applied.
+    Pause,
+    /// Waves open again as the counts allow.
+    Resume,
+    /// Halt for good: every host that applied the task takes it back.
+    Abort,
 }
 
 /// `starlingctl task ...`
@@ -580,6 +603,24 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
         ),
         CreateKind::Cancel { common, task_ids } => {
             (common, "cancel", Body::Cancel(CancelTasks { task_ids }))
+        }
+        CreateKind::Rollout {
+            common,
+            action,
+            task_ids,
+        } => {
+            let action = match action {
+                RolloutActionArg::Pause => RolloutAction::Pause,
+                RolloutActionArg::Resume => RolloutAction::Resume,
+                RolloutActionArg::Abort => RolloutAction::Abort,
+            };
+            let control = RolloutControl {
+                task_ids,
+                action: action as i32,
+                // Later controls of the same rollout win: Unix ms.
+                generation: unix_ms(at),
+            };
+            (common, "rollout", Body::RolloutControl(control))
         }
     };
     let root = load_root(&common.root)?;

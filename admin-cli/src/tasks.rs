@@ -175,6 +175,27 @@ pub fn describe_body(body: &Body) -> Vec<String> {
             .iter()
             .map(|t| format!("cancel task {}", sanitize(t)))
             .collect(),
+        Body::RolloutControl(r) => {
+            let action = starling_proto::v1::RolloutAction::try_from(r.action).map_or(
+                "(unknown action)",
+                |a| match a {
+                    starling_proto::v1::RolloutAction::Pause => "pause",
+                    starling_proto::v1::RolloutAction::Resume => "resume",
+                    starling_proto::v1::RolloutAction::Abort => "abort",
+                    starling_proto::v1::RolloutAction::Unspecified => "(no action)",
+                },
+            );
+            r.task_ids
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{action} the rollout of task {} (generation {})",
+                        sanitize(t),
+                        r.generation
+                    )
+                })
+                .collect()
+        }
     }
 }
 

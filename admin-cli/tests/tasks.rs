@@ -157,6 +157,28 @@ fn keys_roots_and_tasks_from_the_command_line() {
         "{shown}"
     );
     assert!(shown.contains("accept it"), "{shown}");
+    // The operators abort that rollout with a signed rollout task.
+    starlingctl(
+        d,
+        &[
+            "task",
+            "create",
+            "rollout",
+            "--root",
+            "root.bin",
+            "--all",
+            "--action",
+            "abort",
+            "--task",
+            "t2",
+            "-o",
+            "abort.bin",
+        ],
+    );
+    starlingctl(d, &["task", "sign", "--key", "keys/carol.key", "abort.bin"]);
+    let shown = starlingctl(d, &["task", "show", "abort.bin", "--root", "root.bin"]);
+    assert!(shown.contains("abort the rollout of task t2"), "{shown}");
+    assert!(shown.contains("accept it"), "{shown}");
 
     // Revoking a key needs two signatures.
     let carol = starling_task::KeyId::of(

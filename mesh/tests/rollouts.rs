@@ -2,7 +2,9 @@
 //! (docs/rollouts.md): a task with a plan is applied wave by wave, a wave
 //! only once every host of the one before soaked; a task that makes the
 //! hosts that take it unhealthy halts after its first wave, the hosts
-//! that took it take it back by themselves, and no later wave applies it.
+//! that took it take it back by themselves, and no later wave applies it;
+//! a rollout the operators abort (a signed rollout task) is taken back
+//! the same way.
 //!
 //! The hosts' health is what the node tells its mesh
 //! (`MeshCommand::Health`); here the test tells it, turning a host
@@ -75,7 +77,7 @@ fn planned(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waves_open_in_turn_and_a_poison_task_halts_and_rolls_back() {
+async fn waves_open_in_turn_a_poison_task_halts_and_an_abort_rolls_back() {
     let fleet = Fleet::new();
     let op = Operator::new();
     let states = tempfile::tempdir().expect("tempdir");
@@ -216,6 +218,54 @@ async fn waves_open_in_turn_and_a_poison_task_halts_and_rolls_back() {
                 task.detail
             );
         }
+    }
+
+    // The operators abort a rollout whose first wave soaks: its hosts
+    // take the task back, the rest never apply it.
+    for m in &members {
+        let _ = m.commands.send(MeshCommand::Health(None)).await;
+    }
+    let id = task_id_with_small_first_wave("aborted", &names);
+    let first: BTreeSet<usize> = (0..N)
+        .filter(|i| rollout_point(&id, &names[*i]) < FIRST_WAVE)
+        .collect();
+    let verdict = publish(
+        &members[0],
+        "long",
+        &planned(&op, &id, 600, set_tag("long")),
+    )
+    .await;
+    assert_eq!(verdict["verdict"], "accepted", "{verdict}");
+    let soaking = |i: usize| state_of(&members[i], &id).as_deref() == Some("soaking");
+    wait_each(&members, "the first wave soaking", 60, |i, _| {
+        !first.contains(&i) || soaking(i)
+    })
+    .await;
+    let abort = op.task(
+        "abort-it",
+        every_host(),
+        starling_proto::v1::task_payload::Body::RolloutControl(
+            starling_proto::v1::RolloutControl {
+                task_ids: vec![id.clone()],
+                action: starling_proto::v1::RolloutAction::Abort as i32,
+                generation: 1,
+            },
+        ),
+    );
+    let verdict = publish(&members[5], "abort", &abort).await;
+    assert_eq!(verdict["verdict"], "accepted", "{verdict}");
+    wait_each(&members, "the aborted rollout taken back", 60, |i, m| {
+        let want = if first.contains(&i) {
+            "rolled_back"
+        } else {
+            "stopped"
+        };
+        state_of(m, &id).as_deref() == Some(want)
+    })
+    .await;
+    for m in &members {
+        let s = status(m).expect("status");
+        assert!(!s.tags.iter().any(|t| t == "long"), "the tag is taken back");
     }
     for m in members {
         let _ = m.stop.send(true);

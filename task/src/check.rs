@@ -190,6 +190,7 @@ pub fn kind_of(body: &Body) -> TaskKind {
         Body::Root(_) => TaskKind::Root,
         Body::RevokeKeys(_) => TaskKind::RevokeKey,
         Body::Cancel(_) => TaskKind::Cancel,
+        Body::RolloutControl(_) => TaskKind::Rollout,
     }
 }
 
@@ -431,9 +432,11 @@ fn check_payload(p: &TaskPayload, signatures: usize) -> Result<&Body, String> {
         && target.sample_basis_points == 0
         && target.exclude_hosts.is_empty()
         && target.exclude_tags.is_empty();
+    // A rollout's control must reach the sinks, which decide it, and
+    // every host that may have applied the task.
     let needs_whole_fleet = matches!(
         body,
-        Body::Root(_) | Body::RevokeKeys(_) | Body::Revocations(_)
+        Body::Root(_) | Body::RevokeKeys(_) | Body::Revocations(_) | Body::RolloutControl(_)
     );
     if needs_whole_fleet && !fleet_wide {
         return Err(format!(
@@ -497,6 +500,20 @@ fn check_payload(p: &TaskPayload, signatures: usize) -> Result<&Body, String> {
         }
         Body::RevokeKeys(r) => count(r.key_ids.len(), "key ids")?,
         Body::Cancel(c) => count(c.task_ids.len(), "task ids")?,
+        Body::RolloutControl(r) => {
+            count(r.task_ids.len(), "task ids")?;
+            if let Some(id) =
+                (r.task_ids.iter()).find(|id| id.is_empty() || id.len() > MAX_TASK_NAME_LEN)
+            {
+                return Err(format!("task id {id:?}"));
+            }
+            if crate::ledger::control_of(r).is_none() || r.generation == 0 {
+                return Err(format!(
+                    "a rollout control with action {} at generation {} (pause, resume or abort; generations start at 1)",
+                    r.action, r.generation
+                ));
+            }
+        }
     }
     Ok(body)
 }

@@ -556,3 +556,51 @@ fn expired_tasks_are_forgotten_and_the_ledger_survives_serde() {
     // The tag it set stays.
     assert!(h.ledger.tags().contains("x"));
 }
+
+#[test]
+fn rollout_controls_reach_the_whole_fleet_and_need_a_root_that_lists_them() {
+    use starling_proto::v1::{RolloutAction, RolloutControl};
+    let control = |action: RolloutAction, generation| {
+        Body::RolloutControl(RolloutControl {
+            task_ids: vec!["roll".into()],
+            action: action as i32,
+            generation,
+        })
+    };
+    let mut h = Host::new();
+    let mut tagged = task("t", control(RolloutAction::Pause, 1));
+    tagged.target = Some(TargetSelector {
+        tags: vec!["web".into()],
+        ..Default::default()
+    });
+    let r = h.refused(&h.ops.signed_task(&tagged, &[0]), RefusalReason::Malformed);
+    assert!(r.detail.contains("whole fleet"), "{}", r.detail);
+    for bad in [
+        control(RolloutAction::Unspecified, 1),
+        control(RolloutAction::Pause, 0),
+    ] {
+        h.refused(
+            &h.ops.signed_task(&task("t", bad), &[0]),
+            RefusalReason::Malformed,
+        );
+    }
+    assert_eq!(
+        h.deliver(
+            &h.ops
+                .signed_task(&task("pause", control(RolloutAction::Pause, 1)), &[0])
+        ),
+        Ok(TaskState::Applied)
+    );
+    assert_eq!(h.ledger.control("roll"), crate::rollout::Control::Paused);
+
+    // A root written before the kind existed lists no policy for it.
+    let mut old = Host::new();
+    let mut r = root_of(&old.ops, "fleet-a", 1, 1);
+    r.policies.retain(|p| p.kind != TaskKind::Rollout as i32);
+    old.root = TrustedRoot::install(&old.ops.signed_root(&r, &[0, 1]), NOW).unwrap();
+    old.refused(
+        &old.ops
+            .signed_task(&task("abort", control(RolloutAction::Abort, 2)), &[0]),
+        RefusalReason::KindNotAllowed,
+    );
+}

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost::Message as _;
 use starling_proto::v1::config_setting::Setting;
 use starling_proto::v1::task_payload::Body;
-use starling_proto::v1::ConfigSetting;
+use starling_proto::v1::{ConfigSetting, RolloutAction, RolloutControl};
 
 use crate::check::{CheckedTask, RefusalReason, CLOCK_SKEW_ALLOWANCE_SECS};
 use crate::keys::KeyId;
+use crate::rollout::Control;
 use crate::root::kind_name;
 use crate::target::{targets, HostFacts};
 
@@ -130,6 +131,21 @@ pub struct Ledger {
     revoked_keys: BTreeSet<KeyId>,
     /// Task ids cancelled -> until when to remember them.
     cancelled: BTreeMap<String, u64>,
+    /// Task id -> the operators' last control of its rollout: its
+    /// generation, the control, and until when to remember it.
+    #[serde(default)]
+    controls: BTreeMap<String, (u64, Control, u64)>,
+}
+
+/// The control a `RolloutControl` carries (None: no action this version
+/// knows).
+pub fn control_of(c: &RolloutControl) -> Option<Control> {
+    match RolloutAction::try_from(c.action).ok()? {
+        RolloutAction::Pause => Some(Control::Paused),
+        RolloutAction::Resume => Some(Control::Running),
+        RolloutAction::Abort => Some(Control::Aborted),
+        RolloutAction::Unspecified => None,
+    }
 }
 
 impl Ledger {
@@ -151,6 +167,14 @@ impl Ledger {
     /// True when a cancel task named task `id`.
     pub fn is_cancelled(&self, id: &str) -> bool {
         self.cancelled.contains_key(id)
+    }
+
+    /// The operators' last word on task `id`'s rollout (running unless a
+    /// rollout task said otherwise).
+    pub fn control(&self, id: &str) -> Control {
+        self.controls
+            .get(id)
+            .map_or(Control::Running, |(_, c, _)| *c)
     }
 
     /// The fleet's tags present on this host.
@@ -309,6 +333,24 @@ impl Ledger {
                     }
                 }
             }
+            Some(Body::RolloutControl(c)) => {
+                if let Some(control) = control_of(c) {
+                    for id in &c.task_ids {
+                        let newer = self
+                            .controls
+                            .get(id)
+                            .is_none_or(|(generation, _, _)| c.generation > *generation);
+                        // An abort is final, as a halt by failures is.
+                        let aborted = self.control(id) == Control::Aborted;
+                        if newer && !aborted {
+                            self.controls.insert(
+                                id.clone(),
+                                (c.generation, control, task.payload.not_after),
+                            );
+                        }
+                    }
+                }
+            }
             Some(Body::Root(_)) | None => {}
         }
         if let Some(record) = self.tasks.get_mut(&task.task_id) {
@@ -438,10 +480,11 @@ impl Ledger {
     /// bounded by the tasks still valid. True when anything went.
     pub fn forget_expired(&mut self, now: u64) -> bool {
         let gone = |not_after: u64| not_after.saturating_add(CLOCK_SKEW_ALLOWANCE_SECS) < now;
-        let before = (self.tasks.len(), self.cancelled.len());
+        let before = (self.tasks.len(), self.cancelled.len(), self.controls.len());
         self.tasks.retain(|_, r| !gone(r.not_after));
         self.cancelled.retain(|_, until| !gone(*until));
-        before != (self.tasks.len(), self.cancelled.len())
+        self.controls.retain(|_, (_, _, until)| !gone(*until));
+        before != (self.tasks.len(), self.cancelled.len(), self.controls.len())
     }
 
     /// Names the first setting or tag of `task` that is not newer than
@@ -726,6 +769,39 @@ mod tests {
             &checked("t3", tags(vec![("x", 3, false)]), false),
         );
         assert!(!ledger.roll_back("t3", "halted".into()));
+    }
+
+    fn control(id: &str, generation: u64, action: RolloutAction) -> CheckedTask {
+        let mut t = checked(
+            id,
+            Body::RolloutControl(RolloutControl {
+                task_ids: vec!["roll".into()],
+                action: action as i32,
+                generation,
+            }),
+            false,
+        );
+        t.kind = TaskKind::Rollout;
+        t.payload.not_after = 1_000;
+        t
+    }
+
+    #[test]
+    fn the_newest_control_of_a_rollout_wins_and_an_abort_is_final() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.control("roll"), Control::Running);
+        apply(&mut ledger, &control("c1", 5, RolloutAction::Pause));
+        assert_eq!(ledger.control("roll"), Control::Paused);
+        apply(&mut ledger, &control("c2", 4, RolloutAction::Resume));
+        assert_eq!(ledger.control("roll"), Control::Paused, "an older control");
+        apply(&mut ledger, &control("c3", 6, RolloutAction::Resume));
+        assert_eq!(ledger.control("roll"), Control::Running);
+        apply(&mut ledger, &control("c4", 7, RolloutAction::Abort));
+        apply(&mut ledger, &control("c5", 8, RolloutAction::Resume));
+        assert_eq!(ledger.control("roll"), Control::Aborted, "final");
+        // Remembered while the control task is valid.
+        assert!(ledger.forget_expired(1_000 + CLOCK_SKEW_ALLOWANCE_SECS + 1));
+        assert_eq!(ledger.control("roll"), Control::Running);
     }
 
     fn switch(kind: &str) -> ConfigSetting {

@@ -203,7 +203,8 @@ impl WaveTally {
 }
 
 /// What the operator said of a rollout last (signed control tasks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Control {
     #[default]
     Running,

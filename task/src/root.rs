@@ -373,17 +373,19 @@ pub fn kind_name(kind: TaskKind) -> &'static str {
         TaskKind::Root => "root",
         TaskKind::RevokeKey => "revoke-key",
         TaskKind::Cancel => "cancel",
+        TaskKind::Rollout => "rollout",
     }
 }
 
 /// Every kind a task can be, in the order views list them.
-pub const TASK_KINDS: [TaskKind; 6] = [
+pub const TASK_KINDS: [TaskKind; 7] = [
     TaskKind::Config,
     TaskKind::Tags,
     TaskKind::Revocations,
     TaskKind::Root,
     TaskKind::RevokeKey,
     TaskKind::Cancel,
+    TaskKind::Rollout,
 ];
 
 #[cfg(test)]

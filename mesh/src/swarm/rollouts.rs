@@ -107,10 +107,13 @@ impl Mesh {
             return;
         };
         let plans = driver.plane.rollout_plans();
-        let decisions =
-            driver
-                .decisions
-                .decide(&plans, &driver.fleet, super::tasks::unix_now() * 1000);
+        let ledger = driver.plane.ledger();
+        let decisions = driver.decisions.decide(
+            &plans,
+            &driver.fleet,
+            super::tasks::unix_now() * 1000,
+            |id| ledger.control(id),
+        );
         metrics::gauge!(ROLLOUTS_DECIDED).set(decisions.len() as f64);
         metrics::gauge!(ROLLOUTS_HALTED).set(decisions.iter().filter(|d| d.halted).count() as f64);
         if decisions == driver.announced {

@@ -280,9 +280,22 @@ pub async fn publish(m: &Member, name: &str, signed: &[u8]) -> serde_json::Value
 /// Polls until `ok` holds for every member, or panics naming the first
 /// that it does not hold for.
 pub async fn wait_all(members: &[Member], what: &str, secs: u64, ok: impl Fn(&Member) -> bool) {
+    wait_each(members, what, secs, |_, m| ok(m)).await
+}
+
+/// [`wait_all`] with each member's index, for conditions that depend on
+/// which member it is.
+pub async fn wait_each(
+    members: &[Member],
+    what: &str,
+    secs: u64,
+    ok: impl Fn(usize, &Member) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let missing: Vec<usize> = (0..members.len()).filter(|i| !ok(&members[*i])).collect();
+        let missing: Vec<usize> = (0..members.len())
+            .filter(|i| !ok(*i, &members[*i]))
+            .collect();
         if missing.is_empty() {
             return;
         }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::TaskPlane;
 use crate::check::CheckedTask;
 use crate::ledger::TaskState;
-use crate::rollout::{cell_canary, Decided, Plan};
+use crate::rollout::{cell_canary, Control, Decided, Plan};
 
 /// What a staging step asks of the driver.
 #[derive(Debug, Default)]
@@ -65,7 +65,11 @@ impl TaskPlane {
                 continue;
             };
             let decision = decided.get(&id);
-            if let Some(why) = decision.and_then(|d| d.halted.as_deref()) {
+            // An abort the host holds halts as a sink's halt does, without
+            // waiting for one.
+            let aborted = (self.ledger.control(&id) == Control::Aborted)
+                .then_some("aborted by the operators");
+            if let Some(why) = aborted.or(decision.and_then(|d| d.halted.as_deref())) {
                 let why = format!("its rollout halted ({why})");
                 let changed = match state {
                     TaskState::Waiting => self.ledger.halted_waiting(&id, why),
@@ -252,5 +256,47 @@ mod tests {
         let s = q.stage(NOW, std::slice::from_ref(&later), &halted, Ok(()));
         assert!(s.changed && !s.settings_changed && s.apply.is_empty());
         assert_eq!(state(&q, "t"), "stopped");
+    }
+
+    #[test]
+    fn an_abort_the_host_holds_halts_without_a_sink() {
+        let ops = Operators::new(1);
+        let signed = planned_tag_task(&ops, "t");
+        let first = host_in("t", 0);
+        let mut p = plane(&ops, &first);
+        receive(&mut p, &signed);
+        let members = vec![first.clone()];
+        let s = p.stage(NOW, &members, &BTreeMap::new(), Ok(()));
+        p.applied(&s.apply[0], NOW);
+        let mut abort = tag_payload(
+            "abort-t",
+            "unused",
+            TargetSelector {
+                all: true,
+                ..Default::default()
+            },
+        );
+        abort.body = Some(starling_proto::v1::task_payload::Body::RolloutControl(
+            starling_proto::v1::RolloutControl {
+                task_ids: vec!["t".into()],
+                action: starling_proto::v1::RolloutAction::Abort as i32,
+                generation: 1,
+            },
+        ));
+        match p.receive(&ops.signed_task(&abort, &[0]), NOW) {
+            Received::Accepted { task, apply } => {
+                assert!(apply);
+                p.applied(&task, NOW);
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = p.stage(NOW + 1, &members, &BTreeMap::new(), Ok(()));
+        assert!(s.changed && s.settings_changed);
+        let r = p.ledger().task("t").expect("held");
+        assert!(
+            matches!(&r.state, TaskState::RolledBack { why } if why.contains("aborted by the operators")),
+            "{:?}",
+            r.state
+        );
     }
 }

@@ -51,13 +51,16 @@ impl SinkDecisions {
     }
 
     /// Decides each rollout of `plans` (task id -> its checked plan, the
-    /// tasks with a plan this sink holds) from `fleet` at `now_ms`, at
-    /// most [`MAX_ANNOUNCED`] of them, in task id order.
+    /// tasks with a plan this sink holds) from `fleet` at `now_ms` and the
+    /// operators' `control` of each (signed rollout tasks, as this sink's
+    /// ledger holds them), at most [`MAX_ANNOUNCED`] of them, in task id
+    /// order.
     pub fn decide(
         &mut self,
         plans: &BTreeMap<String, Plan>,
         fleet: &FleetStatus,
         now_ms: u64,
+        control: impl Fn(&str) -> Control,
     ) -> Vec<RolloutDecision> {
         self.halted.retain(|id, _| plans.contains_key(id));
         self.first_seen.retain(|id, _| plans.contains_key(id));
@@ -70,7 +73,7 @@ impl SinkDecisions {
                 if now_ms.saturating_sub(since) < self.settle_ms {
                     counts.complete = false;
                 }
-                let decision = decide(plan, &counts, Control::Running);
+                let decision = decide(plan, &counts, control(id));
                 if let Some(halt) = decision.halt {
                     self.halted
                         .entry(id.clone())
@@ -189,17 +192,17 @@ mod tests {
     fn a_sink_opens_the_next_wave_once_the_first_soaked_and_a_halt_stays() {
         let plans: BTreeMap<String, Plan> = [("t".to_string(), plan())].into();
         let mut sink = SinkDecisions::new(1_000);
-        let d = sink.decide(&plans, &fleet(40, "soaking", &plans), 0);
+        let d = sink.decide(&plans, &fleet(40, "soaking", &plans), 0, running);
         assert_eq!((d[0].open_waves, d[0].halted), (1, false));
-        let d = sink.decide(&plans, &fleet(40, "applied", &plans), 999);
+        let d = sink.decide(&plans, &fleet(40, "applied", &plans), 999, running);
         assert_eq!(
             (d[0].open_waves, d[0].halted),
             (1, false),
             "not before the sink held the task for its settle time"
         );
-        let d = sink.decide(&plans, &fleet(40, "applied", &plans), 1_000);
+        let d = sink.decide(&plans, &fleet(40, "applied", &plans), 1_000, running);
         assert_eq!((d[0].open_waves, d[0].halted), (2, false));
-        let d = sink.decide(&plans, &fleet(40, "failed", &plans), 1_001);
+        let d = sink.decide(&plans, &fleet(40, "failed", &plans), 1_001, running);
         assert!(d[0].halted);
         assert!(
             d[0].halt_reason.starts_with("wave 0: "),
@@ -207,14 +210,36 @@ mod tests {
             d[0].halt_reason
         );
         // The hosts roll back; the sink stays halted.
-        let d = sink.decide(&plans, &fleet(40, "rolled_back", &plans), 1_002);
+        let d = sink.decide(&plans, &fleet(40, "rolled_back", &plans), 1_002, running);
         assert!(d[0].halted, "a halt is final");
         // A cell not counted yet: incomplete, only the first wave open.
         let empty = FleetStatus::default();
         assert_eq!(
-            SinkDecisions::new(0).decide(&plans, &empty, 5_000)[0].open_waves,
+            SinkDecisions::new(0).decide(&plans, &empty, 5_000, running)[0].open_waves,
             1
         );
+    }
+
+    fn running(_: &str) -> Control {
+        Control::Running
+    }
+
+    #[test]
+    fn the_operators_pause_and_abort_a_rollout() {
+        let plans: BTreeMap<String, Plan> = [("t".to_string(), plan())].into();
+        let soaked = fleet(40, "applied", &plans);
+        let mut sink = SinkDecisions::new(0);
+        let d = sink.decide(&plans, &soaked, 0, |_| Control::Paused);
+        assert_eq!(
+            (d[0].open_waves, d[0].halted),
+            (1, false),
+            "paused: no next wave"
+        );
+        let d = sink.decide(&plans, &soaked, 1, running);
+        assert_eq!(d[0].open_waves, 2, "resumed");
+        let d = sink.decide(&plans, &soaked, 2, |_| Control::Aborted);
+        assert!(d[0].halted);
+        assert_eq!(d[0].halt_reason, "aborted by the operators");
     }
 
     #[test]
