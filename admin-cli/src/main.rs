@@ -13,6 +13,7 @@ use starling_sink::local_store::LocalStoreReader;
 mod files;
 mod fleet_commands;
 mod key_commands;
+mod rollout_commands;
 mod root_commands;
 mod task_commands;
 
@@ -61,6 +62,12 @@ enum Command {
     Task {
         #[command(subcommand)]
         command: task_commands::TaskCommand,
+    },
+    /// Staged rollouts: check a plan, follow the waves, pause, resume or
+    /// abort.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout_commands::RolloutCommand,
     },
     /// The fleet's hosts: cells, who is down and since when, and with
     /// --cell each host's version, facts and agent resources.
@@ -222,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         Command::Key { command } => key_commands::key(command),
         Command::Root { command } => root_commands::root(command),
         Command::Task { command } => task_commands::task(command),
+        Command::Rollout { command } => rollout_commands::rollout(command),
         Command::Fleet(args) => fleet_commands::fleet(args),
         Command::Ca {
             command:

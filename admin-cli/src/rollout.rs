@@ -9,8 +9,13 @@
 //! into the message and back.
 
 use anyhow::{bail, Context};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use starling_mesh::swarm::{RolloutLine, RolloutWaveLine, TaskPlaneStatus};
 use starling_proto::v1::{RolloutPlan, RolloutWave};
-use starling_task::rollout::{default_plan, Plan, WHOLE};
+use starling_task::rollout::{default_plan, Control, Plan, WHOLE};
+
+use crate::sanitize;
+use crate::tasks::progress_bar;
 
 /// A wave's soak when the plan does not say.
 const DEFAULT_SOAK_SECS: u32 = 300;
@@ -101,6 +106,102 @@ fn percent(bp: u32) -> String {
     format!("{p}%")
 }
 
+/// The rollouts a node sees (`starlingctl rollout show`): each one's
+/// state (running, paused, halted and why), then wave by wave its plan,
+/// whether the sinks opened it, its hosts, those soaked and failed; the
+/// hosts failed by name where the cells named them.
+pub fn render_rollouts(status: &TaskPlaneStatus, id: Option<&str>) -> String {
+    let mut out = String::new();
+    let shown: Vec<(&String, &RolloutLine)> = status
+        .rollouts
+        .iter()
+        .filter(|(t, _)| id.is_none_or(|id| *t == id))
+        .collect();
+    if shown.is_empty() {
+        out.push_str(match id {
+            Some(_) => "this node holds no rollout of that task\n",
+            None => "no rollout under way\n",
+        });
+        return out;
+    }
+    for (task, line) in shown {
+        let counts = status.fleet_view.task(task);
+        let state = match (&line.halted, line.control) {
+            (Some(why), _) => format!("HALTED: {}", sanitize(why)),
+            (None, Control::Paused) => "paused by the operators".to_owned(),
+            (None, _) => "running".to_owned(),
+        };
+        out.push_str(&format!(
+            "rollout of {}: {}, {} of {} waves open\n",
+            sanitize(task),
+            state,
+            line.open_waves.min(line.waves.len()),
+            line.waves.len()
+        ));
+        let mut table = Table::new();
+        table
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["WAVE", "PLAN", "OPEN", "HOSTS", "SOAKED", "FAILED"]);
+        for (k, w) in line.waves.iter().enumerate() {
+            let tally = counts.waves.get(k).copied().unwrap_or_default();
+            table.add_row([
+                k.to_string(),
+                describe_wave(w),
+                if k < line.open_waves { "yes" } else { "no" }.to_owned(),
+                tally.hosts.to_string(),
+                progress_bar(tally.soaked, tally.hosts),
+                tally.failed.to_string(),
+            ]);
+        }
+        out.push_str(&format!("{table}\n"));
+        let n = |s: &str| counts.counts.get(s).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "{} waiting, {} soaking, {} applied, {} failed, {} rolled back, {} stopped, {} not answering\n",
+            n("waiting"),
+            n("soaking"),
+            n("applied"),
+            n("failed"),
+            n("rolled_back"),
+            n("stopped"),
+            n(starling_task::rollup::NO_ANSWER) + n(starling_task::rollup::NOT_REPORTING),
+        ));
+        if let Some(failed) = counts.hosts.get("failed") {
+            let mut names: Vec<String> = failed.iter().map(|h| sanitize(h)).collect();
+            names.sort();
+            out.push_str(&format!("failed: {}\n", names.join(" ")));
+        }
+    }
+    out
+}
+
+/// The same as JSON: each rollout's line and its counts wave by wave.
+pub fn rollouts_json(status: &TaskPlaneStatus, id: Option<&str>) -> serde_json::Value {
+    let rollouts: serde_json::Map<String, serde_json::Value> = status
+        .rollouts
+        .iter()
+        .filter(|(t, _)| id.is_none_or(|id| *t == id))
+        .map(|(task, line)| {
+            let counts = status.fleet_view.task(task);
+            (
+                task.clone(),
+                serde_json::json!({ "rollout": line, "states": counts }),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(rollouts)
+}
+
+fn describe_wave(w: &RolloutWaveLine) -> String {
+    describe_plan(&RolloutPlan {
+        waves: vec![RolloutWave {
+            share_basis_points: w.share_basis_points,
+            cell_canary: w.cell_canary,
+            soak_secs: u32::try_from(w.soak_secs).unwrap_or(u32::MAX),
+            max_failed_basis_points: w.max_failed_basis_points,
+        }],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +219,66 @@ mod tests {
         let spec = describe_plan(&plan);
         assert_eq!(parse_plan(&spec).expect("reads back"), plan, "{spec}");
         assert_eq!(parse_plan("default").expect("default"), default_plan());
+    }
+
+    #[test]
+    fn a_rollout_is_shown_wave_by_wave_with_its_state() {
+        use starling_task::rollout::WaveTally;
+        use starling_task::rollup::{CellSummary, TaskCounts};
+        let plan = parse_plan("25%:30s,100%:1m/5%").expect("valid");
+        let line = RolloutLine {
+            waves: (plan.waves.iter())
+                .map(|w| RolloutWaveLine {
+                    share_basis_points: w.share_basis_points,
+                    cell_canary: w.cell_canary,
+                    soak_secs: u64::from(w.soak_secs),
+                    max_failed_basis_points: w.max_failed_basis_points,
+                })
+                .collect(),
+            open_waves: 1,
+            halted: Some("wave 0: 2 of 3 hosts failed".into()),
+            control: Control::Running,
+        };
+        let mut counts = TaskCounts::default();
+        counts.counts.insert("failed".into(), 2);
+        counts.counts.insert("stopped".into(), 9);
+        counts
+            .hosts
+            .insert("failed".into(), vec!["h2".into(), "h1".into()]);
+        counts.waves = vec![
+            WaveTally {
+                hosts: 3,
+                soaked: 1,
+                failed: 2,
+            },
+            WaveTally::default(),
+        ];
+        let mut status = TaskPlaneStatus::default();
+        status.fleet_view.take(CellSummary {
+            cell: "c".into(),
+            by: "a".into(),
+            at_ms: 1,
+            members: 12,
+            tasks: [("roll".to_string(), counts)].into(),
+            hosts: Default::default(),
+        });
+        status.rollouts.insert("roll".into(), line);
+        let out = render_rollouts(&status, Some("roll"));
+        assert!(
+            out.contains("rollout of roll: HALTED: wave 0: 2 of 3 hosts failed, 1 of 2 waves open"),
+            "{out}"
+        );
+        assert!(
+            out.contains("25%:30s/2%") && out.contains("100%:1m/5%"),
+            "{out}"
+        );
+        assert!(out.contains("33% of 3"), "{out}");
+        assert!(out.contains("failed: h1 h2"), "{out}");
+        assert!(out.contains("9 stopped"), "{out}");
+        let json = rollouts_json(&status, None);
+        assert_eq!(json["roll"]["rollout"]["open_waves"], 1);
+        assert_eq!(json["roll"]["states"]["waves"][0]["failed"], 2);
+        assert!(render_rollouts(&status, Some("other")).contains("no rollout of that task"));
     }
 
     #[test]

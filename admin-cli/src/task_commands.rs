@@ -248,6 +248,25 @@ pub enum CreateKind {
     },
 }
 
+/// The body of a rollout task doing `action` to the rollouts of
+/// `task_ids`, made at `at` (its generation: later controls win).
+pub(crate) fn rollout_control(
+    action: RolloutActionArg,
+    task_ids: Vec<String>,
+    at: std::time::SystemTime,
+) -> Body {
+    let action = match action {
+        RolloutActionArg::Pause => RolloutAction::Pause,
+        RolloutActionArg::Resume => RolloutAction::Resume,
+        RolloutActionArg::Abort => RolloutAction::Abort,
+    };
+    Body::RolloutControl(RolloutControl {
+        task_ids,
+        action: action as i32,
+        generation: unix_ms(at),
+    })
+}
+
 /// What a rollout task does.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum RolloutActionArg {
@@ -336,7 +355,12 @@ pub(crate) fn task_dir(data_dir: &Path) -> PathBuf {
 }
 
 fn publish(task: &Path, data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
-    let bytes = read(task)?;
+    publish_bytes(&read(task)?, data_dir, wait)
+}
+
+/// Hands the signed task `bytes` to the node at `data_dir` and prints its
+/// verdict (waiting up to `wait`).
+pub(crate) fn publish_bytes(bytes: &[u8], data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
     let inbox = task_dir(data_dir).join(starling_mesh::swarm::INBOX_DIR);
     if !inbox.is_dir() {
         bail!(
@@ -346,7 +370,7 @@ fn publish(task: &Path, data_dir: &Path, wait: Duration) -> anyhow::Result<()> {
     }
     let name = format!("publish-{}-{}", std::process::id(), unix_ms(now()));
     let tmp = inbox.join(format!("{name}.part"));
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, inbox.join(format!("{name}.task")))
         .with_context(|| format!("handing the task to the node in {}", inbox.display()))?;
     let result = inbox.join(format!("{name}.result"));
@@ -608,20 +632,7 @@ fn create(kind: CreateKind) -> anyhow::Result<()> {
             common,
             action,
             task_ids,
-        } => {
-            let action = match action {
-                RolloutActionArg::Pause => RolloutAction::Pause,
-                RolloutActionArg::Resume => RolloutAction::Resume,
-                RolloutActionArg::Abort => RolloutAction::Abort,
-            };
-            let control = RolloutControl {
-                task_ids,
-                action: action as i32,
-                // Later controls of the same rollout win: Unix ms.
-                generation: unix_ms(at),
-            };
-            (common, "rollout", Body::RolloutControl(control))
-        }
+        } => (common, "rollout", rollout_control(action, task_ids, at)),
     };
     let root = load_root(&common.root)?;
     let t = &common.target;

@@ -434,7 +434,7 @@ fn render_waves(id: &str, t: &starling_task::rollup::TaskCounts) -> String {
 /// `[#####.....]  50% of 10` (hosts not answering count as not done;
 /// hosts that do not report the task at all, such as the not targeted,
 /// are outside the share).
-fn progress_bar(done: u32, of: u32) -> String {
+pub(crate) fn progress_bar(done: u32, of: u32) -> String {
     const WIDTH: u32 = 20;
     if of == 0 {
         return "-".into();

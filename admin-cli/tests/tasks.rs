@@ -157,6 +157,13 @@ fn keys_roots_and_tasks_from_the_command_line() {
         "{shown}"
     );
     assert!(shown.contains("accept it"), "{shown}");
+    // A plan checked at the desk, as hosts will check it.
+    let plan = starlingctl(d, &["rollout", "plan", "1%:2m,canary,100%/5%"]);
+    assert!(
+        plan.contains("wave 0: 1%:2m/2%") && plan.contains("wave 2: 100%:5m/5%"),
+        "{plan}"
+    );
+    assert!(fails(d, &["rollout", "plan", "10%"]).contains("last wave"));
     // The operators abort that rollout with a signed rollout task.
     starlingctl(
         d,

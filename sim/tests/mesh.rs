@@ -1,7 +1,8 @@
 //! A mesh of real node and sink processes on loopback: the nodes form one
 //! cell, agree on its aggregators, and ship through them to sinks they
 //! learned from gossip; a signed task handed to one node is applied by
-//! all, and each application reaches a sink as an event. Killing an
+//! all, and each application reaches a sink as an event; a rollout in
+//! waves is shown and aborted from the command line. Killing an
 //! aggregator moves its nodes to the other and loses no event. A cell none
 //! of whose members may serve ships straight to a sink. Needs root (BPF)
 //! for the nodes that run sensors.
@@ -391,6 +392,133 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         counted_at_sink.is_some(),
         "a sink's fleet view counts every node and sink applied: {:?}",
         from_sink()
+    );
+
+    // A rollout steered from the command line: a tag task in two waves
+    // with a long soak, `starlingctl rollout show` while its first wave
+    // soaks, then `starlingctl rollout abort` (made, signed and handed to
+    // a node in one step): the first wave's hosts take the tag back, the
+    // others never apply it, and every node shows the rollout halted.
+    let slow_id = (0..)
+        .map(|i| format!("tag-slow-{i}"))
+        .find(|id| {
+            let first = nodes
+                .iter()
+                .filter(|n| starling_task::rollout::rollout_point(id, &n.host_id) < 2_500)
+                .count();
+            (1..NODES / 2).contains(&first)
+        })
+        .expect("some id");
+    let slow = fleet.path().join("slow.task");
+    run(&[
+        &os("task"),
+        &os("create"),
+        &os("tags"),
+        &os("--root"),
+        root.as_os_str(),
+        &os("--all"),
+        &os("--set"),
+        &os("slow"),
+        &os("--id"),
+        &os(&slow_id),
+        &os("--rollout"),
+        &os("25%:10m,100%:10m"),
+        &os("-o"),
+        slow.as_os_str(),
+    ])?;
+    run(&[
+        &os("task"),
+        &os("sign"),
+        &os("--key"),
+        op_key.as_os_str(),
+        slow.as_os_str(),
+    ])?;
+    run(&[
+        &os("task"),
+        &os("publish"),
+        slow.as_os_str(),
+        &os("--data-dir"),
+        nodes[3].data_dir().as_os_str(),
+    ])?;
+    let show = |n: &starling_sim::process::NodeProcess| -> Option<serde_json::Value> {
+        let text = run(&[
+            &os("rollout"),
+            &os("show"),
+            &os(&slow_id),
+            &os("--json"),
+            &os("--data-dir"),
+            n.data_dir().as_os_str(),
+        ])
+        .ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()
+    };
+    let soaking = wait_for(Duration::from_secs(60), || {
+        let v = show(&nodes[0])?;
+        let r = &v[slow_id.as_str()];
+        (r["states"]["counts"]["soaking"].as_u64()? >= 1
+            && r["rollout"]["open_waves"] == 1
+            && r["rollout"]["halted"].is_null())
+        .then_some(())
+    });
+    assert!(
+        soaking.is_some(),
+        "the first wave soaks: {:?}",
+        show(&nodes[0])
+    );
+    let aborted = run(&[
+        &os("rollout"),
+        &os("abort"),
+        &os(&slow_id),
+        &os("--root"),
+        root.as_os_str(),
+        &os("--key"),
+        op_key.as_os_str(),
+        &os("--data-dir"),
+        nodes[5].data_dir().as_os_str(),
+    ])?;
+    assert!(aborted.contains("accepted"), "{aborted}");
+    let taken_back = wait_for(Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| {
+                let first = starling_task::rollout::rollout_point(&slow_id, &n.host_id) < 2_500;
+                let want = if first { "rolled_back" } else { "stopped" };
+                run(&[
+                    &os("task"),
+                    &os("list"),
+                    &os("--json"),
+                    &os("--data-dir"),
+                    n.data_dir().as_os_str(),
+                ])
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| {
+                    v["tasks"].as_array().is_some_and(|ts| {
+                        ts.iter()
+                            .any(|t| t["task_id"] == slow_id.as_str() && t["state"] == want)
+                    }) && !v["tags"]
+                        .as_array()
+                        .is_some_and(|tags| tags.iter().any(|t| t == "slow"))
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        taken_back.is_some(),
+        "the aborted rollout is taken back everywhere: {:?}",
+        show(&nodes[0])
+    );
+    let shown = run(&[
+        &os("rollout"),
+        &os("show"),
+        &os("--data-dir"),
+        nodes[0].data_dir().as_os_str(),
+    ])?;
+    assert!(
+        shown.contains(&format!(
+            "rollout of {slow_id}: HALTED: aborted by the operators"
+        )),
+        "{shown}"
     );
 
     // `starlingctl fleet` from any node: the cell with every host's

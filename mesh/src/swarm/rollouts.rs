@@ -81,6 +81,10 @@ impl Mesh {
                 Some(why) => Err(why.as_str()),
             },
         );
+        if driver.decided != decided {
+            driver.decided = decided;
+            driver.status_dirty = true;
+        }
         if !staged.changed {
             return;
         }

@@ -24,7 +24,8 @@ use super::Mesh;
 mod status_file;
 pub(in crate::swarm) use status_file::detail_of;
 pub use status_file::{
-    ask_for_status, TaskLine, TaskPlaneStatus, FLEET_VIEW_CHANGES, STATUS_WANTED_FILE,
+    ask_for_status, RolloutLine, RolloutWaveLine, TaskLine, TaskPlaneStatus, FLEET_VIEW_CHANGES,
+    STATUS_WANTED_FILE,
 };
 
 /// Gossipsub topic of signed tasks.
@@ -137,8 +138,10 @@ pub(super) struct TaskDriver {
     /// (what its advert carries).
     pub(super) decisions: starling_task::rollout::SinkDecisions,
     pub(super) announced: Vec<starling_proto::v1::RolloutDecision>,
-    /// When this host last stepped its rollouts.
+    /// When this host last stepped its rollouts, and the sinks'
+    /// decisions it stepped them by.
     pub(super) last_stage: Option<Instant>,
+    pub(super) decided: BTreeMap<String, starling_task::rollout::Decided>,
 }
 
 /// Why the task plane could not start.
@@ -284,6 +287,7 @@ impl TaskDriver {
                 ),
                 announced: Vec::new(),
                 last_stage: None,
+                decided: BTreeMap::new(),
                 plane,
                 topic: gossipsub::IdentTopic::new(TASK_TOPIC),
                 // The first exchange comes early: a member that starts

@@ -104,7 +104,7 @@ fn halt_reason(halt: &Halt) -> String {
 }
 
 /// How far one rollout may go as a host has heard it from the sinks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decided {
     /// Waves `0..open` are open.
     pub open: usize,

@@ -76,7 +76,35 @@ pub struct TaskPlaneStatus {
     /// Every task across the fleet, from the cells' summaries.
     #[serde(default)]
     pub fleet_view: starling_task::rollup::FleetStatus,
+    /// Each task with a rollout plan this host holds, and how far the
+    /// sinks' decisions and the operators' control let it go.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, RolloutLine>,
     pub updated_unix_ms: u64,
+}
+
+/// A rollout as this host sees it (`starlingctl rollout show`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RolloutLine {
+    /// The plan, as `starlingctl task create --rollout` writes it:
+    /// share, soak and tolerated failures of each wave.
+    pub waves: Vec<RolloutWaveLine>,
+    /// Waves open by the sinks' decisions heard here (at least the first).
+    pub open_waves: usize,
+    /// Halted, and why (a sink's halt or an abort this host holds).
+    pub halted: Option<String>,
+    /// The operators' last control: running, paused or aborted.
+    pub control: starling_task::rollout::Control,
+}
+
+/// One wave of a plan, for people.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RolloutWaveLine {
+    /// Cumulative share in basis points (0 for a cell-canary wave).
+    pub share_basis_points: u32,
+    pub cell_canary: bool,
+    pub soak_secs: u64,
+    pub max_failed_basis_points: u32,
 }
 
 impl TaskDriver {
@@ -152,11 +180,45 @@ impl TaskDriver {
                 .collect(),
             refused: self.refused.clone(),
             fleet_view: self.fleet.clone(),
+            rollouts: self.rollout_lines(),
             updated_unix_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
         self.status_writer.write(status);
+    }
+
+    /// Each rollout this host holds, with the decisions it last heard.
+    fn rollout_lines(&self) -> BTreeMap<String, RolloutLine> {
+        let ledger = self.plane.ledger();
+        self.plane
+            .rollout_plans()
+            .into_iter()
+            .map(|(id, plan)| {
+                let decided = self.decided.get(&id);
+                let control = ledger.control(&id);
+                let halted = match control {
+                    starling_task::rollout::Control::Aborted => {
+                        Some("aborted by the operators".to_owned())
+                    }
+                    _ => decided.and_then(|d| d.halted.clone()),
+                };
+                let line = RolloutLine {
+                    waves: (plan.waves().iter())
+                        .map(|w| RolloutWaveLine {
+                            share_basis_points: w.share_bp,
+                            cell_canary: w.cell_canary,
+                            soak_secs: w.soak.as_secs(),
+                            max_failed_basis_points: w.max_failed_bp,
+                        })
+                        .collect(),
+                    open_waves: decided.map_or(1, |d| d.open.max(1)),
+                    halted,
+                    control,
+                };
+                (id, line)
+            })
+            .collect()
     }
 
     /// Takes a cell summary into the fleet view: a change of what it
