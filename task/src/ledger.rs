@@ -374,11 +374,12 @@ impl Ledger {
         self.take_back(id, TaskState::Failed { reason })
     }
 
-    /// Task `id` waits for its wave and its rollout halted: it is never
-    /// applied here. False when it was not waiting.
-    pub fn halted_waiting(&mut self, id: &str, why: String) -> bool {
+    /// Task `id` has not been applied here (waiting for its wave, or
+    /// opened and not applied yet) and its rollout halted: it is never
+    /// applied here. False when it was neither.
+    pub fn halted_unapplied(&mut self, id: &str, why: String) -> bool {
         match self.tasks.get_mut(id) {
-            Some(r) if r.state == TaskState::Waiting => {
+            Some(r) if matches!(r.state, TaskState::Waiting | TaskState::Pending) => {
                 r.state = TaskState::Stopped { why };
                 true
             }
@@ -667,7 +668,7 @@ mod tests {
         // Halted while waiting: never applied.
         let third = task("third", 3);
         assert_eq!(ledger.admit(&third, &HostFacts::default()), Plan::Nothing);
-        assert!(ledger.halted_waiting("third", "halted at wave 0".into()));
+        assert!(ledger.halted_unapplied("third", "halted at wave 0".into()));
         assert_eq!(ledger.task("third").unwrap().state.as_str(), "stopped");
         assert!(!ledger.open("third"));
         ledger.applied(&third, 200);

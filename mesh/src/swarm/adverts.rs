@@ -23,7 +23,7 @@ impl Mesh {
         }
         self.last_advert = Some(now);
         self.advert_seq += 1;
-        let advert = SinkAdvert {
+        let mut advert = SinkAdvert {
             chain: self.enrolment.chain_der(),
             ingress,
             load_pct: u32::from(self.sink_load),
@@ -39,6 +39,14 @@ impl Mesh {
                 .map(|d| d.announced.clone())
                 .unwrap_or_default(),
         };
+        // Receivers refuse an advert over the limit, ingress and all:
+        // rollout decisions that do not fit wait (the hosts of those
+        // rollouts keep their first wave until they are announced).
+        while prost::Message::encoded_len(&advert) > crate::adverts::MAX_ADVERT_BYTES
+            && advert.rollouts.pop().is_some()
+        {
+            tracing::warn!("sink advert over its limit: a rollout decision left out");
+        }
         let topic = self.sink_topic.clone();
         if let Err(e) = self
             .swarm

@@ -7,6 +7,7 @@
 //! take the task back when unhealthy or when the rollout halts. The logic
 //! is `starling_task::rollout` and `starling_task::plane::staging`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use starling_task::rollout::combine;
@@ -71,7 +72,7 @@ impl Mesh {
                 .flat_map(|s| s.rollouts.iter())
                 .chain(driver.announced.iter()),
         );
-        let before: Vec<(String, &'static str)> = states(driver);
+        let before = states(driver);
         let staged = driver.plane.stage(
             super::tasks::unix_now(),
             &members,
@@ -89,7 +90,7 @@ impl Mesh {
             return;
         }
         for (id, to) in states(driver) {
-            if !before.contains(&(id.clone(), to)) {
+            if before.get(&id) != Some(&to) {
                 tracing::info!(task = %id, state = to, "rollout step");
                 metrics::counter!(ROLLOUT_STEPS, "to" => to).increment(1);
             }
@@ -120,26 +121,30 @@ impl Mesh {
         );
         metrics::gauge!(ROLLOUTS_DECIDED).set(decisions.len() as f64);
         metrics::gauge!(ROLLOUTS_HALTED).set(decisions.iter().filter(|d| d.halted).count() as f64);
-        if decisions == driver.announced {
-            return;
-        }
-        for d in &decisions {
-            if !driver.announced.contains(d) {
-                tracing::info!(task = %d.task_id, open_waves = d.open_waves, halted = d.halted, reason = %d.halt_reason, "rollout decided");
+        if decisions != driver.announced {
+            for d in &decisions {
+                if !driver.announced.contains(d) {
+                    tracing::info!(task = %d.task_id, open_waves = d.open_waves, halted = d.halted, reason = %d.halt_reason, "rollout decided");
+                }
             }
+            driver.announced = decisions;
+            driver.announce_due = true;
         }
-        driver.announced = decisions;
-        if self
-            .last_advert
-            .is_some_and(|t| now.duration_since(t) >= DECISION_ADVERT_MIN)
+        // The advert carries the decisions: one goes out as soon as the
+        // last is a second old, rather than at the next regular one.
+        if driver.announce_due
+            && self
+                .last_advert
+                .is_none_or(|t| now.duration_since(t) >= DECISION_ADVERT_MIN)
         {
+            driver.announce_due = false;
             self.last_advert = None;
         }
     }
 }
 
 /// Each task held and its state here, to log and count the steps.
-fn states(driver: &super::tasks::TaskDriver) -> Vec<(String, &'static str)> {
+fn states(driver: &super::tasks::TaskDriver) -> BTreeMap<String, &'static str> {
     driver
         .plane
         .ledger()

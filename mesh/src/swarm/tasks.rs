@@ -138,6 +138,8 @@ pub(super) struct TaskDriver {
     /// (what its advert carries).
     pub(super) decisions: starling_task::rollout::SinkDecisions,
     pub(super) announced: Vec<starling_proto::v1::RolloutDecision>,
+    /// The decisions changed since the last advert went out.
+    pub(super) announce_due: bool,
     /// When this host last stepped its rollouts, and the sinks'
     /// decisions it stepped them by.
     pub(super) last_stage: Option<Instant>,
@@ -286,6 +288,7 @@ impl TaskDriver {
                     super::task_status::CELL_EXPIRY.as_millis() as u64,
                 ),
                 announced: Vec::new(),
+                announce_due: false,
                 last_stage: None,
                 decided: BTreeMap::new(),
                 plane,

@@ -72,7 +72,9 @@ impl TaskPlane {
             if let Some(why) = aborted.or(decision.and_then(|d| d.halted.as_deref())) {
                 let why = format!("its rollout halted ({why})");
                 let changed = match state {
-                    TaskState::Waiting => self.ledger.halted_waiting(&id, why),
+                    TaskState::Waiting | TaskState::Pending => {
+                        self.ledger.halted_unapplied(&id, why)
+                    }
                     TaskState::Soaking { .. } | TaskState::Applied => {
                         let before = self.ledger.task(&id).map(|r| r.state.clone());
                         out.settings_changed |= self.ledger.roll_back(&id, why);

@@ -17,8 +17,8 @@ use crate::fleet::check_text;
 use crate::rollup::FleetStatus;
 
 /// Most rollouts one sink announces (the advert's size is bounded); a
-/// fleet has a handful under way, and a host whose rollout is not among
-/// them keeps its first wave only until it is.
+/// fleet has a handful under way. Halts go first; a host whose rollout is
+/// not announced keeps its first wave only until it is.
 pub const MAX_ANNOUNCED: usize = 64;
 
 /// The decisions of one sink, computed anew from its fleet view; a halt
@@ -53,8 +53,8 @@ impl SinkDecisions {
     /// Decides each rollout of `plans` (task id -> its checked plan, the
     /// tasks with a plan this sink holds) from `fleet` at `now_ms` and the
     /// operators' `control` of each (signed rollout tasks, as this sink's
-    /// ledger holds them), at most [`MAX_ANNOUNCED`] of them, in task id
-    /// order.
+    /// ledger holds them): at most [`MAX_ANNOUNCED`] of them, the halted
+    /// first, each part in task id order.
     pub fn decide(
         &mut self,
         plans: &BTreeMap<String, Plan>,
@@ -64,9 +64,8 @@ impl SinkDecisions {
     ) -> Vec<RolloutDecision> {
         self.halted.retain(|id, _| plans.contains_key(id));
         self.first_seen.retain(|id, _| plans.contains_key(id));
-        plans
+        let mut decisions: Vec<RolloutDecision> = plans
             .iter()
-            .take(MAX_ANNOUNCED)
             .map(|(id, plan)| {
                 let mut counts = fleet.rollout_counts(id, plan.waves().len());
                 let since = *self.first_seen.entry(id.clone()).or_insert(now_ms);
@@ -87,7 +86,12 @@ impl SinkDecisions {
                     halt_reason: halt_reason.unwrap_or_default(),
                 }
             })
-            .collect()
+            .collect();
+        // Halts first: when not every decision fits, the ones that stop
+        // harm go out.
+        decisions.sort_by_key(|d| !d.halted);
+        decisions.truncate(MAX_ANNOUNCED);
+        decisions
     }
 }
 
@@ -240,6 +244,25 @@ mod tests {
         let d = sink.decide(&plans, &soaked, 2, |_| Control::Aborted);
         assert!(d[0].halted);
         assert_eq!(d[0].halt_reason, "aborted by the operators");
+    }
+
+    #[test]
+    fn halts_are_announced_first_when_not_all_fit() {
+        let plans: BTreeMap<String, Plan> = (0..MAX_ANNOUNCED + 5)
+            .map(|i| (format!("t{i:03}"), plan()))
+            .collect();
+        let last = format!("t{:03}", MAX_ANNOUNCED + 4);
+        let mut sink = SinkDecisions::new(0);
+        let d = sink.decide(&plans, &FleetStatus::default(), 0, |id| {
+            if id == last {
+                Control::Aborted
+            } else {
+                Control::Running
+            }
+        });
+        assert_eq!(d.len(), MAX_ANNOUNCED);
+        assert_eq!(d[0].task_id, last, "the halt first");
+        assert!(d[1..].iter().all(|d| !d.halted));
     }
 
     #[test]
