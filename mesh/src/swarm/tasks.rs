@@ -486,6 +486,19 @@ impl Mesh {
     /// Applies a task that targets this host, then records the outcome.
     fn apply_task(&mut self, task: &CheckedTask) {
         let kind = starling_task::root::kind_name(task.kind);
+        // Between its admission and the save that lets it apply, a task
+        // can be stopped (a cancel, a revoked signer, its rollout halted):
+        // then there is nothing to apply.
+        let pending = self.tasks.as_ref().is_some_and(|d| {
+            d.plane
+                .ledger()
+                .task(&task.task_id)
+                .is_some_and(|r| r.state == starling_task::TaskState::Pending)
+        });
+        if !pending {
+            tracing::debug!(task = %task.task_id, "not applied: no longer pending here");
+            return;
+        }
         let outcome = match &task.payload.body {
             Some(Body::Revocations(r)) => self.apply_revocations(&r.crl_der),
             _ => Ok(()),
