@@ -5,7 +5,8 @@
 //!
 //! - the process is not in a restart loop (fewer than [`RESTART_LOOP`]
 //!   starts within [`RESTART_WINDOW`], counted in a small file in the
-//!   data directory);
+//!   data directory; a loop counts until the process has stayed up for
+//!   the rest of that window);
 //! - the sensor is loaded (when enabled) and took the last filters it
 //!   was given;
 //! - events are acknowledged: while the spool holds events, its oldest
@@ -46,24 +47,37 @@ pub enum SensorState {
 /// What the node has seen of its own health over time.
 #[derive(Debug)]
 pub struct HealthWatch {
-    restart_loop: Option<String>,
+    /// A restart loop, and until when it counts (once the window has
+    /// passed since the oldest of the starts that made it, the process
+    /// has stayed up long enough).
+    restart_loop: Option<(String, Instant)>,
     /// The spool's oldest event when last seen, and since when it is.
     oldest: Option<(u64, Instant)>,
 }
 
 impl HealthWatch {
-    /// A watch for a process whose recent starts (Unix seconds, this one
-    /// included) are `starts`.
-    pub fn new(starts: &[u64], now_unix: u64) -> Self {
+    /// A watch for a process started at `started` whose recent starts
+    /// (Unix seconds, oldest first, this one last) are `starts`.
+    pub fn new(starts: &[u64], started: Instant) -> Self {
         let window = RESTART_WINDOW.as_secs();
-        let recent = starts
+        let this_start = starts.last().copied().unwrap_or(0);
+        let recent: Vec<u64> = starts
             .iter()
-            .filter(|s| now_unix.saturating_sub(**s) < window)
-            .count();
-        let restart_loop = (recent >= RESTART_LOOP).then(|| {
-            format!(
-                "restart loop: {recent} starts within {} minutes",
-                window / 60
+            .copied()
+            .filter(|s| this_start.saturating_sub(*s) < window)
+            .collect();
+        let restart_loop = (recent.len() >= RESTART_LOOP).then(|| {
+            // It counts until the window has passed since the oldest
+            // start that made it.
+            let oldest = recent.first().copied().unwrap_or(this_start);
+            let left = window.saturating_sub(this_start.saturating_sub(oldest));
+            (
+                format!(
+                    "restart loop: {} starts within {} minutes",
+                    recent.len(),
+                    window / 60
+                ),
+                started + Duration::from_secs(left),
             )
         });
         Self {
@@ -79,8 +93,10 @@ impl HealthWatch {
         sensor: &SensorState,
         spool: &SpoolStats,
     ) -> Option<String> {
-        if let Some(why) = &self.restart_loop {
-            return Some(why.clone());
+        if let Some((why, until)) = &self.restart_loop {
+            if now < *until {
+                return Some(why.clone());
+            }
         }
         match sensor {
             SensorState::Down(why) => return Some(format!("sensor not loaded: {why}")),
@@ -151,7 +167,7 @@ mod tests {
     #[test]
     fn a_stalled_spool_is_unhealthy_and_acks_make_it_healthy_again() {
         let t0 = Instant::now();
-        let mut w = HealthWatch::new(&[1_000], 1_000);
+        let mut w = HealthWatch::new(&[1_000], t0);
         let ok = SensorState::Loaded;
         assert_eq!(w.observe(t0, &ok, &spool(5, 10)), None);
         let late = t0 + ACK_STALL - Duration::from_secs(1);
@@ -173,7 +189,7 @@ mod tests {
     #[test]
     fn the_sensor_and_restart_loops_count() {
         let t0 = Instant::now();
-        let mut w = HealthWatch::new(&[100, 200], 300);
+        let mut w = HealthWatch::new(&[100, 200], t0);
         let empty = spool(0, 0);
         assert_eq!(w.observe(t0, &SensorState::Disabled, &empty), None);
         let down = SensorState::Down("BPF program refused".into());
@@ -182,11 +198,19 @@ mod tests {
             .is_some_and(|w| w.contains("BPF")));
         let refused = SensorState::FiltersRefused("map full".into());
         assert!(w.observe(t0, &refused, &empty).is_some());
-        let mut looping = HealthWatch::new(&[100, 200, 300], 300);
+        let mut looping = HealthWatch::new(&[100, 200, 300], t0);
         let why = looping.observe(t0, &SensorState::Loaded, &empty);
         assert!(why.is_some_and(|w| w.starts_with("restart loop")));
+        // Up for the rest of the window since the oldest of those starts
+        // (600 - 200 s): the loop is over.
+        let later = t0 + Duration::from_secs(399);
+        assert!(looping
+            .observe(later, &SensorState::Loaded, &empty)
+            .is_some());
+        let over = t0 + Duration::from_secs(400);
+        assert_eq!(looping.observe(over, &SensorState::Loaded, &empty), None);
         // Starts older than the window do not count.
-        let mut old = HealthWatch::new(&[1, 2, 1_000], 1_000);
+        let mut old = HealthWatch::new(&[1, 2, 1_000], t0);
         assert_eq!(old.observe(t0, &SensorState::Loaded, &empty), None);
     }
 

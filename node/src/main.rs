@@ -175,7 +175,7 @@ async fn run(local: NodeConfig, config_path: PathBuf) -> anyhow::Result<()> {
     let (targets, fleet_settings) = if config.mesh.enabled {
         let health = starling_node::mesh::HealthInputs {
             sensor: sensor_state_rx,
-            watch: HealthWatch::new(&starts, unix_now()),
+            watch: HealthWatch::new(&starts, std::time::Instant::now()),
         };
         let parts = starling_node::mesh::start(
             &config,
@@ -297,10 +297,4 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
