@@ -324,26 +324,27 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
         nodes[3].data_dir().as_os_str(),
     ])?;
     assert!(published.contains("accepted"), "{published}");
+    // A node's own tasks and tags (`starlingctl task list --json`).
+    let task_list = |n: &starling_sim::process::NodeProcess| -> Option<serde_json::Value> {
+        let text = run(&[
+            &os("task"),
+            &os("list"),
+            &os("--json"),
+            &os("--data-dir"),
+            n.data_dir().as_os_str(),
+        ])
+        .ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    let holds = |v: &serde_json::Value, id: &str, state: &str| {
+        v["tasks"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["task_id"] == id && t["state"] == state))
+    };
     let applied_everywhere = wait_for(Duration::from_secs(60), || {
         nodes
             .iter()
-            .all(|n| {
-                run(&[
-                    &os("task"),
-                    &os("list"),
-                    &os("--json"),
-                    &os("--data-dir"),
-                    n.data_dir().as_os_str(),
-                ])
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| {
-                    v["tasks"].as_array().is_some_and(|ts| {
-                        ts.iter()
-                            .any(|t| t["task_id"] == "tag-web" && t["state"] == "applied")
-                    })
-                })
-            })
+            .all(|n| task_list(n).is_some_and(|v| holds(&v, "tag-web", "applied")))
             .then_some(())
     });
     assert!(
@@ -483,22 +484,11 @@ fn nodes_ship_through_elected_aggregators_and_survive_losing_one() -> anyhow::Re
             .all(|n| {
                 let first = starling_task::rollout::rollout_point(&slow_id, &n.host_id) < 2_500;
                 let want = if first { "rolled_back" } else { "stopped" };
-                run(&[
-                    &os("task"),
-                    &os("list"),
-                    &os("--json"),
-                    &os("--data-dir"),
-                    n.data_dir().as_os_str(),
-                ])
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| {
-                    v["tasks"].as_array().is_some_and(|ts| {
-                        ts.iter()
-                            .any(|t| t["task_id"] == slow_id.as_str() && t["state"] == want)
-                    }) && !v["tags"]
-                        .as_array()
-                        .is_some_and(|tags| tags.iter().any(|t| t == "slow"))
+                task_list(n).is_some_and(|v| {
+                    holds(&v, &slow_id, want)
+                        && !v["tags"]
+                            .as_array()
+                            .is_some_and(|tags| tags.iter().any(|t| t == "slow"))
                 })
             })
             .then_some(())
